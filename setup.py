@@ -1,0 +1,34 @@
+"""Packaging for megatiny: pretraining of small Llama-family models."""
+from setuptools import find_packages, setup
+
+setup(
+    name="megatiny",
+    version="0.1.0",
+    description="Pretraining stack for small Llama-family language models (TinyLlama recipe)",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["megatiny", "megatiny.*"]),
+    include_package_data=True,
+    package_data={"megatiny": ["eval/tasks/*.yaml", "eval/tasks/*.json", "eval/tasks/*.jsonl"]},
+    install_requires=[
+        "torch>=2.4",
+        "deepspeed>=0.16,<0.20",
+        "numpy",
+        "sentencepiece",
+        "tensorboard",
+        "transformers>=4.45",
+        "safetensors",
+        "tqdm",
+        "pyyaml",
+        "zstandard",
+        "tokenizers",
+        "psutil",
+    ],
+    extras_require={
+        "eval": ["lm-eval>=0.4.5", "accelerate", "matplotlib"],
+        "mpi": ["mpi4py"],
+        "gpu": ["flash-attn"],
+        "dev": ["pytest", "pytest-timeout", "ruff"],
+    },
+)
