@@ -1,0 +1,86 @@
+"""Summaries of a finished run: loss curves from TensorBoard logs and a unigram baseline.
+
+A model has learned something only if its validation loss is well below the cross entropy of
+the best context-free guess, the training set's unigram distribution; `unigram_cross_entropy`
+computes that baseline in nats per token.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class ScalarSeries:
+    tag: str
+    steps: np.ndarray   # int64 [N]
+    values: np.ndarray  # float64 [N]
+
+
+def read_scalars(log_dir: str | os.PathLike) -> dict[str, ScalarSeries]:
+    """Every scalar tag in the TensorBoard event files under `log_dir` (recursively)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    log_dir = Path(log_dir)
+    event_dirs = sorted({p.parent for p in log_dir.rglob("events.out.tfevents.*")})
+    if not event_dirs:
+        raise FileNotFoundError(f"{log_dir}: no TensorBoard event files (events.out.tfevents.*)")
+    merged: dict[str, dict[int, float]] = {}
+    for directory in event_dirs:
+        accumulator = EventAccumulator(str(directory), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            for event in accumulator.Scalars(tag):
+                merged.setdefault(tag, {})[event.step] = event.value  # later runs (resumes) win
+    return {tag: ScalarSeries(tag, np.array(sorted(points), dtype=np.int64),
+                              np.array([points[s] for s in sorted(points)], dtype=np.float64))
+            for tag, points in merged.items()}
+
+
+def plot_loss_curves(scalars: dict[str, ScalarSeries], output_png: str | os.PathLike,
+                     baseline: float | None = None, title: str = "megatiny training") -> Path:
+    """Plot every tag whose name contains 'loss' against the step; write `output_png`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    loss_tags = sorted(tag for tag in scalars if "loss" in tag.lower())
+    if not loss_tags:
+        raise ValueError(f"no loss scalars among the TensorBoard tags {sorted(scalars)}")
+    figure, axis = plt.subplots(figsize=(8, 4.5), dpi=100)
+    for tag in loss_tags:
+        series = scalars[tag]
+        axis.plot(series.steps, series.values, marker="." if len(series.steps) < 40 else None,
+                  label=tag)
+    if baseline is not None:
+        axis.axhline(baseline, color="grey", linestyle="--", label=f"unigram baseline {baseline:.2f}")
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("cross entropy (nats/token)")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    output_png = Path(output_png)
+    tmp = output_png.with_name(f".{output_png.name}.tmp.png")
+    figure.savefig(tmp)
+    plt.close(figure)
+    os.replace(tmp, output_png)
+    return output_png
+
+
+def unigram_cross_entropy(train_tokens: np.ndarray, eval_tokens: np.ndarray, vocab_size: int,
+                          smoothing: float = 1.0) -> float:
+    """Cross entropy (nats/token) of `eval_tokens` under the add-`smoothing` unigram model of
+    `train_tokens`. Both are 1-D integer token arrays; ids must be < vocab_size."""
+    counts = np.bincount(np.asarray(train_tokens, dtype=np.int64), minlength=vocab_size)
+    if counts.shape[0] > vocab_size:
+        raise ValueError(f"train tokens contain id {counts.shape[0] - 1} >= vocab_size {vocab_size}")
+    log_probs = np.log(counts + smoothing) - np.log(counts.sum() + smoothing * vocab_size)
+    eval_tokens = np.asarray(eval_tokens, dtype=np.int64)
+    if eval_tokens.size == 0:
+        raise ValueError("no evaluation tokens")
+    return float(-log_probs[eval_tokens].mean())
