@@ -1,0 +1,59 @@
+"""The two-host harness itself: real sshd's in two namespaces, reached by pdsh, torn down cleanly."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from tests.helpers import free_port
+from tests.multinode.conftest import start_two_hosts
+
+pytestmark = [pytest.mark.slow, pytest.mark.multinode]
+
+
+def _namespaces() -> str:
+    return subprocess.run(["ip", "netns", "list"], stdout=subprocess.PIPE, text=True).stdout
+
+
+def test_pdsh_reaches_both_hosts_each_with_its_own_address(two_hosts):
+    result = two_hosts.run_on(
+        ["pdsh", "-S", "-w", ",".join(h.address for h in two_hosts.hosts), "ip -4 -o addr show dev mt0"],
+        timeout=60)
+    assert result.returncode == 0, result.stdout
+    for host in two_hosts.hosts:
+        # pdsh prefixes each line with the host it came from; each host owns exactly its address
+        lines = [line for line in result.stdout.splitlines() if line.startswith(f"{host.address}:")]
+        assert len(lines) == 1 and f"inet {host.address}/24" in lines[0], result.stdout
+    assert two_hosts.hostfile.read_text() == "10.77.0.1 slots=1\n10.77.0.2 slots=1\n"
+
+
+def test_deepspeed_hostfile_launch_trains_zero3_across_two_hosts(two_hosts, tmp_path):
+    result = two_hosts.run_on(
+        ["deepspeed", "--hostfile", str(two_hosts.hostfile), "--master_addr", two_hosts.master_addr,
+         "--master_port", str(free_port()), "tests/foundation/zero3_tiny_module.py",
+         "--out-dir", str(tmp_path), "--steps", "10"],
+        timeout=240)
+    assert result.returncode == 0, result.stdout[-6000:]
+    assert "nnodes=2" in result.stdout
+    for host in two_hosts.hosts:  # one rank ran, and finished, on each host
+        finished = [line for line in result.stdout.splitlines()
+                    if line.startswith(f"{host.address}: ") and "exits successfully" in line]
+        assert len(finished) == 1, result.stdout[-6000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    assert all(len(r["losses"]) == 10 for r in ranks)
+
+
+def test_teardown_kills_leftover_processes_and_removes_namespaces(tmp_path):
+    hosts = start_two_hosts(tmp_path)
+    names = [h.namespace for h in hosts.hosts]
+    try:
+        sleeper = hosts.popen_on(["sleep", "300"], host=1)
+        assert sleeper.pid in hosts.pids(1)
+        assert all(name in _namespaces() for name in names)
+    finally:
+        hosts.stop()
+    assert sleeper.wait(timeout=10) != 0  # killed, not finished
+    assert not any(name in _namespaces() for name in names)
+    hosts.stop()  # idempotent
