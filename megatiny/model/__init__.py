@@ -1,1 +1,5 @@
-"""megatiny.model"""
+"""megatiny.model: the Llama-architecture GPT, its configuration presets and generation."""
+from megatiny.model.config import PRESETS, ModelConfig, get_preset
+from megatiny.model.transformer import GPT
+
+__all__ = ["GPT", "PRESETS", "ModelConfig", "get_preset"]

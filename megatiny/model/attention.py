@@ -1,0 +1,125 @@
+"""Causal grouped-query attention backends and the inference KV cache.
+
+Three interchangeable backends compute softmax(q k^T / sqrt(d)) v with a causal mask:
+
+- `flash_attn`: the flash-attn package (CUDA, fp16/bf16 only). Used only when installed.
+- `sdpa`: `torch.nn.functional.scaled_dot_product_attention`, GQA handled natively
+  (`enable_gqa=True`, torch >= 2.5) so K/V are never repeated per query head.
+- `math`: plain matmul + softmax, the reference the others are tested against. GQA by
+  broadcasting query-head groups against their shared K/V head (no repeat either).
+
+Layout everywhere in this file: q [B, T, H, D], k and v [B, S, G, D] (flash-attn's layout; H query
+heads, G key/value groups, S >= T). The T queries are the LAST T of the S key positions, so with a
+KV cache the causal mask is aligned bottom-right (query i sees keys 0 .. S - T + i).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+try:  # optional dependency; a broken CUDA build raises OSError/ImportError at import time
+    from flash_attn import flash_attn_func as _flash_attn_func
+except (ImportError, OSError):
+    _flash_attn_func = None
+
+FLASH_ATTN_AVAILABLE = _flash_attn_func is not None
+SDPA_SUPPORTS_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def resolve_backend(requested: str, device: torch.device, dtype: torch.dtype,
+                    flash_available: bool = FLASH_ATTN_AVAILABLE) -> str:
+    """The concrete backend ("flash_attn", "sdpa" or "math") for `requested` on this device/dtype.
+
+    "auto" picks flash-attn when it is installed and the tensors are CUDA fp16/bf16, else SDPA.
+    An explicit "flash_attn" that cannot run raises instead of silently falling back.
+    """
+    if requested in ("sdpa", "math"):
+        return requested
+    flash_ok = flash_available and device.type == "cuda" and dtype in _HALF_DTYPES
+    if requested == "auto":
+        return "flash_attn" if flash_ok else "sdpa"
+    if requested == "flash_attn":
+        if not flash_available:
+            raise RuntimeError("attention_backend='flash_attn' but the flash-attn package is not "
+                               "installed; install it (pip install flash-attn) or use 'auto' or 'sdpa'")
+        if not flash_ok:
+            raise RuntimeError(f"attention_backend='flash_attn' needs CUDA fp16/bf16 tensors, got "
+                               f"{device.type} {dtype}; use 'auto' or 'sdpa' here")
+        return requested
+    raise ValueError(f"unknown attention backend {requested!r}; use auto, flash_attn, sdpa or math")
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> torch.Tensor:
+    """Causal attention. q [B, T, H, D], k/v [B, S, G, D] -> [B, T, H, D] in q's dtype."""
+    if q.shape[2] % k.shape[2]:
+        raise ValueError(f"query heads ({q.shape[2]}) must be a multiple of kv groups ({k.shape[2]})")
+    if backend == "flash_attn":
+        return _flash_attn_func(q, k, v, causal=True)  # bottom-right aligned when S > T
+    qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, len, D]
+    if backend == "sdpa":
+        out = _sdpa(qh, kh, vh)
+    elif backend == "math":
+        out = _math_attention(qh, kh, vh)
+    else:
+        raise ValueError(f"unknown concrete attention backend {backend!r}")
+    return out.transpose(1, 2)
+
+
+def _bottom_right_causal_mask(t: int, s: int, device: torch.device) -> torch.Tensor:
+    """Bool [T, S], True where query i (absolute position S - T + i) may attend key j."""
+    return torch.ones(t, s, dtype=torch.bool, device=device).tril(diagonal=s - t)
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """q [B, H, T, D], k/v [B, G, S, D] -> [B, H, T, D]."""
+    t, s = q.shape[2], k.shape[2]
+    # SDPA's is_causal is aligned top-left, which is only right when T == S.
+    mask = None if t == s or t == 1 else _bottom_right_causal_mask(t, s, q.device)
+    if k.shape[1] != q.shape[1] and not SDPA_SUPPORTS_GQA:  # old torch: repeat K/V per query head
+        repeats = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
+    extra = {"enable_gqa": True} if SDPA_SUPPORTS_GQA else {}
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=(t == s and t > 1),
+                                          **extra)
+
+
+def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Reference attention, softmax in fp32. q [B, H, T, D], k/v [B, G, S, D] -> [B, H, T, D]."""
+    b, h, t, d = q.shape
+    g, s = k.shape[1], k.shape[2]
+    # Query head h uses kv group h // (H / G) (HF's repeat_kv order): view heads as [G, H / G].
+    qg = q.reshape(b, g, h // g, t, d)
+    scores = (qg @ k.unsqueeze(2).transpose(-1, -2)).float() * d ** -0.5  # [B, G, H/G, T, S]
+    scores = scores.masked_fill(~_bottom_right_causal_mask(t, s, q.device), float("-inf"))
+    probs = scores.softmax(dim=-1).to(v.dtype)
+    return (probs @ v.unsqueeze(2)).reshape(b, h, t, d)
+
+
+class KVCache:
+    """Keys and values of already-processed positions, per layer, for incremental decoding.
+
+    Storage is preallocated: keys[layer] and values[layer] are [B, max_length, G, D], so the cache
+    holds only the G key/value groups (not one copy per query head). `length` counts the positions
+    stored; the model advances it once per forward call, after every layer has written.
+    """
+
+    def __init__(self, num_layers: int, batch_size: int, max_length: int, num_groups: int,
+                 head_dim: int, dtype: torch.dtype, device: torch.device | str):
+        shape = (batch_size, max_length, num_groups, head_dim)
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.max_length = max_length
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k/v [B, T, G, D] after the cached positions; return all of them [B, length + T, G, D]."""
+        end = self.length + k.shape[1]
+        if end > self.max_length:
+            raise ValueError(f"KVCache is full: {end} positions needed, max_length is {self.max_length}")
+        self.keys[layer][:, self.length:end] = k
+        self.values[layer][:, self.length:end] = v
+        return self.keys[layer][:, :end], self.values[layer][:, :end]
+
+    def advance(self, num_positions: int) -> None:
+        self.length += num_positions

@@ -1,0 +1,74 @@
+"""Autoregressive generation with a key/value cache: greedy, temperature, top-k and top-p sampling."""
+from __future__ import annotations
+
+import torch
+
+from megatiny.model.transformer import GPT
+
+
+@torch.no_grad()
+def generate(model: GPT, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
+             top_k: int | None = None, top_p: float | None = None, eos_token_id: int | None = None,
+             use_cache: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Extend each prompt by up to `max_new_tokens` tokens.
+
+    input_ids Long[B, T] (equal-length prompts, no padding) -> Long[B, T + n], n <= max_new_tokens.
+    temperature 0 is greedy (argmax); otherwise tokens are sampled from softmax(logits / temperature)
+    restricted to the top_k most likely and/or the smallest set with probability >= top_p. Once a
+    row emits eos_token_id it is padded with eos_token_id; generation stops early when every row
+    has. With use_cache the prompt is processed once and each step feeds only the newest token
+    (the cache keeps the kv groups' keys/values); without it every step re-runs the whole sequence.
+    """
+    _check_sampling_args(max_new_tokens, temperature, top_k, top_p)
+    total = input_ids.shape[1] + max_new_tokens
+    if total > model.config.max_position_embeddings:
+        raise ValueError(f"prompt ({input_ids.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds "
+                         f"ModelConfig.max_position_embeddings ({model.config.max_position_embeddings})")
+    cache = model.new_kv_cache(input_ids.shape[0], total) if use_cache else None
+    tokens = input_ids
+    step_input = input_ids
+    finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    for _ in range(max_new_tokens):
+        logits = model(step_input, kv_cache=cache, last_token_only=True)[:, -1]  # [B, V] fp32
+        next_token = sample_next_token(logits, temperature, top_k, top_p, generator)
+        if eos_token_id is not None:
+            next_token = torch.where(finished, torch.full_like(next_token, eos_token_id), next_token)
+            finished |= next_token == eos_token_id
+        tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+        step_input = next_token[:, None] if use_cache else tokens
+        if eos_token_id is not None and bool(finished.all()):
+            break
+    return tokens
+
+
+def sample_next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
+                      top_p: float | None = None, generator: torch.Generator | None = None
+                      ) -> torch.Tensor:
+    """logits [B, V] -> Long[B]: argmax when temperature is 0, else a filtered sample."""
+    if temperature == 0.0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth_largest = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        sorted_probs = sorted_logits.softmax(dim=-1)
+        # Drop a token when the tokens ranked above it already reach top_p (the first always stays).
+        drop_sorted = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+def _check_sampling_args(max_new_tokens: int, temperature: float, top_k: int | None,
+                         top_p: float | None) -> None:
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    if top_k is not None and top_k <= 0:
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")

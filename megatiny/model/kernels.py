@@ -1,0 +1,67 @@
+"""Elementwise kernels (RMSNorm, rotary embedding) with optional fused CUDA versions.
+
+The fused versions come from packages that are NOT required: apex's fused RMSNorm and
+flash-attn's rotary kernel. Each is used only when its package imports and the tensor is on CUDA;
+otherwise the plain PyTorch reference below runs. The references define the numerics (they match
+Hugging Face Llama: RMSNorm in fp32 then cast back, rotate-half RoPE).
+"""
+from __future__ import annotations
+
+import torch
+
+try:
+    from apex.normalization.fused_layer_norm import fused_rms_norm_affine as _fused_rms_norm
+except (ImportError, OSError):
+    _fused_rms_norm = None
+
+try:
+    from flash_attn.layers.rotary import apply_rotary_emb as _fused_rotary
+except (ImportError, OSError):
+    _fused_rotary = None
+
+FUSED_RMS_NORM_AVAILABLE = _fused_rms_norm is not None
+FUSED_ROTARY_AVAILABLE = _fused_rotary is not None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """weight * x / sqrt(mean(x^2) + eps) over the last dim; x [..., hidden], weight [hidden]."""
+    if FUSED_RMS_NORM_AVAILABLE and x.is_cuda:
+        return _fused_rms_norm(x, weight, (x.shape[-1],), eps)
+    return rms_norm_reference(x, weight, eps)
+
+
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm computed in fp32, normalized value cast back to x's dtype before the weight (as HF)."""
+    x32 = x.float()
+    normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * normed.to(x.dtype)
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float,
+                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of position x frequency, each [T, head_dim / 2], for positions Long[T].
+
+    Computed on the fly (no buffers): cheap, and nothing for ZeRO-3 or the meta device to handle.
+    Frequencies are theta^(-2i/d) in fp32 exactly as Hugging Face computes them.
+    """
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim
+    inv_freq = 1.0 / (theta ** exponents)
+    freqs = positions.float()[:, None] * inv_freq[None, :]
+    return freqs.cos().to(dtype), freqs.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE. x [B, T, heads, D], cos/sin [T, D / 2] -> [B, T, heads, D].
+
+    The first and second halves of each head's dims form the rotated pairs (HF Llama layout).
+    """
+    if FUSED_ROTARY_AVAILABLE and x.is_cuda:
+        return _fused_rotary(x, cos, sin, interleaved=False)
+    return apply_rotary_reference(x, cos, sin)
+
+
+def apply_rotary_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    cos, sin = cos[:, None, :], sin[:, None, :]  # broadcast over batch and heads
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
