@@ -1,0 +1,284 @@
+"""The one module that talks to DeepSpeed: process group, DeepSpeed config, engine, checkpoints.
+
+Responsibilities:
+- `init_distributed`: works under the `deepspeed` launcher (env vars), `mpirun` (mpi4py
+  discovery) and plain `python` (a world-size-1 group made here), with a configurable timeout.
+- `build_ds_config`: our run config + a JSON file from ds_configs/ (ZeRO stage, precision,
+  offload). Batch sizes, optimizer, scheduler and clipping belong to the run config; a file that
+  also sets them is refused, naming the key.
+- `build_engine`: the model under `deepspeed.zero.Init` for ZeRO-3 (so a model larger than one
+  device can start), AdamW with no weight decay on norm weights and biases, `deepspeed.initialize`.
+- `save` / `load`: DeepSpeed checkpoints without DeepSpeed's own `latest` (see checkpoint.io), and
+  a conversion to DeepSpeed's universal format to resume with a different number of ranks.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import deepspeed
+import torch
+import torch.distributed as dist
+
+from megatiny.checkpoint import io as ckpt_io
+from megatiny.model.config import ModelConfig
+from megatiny.training.config import DistributedConfig, RunConfig
+
+# DeepSpeed config keys that the run config owns, and where to set them instead.
+OWNED_KEYS = {
+    "train_batch_size": "batch.global_batch_size",
+    "train_micro_batch_size_per_gpu": "batch.micro_batch_size",
+    "gradient_accumulation_steps": "batch.global_batch_size / (batch.micro_batch_size x ranks)",
+    "optimizer": "the optimizer section",
+    "scheduler": "the schedule section",
+    "gradient_clipping": "optimizer.grad_clip",
+}
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+
+def _mpi_launched() -> bool:
+    keys = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SIZE")
+    return any(k in os.environ for k in keys)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(cfg: DistributedConfig) -> DistInfo:
+    """Join (or make) the process group. Returns this process's rank, world size and device."""
+    launched = all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+    port = int(os.environ.get("MASTER_PORT", cfg.master_port))
+    if not launched and not _mpi_launched():
+        # Plain `python tools/train.py`: a group of one on this host.
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(os.environ.get("MASTER_PORT", _free_port())))
+    os.environ.setdefault("LOCAL_RANK", "0")
+    backend = cfg.backend
+    if backend == "auto":
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=True, distributed_port=port,
+                               timeout=timedelta(seconds=cfg.timeout_s), verbose=False)
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def read_ds_file(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"distributed.deepspeed_config: {path} not found "
+                                "(see ds_configs/ for examples)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+
+
+def zero_stage(ds_config: dict[str, Any]) -> int:
+    return int(ds_config.get("zero_optimization", {}).get("stage", 0))
+
+
+def offloads_optimizer(ds_config: dict[str, Any]) -> bool:
+    device = ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
+    return device in ("cpu", "nvme")
+
+
+def build_ds_config(run: RunConfig, ds_file: dict[str, Any], data_parallel_size: int, *,
+                    source: str = "deepspeed config", load_universal: bool = False) -> dict[str, Any]:
+    """The DeepSpeed config for this run: `ds_file` plus what the run config owns.
+
+    Raises ValueError when `ds_file` sets a key owned by the run config (the message says where
+    to set it instead) or the batch sizes do not divide.
+    """
+    for key, ours in OWNED_KEYS.items():
+        if key in ds_file:
+            raise ValueError(f"{source}: sets '{key}', which megatiny takes from the run config "
+                             f"({ours}); remove it from the DeepSpeed file")
+    if ds_file.get("fp16", {}).get("enabled") and ds_file.get("bf16", {}).get("enabled"):
+        raise ValueError(f"{source}: enables both fp16 and bf16; choose one")
+    accumulation = run.batch.gradient_accumulation_steps(data_parallel_size)
+    config = json.loads(json.dumps(ds_file))
+    config.update({
+        "train_batch_size": run.batch.global_batch_size,
+        "train_micro_batch_size_per_gpu": run.batch.micro_batch_size,
+        "gradient_accumulation_steps": accumulation,
+        "gradient_clipping": run.optimizer.grad_clip,
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**12,  # our own logging reports progress
+    })
+    if offloads_optimizer(config) and not run.optimizer.cpu_adam:
+        config["zero_force_ds_cpu_optimizer"] = False
+    checkpoint = dict(config.get("checkpoint", {}))
+    checkpoint["load_universal"] = load_universal
+    config["checkpoint"] = checkpoint
+    return config
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on matrices; none on norm weights, biases and other vectors.
+
+    Under ZeRO-3 parameters are partitioned (shape [0]); `ds_shape` holds the real shape.
+    """
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        ndim = len(getattr(param, "ds_shape", param.shape))
+        if ndim < 2 or "norm" in name or name.endswith(".bias"):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _build_optimizer(run: RunConfig, model: torch.nn.Module, ds_config: dict[str, Any]):
+    groups = param_groups(model, run.optimizer.weight_decay)
+    opt = run.optimizer
+    kwargs = dict(lr=opt.lr, betas=(opt.beta1, opt.beta2), eps=opt.eps)
+    if offloads_optimizer(ds_config) and opt.cpu_adam:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+        return DeepSpeedCPUAdam(groups, adamw_mode=True, **kwargs)
+    return torch.optim.AdamW(groups, **kwargs)
+
+
+def _copy_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], rank: int) -> None:
+    """Copy full tensors `state` into `model` (ZeRO-3 partitioned or not); rank 0's copy wins."""
+    names = {n for n, _ in model.named_parameters()}
+    missing, unexpected = sorted(names - set(state)), sorted(set(state) - names)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint.init_from: weights do not match the model: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    for name, param in model.named_parameters():
+        with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
+            if rank == 0:
+                source = state[name]
+                if tuple(source.shape) != tuple(param.shape):
+                    raise ValueError(f"checkpoint.init_from: {name} has shape {tuple(source.shape)}, "
+                                     f"the model expects {tuple(param.shape)}")
+                param.data.copy_(source.to(param.dtype))
+
+
+class TrainingEngine:
+    """A DeepSpeed engine with the few operations the loop needs."""
+
+    def __init__(self, run: RunConfig, model_config: ModelConfig, ds_config: dict[str, Any],
+                 dist_info: DistInfo, init_state: dict[str, torch.Tensor] | None = None):
+        from megatiny.model import GPT
+
+        self.run, self.model_config, self.ds_config, self.dist = run, model_config, ds_config, dist_info
+        torch.manual_seed(run.seed)  # identical initial weights on every rank
+        with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=zero_stage(ds_config) == 3):
+            model = GPT(model_config)
+        if init_state is not None:
+            _copy_weights(model, init_state, dist_info.rank)
+        self.optimizer = _build_optimizer(run, model, ds_config)
+        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=self.optimizer, config=ds_config)
+        self.dtype = (torch.bfloat16 if ds_config.get("bf16", {}).get("enabled")
+                      else torch.float16 if ds_config.get("fp16", {}).get("enabled") else torch.float32)
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        return self.engine.gradient_accumulation_steps()
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def train(self, mode: bool = True) -> None:
+        self.engine.train(mode)
+
+    def loss(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean next-token loss (fp32 scalar) of a micro-batch; input_ids, labels Long[B, T]."""
+        device = self.dist.device
+        return self.engine(input_ids.to(device), labels=labels.to(device))
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self) -> None:
+        """Call once per micro-batch; DeepSpeed applies the update at the accumulation boundary."""
+        self.engine.step()
+
+    def grad_norm(self) -> float | None:
+        """Global gradient 2-norm before clipping, of the last optimizer step."""
+        norm = self.engine.get_global_grad_norm()
+        return None if norm is None else float(norm)
+
+    def save(self, save_dir: str | os.PathLike, tag: str, client_state: dict[str, Any]) -> None:
+        """Every rank writes its shards to SAVE_DIR/TAG; no `latest` is written here."""
+        self.engine.save_checkpoint(str(save_dir), tag=tag, client_state=client_state, save_latest=False)
+
+    def load(self, root: str | os.PathLike, tag: str) -> None:
+        """Load model, optimizer and DeepSpeed state from ROOT/TAG (universal if configured)."""
+        path, _ = self.engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True,
+                                              load_lr_scheduler_states=False)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load the checkpoint {Path(root) / tag}")
+
+
+def convert_to_universal(root: str | os.PathLike, tag: str) -> Path:
+    """Convert ROOT/TAG to DeepSpeed's universal format at ROOT/universal/TAG (once; rank 0 only).
+
+    The universal format stores each parameter's fp32 weights and Adam moments whole, so a run
+    can continue on a different number of data-parallel ranks with its optimizer state."""
+    root = Path(root)
+    out = root / ckpt_io.UNIVERSAL_DIR / tag
+    if (out / "megatiny.json").is_file():
+        return out
+    tmp = out.with_name(f".{tag}.converting")
+    if tmp.exists():
+        import shutil
+        shutil.rmtree(tmp)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(root / tag),
+           "--output_folder", str(tmp), "--num_extract_workers", "1", "--num_merge_workers", "1"]
+    result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"converting {root / tag} to a universal checkpoint failed:\n"
+                           f"{result.stdout[-3000:]}")
+    for name in ("megatiny.json",):
+        (tmp / name).write_bytes((root / tag / name).read_bytes())
+    os.replace(tmp, out)
+    return out
+
+
+def barrier() -> None:
+    dist.barrier()
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
+def shutdown() -> None:
+    """Destroy the process group (without it gloo ranks abort at exit)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
