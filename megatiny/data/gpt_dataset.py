@@ -1,0 +1,275 @@
+"""Fixed-length GPT training samples packed across documents (Megatron's GPTDataset maths, in numpy).
+
+Three index arrays, built vectorized and cached as `.npy`:
+
+  document index  int32 [E]      the split's sequences repeated over `num_epochs` epochs and shuffled;
+                                 when the last epoch is needed for < 80% of its samples it is
+                                 shuffled separately, so the partial epoch does not skew the mix.
+  sample index    int32/64 [S+1, 2]  (position in the document index, token offset) where sample s
+                                 starts, i.e. global token s * seq_length of the concatenation;
+                                 S = (epochs * tokens_per_epoch - 1) // seq_length. Sample s spans
+                                 seq_length + 1 tokens, so consecutive samples share one token.
+  shuffle index   int32/64 [S]   a permutation of the samples (the final separate epoch, if any,
+                                 is permuted on its own, after the others).
+
+`ds[i]` (0 <= i < num_samples) is an int64 array of seq_length + 1 tokens: input_ids = ds[i][:-1],
+labels = ds[i][1:].
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from megatiny.data.indexed_dataset import IndexedDataset
+
+INDEX_VERSION = 1
+SEPARATE_LAST_EPOCH_THRESHOLD = 0.80
+
+
+def num_epochs_needed(tokens_per_epoch: int, seq_length: int, num_samples: int) -> int:
+    """Smallest number of epochs whose tokens yield `num_samples` samples of seq_length + 1 tokens."""
+    if tokens_per_epoch <= 0:
+        raise ValueError("the dataset split has no tokens")
+    need = num_samples * seq_length + 1
+    return max(1, -(-need // tokens_per_epoch))
+
+
+def build_document_index(documents: np.ndarray, num_epochs: int, rng: np.random.Generator,
+                         separate_last_epoch: bool) -> np.ndarray:
+    """`documents` tiled `num_epochs` times and shuffled (last epoch separately if asked), int32."""
+    dtype = np.int32 if len(documents) == 0 or documents.max() < np.iinfo(np.int32).max else np.int64
+    if not separate_last_epoch or num_epochs == 1:
+        index = np.tile(documents.astype(dtype), num_epochs)
+        rng.shuffle(index)
+        return index
+    first = build_document_index(documents, num_epochs - 1, rng, False)
+    last = build_document_index(documents, 1, rng, False)
+    return np.concatenate([first, last])
+
+
+def build_sample_index(sizes: np.ndarray, document_index: np.ndarray, seq_length: int,
+                       num_samples: int | None = None) -> np.ndarray:
+    """Start (document-index position, offset) of every sample, [S+1, 2], vectorized.
+
+    Sample s starts at global token p = s * seq_length of the documents concatenated in
+    `document_index` order. Its row is the position j of the document holding token p and the
+    offset of p inside it. Empty documents never hold a token, so they are skipped (except that
+    row 0 is always (0, 0), as in Megatron's loop). `num_samples` limits S (default: all whole samples).
+    """
+    lengths = sizes[document_index].astype(np.int64)
+    ends = np.cumsum(lengths)
+    total = int(ends[-1]) if len(ends) else 0
+    max_samples = (total - 1) // seq_length if total > 0 else 0
+    count = max_samples if num_samples is None else min(num_samples, max_samples)
+    # Number of sample starts (multiples of seq_length) inside each document's token range [start, end).
+    first_multiple_at_or_after = -(-(ends - lengths) // seq_length)
+    starts_per_doc = -(-ends // seq_length) - first_multiple_at_or_after
+    positions = np.repeat(np.arange(len(lengths), dtype=np.int64), starts_per_doc)[:count + 1]
+    offsets = np.arange(count + 1, dtype=np.int64) * seq_length - (ends - lengths)[positions]
+    dtype = np.int32 if len(lengths) < np.iinfo(np.int32).max else np.int64
+    index = np.empty((count + 1, 2), dtype=dtype)
+    index[:, 0] = positions
+    index[:, 1] = offsets
+    index[0] = (0, 0)
+    return index
+
+
+def build_sample_index_reference(sizes: np.ndarray, document_index: np.ndarray,
+                                 seq_length: int) -> np.ndarray:
+    """Megatron's `build_sample_idx` loop, in plain Python: the specification the fast version meets."""
+    total = int(sum(int(sizes[d]) for d in document_index))
+    num_samples = (total - 1) // seq_length
+    rows = [(0, 0)]
+    doc_pos, doc_offset = 0, 0
+    for _ in range(num_samples):
+        remaining = seq_length + 1
+        while remaining != 0:
+            doc_length = int(sizes[document_index[doc_pos]]) - doc_offset
+            remaining -= doc_length
+            if remaining <= 0:
+                doc_offset += remaining + doc_length - 1
+                remaining = 0
+            else:
+                doc_pos += 1
+                doc_offset = 0
+        rows.append((doc_pos, doc_offset))
+    return np.array(rows, dtype=np.int64).reshape(-1, 2)
+
+
+def build_shuffle_index(num_samples: int, total: int, rng: np.random.Generator) -> np.ndarray:
+    """Permutation of [0, num_samples) followed by a separate permutation of [num_samples, total)."""
+    dtype = np.int32 if total < np.iinfo(np.int32).max else np.int64
+    first = np.arange(num_samples, dtype=dtype)
+    rng.shuffle(first)
+    if num_samples == total:
+        return first
+    last = np.arange(num_samples, total, dtype=dtype)
+    rng.shuffle(last)
+    return np.concatenate([first, last])
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def default_cache_dir(prefix: str | os.PathLike) -> Path:
+    return Path(prefix).resolve().parent / "megatiny_cache"
+
+
+def describe_indexed(indexed: IndexedDataset) -> dict[str, Any]:
+    """What identifies an indexed dataset's content cheaply: path, file sizes, counts."""
+    return {
+        "prefix": str(Path(indexed.prefix).resolve()),
+        "bin_bytes": indexed.bin_path.stat().st_size,
+        "idx_bytes": indexed.idx_path.stat().st_size,
+        "num_sequences": len(indexed),
+        "num_documents": indexed.num_documents,
+        "dtype": indexed.dtype.name,
+    }
+
+
+class GPTDataset:
+    """`num_samples` packed samples of seq_length + 1 tokens over one split of one indexed dataset.
+
+    indexed: the tokens. sequence_range: (first, end) sequence ids of this split (the split is made
+    by document; see `split_document_ranges`). Indexes are loaded from `cache_dir` when present,
+    otherwise built and written there (temp name + rename, so concurrent ranks are safe).
+    """
+
+    def __init__(self, indexed: IndexedDataset, sequence_range: tuple[int, int], num_samples: int,
+                 seq_length: int, seed: int, cache_dir: str | os.PathLike | None = None, name: str = "train"):
+        if seq_length < 1:
+            raise ValueError(f"seq_length must be >= 1, got {seq_length}")
+        if num_samples < 0:
+            raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+        first, end = sequence_range
+        if not 0 <= first <= end <= len(indexed):
+            raise ValueError(f"sequence_range {sequence_range} out of bounds for {indexed.prefix} "
+                             f"({len(indexed)} sequences)")
+        self.indexed = indexed
+        self.name = name
+        self.seq_length = seq_length
+        self.num_samples = num_samples
+        self.seed = seed
+        self.sequence_range = (int(first), int(end))
+        self.sizes = indexed.sequence_lengths
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(indexed.prefix)
+        self.key = {
+            "index_version": INDEX_VERSION, "kind": "GPTDataset", "dataset": describe_indexed(indexed),
+            "sequence_range": list(self.sequence_range), "num_samples": num_samples,
+            "seq_length": seq_length, "seed": seed,
+        }
+        self.hash = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:20]
+        self.document_index, self.sample_index, self.shuffle_index = self._load_or_build()
+
+    def _paths(self) -> dict[str, Path]:
+        base = f"{Path(self.indexed.prefix).name}-{self.name}-{self.hash}"
+        return {k: self.cache_dir / f"{base}-{k}_index.npy" for k in ("document", "sample", "shuffle")} | {
+            "description": self.cache_dir / f"{base}-description.json"}
+
+    def _load_or_build(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        paths = self._paths()
+        if all(p.is_file() for p in paths.values()):
+            return tuple(np.load(paths[k], mmap_mode="r", allow_pickle=False)
+                         for k in ("document", "sample", "shuffle"))
+        arrays = self.build_indices()
+        self.document_index, self.sample_index, self.shuffle_index = arrays
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OSError(f"cannot create the dataset index cache {self.cache_dir} ({e}); set "
+                          f"DataConfig.cache_dir to a directory all ranks of a node can write") from None
+        for k, array in zip(("document", "sample", "shuffle"), arrays):
+            _atomic_save_npy(paths[k], array)
+        # Written last: its presence means the three arrays are complete.
+        _atomic_write_text(paths["description"], json.dumps(self.describe(), indent=2, sort_keys=True))
+        return arrays
+
+    def build_indices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        first, end = self.sequence_range
+        documents = np.arange(first, end, dtype=np.int64)
+        if self.num_samples == 0:
+            return (np.zeros(0, np.int32), np.zeros((1, 2), np.int32), np.zeros(0, np.int32))
+        tokens_per_epoch = int(self.sizes[first:end].sum(dtype=np.int64))
+        if tokens_per_epoch <= 1:
+            raise ValueError(f"{self.indexed.prefix}: the {self.name} split (sequences {first}..{end}) has "
+                             f"{tokens_per_epoch} tokens; it cannot provide {self.num_samples} samples")
+        num_epochs = num_epochs_needed(tokens_per_epoch, self.seq_length, self.num_samples)
+        separate_last, samples_before_last = False, 0
+        if num_epochs > 1:
+            samples_before_last = ((num_epochs - 1) * tokens_per_epoch - 1) // self.seq_length
+            samples_per_epoch = (tokens_per_epoch - 1) // self.seq_length
+            from_last = self.num_samples - samples_before_last
+            separate_last = from_last < int(SEPARATE_LAST_EPOCH_THRESHOLD * samples_per_epoch)
+        rng = np.random.default_rng(self.seed)
+        document_index = build_document_index(documents, num_epochs, rng, separate_last)
+        sample_index = build_sample_index(self.sizes, document_index, self.seq_length)
+        total = len(sample_index) - 1
+        shuffle_index = build_shuffle_index(samples_before_last if separate_last else total, total, rng)
+        return document_index, sample_index, shuffle_index
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not 0 <= i < self.num_samples:
+            raise IndexError(f"sample {i} out of range for {self.name} dataset of {self.num_samples} samples")
+        s = int(self.shuffle_index[i])
+        (doc0, off0), (doc1, off1) = self.sample_index[s].tolist(), self.sample_index[s + 1].tolist()
+        di = self.document_index
+        if doc0 == doc1:
+            tokens = self.indexed.get(int(di[doc0]), off0, off1 - off0 + 1)
+        else:
+            parts = [self.indexed.get(int(di[doc0]), off0)]
+            parts.extend(self.indexed[int(di[j])] for j in range(doc0 + 1, doc1))
+            parts.append(self.indexed.get(int(di[doc1]), 0, off1 + 1))
+            tokens = np.concatenate(parts)
+        if len(tokens) != self.seq_length + 1:
+            raise RuntimeError(f"{self.indexed.prefix}: sample {i} has {len(tokens)} tokens, expected "
+                               f"{self.seq_length + 1}; the index cache in {self.cache_dir} is stale or "
+                               f"corrupt")
+        return tokens.astype(np.int64)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description (for checkpoints): what was built and its index hash."""
+        return {**self.key, "index_hash": self.hash,
+                "num_documents_in_index": int(len(self.document_index)),
+                "num_available_samples": int(len(self.sample_index) - 1)}
+
+
+def split_document_ranges(num_documents: int, split: list[float]) -> list[tuple[int, int]]:
+    """Megatron's split: normalized weights -> contiguous [start, end) document ranges covering all."""
+    total = float(sum(split))
+    if total <= 0 or any(w < 0 for w in split):
+        raise ValueError(f"split weights must be non-negative with a positive sum, got {split}")
+    bounds = [0]
+    for w in split:
+        bounds.append(bounds[-1] + int(round(w / total * num_documents)))
+    diff = bounds[-1] - num_documents
+    bounds = [bounds[0]] + [b - diff for b in bounds[1:]]
+    bounds = [min(max(b, 0), num_documents) for b in bounds]
+    return [(bounds[i], bounds[i + 1]) for i in range(len(split))]

@@ -1,0 +1,93 @@
+"""DataConfig parsing and build_gpt_datasets: blends, splits by document, separate paths, caching."""
+import json
+
+import numpy as np
+import pytest
+
+from megatiny.data import DataConfig, build_gpt_datasets, describe_datasets
+from megatiny.data.config import parse_blend, parse_split
+from megatiny.data.indexed_dataset import IndexedDatasetBuilder
+
+
+@pytest.fixture(scope="module")
+def prefixes(tmp_path_factory):
+    d = tmp_path_factory.mktemp("builder")
+    out = []
+    for tag, ndocs in ((1, 300), (2, 200)):
+        rng = np.random.default_rng(tag)
+        with IndexedDatasetBuilder(d / f"src{tag}", np.uint16) as b:
+            for doc in range(ndocs):
+                # token = tag * 10000 + document number: reveals which dataset/document it came from
+                b.add_document(np.full(int(rng.integers(5, 40)), tag * 10000 + doc))
+        out.append(str(d / f"src{tag}"))
+    return out, d
+
+
+def test_parse_blend_and_split():
+    assert parse_blend("0.7 A 0.3 B") == [(0.7, "A"), (0.3, "B")]
+    assert parse_blend("A") == [(1.0, "A")]
+    assert parse_blend("2 A 6 B") == [(0.25, "A"), (0.75, "B")]
+    with pytest.raises(ValueError, match="odd number"):
+        parse_blend("0.7 A 0.3")
+    with pytest.raises(ValueError, match="negative"):
+        parse_blend("-1 A 2 B")
+    assert parse_split("969,30,1") == [969.0, 30.0, 1.0]
+    assert parse_split("98,2") == [98.0, 2.0, 0.0]
+    with pytest.raises(ValueError, match="split"):
+        parse_split("a,b")
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="data_path"):
+        DataConfig()
+    with pytest.raises(ValueError, match="not both"):
+        DataConfig(data_path="A", train_data_path="B")
+    with pytest.raises(ValueError, match="unknown field"):
+        DataConfig.from_dict({"data_path": "A", "bogus": 1})
+    c = DataConfig(data_path="0.5 A 0.5 B")
+    assert DataConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+
+
+def test_blend_with_split(prefixes):
+    (a, b), d = prefixes
+    cfg = DataConfig(data_path=f"0.7 {a} 0.3 {b}", split="90,10,0", cache_dir=str(d / "cache"))
+    train, valid, test = build_gpt_datasets(cfg, 16, (500, 40, 0), seed=1)
+    assert test is None
+    assert len(train) == 500 and len(valid) == 40
+    src = np.array([int(train[i][0]) // 10000 for i in range(500)])
+    assert (src == 1).sum() == 350 and (src == 2).sum() == 150
+    # split by document: train never sees a valid document and vice versa
+    train_docs = {int(t) for i in range(500) for t in train[i]}
+    valid_docs = {int(t) for i in range(40) for t in valid[i]}
+    assert not train_docs & valid_docs
+    assert max(t % 10000 for t in train_docs if t // 10000 == 1) < 270
+    json.dumps(describe_datasets((train, valid, test)))
+
+
+def test_second_call_loads_from_cache(prefixes):
+    (a, b), d = prefixes
+    cfg = DataConfig(data_path=f"0.7 {a} 0.3 {b}", split="90,10,0", cache_dir=str(d / "cache2"))
+    first = build_gpt_datasets(cfg, 16, (100, 0, 0), seed=1)[0]
+    n_files = len(list((d / "cache2").iterdir()))
+    again = build_gpt_datasets(cfg, 16, (100, 0, 0), seed=1)[0]
+    assert len(list((d / "cache2").iterdir())) == n_files
+    assert isinstance(again.dataset_index, np.memmap)
+    for i in range(100):
+        np.testing.assert_array_equal(first[i], again[i])
+
+
+def test_separate_paths(prefixes):
+    (a, b), d = prefixes
+    cfg = DataConfig(train_data_path=a, valid_data_path=b, cache_dir=str(d / "cache3"))
+    train, valid, test = build_gpt_datasets(cfg, 8, (50, 20, 0), seed=0)
+    assert all(int(t) // 10000 == 1 for i in range(50) for t in train[i])
+    assert all(int(t) // 10000 == 2 for i in range(20) for t in valid[i])
+    with pytest.raises(ValueError, match="test"):
+        build_gpt_datasets(cfg, 8, (50, 20, 5), seed=0)
+
+
+def test_empty_split_requested_is_an_error(prefixes):
+    (a, _), d = prefixes
+    cfg = DataConfig(data_path=a, split="100,0,0", cache_dir=str(d / "cache4"))
+    with pytest.raises(ValueError, match="valid"):
+        build_gpt_datasets(cfg, 8, (10, 5, 0), seed=0)

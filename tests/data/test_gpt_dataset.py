@@ -1,0 +1,118 @@
+"""Packed GPT samples: index maths against Megatron's loop, sample contents, caching, epochs."""
+import numpy as np
+import pytest
+
+from megatiny.data.gpt_dataset import (
+    GPTDataset,
+    build_sample_index,
+    build_sample_index_reference,
+    split_document_ranges,
+)
+from megatiny.data.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sample_index_matches_reference_loop(seed):
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(0 if seed % 2 else 1, 40, size=int(rng.integers(1, 60))).astype(np.int32)
+    sizes[0] = max(sizes[0], 2)
+    doc_index = rng.permutation(np.tile(np.arange(len(sizes)), 3)).astype(np.int32)
+    for seq_length in (1, 3, 7, 16, 64):
+        fast = build_sample_index(sizes, doc_index, seq_length)
+        ref = build_sample_index_reference(sizes, doc_index, seq_length)
+        np.testing.assert_array_equal(fast, ref, err_msg=f"seq_length={seq_length}")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Documents whose tokens encode (document id, position) so samples can be checked exactly."""
+    d = tmp_path_factory.mktemp("gpt")
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 50, size=40)
+    docs = [(i * 100 + np.arange(n)).astype(np.int32) for i, n in enumerate(lengths)]
+    with IndexedDatasetBuilder(d / "c", np.int32) as b:
+        for doc in docs:
+            b.add_document(doc)
+    return IndexedDataset(d / "c"), docs, d
+
+
+def expected_stream(ds, docs):
+    di = np.asarray(ds.document_index)
+    return np.concatenate([docs[j] for j in di])
+
+
+def test_samples_are_windows_of_shuffled_document_stream(corpus):
+    indexed, docs, d = corpus
+    L = 16
+    ds = GPTDataset(indexed, (0, len(docs)), 200, L, seed=3, cache_dir=d / "cache")
+    stream = expected_stream(ds, docs)
+    assert len(ds) == 200
+    seen = set()
+    for i in range(len(ds)):
+        s = int(ds.shuffle_index[i])
+        sample = ds[i]
+        assert sample.dtype == np.int64 and sample.shape == (L + 1,)
+        np.testing.assert_array_equal(sample, stream[s * L: s * L + L + 1])
+        seen.add(s)
+    assert len(seen) == 200
+
+
+def test_multiple_epochs_each_document_once_per_epoch(corpus):
+    indexed, docs, d = corpus
+    tokens = sum(len(x) for x in docs)
+    ds = GPTDataset(indexed, (0, len(docs)), 3 * tokens // 8, 8, seed=1, cache_dir=d / "cache")
+    counts = np.bincount(np.asarray(ds.document_index), minlength=len(docs))
+    assert len(set(counts.tolist())) == 1 and counts[0] >= 3
+
+
+def test_separate_last_epoch_shuffle(corpus):
+    indexed, docs, d = corpus
+    tokens = sum(len(x) for x in docs)
+    L = 4
+    per_epoch = (tokens - 1) // L
+    ds = GPTDataset(indexed, (0, len(docs)), per_epoch + 5, L, seed=2, cache_dir=d / "cache")
+    di = np.asarray(ds.document_index)
+    assert sorted(di[:len(docs)].tolist()) == list(range(len(docs)))    # epoch 1 complete
+    assert sorted(di[len(docs):].tolist()) == list(range(len(docs)))    # last epoch shuffled on its own
+    first = (tokens - 1) // L
+    shuffle = np.asarray(ds.shuffle_index)
+    assert sorted(shuffle[:first].tolist()) == list(range(first))       # first epoch's samples first
+
+
+def test_deterministic_and_cached(corpus):
+    indexed, docs, d = corpus
+    a = GPTDataset(indexed, (0, 30), 50, 8, seed=5, cache_dir=d / "c2")
+    files = sorted(p.name for p in (d / "c2").iterdir())
+    assert len(files) == 4 and not any(f.startswith(".") for f in files)
+    b = GPTDataset(indexed, (0, 30), 50, 8, seed=5, cache_dir=d / "c2")
+    assert isinstance(b.shuffle_index, np.memmap)                       # loaded, not rebuilt
+    fresh = GPTDataset(indexed, (0, 30), 50, 8, seed=5, cache_dir=d / "c3")
+    for i in range(50):
+        np.testing.assert_array_equal(a[i], b[i])
+        np.testing.assert_array_equal(a[i], fresh[i])
+    other = GPTDataset(indexed, (0, 30), 50, 8, seed=6, cache_dir=d / "c2")
+    assert other.hash != a.hash
+    assert not all(np.array_equal(a[i], other[i]) for i in range(50))
+
+
+def test_split_range_only_reads_its_documents(corpus):
+    indexed, docs, d = corpus
+    ds = GPTDataset(indexed, (10, 20), 30, 8, seed=0, cache_dir=d / "cache")
+    di = np.asarray(ds.document_index)
+    assert di.min() >= 10 and di.max() < 20
+    for i in range(len(ds)):
+        assert set((ds[i] // 100).tolist()) <= set(range(10, 20))
+
+
+def test_out_of_range_sample(corpus):
+    indexed, docs, d = corpus
+    ds = GPTDataset(indexed, (0, 40), 10, 8, seed=0, cache_dir=d / "cache")
+    with pytest.raises(IndexError):
+        ds[10]
+
+
+def test_split_document_ranges():
+    assert split_document_ranges(1000, [969, 30, 1]) == [(0, 969), (969, 999), (999, 1000)]
+    assert split_document_ranges(10, [1, 0, 0]) == [(0, 10), (10, 10), (10, 10)]
+    r = split_document_ranges(7, [1, 1, 1])
+    assert r[0][0] == 0 and r[-1][1] == 7 and all(a <= b for a, b in r)
