@@ -1,0 +1,443 @@
+"""lm-evaluation-harness model `megatiny`: score any megatiny checkpoint with lm-eval's tasks.
+
+    lm_eval needs our class registered before it parses `--model megatiny`; importing this module
+    does that. From the shell use the wrapper, which registers and then runs lm-eval's own CLI:
+
+        python -m megatiny.eval --model megatiny --model_args checkpoint=runs/x/checkpoints \\
+            --tasks arc_easy --batch_size 16
+
+    From Python: `MegatinyLM(checkpoint=...)` or `MegatinyLM(model=gpt, tokenizer=tok)`, then
+    `lm_eval.simple_evaluate(model=lm, tasks=[...])`.
+
+Scoring follows lm-eval's `hf` model for causal LMs, so a megatiny checkpoint and its Hugging Face
+export get the same numbers: the context is encoded with BOS in front (as Llama tokenizers do;
+`add_bos_token=False` turns that off), a continuation's tokens are those of
+encode(context + continuation) after encode(context), inputs longer than the model's context are
+cut from the left. Requests are sorted by length (longest first), right-padded and scored one
+forward pass per batch; right padding cannot change the logits of a causal model at real positions.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lm_eval import utils as lm_utils
+from lm_eval.api.instance import Instance
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+from lm_eval.models.utils import normalize_gen_kwargs
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+# A loglikelihood request after tokenization: ((context, continuation) or None, context ids,
+# continuation ids). Rolling-window requests carry None as the first element (nothing to cache).
+TokenRequest = tuple[Any, list[int], list[int]]
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`None` or "auto" -> the first CUDA device if there is one, else CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """A torch dtype from a name; "auto" = bfloat16 on CUDA, float32 on CPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"megatiny lm-eval model: dtype {dtype!r} is not one of "
+                         f"{sorted(DTYPES) + ['auto']}")
+    return DTYPES[dtype]
+
+
+def _parse_bool(value: Any, name: str) -> bool | None:
+    """lm-eval passes `--model_args` values as strings or already-parsed Python values."""
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no"):
+        return False
+    raise ValueError(f"megatiny lm-eval model: {name} must be true or false, got {value!r}")
+
+
+def _parse_batch_size(value: Any) -> int:
+    if value is None:
+        return 8
+    text = str(value)
+    if text.startswith("auto"):
+        logger.warning("megatiny lm-eval model: batch_size=%s is not supported; using 8 "
+                       "(pass an integer, e.g. --batch_size 32)", text)
+        return 8
+    try:
+        size = int(text)
+    except ValueError:
+        raise ValueError(f"megatiny lm-eval model: batch_size must be an integer, got {value!r}") from None
+    if size <= 0:
+        raise ValueError(f"megatiny lm-eval model: batch_size must be positive, got {size}")
+    return size
+
+
+def load_checkpoint_and_tokenizer(checkpoint: str | os.PathLike, tokenizer: Any, dtype: torch.dtype,
+                                  device: torch.device) -> tuple[torch.nn.Module, Any, dict]:
+    """(model in eval mode, tokenizer object, metadata) for a checkpoint `load_model` accepts.
+
+    The tokenizer is `tokenizer` (a path or a loaded object) if given, else the one named in the
+    checkpoint's metadata, else the checkpoint directory itself (a Hugging Face export keeps its
+    tokenizer files beside the weights).
+    """
+    from megatiny.checkpoint import load_model
+    from megatiny.data.tokenizer import load_tokenizer
+
+    model, metadata = load_model(checkpoint, dtype=dtype, device=device)
+    if tokenizer is None:
+        tokenizer = metadata.get("tokenizer") or checkpoint
+    if isinstance(tokenizer, (str, os.PathLike)):
+        try:
+            tokenizer = load_tokenizer(tokenizer)
+        except (OSError, ValueError) as e:
+            raise ValueError(
+                f"megatiny lm-eval model: cannot load the tokenizer for {checkpoint} from "
+                f"{tokenizer}: {e}. Pass tokenizer=PATH (a sentencepiece .model file or a Hugging "
+                f"Face tokenizer directory) in --model_args.") from None
+    return model.eval(), tokenizer, metadata
+
+
+@register_model("megatiny")
+class MegatinyLM(TemplateLM):
+    """lm-eval `LM` over a megatiny `GPT` (or any causal LM module returning logits [B, T, V]).
+
+    Args (all also accepted as `--model_args key=value`):
+        checkpoint: DeepSpeed checkpoint root or tag dir, megatiny weights dir or HF Llama dir.
+        model, tokenizer: instead of `checkpoint`, an in-memory model and tokenizer (Python only);
+            with `checkpoint`, `tokenizer` may be a path overriding the checkpoint's own.
+        batch_size: requests per forward pass (integer).
+        max_length: context length in tokens (default: the model's max_position_embeddings).
+        device: "cpu", "cuda", "cuda:1", ... (default: CUDA if available).
+        dtype: float32 | bfloat16 | float16 | auto (bfloat16 on CUDA, float32 on CPU).
+        add_bos_token: put BOS before every context (default: true when the tokenizer has one).
+        max_gen_toks: default generation budget when a task does not set one.
+        seed: seed of the sampling generator (only used when a task samples).
+    """
+
+    backend = "causal"
+
+    def __init__(self, checkpoint: str | None = None, *, model: torch.nn.Module | None = None,
+                 tokenizer: Any = None, batch_size: int | str | None = 8,
+                 max_length: int | str | None = None, device: str | None = None,
+                 dtype: str | torch.dtype = "auto", add_bos_token: bool | str | None = None,
+                 max_gen_toks: int | str = 256, seed: int | str = 1234,
+                 max_batch_size: int | None = None, **unknown: Any) -> None:
+        super().__init__()
+        del max_batch_size  # lm-eval passes it to every model; only "auto" batch sizes use it
+        if unknown:
+            raise ValueError(f"megatiny lm-eval model: unknown argument(s) {sorted(unknown)}; known: "
+                             "checkpoint, tokenizer, batch_size, max_length, device, dtype, "
+                             "add_bos_token, max_gen_toks, seed")
+        self._device = resolve_device(device)
+        if (checkpoint is None) == (model is None):
+            raise ValueError("megatiny lm-eval model: give exactly one of checkpoint=PATH or "
+                             "model=<nn.Module> (with tokenizer=...)")
+        if checkpoint is not None:
+            torch_dtype = resolve_dtype(dtype, self._device)
+            model, tokenizer, self.metadata = load_checkpoint_and_tokenizer(
+                checkpoint, tokenizer, torch_dtype, self._device)
+        else:
+            if tokenizer is None:
+                raise ValueError("megatiny lm-eval model: an in-memory model needs tokenizer=...")
+            self.metadata = {}
+            model = model.to(self._device).eval()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = _parse_batch_size(batch_size)
+        self._max_length = int(max_length) if max_length is not None else self._model_max_length()
+        self._max_gen_toks = int(max_gen_toks)
+        bos = getattr(tokenizer, "bos_id", None)
+        add_bos = _parse_bool(add_bos_token, "add_bos_token")
+        self.add_bos_token = (bos is not None) if add_bos is None else add_bos
+        if self.add_bos_token and bos is None:
+            raise ValueError("megatiny lm-eval model: add_bos_token=true but the tokenizer has no BOS")
+        self._generator = torch.Generator(device="cpu").manual_seed(int(seed))
+
+    def _model_max_length(self) -> int:
+        config = getattr(self.model, "config", None)
+        for name in ("max_position_embeddings", "max_seq_length"):
+            if hasattr(config, name):
+                return int(getattr(config, name))
+        raise ValueError("megatiny lm-eval model: cannot tell the model's context length; "
+                         "pass max_length=N")
+
+    # --- lm-eval's tokenization hooks -------------------------------------------------------
+
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eos_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        """Conditioning token for an empty context and for rolling windows: BOS, else EOS."""
+        bos = getattr(self.tokenizer, "bos_id", None)
+        return bos if bos is not None else self.tokenizer.eos_id
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    @property
+    def max_gen_toks(self) -> int:
+        return self._max_gen_toks
+
+    @property
+    def tokenizer_name(self) -> str:
+        return str(getattr(self.tokenizer, "name_or_path", type(self.tokenizer).__name__))
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+        """Token ids of `string`; BOS in front when `add_special_tokens` (default: add_bos_token)."""
+        add_bos = self.add_bos_token if add_special_tokens is None else add_special_tokens
+        ids = list(self.tokenizer.encode(string))
+        return [self.tokenizer.bos_id, *ids] if add_bos and self.tokenizer.bos_id is not None else ids
+
+    def tok_decode(self, ids: Iterable[int]) -> str:
+        return self.tokenizer.decode(list(ids))
+
+    # --- scoring ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Float32 logits [B, T, V] for Long[B, T] input ids (moved to the model's device)."""
+        output = self.model(input_ids.to(self._device))
+        logits = output.logits if hasattr(output, "logits") else output
+        return logits.float()
+
+    def _loglikelihood_tokens(self, requests: list[TokenRequest], disable_tqdm: bool = False,
+                              **kwargs) -> list[tuple[float, bool]]:
+        """(sum of log p(continuation tokens), whether greedy decoding reproduces them) per request.
+
+        The model sees (context + continuation)[-(max_length + 1):][:-1]; the last
+        len(continuation) logits score the continuation.
+        """
+        order = sorted(range(len(requests)),
+                       key=lambda i: (-len(requests[i][1]) - len(requests[i][2]),
+                                      tuple(requests[i][1] + requests[i][2])))
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        progress = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0,
+                        desc="megatiny loglikelihood")
+        for start in range(0, len(order), self.batch_size):
+            batch = [requests[i] for i in order[start:start + self.batch_size]]
+            for index, answer in zip(order[start:start + self.batch_size], self._score_batch(batch)):
+                results[index] = answer
+                if requests[index][0] is not None:
+                    self.cache_hook.add_partial("loglikelihood", requests[index][0], answer)
+            progress.update(len(batch))
+        progress.close()
+        return results  # type: ignore[return-value]
+
+    def _score_batch(self, batch: Sequence[TokenRequest]) -> list[tuple[float, bool]]:
+        inputs, continuations = [], []
+        for _, context, continuation in batch:
+            if not context or not continuation:
+                raise ValueError("megatiny lm-eval model: empty context or continuation token list")
+            if len(continuation) > self.max_length:
+                raise ValueError(f"megatiny lm-eval model: continuation of {len(continuation)} tokens "
+                                 f"exceeds max_length {self.max_length}")
+            inputs.append((context + continuation)[-(self.max_length + 1):][:-1])
+            continuations.append(continuation)
+        width = max(len(ids) for ids in inputs)
+        padded = torch.zeros(len(inputs), width, dtype=torch.long)
+        for row, ids in enumerate(inputs):
+            padded[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        logits = self._logits(padded)
+        answers = []
+        for row, (ids, continuation) in enumerate(zip(inputs, continuations)):
+            span = logits[row, len(ids) - len(continuation):len(ids)]  # [C, V]
+            logprobs = F.log_softmax(span, dim=-1)
+            target = torch.tensor(continuation, dtype=torch.long, device=logprobs.device)
+            total = logprobs.gather(1, target[:, None]).sum()
+            greedy = bool((logprobs.argmax(dim=-1) == target).all())
+            answers.append((float(total), greedy))
+        return answers
+
+    def loglikelihood_rolling(self, requests: list[Instance], disable_tqdm: bool = False) -> list[float]:
+        """Total log-likelihood of each string, conditioned on the prefix token (BOS).
+
+        Documents longer than max_length are cut into windows (lm-eval's rolling scheme: every
+        token scored exactly once, each window with as much preceding context as fits). The
+        string is encoded without BOS: BOS is the conditioning token, not a token to predict.
+        """
+        windows: list[TokenRequest] = []
+        owners: list[int] = []
+        for index, (string,) in enumerate(request.args for request in requests):
+            token_windows = lm_utils.get_rolling_token_windows(
+                token_list=self.tok_encode(string, add_special_tokens=False),
+                prefix_token=self.prefix_token_id, max_seq_len=self.max_length, context_len=1)
+            for context, continuation in map(lm_utils.make_disjoint_window, token_windows):
+                windows.append((None, context, continuation))
+                owners.append(index)
+        totals = [0.0] * len(requests)
+        for owner, (logprob, _) in zip(owners, self._loglikelihood_tokens(windows, disable_tqdm)):
+            totals[owner] += logprob
+        for request, total in zip(requests, totals):
+            self.cache_hook.add_partial("loglikelihood_rolling", request.args, total)
+        return totals
+
+    # --- generation ------------------------------------------------------------------------
+
+    def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
+        """Greedy (or sampled, if the task asks) continuations, cut at the first stop sequence.
+
+        Requests with the same generation settings are batched longest first. Each batch keeps
+        right-padded rows and recomputes the full forward per step (no KV cache), so rows of
+        different lengths share a batch without attention masks; finished rows leave the batch.
+        """
+        results: list[str | None] = [None] * len(requests)
+        groups: dict[str, list[int]] = {}
+        for index, request in enumerate(requests):
+            groups.setdefault(repr(sorted(request.args[1].items())), []).append(index)
+        progress = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0,
+                        desc="megatiny generate_until")
+        for indices in groups.values():
+            kwargs = normalize_gen_kwargs(requests[indices[0]].args[1], self.max_gen_toks)
+            until = [s for s in kwargs["until"] if s]
+            max_new = int(kwargs["max_gen_toks"])
+            temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample") else 0.0
+            if max_new >= self.max_length:
+                raise ValueError(f"megatiny lm-eval model: max_gen_toks {max_new} must be below "
+                                 f"max_length {self.max_length}")
+            contexts = {i: self.tok_encode(requests[i].args[0])[-(self.max_length - max_new):]
+                        for i in indices}
+            indices = sorted(indices, key=lambda i: -len(contexts[i]))
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start:start + self.batch_size]
+                texts = self.generate_tokens([contexts[i] for i in chunk], max_new, until, temperature)
+                for index, text in zip(chunk, texts):
+                    results[index] = text
+                    self.cache_hook.add_partial("generate_until", requests[index].args, text)
+                progress.update(len(chunk))
+        progress.close()
+        return results  # type: ignore[return-value]
+
+    def generate_tokens(self, prompts: list[list[int]], max_new_tokens: int, until: list[str],
+                        temperature: float = 0.0) -> list[str]:
+        """Decoded continuation of each prompt, truncated before the first stop string in `until`.
+
+        A row stops at EOS, once its text contains a stop string, or after `max_new_tokens`
+        tokens. A model with a KV cache (megatiny `GPT`) decodes prompts of equal length together,
+        one token per step; any other model re-runs the right-padded batch every step.
+        """
+        if not hasattr(self.model, "new_kv_cache"):
+            return self._generate_recompute(prompts, max_new_tokens, until, temperature)
+        texts: list[str] = [""] * len(prompts)
+        by_length: dict[int, list[int]] = {}
+        for row, prompt in enumerate(prompts):
+            by_length.setdefault(len(prompt), []).append(row)
+        for rows in by_length.values():
+            outputs = self._generate_cached([prompts[r] for r in rows], max_new_tokens, until, temperature)
+            for row, text in zip(rows, outputs):
+                texts[row] = text
+        return texts
+
+    @torch.no_grad()
+    def _generate_cached(self, prompts: list[list[int]], max_new_tokens: int, until: list[str],
+                         temperature: float) -> list[str]:
+        """Equal-length prompts, decoded with the model's KV cache."""
+        tokens = torch.tensor(prompts, dtype=torch.long, device=self._device)
+        cache = self.model.new_kv_cache(len(prompts), tokens.shape[1] + max_new_tokens)
+        state = _Continuations(len(prompts), self.eot_token_id, until, self.tok_decode)
+        step_input = tokens
+        for _ in range(max_new_tokens):
+            logits = self.model(step_input, kv_cache=cache, last_token_only=True)[:, -1].float()
+            next_tokens = self._pick(logits, temperature)
+            state.add(range(len(prompts)), next_tokens.tolist())
+            if not state.active:
+                break
+            step_input = next_tokens.to(self._device)[:, None]
+        return state.texts()
+
+    @torch.no_grad()
+    def _generate_recompute(self, prompts: list[list[int]], max_new_tokens: int, until: list[str],
+                            temperature: float) -> list[str]:
+        """Any lengths: rows right-padded in one buffer, the full forward re-run every step."""
+        lengths = [len(p) for p in prompts]
+        buffer = torch.zeros(len(prompts), max(lengths) + max_new_tokens, dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            buffer[row, :len(prompt)] = torch.tensor(prompt, dtype=torch.long)
+        state = _Continuations(len(prompts), self.eot_token_id, until, self.tok_decode)
+        for _ in range(max_new_tokens):
+            rows = state.active
+            if not rows:
+                break
+            logits = self._logits(buffer[rows, :max(lengths[r] for r in rows)])
+            last = torch.stack([logits[k, lengths[row] - 1] for k, row in enumerate(rows)])
+            next_tokens = self._pick(last, temperature).tolist()
+            for row, token in zip(rows, next_tokens):
+                buffer[row, lengths[row]] = token
+                lengths[row] += 1
+            state.add(rows, next_tokens)
+        return state.texts()
+
+    def _pick(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Next token per row from float logits [B, V]: argmax, or a temperature sample."""
+        if temperature <= 0:
+            return logits.argmax(dim=-1)
+        probs = F.softmax(logits.cpu() / temperature, dim=-1)
+        return torch.multinomial(probs, 1, generator=self._generator)[:, 0]
+
+    def get_model_info(self) -> dict:
+        info: dict[str, Any] = {"model_num_parameters": sum(p.numel() for p in self.model.parameters())}
+        if self.metadata:
+            info["megatiny_step"] = self.metadata.get("step")
+            info["megatiny_consumed_samples"] = self.metadata.get("consumed_samples")
+        return info
+
+
+class _Continuations:
+    """Generated tokens per row and which rows are still going (no EOS, no stop string yet)."""
+
+    def __init__(self, rows: int, eos_id: int | None, until: list[str], decode: Callable[[list[int]], str]):
+        self.tokens: list[list[int]] = [[] for _ in range(rows)]
+        self.finished = [False] * rows
+        self.eos_id, self.until, self.decode = eos_id, until, decode
+
+    @property
+    def active(self) -> list[int]:
+        return [row for row, done in enumerate(self.finished) if not done]
+
+    def add(self, rows: Iterable[int], tokens: Iterable[int]) -> None:
+        """Append each row's next token (ignored for finished rows); EOS itself is not kept."""
+        for row, token in zip(rows, tokens):
+            if self.finished[row]:
+                continue
+            if token == self.eos_id:
+                self.finished[row] = True
+                continue
+            self.tokens[row].append(token)
+            if self.until and any(stop in self.decode(self.tokens[row]) for stop in self.until):
+                self.finished[row] = True
+
+    def texts(self) -> list[str]:
+        """Each row's decoded text, cut before the first occurrence of any stop string."""
+        texts = []
+        for tokens in self.tokens:
+            text = self.decode(tokens)
+            for stop in self.until:
+                text = text.split(stop)[0]
+            texts.append(text)
+        return texts
+
+
+def register() -> Callable[..., MegatinyLM]:
+    """Make sure `megatiny` is in lm-eval's model registry (importing this module does it)."""
+    return MegatinyLM
