@@ -1,0 +1,313 @@
+"""Read full tensors out of a DeepSpeed ZeRO-1/2/3 checkpoint, one parameter at a time.
+
+A DeepSpeed tag directory written with N data-parallel ranks holds, per rank r:
+  `[bf16_]zero_pp_rank_{r}_mp_rank_00_optim_states.pt`: `optimizer_state_dict` with the rank's
+      fp32 master weights: `fp32_flat_groups` (ZeRO-3) or `single_partition_of_fp32_groups`
+      (ZeRO-1/2), one flat fp32 tensor per parameter group;
+  model states (`zero_pp_rank_{r}_mp_rank_00_model_states.pt` for ZeRO-3, one
+      `mp_rank_00_model_states.pt` for ZeRO-1/2): `param_shapes` (name -> shape per group, in the
+      order the flat buffers were filled), `shared_params` (tied name -> stored name), and
+      `module` (the 16-bit module state: full tensors for ZeRO-1/2, empty placeholders for ZeRO-3).
+
+Flat layouts (what `deepspeed/utils/zero_to_fp32.py` also relies on):
+  ZeRO-3: every parameter of numel n is split into N slices of ceil(n / N) elements (the last one
+      zero-padded); rank r's flat buffer is the concatenation of its slice of each parameter in
+      `param_shapes` order, so parameter k starts at the same offset on every rank.
+  ZeRO-1/2: per group, the parameters (each followed by its `param_alignment_paddings` entry) are
+      concatenated into one vector, padded at the end to a multiple of N, and cut into N equal
+      partitions; rank r holds partition r.
+
+The optimizer files are opened with `torch.load(mmap=True)`, so only the bytes of the parameter
+being assembled are read; after copying them out we tell the kernel to drop those pages
+(`madvise(MADV_DONTNEED)`, Linux) so resident memory stays at one parameter rather than growing to
+the whole checkpoint. A 1.1B model converts in well under its bf16 size of extra memory.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import math
+import mmap
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+MODEL_STATES_ZERO3 = "zero_pp_rank_{rank}_mp_rank_00_model_states.pt"
+MODEL_STATES_ZERO12 = "mp_rank_00_model_states.pt"
+OPTIM_PATTERN = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_00_optim_states\.pt$")
+
+
+def resolve_tag_dir(path: str | os.PathLike, tag: str | None = None) -> Path:
+    """A DeepSpeed tag directory from a checkpoint root (+ optional tag; default `latest`) or a tag dir."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: checkpoint directory does not exist")
+    if tag is not None:
+        tag_dir = path / tag
+        if not tag_dir.is_dir():
+            tags = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+            raise FileNotFoundError(f"{tag_dir}: no such tag in {path}; available tags: {tags}")
+        return tag_dir
+    if _has_model_states(path):
+        return path
+    latest = path / "latest"
+    if latest.is_file():
+        name = latest.read_text().strip()
+        tag_dir = path / name
+        if not tag_dir.is_dir():
+            raise FileNotFoundError(f"{latest} names tag {name!r} but {tag_dir} does not exist")
+        return tag_dir
+    raise FileNotFoundError(
+        f"{path}: neither a DeepSpeed tag directory (no *_model_states.pt) nor a checkpoint root "
+        f"(no 'latest' file); pass the tag directory or --tag")
+
+
+def is_deepspeed_checkpoint(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    return _has_model_states(path) or (path / "latest").is_file()
+
+
+def _has_model_states(path: Path) -> bool:
+    return (path / MODEL_STATES_ZERO12).is_file() or (path / MODEL_STATES_ZERO3.format(rank=0)).is_file()
+
+
+def _load(path: Path) -> dict:
+    """torch.load a DeepSpeed file lazily (mmap); its pickles reference DeepSpeed classes."""
+    try:
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except Exception as e:  # zip/pickle errors from truncated or foreign files
+        raise ValueError(f"{path}: cannot read DeepSpeed checkpoint file ({type(e).__name__}: {e}); "
+                         f"the file is truncated or not a DeepSpeed checkpoint") from None
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """Part of a parameter stored in one rank's flat buffer: `numel` elements from `start`."""
+
+    rank: int
+    group: int
+    start: int
+    numel: int
+
+
+class ZeroCheckpoint:
+    """A DeepSpeed ZeRO-1/2/3 tag directory; `tensor(name)` assembles one fp32 master weight.
+
+    `shapes` maps each stored parameter name (the module's parameter names) to its full shape, in
+    storage order. `shared` maps tied names that are not stored to the name holding their data.
+    """
+
+    def __init__(self, tag_dir: str | os.PathLike):
+        self.tag_dir = Path(tag_dir)
+        model_states = self._model_states_file()
+        states = _load(model_states)
+        for key in ("param_shapes", "shared_params"):
+            if key not in states:
+                raise ValueError(f"{model_states}: field {key!r} missing; not a DeepSpeed ZeRO checkpoint")
+        if states.get("frozen_param_shapes"):
+            raise ValueError(f"{model_states}: frozen parameters {list(states['frozen_param_shapes'])} "
+                             f"are not supported by megatiny conversion")
+        self.group_shapes: list[dict[str, torch.Size]] = [dict(g) for g in states["param_shapes"]]
+        self.shapes = {name: torch.Size(shape) for g in self.group_shapes for name, shape in g.items()}
+        self.shared: dict[str, str] = dict(states["shared_params"])
+        self.ds_version = states.get("ds_version")
+        del states
+        self._optim_files = self._find_optim_files()
+        self._flat: list[list[torch.Tensor]] = []
+        self.stage = -1
+        for rank, path in enumerate(self._optim_files):
+            optim = _load(path).get("optimizer_state_dict")
+            if not isinstance(optim, dict) or "zero_stage" not in optim:
+                raise ValueError(f"{path}: no 'optimizer_state_dict.zero_stage'; not a ZeRO optimizer file")
+            stage = int(optim["zero_stage"])
+            if rank == 0:
+                self._check_partition_count(optim, path)
+                self.stage = stage
+                self._alignment_paddings = optim.get("param_alignment_paddings")
+            elif stage != self.stage:
+                raise ValueError(f"{path}: ZeRO stage {stage} differs from rank 0's {self.stage}")
+            key = "fp32_flat_groups" if stage == 3 else "single_partition_of_fp32_groups"
+            if key not in optim:
+                raise ValueError(f"{path}: field optimizer_state_dict.{key} missing (ZeRO stage {stage})")
+            self._flat.append([t.detach() for t in optim[key]])
+        self._releasable = {id(t) for rank, groups in enumerate(self._flat) for t in groups
+                            if _is_mapped_from(t, self._optim_files[rank])}
+        self._pieces = self._layout()
+
+    # -- discovery --------------------------------------------------------------------------------
+
+    def _model_states_file(self) -> Path:
+        for name in (MODEL_STATES_ZERO3.format(rank=0), MODEL_STATES_ZERO12):
+            if (self.tag_dir / name).is_file():
+                return self.tag_dir / name
+        raise FileNotFoundError(f"{self.tag_dir}: no {MODEL_STATES_ZERO3.format(rank=0)} or "
+                                f"{MODEL_STATES_ZERO12}; not a DeepSpeed checkpoint tag directory")
+
+    def _find_optim_files(self) -> list[Path]:
+        found = {}
+        for path in self.tag_dir.iterdir():
+            match = OPTIM_PATTERN.match(path.name)
+            if match:
+                found[int(match.group(1))] = path
+        if not found:
+            raise FileNotFoundError(
+                f"{self.tag_dir}: no *_optim_states.pt files (fp32 master weights); the checkpoint "
+                f"was saved without optimizer state. Use --weights module for the 16-bit weights")
+        self.world_size = max(found) + 1
+        missing = [r for r in range(self.world_size) if r not in found]
+        if missing:
+            raise FileNotFoundError(f"{self.tag_dir}: optimizer shard(s) for rank(s) {missing} missing "
+                                    f"(found ranks {sorted(found)}); the checkpoint is incomplete")
+        return [found[r] for r in range(self.world_size)]
+
+    def _check_partition_count(self, optim: dict, path: Path) -> None:
+        count = optim.get("partition_count")
+        count = max(count) if isinstance(count, (list, tuple)) else count
+        if count is not None and int(count) != self.world_size:
+            raise FileNotFoundError(
+                f"{self.tag_dir}: checkpoint was saved by {count} data-parallel ranks but "
+                f"{self.world_size} optimizer shard(s) are present (from {path.name}); a shard is "
+                f"missing or left over from another run")
+
+    # -- layout -----------------------------------------------------------------------------------
+
+    def _layout(self) -> dict[str, list[_Piece]]:
+        if self.stage == 3:
+            return self._layout_zero3()
+        if self.stage in (1, 2):
+            return self._layout_zero12()
+        raise ValueError(f"{self._optim_files[0]}: unsupported ZeRO stage {self.stage}")
+
+    def _layout_zero3(self) -> dict[str, list[_Piece]]:
+        n = self.world_size
+        group_sizes = [t.numel() for t in self._flat[0]]
+        for rank, groups in enumerate(self._flat):
+            if [t.numel() for t in groups] != group_sizes:
+                raise ValueError(f"{self._optim_files[rank]}: flat buffer sizes differ from rank 0's")
+        pieces, offset = {}, 0
+        for name, shape in self.shapes.items():
+            per_rank = math.ceil(shape.numel() / n)
+            local = _split_range(offset, per_rank, group_sizes)
+            pieces[name] = [_Piece(r, g, s, k) for r in range(n) for g, s, k in local]
+            offset += per_rank
+        if offset != sum(group_sizes):
+            raise ValueError(f"{self.tag_dir}: parameters need {offset} elements per rank but the "
+                             f"fp32 buffers hold {sum(group_sizes)}; param_shapes and shards disagree")
+        return pieces
+
+    def _layout_zero12(self) -> dict[str, list[_Piece]]:
+        n = self.world_size
+        if len(self._flat[0]) != len(self.group_shapes):
+            raise ValueError(f"{self.tag_dir}: {len(self._flat[0])} fp32 groups but "
+                             f"{len(self.group_shapes)} param_shapes groups")
+        pieces = {}
+        for g, shapes in enumerate(self.group_shapes):
+            part = self._flat[0][g].numel()
+            for rank in range(n):
+                if self._flat[rank][g].numel() != part:
+                    raise ValueError(f"{self._optim_files[rank]}: partition {g} has "
+                                     f"{self._flat[rank][g].numel()} elements, rank 0 has {part}")
+            paddings = (self._alignment_paddings[g] if self._alignment_paddings is not None
+                        else [0] * len(shapes))
+            offset = 0
+            for (name, shape), pad in zip(shapes.items(), paddings):
+                numel = shape.numel()
+                pieces[name] = [_Piece(start // part, g, start % part, k)
+                                for start, k in _chunks(offset, numel, part)]
+                offset += numel + pad
+            # DeepSpeed pads each group to a multiple of 2 x world size before partitioning.
+            if not 0 <= part * n - offset < 2 * n:
+                raise ValueError(f"{self.tag_dir}: group {g} parameters need {offset} elements but "
+                                 f"the {n} partitions hold {part * n}; param_shapes and shards disagree")
+        return pieces
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """The full fp32 master weight `name` (a tied name resolves to its stored tensor)."""
+        name = self.shared.get(name, name)
+        if name not in self._pieces:
+            raise KeyError(f"{self.tag_dir}: no parameter {name!r} in this checkpoint")
+        shape = self.shapes[name]
+        out = torch.empty(sum(p.numel for p in self._pieces[name]), dtype=torch.float32)
+        at = 0
+        for p in self._pieces[name]:
+            src = self._flat[p.rank][p.group].narrow(0, p.start, p.numel)
+            out.narrow(0, at, p.numel).copy_(src)
+            if id(self._flat[p.rank][p.group]) in self._releasable:
+                release_pages(src)
+            at += p.numel
+        return out[: shape.numel()].view(shape)
+
+    def names(self) -> list[str]:
+        """Stored names followed by tied (shared) names."""
+        return list(self.shapes) + [n for n in self.shared if n not in self.shapes]
+
+    def shape(self, name: str) -> torch.Size:
+        return self.shapes[self.shared.get(name, name)]
+
+
+def _split_range(start: int, numel: int, sizes: list[int]) -> list[tuple[int, int, int]]:
+    """[start, start+numel) of a concatenation of buffers of `sizes` -> (buffer, offset, count)."""
+    out, base = [], 0
+    for i, size in enumerate(sizes):
+        lo, hi = max(start, base), min(start + numel, base + size)
+        if lo < hi:
+            out.append((i, lo - base, hi - lo))
+        base += size
+    if sum(c for _, _, c in out) != numel:
+        raise ValueError(f"range [{start}, {start + numel}) runs past the flat buffers ({base} elements)")
+    return out
+
+
+def _chunks(start: int, numel: int, part: int) -> list[tuple[int, int]]:
+    """Cut [start, start+numel) at multiples of `part`: (global start, count) per partition."""
+    out = []
+    while numel > 0:
+        count = min(numel, part - start % part)
+        out.append((start, count))
+        start, numel = start + count, numel - count
+    return out
+
+
+# -- keeping resident memory small --------------------------------------------------------------
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True) if os.name == "posix" else None
+_MADV_DONTNEED = 4
+
+
+def _is_mapped_from(t: torch.Tensor, path: Path) -> bool:
+    """True if `t`'s memory lies in a mapping of file `path` (per /proc/self/maps): only then is it
+    safe to drop its pages, which are re-read from the file when touched again. (Dropping pages of
+    ordinary memory would zero them.)"""
+    if t.numel() == 0:
+        return False
+    begin, end = t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
+    target = os.path.realpath(path)
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and fields[5].strip() == target:
+                    lo, hi = (int(x, 16) for x in fields[0].split("-"))
+                    if lo <= begin and end <= hi:
+                        return True
+    except OSError:
+        pass
+    return False
+
+
+def release_pages(t: torch.Tensor) -> None:
+    """Best effort: drop the whole pages under `t` from this process. Only for read-only
+    file-backed memory (see `_is_mapped_from`)."""
+    if _LIBC is None or t.numel() == 0 or not hasattr(_LIBC, "madvise"):
+        return
+    page = mmap.PAGESIZE
+    begin = t.data_ptr()
+    end = begin + t.numel() * t.element_size()
+    first, last = -(-begin // page) * page, end // page * page  # only pages fully inside
+    if last > first:
+        _LIBC.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), _MADV_DONTNEED)

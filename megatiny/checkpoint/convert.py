@@ -1,0 +1,140 @@
+"""Checkpoint conversion: any weights megatiny reads -> a Hugging Face Llama dir or a megatiny dir.
+
+    export_hf(src, out)        DeepSpeed checkpoint (root or tag) / megatiny dir / HF dir
+                               -> `LlamaForCausalLM` dir (config.json, generation_config.json,
+                                  safetensors shards + index, tokenizer files)
+    export_megatiny(src, out)  the same sources -> megatiny weights dir (megatiny.json +
+                               model.safetensors); `import_hf` is this with an HF source
+
+Both stream one tensor at a time (see `writer`), write into a temporary directory beside `out`
+and rename it into place at the end, so a crash never leaves a half-written directory under the
+final name and an existing `out` is only replaced when `overwrite=True`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from megatiny.checkpoint import hf, sources, tokenizer_export
+from megatiny.checkpoint.metadata import write_metadata
+from megatiny.checkpoint.writer import parse_size, plan_shards, write_safetensors
+
+
+def export_hf(src: str | os.PathLike, out: str | os.PathLike, *, tag: str | None = None,
+              weights: str = "auto", dtype: str | torch.dtype = "bfloat16",
+              max_shard_size: str | int = "2GB", tokenizer: str | os.PathLike | None = None,
+              include_tokenizer: bool = True, overwrite: bool = False) -> Path:
+    """Write a Hugging Face `LlamaForCausalLM` directory at `out`; returns its path.
+
+    `tokenizer` overrides the tokenizer recorded in the source's metadata (a sentencepiece
+    `.model`, an HF tokenizer dir or a `tokenizer.json`). Without any tokenizer, pass
+    `include_tokenizer=False` (the export is then weights + config only).
+    """
+    source = sources.open_weights(src, tag=tag, weights=weights)
+    dtype = hf.parse_dtype(dtype)
+    tokenizer_path = _tokenizer_for(source, tokenizer, include_tokenizer)
+    config = source.config
+    table = hf.weight_table(config)
+    hf_to_megatiny = {e.hf: e.megatiny for e in table}
+    shards = plan_shards([(e.hf, e.shape) for e in table], dtype, parse_size(max_shard_size))
+    with _atomic_dir(Path(out), overwrite) as tmp:
+        _write_json(tmp / "config.json", hf.config_to_hf(config, dtype))
+        _write_json(tmp / "generation_config.json", hf.generation_config(config))
+        get = lambda name: source.tensor(hf_to_megatiny[name])  # noqa: E731
+        if len(shards) == 1:
+            write_safetensors(tmp / sources.SAFETENSORS_FILE, shards[0], dtype, get)
+        else:
+            weight_map, total = {}, 0
+            for i, shard in enumerate(shards):
+                file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+                total += write_safetensors(tmp / file, shard, dtype, get)
+                weight_map.update({name: file for name, _ in shard})
+            _write_json(tmp / sources.SAFETENSORS_INDEX,
+                        {"metadata": {"total_size": total}, "weight_map": weight_map})
+        if tokenizer_path is not None:
+            tokenizer_export.export_tokenizer(tokenizer_path, tmp, config)
+    return Path(out)
+
+
+def export_megatiny(src: str | os.PathLike, out: str | os.PathLike, *, tag: str | None = None,
+                    weights: str = "auto", dtype: str | torch.dtype | None = None,
+                    tokenizer: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
+    """Write a megatiny weights directory (megatiny.json + model.safetensors) at `out`.
+
+    `dtype` None keeps each tensor's stored dtype (fp32 for ZeRO master weights), so HF -> megatiny
+    -> HF is bit-exact. An HF source's tokenizer files are copied into OUT/tokenizer.
+    """
+    source = sources.open_weights(src, tag=tag, weights=weights)
+    items = [(e.megatiny, e.shape) for e in hf.weight_table(source.config)]
+    if dtype is None:
+        dtype = source.tensor(items[0][0]).dtype
+    dtype = hf.parse_dtype(dtype)
+    tokenizer_path = tokenizer if tokenizer is not None else source.metadata.get("tokenizer")
+    out = Path(out)
+    with _atomic_dir(out, overwrite) as tmp:
+        write_safetensors(tmp / sources.SAFETENSORS_FILE, items, dtype, source.tensor)
+        recorded = tokenizer_path
+        if tokenizer_path is not None and Path(tokenizer_path).is_dir():
+            # an HF tokenizer dir travels with the weights; record where it will live
+            tokenizer_export.copy_hf_tokenizer_files(Path(tokenizer_path), tmp / "tokenizer")
+            recorded = str(out.resolve() / "tokenizer")
+        meta = source.metadata
+        extra = dict(meta.get("extra") or {})
+        extra["converted_from"] = str(source.path)
+        write_metadata(tmp, source.config, tokenizer=recorded, step=meta.get("step", 0),
+                       consumed_samples=meta.get("consumed_samples", 0), extra=extra)
+    return out
+
+
+def import_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, *, dtype: str | torch.dtype | None = None,
+              overwrite: bool = False) -> Path:
+    """Hugging Face Llama dir -> megatiny weights dir (refuses architectures megatiny can't represent)."""
+    if not (Path(hf_dir) / "config.json").is_file():
+        raise FileNotFoundError(f"{hf_dir}: no config.json; not a Hugging Face model directory")
+    return export_megatiny(hf_dir, out, dtype=dtype, overwrite=overwrite)
+
+
+def _tokenizer_for(source, override, include: bool) -> Path | None:
+    if not include:
+        return None
+    path = override if override is not None else source.metadata.get("tokenizer")
+    if path is None:
+        raise ValueError(f"{source.path}: no tokenizer recorded in its metadata; pass --tokenizer "
+                         f"(sentencepiece .model, HF tokenizer dir or tokenizer.json) or --no-tokenizer")
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"tokenizer {path} (recorded in {source.path}) does not exist; pass "
+                                f"--tokenizer with its current location, or --no-tokenizer")
+    return path
+
+
+@contextmanager
+def _atomic_dir(out: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a temp dir beside `out`; on success rename it to `out` (replacing it if `overwrite`)."""
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; choose another output or pass --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        yield tmp
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")

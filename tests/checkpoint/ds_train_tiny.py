@@ -1,0 +1,90 @@
+"""Launched by tests/checkpoint: train a tiny GQA megatiny GPT under DeepSpeed and save checkpoints.
+
+The run saves two tags in the layout megatiny training uses (DeepSpeed files + megatiny.json per tag,
+`latest` naming the newest complete tag):
+  step_00000000  the initial weights (identical for every world size: same seed, and each rank
+                 initialises the full tensors before ZeRO partitions them)
+  step_{N:08d}   after N optimizer steps on random tokens
+The global batch is fixed (GLOBAL_BATCH samples) and split evenly across ranks, so runs with one and
+two ranks see the same data.
+"""
+import argparse
+import os
+
+import deepspeed
+import torch
+import torch.distributed as dist
+
+from megatiny.checkpoint.metadata import write_metadata
+from megatiny.model import GPT, get_preset
+
+GLOBAL_BATCH = 4
+SEQ_LENGTH = 16
+
+
+def tiny_config(tie: bool):
+    # GQA: 8 query heads share 2 KV groups (4 heads each).
+    return get_preset("tiny-test", tie_word_embeddings=tie, attention_backend="math")
+
+
+def save(engine, save_dir: str, step: int, config, world: int, stage: int) -> None:
+    tag = f"step_{step:08d}"
+    engine.save_checkpoint(save_dir, tag=tag, save_latest=False)
+    if dist.get_rank() == 0:
+        write_metadata(os.path.join(save_dir, tag), config, step=step,
+                       consumed_samples=step * GLOBAL_BATCH,
+                       extra={"world_size": world, "zero_stage": stage})
+    dist.barrier()
+    if dist.get_rank() == 0:
+        tmp = os.path.join(save_dir, ".latest.tmp")
+        with open(tmp, "w") as f:
+            f.write(tag)
+        os.replace(tmp, os.path.join(save_dir, "latest"))
+    dist.barrier()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--local_rank", type=int, default=-1)
+    parser.add_argument("--save-dir", required=True)
+    parser.add_argument("--stage", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--tie", action="store_true")
+    args = parser.parse_args()
+
+    deepspeed.init_distributed(dist_backend="gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if GLOBAL_BATCH % world:
+        raise ValueError(f"world size {world} must divide the global batch {GLOBAL_BATCH}")
+    micro = GLOBAL_BATCH // world
+    ds_config = {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": 1,
+        "bf16": {"enabled": True},
+        "zero_optimization": {"stage": args.stage},
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "torch_adam": True}},
+    }
+    config = tiny_config(args.tie)
+    torch.manual_seed(0)
+    if args.stage == 3:
+        with deepspeed.zero.Init(config_dict_or_path=ds_config):
+            model = GPT(config)
+    else:
+        model = GPT(config)
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
+                                           config=ds_config)
+    save(engine, args.save_dir, 0, config, world, args.stage)
+    generator = torch.Generator().manual_seed(1234)
+    for _ in range(args.steps):
+        batch = torch.randint(0, config.vocab_size, (GLOBAL_BATCH, SEQ_LENGTH + 1), generator=generator)
+        batch = batch[rank * micro:(rank + 1) * micro]
+        loss = engine(batch[:, :-1], labels=batch[:, 1:])
+        engine.backward(loss)
+        engine.step()
+    save(engine, args.save_dir, args.steps, config, world, args.stage)
+    # Without this, gloo ranks on CPU abort with "terminate called without an active exception".
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
