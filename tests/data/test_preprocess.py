@@ -1,0 +1,158 @@
+"""tools/preprocess_data.py and friends on a generated corpus with tokenizers trained here."""
+import gzip
+import json
+
+import numpy as np
+import pytest
+import zstandard
+
+from megatiny.data.indexed_dataset import IndexedDataset
+from megatiny.data.preprocess import BadLineError, preprocess
+from megatiny.data.tokenizer import load_tokenizer, train_sentencepiece
+from tests.data.corpus import make_texts
+from tests.data.test_tokenizer import make_hf_tokenizer_json
+from tests.helpers import REPO_ROOT, run_command
+from tools import inspect_dataset, merge_datasets, train_tokenizer
+from tools import preprocess_data as preprocess_tool
+
+BAD_LINES = {  # line number (1-based) -> (raw line, reason fragment)
+    5: (b'{"text": "unterminated\n', "invalid JSON"),
+    9: (b'{"title": "no text key"}\n', "missing key 'text'"),
+    14: (b'{"text": 42}\n', "is int, not a string"),
+    20: (b'{"text": "bad \xff\xfe utf8"}\n', "invalid UTF-8"),
+    27: (b'{"text": ""}\n', "is empty"),
+    33: (b'[1, 2]\n', "not a JSON object"),
+}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pre")
+    texts = make_texts(1200, seed=7)
+    lines, good = [], []
+    for t in texts:
+        lineno = len(lines) + 1
+        while lineno in BAD_LINES:
+            lines.append(BAD_LINES[lineno][0])
+            lineno += 1
+        lines.append(json.dumps({"text": t, "meta": {"n": lineno}}).encode() + b"\n")
+        good.append(t)
+    raw = b"".join(lines)
+    (d / "c.jsonl").write_bytes(raw)
+    (d / "c.jsonl.gz").write_bytes(gzip.compress(raw))
+    (d / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(raw))
+    model = train_sentencepiece(make_texts(1500, seed=0), d / "spm", 500)
+    return d, good, model
+
+
+@pytest.fixture(scope="module")
+def processed(corpus):
+    d, good, model = corpus
+    out = {}
+    for workers in (1, 2):
+        out[workers] = preprocess([str(d / "c.jsonl")], d / f"w{workers}", model, workers=workers,
+                                  prepend_bos=True, append_eod=True)
+    return out
+
+
+def test_documents_decode_to_input_with_bos_eos(corpus, processed):
+    d, good, model = corpus
+    tok = load_tokenizer(model)
+    ds = IndexedDataset(d / "w1_text_document")
+    assert ds.dtype == np.uint16 and ds.num_documents == len(good)
+    for i in (0, 1, 17, len(good) - 1):
+        ids = ds.get_document(i).tolist()
+        assert ids[0] == tok.bos_id and ids[-1] == tok.eos_id
+        assert ids.count(tok.bos_id) == 1 and ids.count(tok.eos_id) == 1
+        assert tok.decode(ids[1:-1]) == good[i]
+    assert processed[1].documents == len(good) and processed[1].tokens == ds.num_tokens
+
+
+def test_bad_lines_reported_with_line_numbers(corpus, processed):
+    d, _, _ = corpus
+    stats = processed[1]
+    assert stats.bad_lines == len(BAD_LINES)
+    got = {b.line: b.reason for b in stats.bad_examples}
+    assert set(got) == set(BAD_LINES)
+    for line, (_, fragment) in BAD_LINES.items():
+        assert fragment in got[line], (line, got[line])
+    assert all(b.file.endswith("c.jsonl") for b in stats.bad_examples)
+
+
+def test_worker_count_does_not_change_bytes(corpus, processed):
+    d, _, _ = corpus
+    for ext in ("bin", "idx"):
+        assert (d / f"w1_text_document.{ext}").read_bytes() == (d / f"w2_text_document.{ext}").read_bytes()
+    assert processed[2].bad_lines == processed[1].bad_lines
+
+
+@pytest.mark.parametrize("ext", ["gz", "zst"])
+def test_compressed_inputs(corpus, processed, ext):
+    d, _, model = corpus
+    preprocess([str(d / f"c.jsonl.{ext}")], d / f"z{ext}", model, prepend_bos=True, append_eod=True)
+    for suffix in ("bin", "idx"):
+        assert (d / f"z{ext}_text_document.{suffix}").read_bytes() == \
+            (d / f"w1_text_document.{suffix}").read_bytes()
+
+
+def test_strict_stops_at_first_bad_line_and_writes_nothing(corpus):
+    d, _, model = corpus
+    with pytest.raises(BadLineError, match=r"c\.jsonl:5: invalid JSON"):
+        preprocess([str(d / "c.jsonl")], d / "strict", model, strict=True)
+    assert not list(d.glob("strict*"))
+    assert not list(d.glob(".strict*"))
+
+
+def test_hf_tokenizer_json_and_glob(corpus, tmp_path):
+    d, good, _ = corpus
+    tj = make_hf_tokenizer_json(tmp_path / "tokenizer.json", good[:300])
+    stats = preprocess([str(d / "c.json*l")], tmp_path / "hf", tj, append_eod=True)
+    tok = load_tokenizer(tj)
+    ds = IndexedDataset(tmp_path / "hf_text_document")
+    assert stats.documents == len(good) and ds.num_documents == len(good)
+    ids = ds.get_document(3).tolist()
+    assert ids[-1] == tok.eos_id and tok.decode(ids[:-1]) == good[3]
+
+
+def test_multiple_json_keys(tmp_path, corpus):
+    _, _, model = corpus
+    src = tmp_path / "two.jsonl"
+    src.write_text("\n".join(json.dumps({"text": f"body {i}", "title": f"title {i}"}) for i in range(20)))
+    preprocess([str(src)], tmp_path / "o", model, json_keys=("text", "title"))
+    tok = load_tokenizer(model)
+    assert tok.decode(IndexedDataset(tmp_path / "o_title_document")[7].tolist()) == "title 7"
+    assert tok.decode(IndexedDataset(tmp_path / "o_text_document")[7].tolist()) == "body 7"
+
+
+def test_cli_tools_end_to_end(corpus, processed, tmp_path, capsys):
+    d, good, model = corpus
+    jl = tmp_path / "small.jsonl"
+    jl.write_text("\n".join(json.dumps({"text": t}) for t in good[:400]) + "\n")
+    assert train_tokenizer.main(["--input", str(jl), "--output-prefix", str(tmp_path / "tok"),
+                                 "--vocab-size", "400"]) == 0
+    assert preprocess_tool.main(["--input", str(jl), "--output-prefix", str(tmp_path / "a"), "--tokenizer",
+                                 str(tmp_path / "tok.model"), "--append-eod", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "done: 400 documents" in out
+    a = str(tmp_path / "a_text_document")
+    assert merge_datasets.main(["--input", a, a, "--output-prefix", str(tmp_path / "aa")]) == 0
+    assert IndexedDataset(tmp_path / "aa").num_documents == 800
+    capsys.readouterr()
+    assert inspect_dataset.main([str(tmp_path / "aa"), "--tokenizer", str(tmp_path / "tok.model"),
+                                 "--document", "401"]) == 0
+    out = capsys.readouterr().out
+    assert "documents: 800" in out and good[1] in out
+    assert preprocess_tool.main(["--input", str(tmp_path / "missing*.jsonl"), "--output-prefix", "x",
+                                 "--tokenizer", str(model)]) == 1
+    assert "matches no file" in capsys.readouterr().err
+
+
+def test_preprocess_script_runs_as_a_command(corpus, tmp_path):
+    d, _, model = corpus
+    r = run_command([".venv/bin/python" if (REPO_ROOT / ".venv/bin/python").exists() else "python",
+                     "tools/preprocess_data.py", "--input", str(d / "c.jsonl"), "--output-prefix",
+                     str(tmp_path / "cli"), "--tokenizer", str(model), "--workers", "2", "--append-eod",
+                     "--prepend-bos", "--no-progress"], timeout=120, env={"PYTHONPATH": str(REPO_ROOT)})
+    assert r.returncode == 0, r.stdout
+    assert "skipped 6 bad lines" in r.stdout and "c.jsonl:20: invalid UTF-8" in r.stdout
+    assert (tmp_path / "cli_text_document.bin").read_bytes() == (d / "w1_text_document.bin").read_bytes()
