@@ -43,7 +43,8 @@ def console_line(step: int, total_steps: int, m: dict[str, Any], eta_s: float) -
         parts.append(f"gnorm {m['grad_norm']:.3f}")
     tok = m["tokens_per_s_per_device"]
     parts.append(f"{tok / 1000:.1f}k tok/s/dev" if tok >= 1000 else f"{tok:.0f} tok/s/dev")
-    parts.append(f"{m['tflops_per_device']:.2f} TFLOP/s/dev")
+    tflops = m["tflops_per_device"]
+    parts.append(f"{tflops:.1f} TFLOP/s/dev" if tflops >= 1 else f"{1000 * tflops:.2f} GFLOP/s/dev")
     if "mfu" in m:
         parts.append(f"MFU {100 * m['mfu']:.1f}%")
     parts.append(f"mem {m['memory_gb']:.1f} GiB")
