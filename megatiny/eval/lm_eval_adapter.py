@@ -32,6 +32,8 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.utils import normalize_gen_kwargs
 from tqdm import tqdm
 
+from megatiny.model.generate import sample_next_token
+
 logger = logging.getLogger(__name__)
 
 # A loglikelihood request after tokenization: ((context, continuation) or None, context ids,
@@ -298,9 +300,8 @@ class MegatinyLM(TemplateLM):
     def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
         """Greedy (or sampled, if the task asks) continuations, cut at the first stop sequence.
 
-        Requests with the same generation settings are batched longest first. Each batch keeps
-        right-padded rows and recomputes the full forward per step (no KV cache), so rows of
-        different lengths share a batch without attention masks; finished rows leave the batch.
+        Requests with the same generation settings are sorted longest first and batched; with a
+        KV-cache model a batch holds prompts of one length (see `generate_tokens`).
         """
         results: list[str | None] = [None] * len(requests)
         groups: dict[str, list[int]] = {}
@@ -313,15 +314,16 @@ class MegatinyLM(TemplateLM):
             until = [s for s in kwargs["until"] if s]
             max_new = int(kwargs["max_gen_toks"])
             temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample") else 0.0
+            sampling = {"temperature": temperature, "top_k": kwargs.get("top_k"),
+                        "top_p": kwargs.get("top_p")}
             if max_new >= self.max_length:
                 raise ValueError(f"megatiny lm-eval model: max_gen_toks {max_new} must be below "
                                  f"max_length {self.max_length}")
             contexts = {i: self.tok_encode(requests[i].args[0])[-(self.max_length - max_new):]
                         for i in indices}
             indices = sorted(indices, key=lambda i: -len(contexts[i]))
-            for start in range(0, len(indices), self.batch_size):
-                chunk = indices[start:start + self.batch_size]
-                texts = self.generate_tokens([contexts[i] for i in chunk], max_new, until, temperature)
+            for chunk in self._generation_batches(indices, [len(contexts[i]) for i in indices]):
+                texts = self.generate_tokens([contexts[i] for i in chunk], max_new, until, sampling)
                 for index, text in zip(chunk, texts):
                     results[index] = text
                     self.cache_hook.add_partial("generate_until", requests[index].args, text)
@@ -329,29 +331,44 @@ class MegatinyLM(TemplateLM):
         progress.close()
         return results  # type: ignore[return-value]
 
+    def _generation_batches(self, indices: list[int], lengths: list[int]) -> list[list[int]]:
+        """Consecutive runs of at most batch_size; one prompt length per run with a KV cache."""
+        one_length = hasattr(self.model, "new_kv_cache")
+        batches: list[list[int]] = []
+        batch_length = -1
+        for index, length in zip(indices, lengths):
+            if batches and len(batches[-1]) < self.batch_size and (not one_length or length == batch_length):
+                batches[-1].append(index)
+            else:
+                batches.append([index])
+                batch_length = length
+        return batches
+
     def generate_tokens(self, prompts: list[list[int]], max_new_tokens: int, until: list[str],
-                        temperature: float = 0.0) -> list[str]:
+                        sampling: dict[str, Any] | None = None) -> list[str]:
         """Decoded continuation of each prompt, truncated before the first stop string in `until`.
 
         A row stops at EOS, once its text contains a stop string, or after `max_new_tokens`
         tokens. A model with a KV cache (megatiny `GPT`) decodes prompts of equal length together,
-        one token per step; any other model re-runs the right-padded batch every step.
+        one token per step; any other model re-runs the right-padded batch every step. `sampling`:
+        temperature (0 = greedy, the default), top_k, top_p.
         """
+        sampling = {"temperature": 0.0, "top_k": None, "top_p": None, **(sampling or {})}
         if not hasattr(self.model, "new_kv_cache"):
-            return self._generate_recompute(prompts, max_new_tokens, until, temperature)
+            return self._generate_recompute(prompts, max_new_tokens, until, sampling)
         texts: list[str] = [""] * len(prompts)
         by_length: dict[int, list[int]] = {}
         for row, prompt in enumerate(prompts):
             by_length.setdefault(len(prompt), []).append(row)
         for rows in by_length.values():
-            outputs = self._generate_cached([prompts[r] for r in rows], max_new_tokens, until, temperature)
+            outputs = self._generate_cached([prompts[r] for r in rows], max_new_tokens, until, sampling)
             for row, text in zip(rows, outputs):
                 texts[row] = text
         return texts
 
     @torch.no_grad()
     def _generate_cached(self, prompts: list[list[int]], max_new_tokens: int, until: list[str],
-                         temperature: float) -> list[str]:
+                         sampling: dict[str, Any]) -> list[str]:
         """Equal-length prompts, decoded with the model's KV cache."""
         tokens = torch.tensor(prompts, dtype=torch.long, device=self._device)
         cache = self.model.new_kv_cache(len(prompts), tokens.shape[1] + max_new_tokens)
@@ -359,7 +376,7 @@ class MegatinyLM(TemplateLM):
         step_input = tokens
         for _ in range(max_new_tokens):
             logits = self.model(step_input, kv_cache=cache, last_token_only=True)[:, -1].float()
-            next_tokens = self._pick(logits, temperature)
+            next_tokens = self._pick(logits, sampling)
             state.add(range(len(prompts)), next_tokens.tolist())
             if not state.active:
                 break
@@ -368,7 +385,7 @@ class MegatinyLM(TemplateLM):
 
     @torch.no_grad()
     def _generate_recompute(self, prompts: list[list[int]], max_new_tokens: int, until: list[str],
-                            temperature: float) -> list[str]:
+                            sampling: dict[str, Any]) -> list[str]:
         """Any lengths: rows right-padded in one buffer, the full forward re-run every step."""
         lengths = [len(p) for p in prompts]
         buffer = torch.zeros(len(prompts), max(lengths) + max_new_tokens, dtype=torch.long)
@@ -381,19 +398,18 @@ class MegatinyLM(TemplateLM):
                 break
             logits = self._logits(buffer[rows, :max(lengths[r] for r in rows)])
             last = torch.stack([logits[k, lengths[row] - 1] for k, row in enumerate(rows)])
-            next_tokens = self._pick(last, temperature).tolist()
+            next_tokens = self._pick(last, sampling).tolist()
             for row, token in zip(rows, next_tokens):
                 buffer[row, lengths[row]] = token
                 lengths[row] += 1
             state.add(rows, next_tokens)
         return state.texts()
 
-    def _pick(self, logits: torch.Tensor, temperature: float) -> torch.Tensor:
-        """Next token per row from float logits [B, V]: argmax, or a temperature sample."""
-        if temperature <= 0:
+    def _pick(self, logits: torch.Tensor, sampling: dict[str, Any]) -> torch.Tensor:
+        """Next token per row from float logits [B, V]: argmax, or a sample (on CPU, seeded)."""
+        if sampling["temperature"] <= 0:
             return logits.argmax(dim=-1)
-        probs = F.softmax(logits.cpu() / temperature, dim=-1)
-        return torch.multinomial(probs, 1, generator=self._generator)[:, 0]
+        return sample_next_token(logits.cpu(), generator=self._generator, **sampling)
 
     def get_model_info(self) -> dict:
         info: dict[str, Any] = {"model_num_parameters": sum(p.numel() for p in self.model.parameters())}
