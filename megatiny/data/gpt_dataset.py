@@ -9,8 +9,9 @@ Three index arrays, built vectorized and cached as `.npy`:
                                  starts, i.e. global token s * seq_length of the concatenation;
                                  S = (epochs * tokens_per_epoch - 1) // seq_length. Sample s spans
                                  seq_length + 1 tokens, so consecutive samples share one token.
-  shuffle index   int32/64 [S]   a permutation of the samples (the final separate epoch, if any,
-                                 is permuted on its own, after the others).
+  shuffle index   int32/64 [num_samples]  the first num_samples entries of a permutation of the
+                                 S samples (a separate last epoch is permuted on its own, after
+                                 the others); drawn without materializing the unused tail.
 
 `ds[i]` (0 <= i < num_samples) is an int64 array of seq_length + 1 tokens: input_ids = ds[i][:-1],
 labels = ds[i][1:].
@@ -42,40 +43,64 @@ def num_epochs_needed(tokens_per_epoch: int, seq_length: int, num_samples: int) 
 
 def build_document_index(documents: np.ndarray, num_epochs: int, rng: np.random.Generator,
                          separate_last_epoch: bool) -> np.ndarray:
-    """`documents` tiled `num_epochs` times and shuffled (last epoch separately if asked), int32."""
+    """`documents` tiled `num_epochs` times and shuffled (the last epoch on its own if asked), int32.
+
+    Filled and shuffled in place in one preallocated array (no tile/concatenate copies).
+    """
     dtype = np.int32 if len(documents) == 0 or documents.max() < np.iinfo(np.int32).max else np.int64
-    if not separate_last_epoch or num_epochs == 1:
-        index = np.tile(documents.astype(dtype), num_epochs)
+    n = len(documents)
+    index = np.empty(n * num_epochs, dtype=dtype)
+    for e in range(num_epochs):
+        index[e * n:(e + 1) * n] = documents
+    if separate_last_epoch and num_epochs > 1:
+        rng.shuffle(index[:-n])
+        rng.shuffle(index[-n:])
+    else:
         rng.shuffle(index)
-        return index
-    first = build_document_index(documents, num_epochs - 1, rng, False)
-    last = build_document_index(documents, 1, rng, False)
-    return np.concatenate([first, last])
+    return index
 
 
 def build_sample_index(sizes: np.ndarray, document_index: np.ndarray, seq_length: int,
-                       num_samples: int | None = None) -> np.ndarray:
+                       total_tokens: int | None = None, chunk: int = 1 << 20) -> np.ndarray:
     """Start (document-index position, offset) of every sample, [S+1, 2], vectorized.
 
     Sample s starts at global token p = s * seq_length of the documents concatenated in
-    `document_index` order. Its row is the position j of the document holding token p and the
-    offset of p inside it. Empty documents never hold a token, so they are skipped (except that
-    row 0 is always (0, 0), as in Megatron's loop). `num_samples` limits S (default: all whole samples).
+    `document_index` order; its row is the position j of the document holding token p and the
+    offset of p inside it. Empty documents hold no token, so they are skipped (row 0 is always
+    (0, 0), as in Megatron's loop). S = (total_tokens - 1) // seq_length.
+
+    Works through the document index in chunks so temporaries stay small and are reused: the only
+    large allocation is the output (fresh pages are expensive on some kernels and sandboxes).
     """
-    lengths = sizes[document_index].astype(np.int64)
-    ends = np.cumsum(lengths)
-    total = int(ends[-1]) if len(ends) else 0
-    max_samples = (total - 1) // seq_length if total > 0 else 0
-    count = max_samples if num_samples is None else min(num_samples, max_samples)
-    # Number of sample starts (multiples of seq_length) inside each document's token range [start, end).
-    first_multiple_at_or_after = -(-(ends - lengths) // seq_length)
-    starts_per_doc = -(-ends // seq_length) - first_multiple_at_or_after
-    positions = np.repeat(np.arange(len(lengths), dtype=np.int64), starts_per_doc)[:count + 1]
-    offsets = np.arange(count + 1, dtype=np.int64) * seq_length - (ends - lengths)[positions]
-    dtype = np.int32 if len(lengths) < np.iinfo(np.int32).max else np.int64
-    index = np.empty((count + 1, 2), dtype=dtype)
-    index[:, 0] = positions
-    index[:, 1] = offsets
+    n = len(document_index)
+    if total_tokens is None:
+        total_tokens = sum(int(sizes[document_index[lo:lo + chunk]].sum(dtype=np.int64))
+                           for lo in range(0, n, chunk))
+    num_samples = (total_tokens - 1) // seq_length if total_tokens > 0 else 0
+    dtype = np.int32 if n < np.iinfo(np.int32).max else np.int64
+    index = np.empty((num_samples + 1, 2), dtype=dtype)
+    row, tokens_before, samples_before = 0, 0, 0   # rows written; tokens/sample starts before this chunk
+    for lo in range(0, n, chunk):
+        if row > num_samples:
+            break
+        lengths = sizes[document_index[lo:lo + chunk]].astype(np.int64)
+        ends = np.cumsum(lengths)
+        ends += tokens_before
+        # sample starts (multiples of seq_length) at or before each document's end, minus those before it
+        starts_through = (ends + (seq_length - 1)) // seq_length
+        counts = np.diff(starts_through, prepend=samples_before)
+        positions = np.repeat(np.arange(lo, lo + len(lengths), dtype=np.int64), counts)
+        take = min(len(positions), num_samples + 1 - row)
+        positions = positions[:take]
+        doc_starts = (ends - lengths)[positions - lo]
+        index[row:row + take, 0] = positions
+        index[row:row + take, 1] = np.arange(row, row + take, dtype=np.int64) * seq_length - doc_starts
+        row += take
+        tokens_before = int(ends[-1])
+        samples_before = int(starts_through[-1])
+    if row != num_samples + 1:
+        raise RuntimeError(f"sample index filled {row} of {num_samples + 1} rows; sizes and "
+                           f"document_index disagree")
     index[0] = (0, 0)
     return index
 
@@ -102,16 +127,39 @@ def build_sample_index_reference(sizes: np.ndarray, document_index: np.ndarray,
     return np.array(rows, dtype=np.int64).reshape(-1, 2)
 
 
-def build_shuffle_index(num_samples: int, total: int, rng: np.random.Generator) -> np.ndarray:
-    """Permutation of [0, num_samples) followed by a separate permutation of [num_samples, total)."""
+def random_ordered_sample(lo: int, hi: int, count: int, rng: np.random.Generator,
+                          dtype=np.int64) -> np.ndarray:
+    """`count` distinct values of [lo, hi) in uniformly random order: the first `count` entries of a
+    random permutation, without building the permutation when count is small."""
+    n = hi - lo
+    if not 0 <= count <= n:
+        raise ValueError(f"cannot draw {count} distinct values from [{lo}, {hi})")
+    if 2 * count >= n:
+        perm = np.arange(lo, hi, dtype=dtype)
+        rng.shuffle(perm)
+        return perm[:count].copy() if count < n else perm
+    # First occurrences of i.i.d. uniform draws form a uniformly random ordered sample.
+    picked = np.zeros(0, dtype=np.int64)
+    while len(picked) < count:
+        draws = np.concatenate([picked, rng.integers(0, n, size=int((count - len(picked)) * 1.2) + 16)])
+        _, first = np.unique(draws, return_index=True)
+        picked = draws[np.sort(first)]
+    return (picked[:count] + lo).astype(dtype)
+
+
+def build_shuffle_index(num_samples: int, total: int, rng: np.random.Generator,
+                        count: int | None = None) -> np.ndarray:
+    """First `count` (default `total`) entries of: a permutation of [0, num_samples) followed by a
+    separate permutation of [num_samples, total)."""
+    count = total if count is None else count
     dtype = np.int32 if total < np.iinfo(np.int32).max else np.int64
-    first = np.arange(num_samples, dtype=dtype)
-    rng.shuffle(first)
-    if num_samples == total:
-        return first
-    last = np.arange(num_samples, total, dtype=dtype)
-    rng.shuffle(last)
-    return np.concatenate([first, last])
+    if count <= num_samples:
+        return random_ordered_sample(0, num_samples, count, rng, dtype)
+    index = np.empty(count, dtype=dtype)
+    index[:num_samples] = np.arange(num_samples, dtype=dtype)
+    rng.shuffle(index[:num_samples])
+    index[num_samples:] = random_ordered_sample(num_samples, total, count - num_samples, rng, dtype)
+    return index
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
@@ -227,9 +275,11 @@ class GPTDataset:
             separate_last = from_last < int(SEPARATE_LAST_EPOCH_THRESHOLD * samples_per_epoch)
         rng = np.random.default_rng(self.seed)
         document_index = build_document_index(documents, num_epochs, rng, separate_last)
-        sample_index = build_sample_index(self.sizes, document_index, self.seq_length)
+        sample_index = build_sample_index(self.sizes, document_index, self.seq_length,
+                                          total_tokens=num_epochs * tokens_per_epoch)
         total = len(sample_index) - 1
-        shuffle_index = build_shuffle_index(samples_before_last if separate_last else total, total, rng)
+        shuffle_index = build_shuffle_index(samples_before_last if separate_last else total, total, rng,
+                                            count=self.num_samples)
         return document_index, sample_index, shuffle_index
 
     def __len__(self) -> int:

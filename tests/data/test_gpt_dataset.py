@@ -18,9 +18,10 @@ def test_sample_index_matches_reference_loop(seed):
     sizes[0] = max(sizes[0], 2)
     doc_index = rng.permutation(np.tile(np.arange(len(sizes)), 3)).astype(np.int32)
     for seq_length in (1, 3, 7, 16, 64):
-        fast = build_sample_index(sizes, doc_index, seq_length)
         ref = build_sample_index_reference(sizes, doc_index, seq_length)
-        np.testing.assert_array_equal(fast, ref, err_msg=f"seq_length={seq_length}")
+        for chunk in (1, 5, 1 << 20):      # chunked build must not depend on the chunk boundaries
+            fast = build_sample_index(sizes, doc_index, seq_length, chunk=chunk)
+            np.testing.assert_array_equal(fast, ref, err_msg=f"seq_length={seq_length} chunk={chunk}")
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +117,14 @@ def test_split_document_ranges():
     assert split_document_ranges(10, [1, 0, 0]) == [(0, 10), (10, 10), (10, 10)]
     r = split_document_ranges(7, [1, 1, 1])
     assert r[0][0] == 0 and r[-1][1] == 7 and all(a <= b for a, b in r)
+
+
+def test_random_ordered_sample_is_distinct_and_in_range():
+    from megatiny.data.gpt_dataset import random_ordered_sample
+
+    rng = np.random.default_rng(0)
+    for lo, hi, k in ((0, 10, 10), (5, 1000, 30), (0, 100000, 400), (7, 9, 0)):
+        x = random_ordered_sample(lo, hi, k, rng)
+        assert len(x) == k == len(set(x.tolist())) and all(lo <= v < hi for v in x.tolist())
+    firsts = [int(random_ordered_sample(0, 50, 3, rng)[0]) for _ in range(3000)]
+    assert np.bincount(firsts, minlength=50).min() > 20       # every value can come first
