@@ -1,0 +1,142 @@
+"""Run config loading, overrides and validation; DeepSpeed config construction; schedule; MFU."""
+
+import pytest
+
+from megatiny.model.config import get_preset
+from megatiny.training.config import BatchConfig, RunConfig, apply_overrides, load_config
+from megatiny.training.engine import build_ds_config, param_groups
+from megatiny.training.flops import peak_tflops_for, throughput
+from megatiny.training.schedule import learning_rate
+from tests.helpers import REPO_ROOT
+
+YAML = """
+model:
+  preset: nano-2m
+  activation_checkpointing: 1
+data: {data_path: "0.7 /d/a 0.3 /d/b", split: "969,30,1"}
+batch: {seq_length: 128, micro_batch_size: 4, global_batch_size: 64}
+optimizer: {lr: 4e-4, min_lr: 4e-5}
+schedule: {train_steps: 1000, warmup_steps: 100}
+"""
+
+
+def test_yaml_and_dotted_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(YAML)
+    run = load_config(path, ["batch.micro_batch_size=8", "optimizer.lr=1e-3", "model.num_layers=2",
+                             "checkpoint.save_dir=/tmp/x", "logging.peak_tflops=100"])
+    assert run.batch.micro_batch_size == 8 and run.batch.global_batch_size == 64
+    assert run.optimizer.lr == 1e-3 and run.optimizer.min_lr == 4e-5  # "4e-5" is a float, not a string
+    model = run.model_config()
+    assert model == get_preset("nano-2m", activation_checkpointing=1, num_layers=2)
+    assert run.data["data_path"] == "0.7 /d/a 0.3 /d/b"
+    assert run.checkpoint.save_dir == "/tmp/x" and run.logging.peak_tflops == 100
+    # round trip through to_dict
+    assert RunConfig.from_dict(run.to_dict()).to_dict() == run.to_dict()
+
+
+def test_json_config_and_defaults(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text('{"schedule": {"train_steps": 5, "warmup_steps": 0}}')
+    run = load_config(path)
+    assert run.schedule.train_steps == 5 and run.model.preset == "tiny-test"
+
+
+@pytest.mark.parametrize("override, field", [
+    ("batch.micro_batch_size=0", "batch.micro_batch_size"),
+    ("batch.global_batch_size=7", "batch.global_batch_size"),
+    ("optimizer.beta2=1.5", "optimizer.beta2"),
+    ("optimizer.min_lr=1.0", "optimizer.min_lr"),
+    ("schedule.style=step", "schedule.style"),
+    ("checkpoint.keep_last=-1", "checkpoint.keep_last"),
+    ("distributed.timeout_s=0", "distributed.timeout_s"),
+    ("batch.sizes=3", "batch.sizes"),
+    ("model.hidden_size=100", "hidden_size"),
+    ("model.preset=giant", "model.preset"),
+    ("nan_policy=ignore", "nan_policy"),
+    ("batch.seq_length=4096", "batch.seq_length"),
+    ("trainer.x=1", "trainer"),
+])
+def test_validation_errors_name_the_field(override, field):
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_bad_yaml_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("batch:\n  seq_length: 4\n  micro: [1, 2\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml:\d+"):
+        load_config(path)
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        apply_overrides({}, ["no_equals_sign"])
+
+
+def test_gradient_accumulation_is_checked():
+    batch = BatchConfig(seq_length=16, micro_batch_size=4, global_batch_size=64)
+    assert batch.gradient_accumulation_steps(2) == 8
+    with pytest.raises(ValueError, match="global_batch_size"):
+        batch.gradient_accumulation_steps(3)
+
+
+def test_ds_config_is_built_and_contradictions_refused():
+    run = load_config(None, ["batch.micro_batch_size=2", "batch.global_batch_size=16",
+                             "optimizer.grad_clip=0.5"])
+    ds_file = {"bf16": {"enabled": True}, "zero_optimization": {"stage": 3}}
+    config = build_ds_config(run, ds_file, data_parallel_size=4)
+    assert config["train_batch_size"] == 16
+    assert config["train_micro_batch_size_per_gpu"] == 2 and config["gradient_accumulation_steps"] == 2
+    assert config["gradient_clipping"] == 0.5 and config["zero_optimization"]["stage"] == 3
+    assert "optimizer" not in config and "scheduler" not in config
+    for key in ("train_batch_size", "optimizer", "scheduler", "gradient_clipping",
+                "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
+        with pytest.raises(ValueError, match=f"sets '{key}'"):
+            build_ds_config(run, {**ds_file, key: 1}, data_parallel_size=4, source="my_ds.json")
+    with pytest.raises(ValueError, match="global_batch_size"):
+        build_ds_config(run, ds_file, data_parallel_size=3)
+
+
+def test_shipped_ds_configs_are_accepted():
+    import json
+    run = load_config(None)
+    for name in ("zero3_bf16", "zero3_offload", "zero2_bf16", "zero1_bf16"):
+        ds_file = json.loads((REPO_ROOT / "ds_configs" / f"{name}.json").read_text())
+        build_ds_config(run, ds_file, data_parallel_size=1)
+
+
+def test_tinyllama_schedule():
+    run = load_config(REPO_ROOT / "examples" / "tinyllama_1.1b.yaml")
+    opt, sched = run.optimizer, run.schedule
+    assert (opt.lr, opt.min_lr, opt.beta1, opt.beta2, opt.eps, opt.weight_decay, opt.grad_clip) == \
+        (4e-4, 4e-5, 0.9, 0.95, 1e-8, 0.1, 1.0)
+    assert sched.warmup_steps == 2000 and run.batch.global_batch_size * run.batch.seq_length == 1024 * 2048
+    assert learning_rate(0, opt, sched) == pytest.approx(4e-4 / 2000)
+    assert learning_rate(1999, opt, sched) == pytest.approx(4e-4)
+    mid = (2000 + sched.train_steps) // 2
+    assert learning_rate(mid, opt, sched) == pytest.approx(2.2e-4, rel=1e-3)
+    assert learning_rate(sched.train_steps - 1, opt, sched) == pytest.approx(4e-5, rel=1e-3)
+    assert learning_rate(sched.train_steps + 10, opt, sched) == 4e-5
+    lrs = [learning_rate(s, opt, sched) for s in range(2000, sched.train_steps, 1000)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_mfu_against_design_figures():
+    flops = get_preset("tinyllama-1.1b").flops_per_token(2048)
+    assert peak_tflops_for("NVIDIA A100-SXM4-80GB") == 312
+    assert peak_tflops_for("NVIDIA H100 80GB HBM3") == 989 and peak_tflops_for("NVIDIA H200") == 989
+    assert peak_tflops_for("cpu") is None and peak_tflops_for("cpu", override=2.0) == 2.0
+    # TinyLlama: 24k tokens/s per A100 is ~56% MFU by this formula
+    perf = throughput(24000 * 8, 1.0, flops, num_devices=8, peak_tflops=312)
+    assert perf["tokens_per_s_per_device"] == 24000
+    assert perf["mfu"] == pytest.approx(0.56, abs=0.01)
+    assert "mfu" not in throughput(100, 1.0, flops, 1, None)
+
+
+def test_no_weight_decay_on_norms():
+    from megatiny.model import GPT
+    model = GPT(get_preset("tiny-test"))
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all("norm" in names[id(p)] for p in no_decay["params"]) and no_decay["params"]
+    assert all(p.dim() == 2 for p in decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
