@@ -46,10 +46,19 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float3
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """`None` or "auto" -> the first CUDA device if there is one, else CPU."""
+    """`None` or "auto" -> the first CUDA device if there is one, else CPU.
+
+    lm-eval's CLI passes device "cuda:0" unless told otherwise; without CUDA that falls back to
+    the CPU with a warning instead of failing.
+    """
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        logger.warning("megatiny lm-eval model: device %s requested but CUDA is not available; "
+                       "using the CPU", device)
+        return torch.device("cpu")
+    return device
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:

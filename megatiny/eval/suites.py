@@ -131,16 +131,18 @@ def suite_scores(suite: Suite, results: dict[str, dict[str, Any]]) -> dict[str, 
     """Per-task scores of one lm-eval run (results["results"]) in the suite's convention.
 
     Returns {"tasks": {task: {"metric": key, "value": fraction, "percent": value x 100}},
-    "average": mean percent over tasks with a 0..1 metric (None if any task is missing)}.
+    "missing": tasks without the metric, "average": mean percent over tasks with a 0..1 metric
+    (None if any task is missing)}.
     Perplexity-like metrics are reported as they are (not x 100) and left out of the average.
     """
     scores: dict[str, dict[str, Any]] = {}
     missing = []
     for task in suite.tasks:
-        if task.task not in results:
+        try:
+            key, value = pick_metric(results[task.task], task.metric)
+        except KeyError:  # task not run, or it does not report the suite's metric
             missing.append(task.task)
             continue
-        key, value = pick_metric(results[task.task], task.metric)
         is_fraction = not key.split(",")[0].endswith("perplexity") and not key.startswith("bits_per_byte")
         scores[task.task] = {"label": task.label, "metric": key, "value": value,
                              "percent": 100.0 * value if is_fraction else None}

@@ -1,0 +1,86 @@
+"""Held-out perplexity on indexed data: the tool against a direct log-softmax computation."""
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from megatiny.data.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
+from megatiny.eval.perplexity import evaluate_perplexity, held_out_dataset
+from tests.eval.conftest import training_texts
+from tools import evaluate as evaluate_tool
+
+SEQ = 32
+
+
+@pytest.fixture(scope="module")
+def prefix(tmp_path_factory, tokenizer):
+    """Every training text as one document (BOS ... EOS), uint16 tokens."""
+    prefix = tmp_path_factory.mktemp("ppl") / "corpus_text_document"
+    with IndexedDatasetBuilder(prefix, dtype=np.uint16) as builder:
+        for text in training_texts():
+            builder.add_document([tokenizer.bos_id, *tokenizer.encode(text), tokenizer.eos_id])
+    return str(prefix)
+
+
+def direct_loss(model, dataset) -> tuple[float, int]:
+    """Mean -log p(label) from the model's logits, one sample at a time."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(len(dataset)):
+            sample = torch.from_numpy(np.asarray(dataset[i], dtype=np.int64))[None]
+            logprobs = F.log_softmax(model(sample[:, :-1]).float(), dim=-1)
+            total -= float(logprobs.gather(2, sample[:, 1:, None]).sum())
+            count += SEQ
+    return total / count, count
+
+
+def test_one_epoch_of_the_split_each_token_predicted_once(prefix):
+    dataset = held_out_dataset(prefix, SEQ, which="all")
+    indexed = IndexedDataset(prefix)
+    assert len(dataset) == (indexed.num_tokens - 1) // SEQ
+    labels = Counter(np.concatenate([np.asarray(dataset[i])[1:] for i in range(len(dataset))]).tolist())
+    every = Counter(np.concatenate([indexed.get_document(d) for d in range(indexed.num_documents)]).tolist())
+    missing = every - labels
+    assert not labels - every            # nothing predicted twice
+    assert sum(missing.values()) == indexed.num_tokens - len(dataset) * SEQ  # only the tail/first token
+
+
+def test_perplexity_equals_direct_computation(prefix, trained_model):
+    dataset = held_out_dataset(prefix, SEQ, which="valid", split="70,30,0")
+    result = evaluate_perplexity(trained_model, dataset, batch_size=5)
+    expected, tokens = direct_loss(trained_model, dataset)
+    assert result.tokens == tokens == len(dataset) * SEQ
+    assert result.loss == pytest.approx(expected, rel=1e-5)
+    assert result.perplexity == pytest.approx(math.exp(expected), rel=1e-5)
+    assert result.loss < math.log(trained_model.config.vocab_size)  # the model learned something
+
+
+def test_perplexity_tool(prefix, weights_dir, trained_model, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = evaluate_tool.main(["--perplexity", "--checkpoint", str(weights_dir), "--data-path", prefix,
+                               "--seq-length", str(SEQ), "--split", "70,30,0", "--split-name", "valid",
+                               "--batch-size", "4", "--device", "cpu", "--dtype", "float32",
+                               "--output-dir", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    saved = json.loads((out / "perplexity.json").read_text())
+    expected, tokens = direct_loss(trained_model, held_out_dataset(prefix, SEQ, "valid", "70,30,0"))
+    assert saved["loss"] == pytest.approx(expected, rel=1e-5)
+    assert saved["tokens"] == tokens
+    assert f"perplexity {saved['perplexity']:.3f}" in printed and f"tokens {tokens}" in printed
+
+
+def test_perplexity_tool_errors(prefix, weights_dir, capsys):
+    args = ["--perplexity", "--checkpoint", str(weights_dir), "--data-path", prefix, "--device", "cpu"]
+    assert evaluate_tool.main([*args, "--seq-length", "4096"]) == 2
+    assert "max_position_embeddings" in capsys.readouterr().err
+    assert evaluate_tool.main([*args, "--seq-length", "32", "--split", "100,0,0"]) == 2
+    assert "valid" in capsys.readouterr().err
+    assert evaluate_tool.main(args) == 2
+    assert "--seq-length" in capsys.readouterr().err
