@@ -289,20 +289,25 @@ class GPTDataset:
         if not 0 <= i < self.num_samples:
             raise IndexError(f"sample {i} out of range for {self.name} dataset of {self.num_samples} samples")
         s = int(self.shuffle_index[i])
-        (doc0, off0), (doc1, off1) = self.sample_index[s].tolist(), self.sample_index[s + 1].tolist()
-        di = self.document_index
-        if doc0 == doc1:
-            tokens = self.indexed.get(int(di[doc0]), off0, off1 - off0 + 1)
-        else:
-            parts = [self.indexed.get(int(di[doc0]), off0)]
-            parts.extend(self.indexed[int(di[j])] for j in range(doc0 + 1, doc1))
-            parts.append(self.indexed.get(int(di[doc1]), 0, off1 + 1))
-            tokens = np.concatenate(parts)
-        if len(tokens) != self.seq_length + 1:
-            raise RuntimeError(f"{self.indexed.prefix}: sample {i} has {len(tokens)} tokens, expected "
-                               f"{self.seq_length + 1}; the index cache in {self.cache_dir} is stale or "
-                               f"corrupt")
-        return tokens.astype(np.int64)
+        (doc0, off0), (doc1, off1) = self.sample_index[s:s + 2].tolist()
+        tokens = self.indexed._bin
+        pointers, lengths, itemsize = self.indexed.sequence_pointers, self.sizes, self.indexed.dtype.itemsize
+        out = np.empty(self.seq_length + 1, dtype=np.int64)
+        filled = 0
+        for j in range(doc0, doc1 + 1):     # copy each piece straight into the int64 output
+            seq = int(self.document_index[j])
+            begin = off0 if j == doc0 else 0
+            end = off1 + 1 if j == doc1 else int(lengths[seq])
+            base = int(pointers[seq]) // itemsize
+            n = end - begin
+            if n < 0 or filled + n > len(out) or end > int(lengths[seq]):
+                break
+            out[filled:filled + n] = tokens[base + begin:base + end]
+            filled += n
+        if filled != len(out):
+            raise RuntimeError(f"{self.indexed.prefix}: sample {i} does not span {self.seq_length + 1} "
+                               f"tokens; the index cache in {self.cache_dir} is stale or corrupt")
+        return out
 
     def describe(self) -> dict[str, Any]:
         """JSON-able description (for checkpoints): what was built and its index hash."""
