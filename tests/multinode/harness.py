@@ -34,7 +34,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IFNAME = "mt0"  # same interface name in both namespaces, so one GLOO_SOCKET_IFNAME fits every rank
 SUBNET_PREFIX = "10.77.0."
-REQUIRED_TOOLS = ("ip", "sshd", "ssh", "ssh-keygen", "pdsh")
+ETC_NETNS = "/etc/netns"  # per-namespace overrides of /etc files, applied by `ip netns exec`
+REQUIRED_TOOLS = ("ip", "unshare", "sshd", "ssh", "ssh-keygen", "pdsh")
 
 
 class HarnessUnavailable(RuntimeError):
@@ -70,7 +71,14 @@ class Host:
 
     namespace: str
     address: str
+    hostname: str
     sshd: subprocess.Popen | None = None
+
+    def enter(self) -> list[str]:
+        """Command prefix that runs a command "on" this host: in its network namespace, with its
+        own hostname (a private UTS namespace; MPI tells hosts apart by hostname)."""
+        return ["ip", "netns", "exec", self.namespace, "unshare", "--uts", "--",
+                "sh", "-c", 'hostname "$0" && exec "$@"', self.hostname]
 
 
 @dataclass
@@ -87,7 +95,8 @@ class TwoHosts:
             raise ValueError(f"slots must be >= 1, got {self.slots}")
         self.workdir = Path(self.workdir)
         tag = f"mt{os.getpid()}x{int(time.time() * 1000) % 100000}"
-        self.hosts = [Host(f"{tag}a", f"{SUBNET_PREFIX}1"), Host(f"{tag}b", f"{SUBNET_PREFIX}2")]
+        self.hosts = [Host(f"{tag}a", f"{SUBNET_PREFIX}1", "megatiny-host-a"),
+                      Host(f"{tag}b", f"{SUBNET_PREFIX}2", "megatiny-host-b")]
 
     # ---- paths -------------------------------------------------------------------------------
     @property
@@ -143,11 +152,19 @@ class TwoHosts:
                 host.sshd = None
             subprocess.run(["ip", "netns", "del", host.namespace], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
+            shutil.rmtree(Path(ETC_NETNS) / host.namespace, ignore_errors=True)
 
     def _create_network(self) -> None:
         a, b = self.hosts
         _sh(["ip", "netns", "add", a.namespace])
         _sh(["ip", "netns", "add", b.namespace])
+        # `ip netns exec NS` bind-mounts /etc/netns/NS/hosts over /etc/hosts: both hostnames
+        # resolve on both hosts, as on a cluster, without touching the real /etc/hosts.
+        hosts_file = "127.0.0.1 localhost\n" + "".join(f"{h.address} {h.hostname}\n" for h in self.hosts)
+        for host in self.hosts:
+            etc = Path(ETC_NETNS) / host.namespace
+            etc.mkdir(parents=True, exist_ok=True)
+            (etc / "hosts").write_text(hosts_file)
         # Created directly inside the namespaces: the root namespace never sees the pair.
         _sh(["ip", "-n", a.namespace, "link", "add", IFNAME, "type", "veth", "peer", "name", IFNAME,
              "netns", b.namespace])
@@ -210,7 +227,7 @@ class TwoHosts:
         log = open(self.workdir / f"sshd{index}.log", "w")
         # -D: stay in the foreground so we own the process; -e: log to stderr (our log file).
         host.sshd = subprocess.Popen(
-            ["ip", "netns", "exec", host.namespace, _which("sshd"), "-D", "-e", "-f", str(config)],
+            [*host.enter(), _which("sshd"), "-D", "-e", "-f", str(config)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
 
@@ -259,7 +276,7 @@ class TwoHosts:
         return env
 
     def wrap(self, cmd: list[str], host: int = 0) -> list[str]:
-        return ["ip", "netns", "exec", self.hosts[host].namespace, *cmd]
+        return [*self.hosts[host].enter(), *cmd]
 
     def popen_on(self, cmd: list[str], host: int = 0, cwd: Path | str = REPO_ROOT,
                  env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:

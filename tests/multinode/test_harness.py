@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from tests.helpers import free_port
 from tests.multinode.conftest import start_two_hosts
+from tests.multinode.harness import ETC_NETNS
 
 pytestmark = [pytest.mark.slow, pytest.mark.multinode]
 
@@ -16,15 +18,18 @@ def _namespaces() -> str:
     return subprocess.run(["ip", "netns", "list"], stdout=subprocess.PIPE, text=True).stdout
 
 
-def test_pdsh_reaches_both_hosts_each_with_its_own_address(two_hosts):
+def test_pdsh_reaches_both_hosts_each_with_its_own_address_and_hostname(two_hosts):
     result = two_hosts.run_on(
-        ["pdsh", "-S", "-w", ",".join(h.address for h in two_hosts.hosts), "ip -4 -o addr show dev mt0"],
+        ["pdsh", "-S", "-w", ",".join(h.address for h in two_hosts.hosts),
+         "echo name=$(hostname) addrs=$(hostname -I)"],
         timeout=60)
     assert result.returncode == 0, result.stdout
     for host in two_hosts.hosts:
         # pdsh prefixes each line with the host it came from; each host owns exactly its address
         lines = [line for line in result.stdout.splitlines() if line.startswith(f"{host.address}:")]
-        assert len(lines) == 1 and f"inet {host.address}/24" in lines[0], result.stdout
+        assert lines == [f"{host.address}: name={host.hostname} addrs={host.address}"], result.stdout
+    peer = two_hosts.run_on(["getent", "hosts", two_hosts.hosts[1].hostname], timeout=30)
+    assert peer.stdout.split() == [two_hosts.hosts[1].address, two_hosts.hosts[1].hostname], peer.stdout
     assert two_hosts.hostfile.read_text() == "10.77.0.1 slots=1\n10.77.0.2 slots=1\n"
 
 
@@ -56,4 +61,5 @@ def test_teardown_kills_leftover_processes_and_removes_namespaces(tmp_path):
         hosts.stop()
     assert sleeper.wait(timeout=10) != 0  # killed, not finished
     assert not any(name in _namespaces() for name in names)
+    assert not any((Path(ETC_NETNS) / name).exists() for name in names)
     hosts.stop()  # idempotent
