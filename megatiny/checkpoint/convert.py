@@ -72,12 +72,25 @@ def export_megatiny(src: str | os.PathLike, out: str | os.PathLike, *, tag: str 
     -> HF is bit-exact. An HF source's tokenizer files are copied into OUT/tokenizer.
     """
     source = sources.open_weights(src, tag=tag, weights=weights)
+    return _write_megatiny(source, Path(out), dtype, tokenizer, overwrite)
+
+
+def save_model(model: torch.nn.Module, out: str | os.PathLike, *, tokenizer: str | os.PathLike | None = None,
+               dtype: str | torch.dtype | None = None, step: int = 0, consumed_samples: int = 0,
+               overwrite: bool = False) -> Path:
+    """Save an in-memory GPT as a megatiny weights directory (megatiny.json + model.safetensors)."""
+    metadata = {"tokenizer": str(tokenizer) if tokenizer is not None else None, "step": step,
+                "consumed_samples": consumed_samples, "extra": {}}
+    source = sources.StateDictSource(model.state_dict(), model.config, metadata)
+    return _write_megatiny(source, Path(out), dtype, None, overwrite)
+
+
+def _write_megatiny(source, out: Path, dtype, tokenizer, overwrite: bool) -> Path:
     items = [(e.megatiny, e.shape) for e in hf.weight_table(source.config)]
     if dtype is None:
         dtype = source.tensor(items[0][0]).dtype
     dtype = hf.parse_dtype(dtype)
     tokenizer_path = tokenizer if tokenizer is not None else source.metadata.get("tokenizer")
-    out = Path(out)
     with _atomic_dir(out, overwrite) as tmp:
         write_safetensors(tmp / sources.SAFETENSORS_FILE, items, dtype, source.tensor)
         recorded = tokenizer_path
@@ -87,7 +100,8 @@ def export_megatiny(src: str | os.PathLike, out: str | os.PathLike, *, tag: str 
             recorded = str(out.resolve() / "tokenizer")
         meta = source.metadata
         extra = dict(meta.get("extra") or {})
-        extra["converted_from"] = str(source.path)
+        if not isinstance(source, sources.StateDictSource):
+            extra["converted_from"] = str(source.path)
         write_metadata(tmp, source.config, tokenizer=recorded, step=meta.get("step", 0),
                        consumed_samples=meta.get("consumed_samples", 0), extra=extra)
     return out

@@ -123,6 +123,21 @@ class SafetensorsSource(_Base):
         return self._handles[self._file_of[stored]].get_tensor(stored)
 
 
+class StateDictSource(_Base):
+    """An in-memory model's state dict (e.g. `GPT.state_dict()`) as a weight source."""
+
+    def __init__(self, state_dict: dict[str, torch.Tensor], config: ModelConfig,
+                 metadata: dict[str, Any] | None = None):
+        super().__init__(Path("<memory>"), config, {"model": config, **(metadata or {})})
+        self.state = {k: v for k, v in state_dict.items()
+                      if not (config.tie_word_embeddings and k == hf.TIED_HEAD)}
+        hf.check_entries({k: tuple(v.shape) for k, v in self.state.items()}, self.expected_shapes(),
+                         "state dict")
+
+    def tensor(self, name: str) -> torch.Tensor:
+        return self.state[name]
+
+
 def _safetensors_files(directory: Path) -> dict[str, Path]:
     """Stored tensor name -> the safetensors file holding it."""
     index = directory / SAFETENSORS_INDEX

@@ -43,45 +43,53 @@ def save(engine, save_dir: str, step: int, config, world: int, stage: int) -> No
     dist.barrier()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--local_rank", type=int, default=-1)
-    parser.add_argument("--save-dir", required=True)
-    parser.add_argument("--stage", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--tie", action="store_true")
-    args = parser.parse_args()
-
-    deepspeed.init_distributed(dist_backend="gloo")
+def train_and_save(save_dir: str, stage: int, tie: bool, steps: int) -> None:
+    """One DeepSpeed engine: save the initial weights, train `steps` steps, save again."""
     rank, world = dist.get_rank(), dist.get_world_size()
-    if GLOBAL_BATCH % world:
-        raise ValueError(f"world size {world} must divide the global batch {GLOBAL_BATCH}")
     micro = GLOBAL_BATCH // world
     ds_config = {
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": 1,
         "bf16": {"enabled": True},
-        "zero_optimization": {"stage": args.stage},
+        "zero_optimization": {"stage": stage},
         "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "torch_adam": True}},
     }
-    config = tiny_config(args.tie)
+    config = tiny_config(tie)
     torch.manual_seed(0)
-    if args.stage == 3:
+    if stage == 3:
         with deepspeed.zero.Init(config_dict_or_path=ds_config):
             model = GPT(config)
     else:
         model = GPT(config)
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
                                            config=ds_config)
-    save(engine, args.save_dir, 0, config, world, args.stage)
+    save(engine, save_dir, 0, config, world, stage)
     generator = torch.Generator().manual_seed(1234)
-    for _ in range(args.steps):
+    for _ in range(steps):
         batch = torch.randint(0, config.vocab_size, (GLOBAL_BATCH, SEQ_LENGTH + 1), generator=generator)
         batch = batch[rank * micro:(rank + 1) * micro]
         loss = engine(batch[:, :-1], labels=batch[:, 1:])
         engine.backward(loss)
         engine.step()
-    save(engine, args.save_dir, args.steps, config, world, args.stage)
+    save(engine, save_dir, steps, config, world, stage)
+    engine.destroy()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--local_rank", type=int, default=-1)
+    parser.add_argument("--save-root", required=True)
+    parser.add_argument("--run", action="append", required=True,
+                        help="NAME:STAGE or NAME:STAGE:tie; saved under SAVE_ROOT/NAME")
+    parser.add_argument("--steps", type=int, default=3)
+    args = parser.parse_args()
+
+    deepspeed.init_distributed(dist_backend="gloo")
+    if GLOBAL_BATCH % dist.get_world_size():
+        raise ValueError(f"world size {dist.get_world_size()} must divide the global batch {GLOBAL_BATCH}")
+    for spec in args.run:
+        name, stage, *flags = spec.split(":")
+        train_and_save(os.path.join(args.save_root, name), int(stage), "tie" in flags, args.steps)
     # Without this, gloo ranks on CPU abort with "terminate called without an active exception".
     dist.destroy_process_group()
 

@@ -1,0 +1,61 @@
+"""Shared, expensive fixtures for tests/checkpoint: real DeepSpeed runs and a real tokenizer."""
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from megatiny.data.tokenizer import train_sentencepiece
+from tests.helpers import REPO_ROOT, free_port, run_command, venv_bin
+
+TRAIN_SCRIPT = "tests/checkpoint/ds_train_tiny.py"
+STEPS = 3
+WORDS = ("the quick brown fox jumps over lazy dog 123 4567 hello world café naïve Ünïcödé "
+         "tab\tnew x\ny def return (x + 1) ßü").split(" ")
+
+
+def launch(save_root: Path, num_ranks: int, runs: list[str]) -> None:
+    """One `deepspeed` launch training every NAME:STAGE[:tie] in `runs` under save_root/NAME."""
+    cmd = [venv_bin("deepspeed"), "--num_gpus", str(num_ranks), "--master_port", str(free_port()),
+           TRAIN_SCRIPT, "--save-root", str(save_root), "--steps", str(STEPS)]
+    for run in runs:
+        cmd += ["--run", run]
+    # PYTHONPATH: the launched script must import this checkout's megatiny even where the editable
+    # install is not on the launched interpreter's path.
+    result = run_command(cmd, timeout=600, env={"PYTHONPATH": str(REPO_ROOT)})
+    assert result.returncode == 0, result.stdout[-5000:]
+
+
+@pytest.fixture(scope="session")
+def ds_two_ranks(tmp_path_factory) -> Path:
+    """Checkpoint roots trained by 2 ranks: z3 (ZeRO-3), z1 (ZeRO-1), z2t (ZeRO-2, tied embeddings)."""
+    root = tmp_path_factory.mktemp("ds_w2")
+    launch(root, 2, ["z3:3", "z1:1", "z2t:2:tie"])
+    return root
+
+
+@pytest.fixture(scope="session")
+def ds_one_rank(tmp_path_factory) -> Path:
+    """The same ZeRO-3 run as ds_two_ranks/z3, by a single rank."""
+    root = tmp_path_factory.mktemp("ds_w1")
+    launch(root, 1, ["z3:3"])
+    return root
+
+
+def sample_texts(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 30))) for _ in range(n)]
+
+
+@pytest.fixture(scope="session")
+def sp_models(tmp_path_factory) -> dict[str, Path]:
+    """Llama-style sentencepiece models (vocab 300 <= tiny-test's 512) trained on generated text."""
+    root = tmp_path_factory.mktemp("sp")
+    texts = sample_texts(3000, seed=1)
+    return {kind: train_sentencepiece(texts, root / kind, 300, model_type=kind)
+            for kind in ("bpe", "unigram")}
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst

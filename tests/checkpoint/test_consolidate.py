@@ -1,0 +1,123 @@
+"""Consolidating real DeepSpeed ZeRO-1/2/3 checkpoints (saved by tests/checkpoint/ds_train_tiny.py)."""
+import json
+import shutil
+
+import pytest
+import torch
+from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+from megatiny.checkpoint import load_model, open_weights
+from megatiny.checkpoint.consolidate import ZeroCheckpoint, resolve_tag_dir
+from tests.checkpoint.conftest import STEPS
+
+pytestmark = pytest.mark.slow
+
+
+def master_weights(path, tag=None) -> dict[str, torch.Tensor]:
+    source = open_weights(path, tag=tag, weights="master")
+    return {name: source.tensor(name) for name in source.names()}
+
+
+@pytest.mark.parametrize("run", ["z3", "z1", "z2t"])
+@pytest.mark.parametrize("step", [0, STEPS])
+def test_matches_deepspeeds_own_zero_to_fp32(ds_two_ranks, run, step):
+    tag = f"step_{step:08d}"
+    reference = get_fp32_state_dict_from_zero_checkpoint(str(ds_two_ranks / run), tag=tag)
+    checkpoint = ZeroCheckpoint(ds_two_ranks / run / tag)
+    assert checkpoint.world_size == 2 and checkpoint.stage == int(run[1])
+    assert checkpoint.names() == list(reference)
+    for name, tensor in reference.items():
+        assert torch.equal(checkpoint.tensor(name), tensor), name
+
+
+def test_tied_embeddings_are_stored_once_and_resolved(ds_two_ranks):
+    checkpoint = ZeroCheckpoint(resolve_tag_dir(ds_two_ranks / "z2t"))
+    assert checkpoint.shared == {"lm_head.weight": "model.embed_tokens.weight"}
+    assert "lm_head.weight" not in checkpoint.shapes
+    model, _ = load_model(ds_two_ranks / "z2t")
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert torch.equal(model.lm_head.weight, checkpoint.tensor("model.embed_tokens.weight"))
+
+
+def test_one_and_two_ranks_give_identical_weights(ds_one_rank, ds_two_ranks):
+    """Same seed: the saved initial weights are bit-identical whether ZeRO-3 partitioned them over
+    one rank or two. (After training they differ slightly: the gradient reduction order changes the
+    bf16 rounding, and Adam's first steps amplify sign flips of near-zero gradients.)"""
+    one = master_weights(ds_one_rank / "z3", tag="step_00000000")
+    two = master_weights(ds_two_ranks / "z3", tag="step_00000000")
+    assert one.keys() == two.keys()
+    for name in one:
+        assert torch.equal(one[name], two[name]), name
+    trained = master_weights(ds_one_rank / "z3")
+    assert all(not torch.equal(trained[n], one[n]) for n in one)  # the step-0 tag is really different
+
+
+@pytest.mark.parametrize("run", ["z1", "z2t"])
+def test_zero12_module_weights_are_the_rounded_master_weights(ds_two_ranks, run):
+    master = open_weights(ds_two_ranks / run, weights="master")
+    module = open_weights(ds_two_ranks / run, weights="module")
+    assert master.names() == module.names()
+    for name in master.names():
+        assert module.tensor(name).dtype == torch.bfloat16
+        assert torch.equal(module.tensor(name), master.tensor(name).to(torch.bfloat16)), name
+
+
+def test_zero3_module_weights_are_refused(ds_two_ranks):
+    with pytest.raises(FileNotFoundError, match="ZeRO-3 saves its 16-bit weights partitioned"):
+        open_weights(ds_two_ranks / "z3", weights="module")
+
+
+def test_metadata_travels_with_the_model(ds_two_ranks):
+    model, metadata = load_model(ds_two_ranks / "z3")
+    assert metadata["step"] == STEPS and metadata["consumed_samples"] == 4 * STEPS
+    assert metadata["model"] == model.config and model.config.num_query_groups == 2
+    assert not model.training
+
+
+# -- broken checkpoints: clear errors, naming what is wrong ----------------------------------------
+
+@pytest.fixture
+def z3_copy(ds_two_ranks, tmp_path):
+    return shutil.copytree(ds_two_ranks / "z3", tmp_path / "z3")
+
+
+def test_missing_shard(z3_copy):
+    (z3_copy / f"step_{STEPS:08d}" / "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="saved by 2 data-parallel ranks but 1 optimizer shard"):
+        load_model(z3_copy)
+    (z3_copy / f"step_{STEPS:08d}" / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt").rename(
+        z3_copy / f"step_{STEPS:08d}" / "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt")
+    with pytest.raises(FileNotFoundError, match=r"rank\(s\) \[0\] missing"):
+        load_model(z3_copy)
+
+
+def test_truncated_shard(z3_copy):
+    shard = z3_copy / f"step_{STEPS:08d}" / "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    shard.write_bytes(shard.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt: cannot read"):
+        load_model(z3_copy)
+
+
+def test_config_that_does_not_match_the_weights(z3_copy):
+    meta_path = z3_copy / f"step_{STEPS:08d}" / "megatiny.json"
+    meta = json.loads(meta_path.read_text())
+    meta["model"]["num_query_groups"] = 8  # as if k/v had one head per query head
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"model.layers.0.self_attn.k_proj.weight: found \(16, 64\), "
+                                         r"expected \(64, 64\)"):
+        load_model(z3_copy)
+    meta["model"]["num_query_groups"] = 2
+    meta["model"]["num_layers"] = 3
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"missing parameter\(s\): model.layers.2"):
+        load_model(z3_copy)
+
+
+def test_latest_naming_a_missing_tag(z3_copy):
+    (z3_copy / "latest").write_text("step_00000099")
+    with pytest.raises(FileNotFoundError, match="names tag 'step_00000099'"):
+        load_model(z3_copy)
+    model, metadata = load_model(z3_copy, tag="step_00000000")
+    assert metadata["step"] == 0
+    with pytest.raises(FileNotFoundError, match=r"available tags: \['step_00000000', 'step_00000003'\]"):
+        load_model(z3_copy, tag="step_00000042")
