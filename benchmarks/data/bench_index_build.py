@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from megatiny.data.blended_dataset import build_blending_indices
 from megatiny.data.gpt_dataset import (
     SEPARATE_LAST_EPOCH_THRESHOLD,
     build_document_index,
@@ -65,6 +66,14 @@ def main(argv=None) -> None:
     print(f"baselines in this run: allocating+writing the {out_bytes / 1e9:.2f} GB of outputs {touch:.2f} s; "
           f"one shuffle of {num_samples:,} int32 {shuffle:.2f} s")
     print(f"ratio build / (output first-touch + one shuffle) = {build / (touch + shuffle):.2f}")
+    del doc_index, sample_index, shuffle_index
+    t6 = time.perf_counter()
+    build_blending_indices([0.7, 0.3], num_samples)
+    print(f"blend index, 2 datasets (0.7/0.3), {num_samples:,} samples: {time.perf_counter() - t6:.2f} s")
+    n3 = num_samples // 50
+    t7 = time.perf_counter()
+    build_blending_indices([0.5, 0.3, 0.2], n3)
+    print(f"blend index, 3 datasets, {n3:,} samples (Python loop): {time.perf_counter() - t7:.2f} s")
 
 
 if __name__ == "__main__":
