@@ -67,6 +67,13 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+def _same_architecture(a, b) -> bool:
+    """Model configs equal up to runtime-only choices (attention kernel, activation checkpointing)."""
+    runtime = ("attention_backend", "activation_checkpointing")
+    strip = lambda c: {k: v for k, v in c.to_dict().items() if k not in runtime}  # noqa: E731
+    return strip(a) == strip(b)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -103,7 +110,7 @@ class _Trainer:
             return None
         root, tag = found
         meta = read_metadata(root / tag)
-        if meta["model"] != self.model_config:
+        if not _same_architecture(meta["model"], self.model_config):
             raise ValueError(f"{root / tag}: the checkpoint's model config differs from this run's model "
                              f"config:\n  checkpoint: {meta['model']}\n  run:        {self.model_config}")
         return root, tag, meta
@@ -113,8 +120,12 @@ class _Trainer:
         if path is None or self.rank != 0:
             return None
         from megatiny.checkpoint import load_model
-        model, _ = load_model(path, dtype=torch.float32, device="cpu")
-        return model.state_dict()
+        model, meta = load_model(path, dtype=torch.float32, device="cpu")
+        if not _same_architecture(meta["model"], self.model_config):
+            raise ValueError(f"checkpoint.init_from={path}: its model config differs from this run's:\n"
+                             f"  init_from: {meta['model']}\n  run:       {self.model_config}")
+        self.logger.print(f"[megatiny] initialised the weights from {path} (optimizer starts fresh)")
+        return {name: param.detach() for name, param in model.named_parameters()}
 
     def _build_data(self, accumulation: int):
         from megatiny.data import build_gpt_datasets
@@ -204,7 +215,7 @@ class _Trainer:
             started = time.perf_counter()
             lr = learning_rate(step, run.optimizer, run.schedule)
             self.engine.set_lr(lr)
-            loss_sum, finite_micro, stop_votes = 0.0, 0, 0.0
+            loss_sum, finite_micro = 0.0, 0
             for micro in range(accumulation):
                 indices = next(batches)
                 input_ids, labels = self._batch(train_ds, indices)
@@ -212,9 +223,7 @@ class _Trainer:
                 local = loss.detach().float().item()
                 if step == nan_step:
                     local = float("nan")
-                total_loss, votes = ds_engine.all_reduce_sum(
-                    [local, 1.0 if self.stop.signum is not None else 0.0], self.dist.device)
-                stop_votes = max(stop_votes, votes)
+                total_loss = ds_engine.all_reduce_sum([local], self.dist.device)[0]
                 if math.isfinite(total_loss):
                     self.engine.backward(loss)
                     loss_sum += total_loss / self.world
@@ -247,7 +256,8 @@ class _Trainer:
                 os.kill(os.getpid(), signal.SIGTERM)
             if run.logging.eval_interval and (step % run.logging.eval_interval == 0 or step == total):
                 self._evaluate(step, valid_ds)
-            if stop_votes > 0:
+            # Any rank signalled -> all ranks stop together after this step.
+            if ds_engine.all_reduce_sum([float(self.stop.signum is not None)], self.dist.device)[0] > 0:
                 self.logger.print(f"[megatiny] stop signal received: saving a checkpoint at step {step} and "
                                   "exiting")
                 if run.checkpoint.save_dir:

@@ -6,6 +6,7 @@ import getpass
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -33,8 +34,11 @@ class LocalSshd:
         return self.workdir / "ssh_config"
 
     def env(self) -> dict[str, str]:
-        """Environment for the `deepspeed` launcher process (pdsh reads these)."""
-        return {"PDSH_RCMD_TYPE": "ssh", "PDSH_SSH_ARGS": f"-F {self.ssh_config} -l%u %h"}
+        """Environment for the `deepspeed` launcher process. pdsh reads PDSH_SSH_ARGS; the
+        launcher's own reachability probe runs a bare `ssh HOST hostname`, so an `ssh` wrapper that
+        adds `-F ssh_config` comes first on PATH."""
+        return {"PDSH_RCMD_TYPE": "ssh", "PDSH_SSH_ARGS": f"-F {self.ssh_config} -l%u %h",
+                "PATH": f"{self.workdir / 'bin'}:{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
 
     def __enter__(self) -> LocalSshd:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -56,6 +60,10 @@ class LocalSshd:
             "  IdentitiesOnly yes\n"
             "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
             "  BatchMode yes\n")
+        wrapper = self.workdir / "bin" / "ssh"
+        wrapper.parent.mkdir(exist_ok=True)
+        wrapper.write_text(f'#!/bin/sh\nexec {shutil.which("ssh")} -F {self.ssh_config} "$@"\n')
+        wrapper.chmod(0o755)
         if os.geteuid() == 0:
             Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
         sshd = shutil.which("sshd") or "/usr/sbin/sshd"

@@ -1,0 +1,87 @@
+"""DeepSpeed engine overhead per training step vs. the bare PyTorch model step (CPU, one process).
+
+    python benchmarks/bench_engine_overhead.py [--preset nano-2m --seq 128 --micro-batch 8 --steps 20]
+
+Both sides run the same model, batch and AdamW (no weight decay on norms, clipping 1.0):
+  bare: fp32 model, loss.backward(), clip_grad_norm_, optimizer.step()
+  engine: megatiny's TrainingEngine (the path tools/train.py uses) with each DeepSpeed config given.
+Prints seconds per step and the ratio engine / bare.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from megatiny.model import GPT
+from megatiny.training import engine as ds_engine
+from megatiny.training.config import load_config
+
+
+def _timed(step_fn, steps: int, warmup: int) -> float:
+    for _ in range(warmup):
+        step_fn()
+    started = time.perf_counter()
+    for _ in range(steps):
+        step_fn()
+    return (time.perf_counter() - started) / steps
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="nano-2m")
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--ds-configs", nargs="+", default=["ds_configs/zero1_bf16.json",
+                                                             "ds_configs/zero3_bf16.json"])
+    args = parser.parse_args(argv)
+    mbs = args.micro_batch
+    run = load_config(None, [f"model.preset={args.preset}", f"batch.seq_length={args.seq}",
+                             f"batch.micro_batch_size={mbs}", f"batch.global_batch_size={mbs}",
+                             "optimizer.cpu_adam=false"])
+    model_config = run.model_config()
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, model_config.vocab_size, (mbs, args.seq + 1), generator=generator)
+    inputs, labels = tokens[:, :-1], tokens[:, 1:]
+
+    torch.manual_seed(run.seed)
+    model = GPT(model_config)
+    opt = run.optimizer
+    optimizer = torch.optim.AdamW(ds_engine.param_groups(model, opt.weight_decay), lr=opt.lr,
+                                  betas=(opt.beta1, opt.beta2), eps=opt.eps)
+
+    def bare_step() -> None:
+        loss = model(inputs, labels=labels)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), run.optimizer.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    bare = _timed(bare_step, args.steps, args.warmup)
+    print(f"{args.preset} seq {args.seq} micro-batch {mbs}, {torch.get_num_threads()} threads, "
+          f"{args.steps} steps")
+    print(f"bare PyTorch fp32 step: {1000 * bare:8.1f} ms")
+    dist_info = ds_engine.init_distributed(run.distributed)
+    try:
+        for path in args.ds_configs:
+            ds_config = ds_engine.build_ds_config(run, ds_engine.read_ds_file(path), 1, source=path)
+            engine = ds_engine.TrainingEngine(run, model_config, ds_config, dist_info)
+
+            def engine_step(engine=engine) -> None:
+                loss = engine.loss(inputs, labels)
+                engine.backward(loss)
+                engine.step()
+
+            seconds = _timed(engine_step, args.steps, args.warmup)
+            print(f"engine {path:32s}: {1000 * seconds:8.1f} ms  ratio engine/bare {seconds / bare:.2f}")
+    finally:
+        ds_engine.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

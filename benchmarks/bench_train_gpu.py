@@ -1,0 +1,83 @@
+"""Training throughput of one device: tokens/s, TFLOP/s, MFU and peak memory.
+
+GPU (the TinyLlama figure, one device, ZeRO-3 bf16):
+    python benchmarks/bench_train_gpu.py --preset tinyllama-1.1b --seq 2048 --micro-batch 8
+CPU smoke run (so the script is exercised without a GPU):
+    python benchmarks/bench_train_gpu.py --preset tiny-test --seq 64 --micro-batch 4 --steps 4
+
+Runs the same TrainingEngine as tools/train.py on random tokens (data loading excluded). MFU uses
+the peak bf16 TFLOP/s table in megatiny.training.flops (`--peak-tflops` overrides; on CPU no MFU
+unless given).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from megatiny.training import engine as ds_engine
+from megatiny.training.config import load_config
+from megatiny.training.flops import peak_tflops_for, throughput
+from megatiny.training.logging import memory_gb
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tinyllama-1.1b")
+    parser.add_argument("--seq", type=int, default=2048)
+    parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--accumulation", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--activation-checkpointing", type=int, default=0)
+    parser.add_argument("--ds-config", default="ds_configs/zero3_bf16.json")
+    parser.add_argument("--peak-tflops", type=float, default=None)
+    args = parser.parse_args(argv)
+    mbs, acc = args.micro_batch, args.accumulation
+    run = load_config(None, [f"model.preset={args.preset}", f"batch.seq_length={args.seq}",
+                             f"batch.micro_batch_size={mbs}", f"batch.global_batch_size={mbs * acc}",
+                             f"model.activation_checkpointing={args.activation_checkpointing}",
+                             f"distributed.deepspeed_config={args.ds_config}"])
+    model_config = run.model_config()
+    dist_info = ds_engine.init_distributed(run.distributed)
+    try:
+        ds_file = ds_engine.read_ds_file(args.ds_config)
+        ds_config = ds_engine.build_ds_config(run, ds_file, dist_info.world_size, source=args.ds_config)
+        engine = ds_engine.TrainingEngine(run, model_config, ds_config, dist_info)
+        generator = torch.Generator().manual_seed(0)
+        tokens = torch.randint(0, model_config.vocab_size, (mbs, args.seq + 1), generator=generator)
+        inputs, labels = tokens[:, :-1], tokens[:, 1:]
+
+        def step() -> float:
+            for _ in range(acc):
+                loss = engine.loss(inputs, labels)
+                engine.backward(loss)
+                engine.step()
+            return loss.item()  # synchronises the device
+
+        for _ in range(args.warmup):
+            step()
+        started = time.perf_counter()
+        for _ in range(args.steps):
+            loss = step()
+        seconds = time.perf_counter() - started
+        device = ds_engine.device_name(dist_info.device)
+        peak = peak_tflops_for(device, args.peak_tflops)
+        perf = throughput(args.steps * acc * mbs * args.seq * dist_info.world_size, seconds,
+                          model_config.flops_per_token(args.seq), dist_info.world_size, peak)
+        mfu = f"{100 * perf['mfu']:.1f}%" if "mfu" in perf else "n/a (unknown peak)"
+        print(f"{args.preset} seq {args.seq} micro-batch {mbs} x {acc} on {device} ({args.ds_config}, "
+              f"activation checkpointing {args.activation_checkpointing}), {args.steps} steps, "
+              f"last loss {loss:.3f}")
+        print(f"tokens/s/device {perf['tokens_per_s_per_device']:.0f} | TFLOP/s/device "
+              f"{perf['tflops_per_device']:.2f} | MFU {mfu} | "
+              f"peak memory {memory_gb(dist_info.device):.2f} GiB")
+    finally:
+        ds_engine.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
