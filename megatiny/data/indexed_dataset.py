@@ -133,6 +133,10 @@ class IndexedDataset:
                 f"{expected_bin} bytes ({n} sequences of {self.dtype.name}); the pair is truncated or "
                 f"mismatched")
 
+    def __reduce__(self):
+        # Re-open by path in the receiving process (e.g. DataLoader workers) instead of pickling the mmap.
+        return (IndexedDataset, (self.prefix,))
+
     def __len__(self) -> int:
         return len(self.sequence_lengths)
 

@@ -21,6 +21,7 @@ import sys
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -214,8 +215,10 @@ def preprocess(inputs: list[str], output_prefix: str | os.PathLike, tokenizer: s
     total_bytes = sum(f.stat().st_size for f in files)
     bar = _progress_bar(total_bytes, progress)
     start = time.perf_counter()
+    stack = ExitStack()  # closes the worker pool promptly even when a bad line aborts the run
     try:
-        for arrays, bad, nbytes, ndocs in _ordered_results(read_chunks(files), workers, options):
+        results = stack.enter_context(closing(_ordered_results(read_chunks(files), workers, options)))
+        for arrays, bad, nbytes, ndocs in results:
             if bad and strict:
                 raise BadLineError(f"{bad[0]} (run without --strict to skip and count bad lines)")
             for builder, (tokens, lengths) in zip(builders, arrays):
@@ -238,6 +241,7 @@ def preprocess(inputs: list[str], output_prefix: str | os.PathLike, tokenizer: s
             builder.abort()
         raise
     finally:
+        stack.close()
         if bar is not None:
             bar.close()
     stats.seconds = time.perf_counter() - start

@@ -91,3 +91,30 @@ def test_empty_split_requested_is_an_error(prefixes):
     cfg = DataConfig(data_path=a, split="100,0,0", cache_dir=str(d / "cache4"))
     with pytest.raises(ValueError, match="valid"):
         build_gpt_datasets(cfg, 8, (10, 5, 0), seed=0)
+
+
+def _build_in_child(cfg, queue):
+    train = build_gpt_datasets(cfg, 16, (300, 0, 0), seed=9)[0]
+    queue.put(np.stack([train[i] for i in range(len(train))]))
+
+
+def test_concurrent_builders_share_one_cache(prefixes):
+    """Ranks racing to build the same cache (no barrier) all get identical, complete indexes."""
+    import multiprocessing as mp
+
+    (a, b), d = prefixes
+    cfg = DataConfig(data_path=f"0.6 {a} 0.4 {b}", split="1,0,0", cache_dir=str(d / "race"))
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_build_in_child, args=(cfg, queue)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
+    assert not [p.name for p in (d / "race").iterdir() if p.name.startswith(".")]   # no temp files left
+    again = build_gpt_datasets(cfg, 16, (300, 0, 0), seed=9)[0]
+    np.testing.assert_array_equal(np.stack([again[i] for i in range(300)]), results[0])

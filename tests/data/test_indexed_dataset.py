@@ -158,3 +158,14 @@ def test_merge(tmp_path):
     with pytest.raises(ValueError, match="dtypes cannot be merged"):
         with IndexedDatasetBuilder(tmp_path / "bad", np.uint16) as m:
             m.add_index(c.prefix)
+
+
+def test_empty_dataset_and_pickling(tmp_path):
+    import pickle
+
+    empty = write(tmp_path / "e", [], np.uint16)
+    assert len(empty) == 0 and empty.num_documents == 0 and empty.num_tokens == 0
+    ds = write(tmp_path / "p", [[1, 2, 3], [4]], np.int32)
+    clone = pickle.loads(pickle.dumps(ds))
+    assert len(pickle.dumps(ds)) < 500                   # re-opened by path, not copied
+    np.testing.assert_array_equal(clone[0], [1, 2, 3])

@@ -95,10 +95,11 @@ def test_compressed_inputs(corpus, processed, ext):
             (d / f"w1_text_document.{suffix}").read_bytes()
 
 
-def test_strict_stops_at_first_bad_line_and_writes_nothing(corpus):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_strict_stops_at_first_bad_line_and_writes_nothing(corpus, workers):
     d, _, model = corpus
     with pytest.raises(BadLineError, match=r"c\.jsonl:5: invalid JSON"):
-        preprocess([str(d / "c.jsonl")], d / "strict", model, strict=True)
+        preprocess([str(d / "c.jsonl")], d / "strict", model, strict=True, workers=workers)
     assert not list(d.glob("strict*"))
     assert not list(d.glob(".strict*"))
 

@@ -8,17 +8,22 @@ def flatten(batches):
     return [i for b in batches for i in b]
 
 
-@pytest.mark.parametrize("k", [0, 4, 12, 13, 48])
+def global_stream(total, consumed, mbs, dp):
+    """Sample ids in the order the whole job consumes them: global batch by global batch."""
+    per_rank = [list(PretrainingSampler(total, consumed, mbs, r, dp)) for r in range(dp)]
+    return [i for step in zip(*per_rank) for batch in step for i in batch]
+
+
+@pytest.mark.parametrize("k", [0, 4, 12, 48, 96])
 def test_resume_equals_uninterrupted(k):
     total, mbs, dp = 103, 2, 2
-    for rank in range(dp):
-        full = list(PretrainingSampler(total, 0, mbs, rank, dp))
+    full = global_stream(total, 0, mbs, dp)
+    assert full == list(range(100))                      # global order; 3 leftover samples dropped
+    assert global_stream(total, k, mbs, dp) == full[k:]
+    for rank in range(dp):                               # each rank's own stream resumes exactly
+        uninterrupted = list(PretrainingSampler(total, 0, mbs, rank, dp))
         resumed = list(PretrainingSampler(total, k, mbs, rank, dp))
-        # the uninterrupted stream, from the batch that starts at sample k
-        expected = [b for b in full if b[0] - rank * mbs >= k] if k % (mbs * dp) == 0 else None
-        if expected is not None:
-            assert resumed == expected
-        assert all(i >= k for i in flatten(resumed))
+        assert resumed == uninterrupted[k // (mbs * dp):]
 
 
 def test_ranks_partition_each_global_batch():
