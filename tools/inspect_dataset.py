@@ -23,8 +23,15 @@ def summarize(ds: IndexedDataset) -> dict:
         "doc_length_min": int(lengths.min()) if len(lengths) else 0,
         "doc_length_mean": float(lengths.mean()) if len(lengths) else 0.0,
         "doc_length_max": int(lengths.max()) if len(lengths) else 0,
-        "max_token_id": int(ds._bin.max()) if ds.num_tokens else None,
     }
+
+
+def max_token_id(ds: IndexedDataset, chunk: int = 1 << 26) -> int | None:
+    """Largest token id in the .bin (reads the whole file, chunk by chunk)."""
+    tokens = ds._bin
+    if not len(tokens):
+        return None
+    return max(int(tokens[lo:lo + chunk].max()) for lo in range(0, len(tokens), chunk))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tokenizer", help="decode with this tokenizer (.model / tokenizer.json / HF dir)")
     p.add_argument("--document", type=int, nargs="*", default=[], help="document numbers to show")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--scan", action="store_true",
+                   help="read every token: report the largest id, check it fits the tokenizer's vocabulary")
     args = p.parse_args(argv)
     try:
         ds = IndexedDataset(args.prefix)
@@ -41,11 +50,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     info = summarize(ds)
+    if args.scan:
+        info["max_token_id"] = max_token_id(ds)
     if args.json:
         print(json.dumps(info, indent=2))
     else:
         for k, v in info.items():
             print(f"{k:>16}: {v}")
+    if args.scan and tok is not None and info["max_token_id"] is not None \
+            and info["max_token_id"] >= tok.vocab_size:
+        print(f"error: token id {info['max_token_id']} >= the tokenizer's vocab_size {tok.vocab_size}: this "
+              f"dataset was made with a different tokenizer", file=sys.stderr)
+        return 1
     for doc in args.document:
         if not 0 <= doc < ds.num_documents:
             print(f"error: document {doc} out of range (0..{ds.num_documents - 1})", file=sys.stderr)

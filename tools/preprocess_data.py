@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prepend-bos", action="store_true", help="start every document with the BOS token")
     p.add_argument("--append-eod", action="store_true", help="end every document with the EOS token")
     p.add_argument("--strict", action="store_true", help="stop at the first bad line instead of skipping it")
+    p.add_argument("--bad-lines-file", help="also write every bad line's file:line: reason to this file")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     args = p.parse_args(argv)
     if not args.append_eod:
@@ -29,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stats = preprocess(args.input, args.output_prefix, args.tokenizer, json_keys=tuple(args.json_keys),
                            workers=args.workers, prepend_bos=args.prepend_bos, append_eod=args.append_eod,
-                           strict=args.strict, progress=not args.no_progress)
+                           strict=args.strict, progress=not args.no_progress,
+                           bad_lines_file=args.bad_lines_file)
     except (BadLineError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -75,6 +75,9 @@ def _read_header(path: Path) -> tuple[np.dtype, int, int]:
         raise IndexFormatError(f"{path}: unknown dtype code {code} (known: {sorted(DTYPE_CODES)})")
     n, d = struct.unpack("<QQ", head[18:34])
     expected = HEADER_SIZE + 12 * n + 8 * d
+    if size == expected + n and n > 0:
+        raise IndexFormatError(f"{path}: has one extra byte per sequence: a Megatron-core multimodal index "
+                               f"(sequence modes), which megatiny does not read")
     if size != expected:
         what = "truncated" if size < expected else "has trailing bytes"
         raise IndexFormatError(f"{path}: {what}: {size} bytes, but the header (N={n} sequences, D={d} "

@@ -198,8 +198,12 @@ def output_prefix_for(output_prefix: str | os.PathLike, key: str) -> str:
 def preprocess(inputs: list[str], output_prefix: str | os.PathLike, tokenizer: str | os.PathLike, *,
                json_keys: tuple[str, ...] = ("text",), workers: int = 1, prepend_bos: bool = False,
                append_eod: bool = False, strict: bool = False, progress: bool = False,
-               max_bad_examples: int = 20) -> PreprocessStats:
-    """Tokenize jsonl `inputs` (paths/globs; plain, .gz, .zst) into `{output_prefix}_{key}_document`."""
+               max_bad_examples: int = 20,
+               bad_lines_file: str | os.PathLike | None = None) -> PreprocessStats:
+    """Tokenize jsonl `inputs` (paths/globs; plain, .gz, .zst) into `{output_prefix}_{key}_document`.
+
+    Every bad line is also written to `bad_lines_file` (one `file:line: reason` per line) if given.
+    """
     files = expand_inputs(inputs)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -217,6 +221,7 @@ def preprocess(inputs: list[str], output_prefix: str | os.PathLike, tokenizer: s
     start = time.perf_counter()
     stack = ExitStack()  # closes the worker pool promptly even when a bad line aborts the run
     try:
+        bad_log = stack.enter_context(open(bad_lines_file, "w")) if bad_lines_file else None
         results = stack.enter_context(closing(_ordered_results(read_chunks(files), workers, options)))
         for arrays, bad, nbytes, ndocs in results:
             if bad and strict:
@@ -227,6 +232,8 @@ def preprocess(inputs: list[str], output_prefix: str | os.PathLike, tokenizer: s
             stats.tokens += sum(len(t) for t, _ in arrays)
             stats.input_bytes += nbytes
             stats.bad_lines += len(bad)
+            if bad_log is not None:
+                bad_log.writelines(f"{b}\n" for b in bad)
             stats.bad_reasons.update(b.reason.split(" (")[0] for b in bad)
             stats.bad_examples.extend(bad[:max(0, max_bad_examples - len(stats.bad_examples))])
             if bar is not None:

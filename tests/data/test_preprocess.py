@@ -143,6 +143,12 @@ def test_cli_tools_end_to_end(corpus, processed, tmp_path, capsys):
                                  "--document", "401"]) == 0
     out = capsys.readouterr().out
     assert "documents: 800" in out and good[1] in out
+    scan = [str(tmp_path / "aa"), "--scan", "--tokenizer"]
+    assert inspect_dataset.main(scan + [str(tmp_path / "tok.model")]) == 0
+    assert "max_token_id" in capsys.readouterr().out
+    tiny = make_hf_tokenizer_json(tmp_path / "tiny.json", ["ab"])      # far smaller vocabulary
+    assert inspect_dataset.main(scan + [str(tiny)]) == 1
+    assert "different tokenizer" in capsys.readouterr().err
     assert preprocess_tool.main(["--input", str(tmp_path / "missing*.jsonl"), "--output-prefix", "x",
                                  "--tokenizer", str(model)]) == 1
     assert "matches no file" in capsys.readouterr().err
@@ -153,7 +159,10 @@ def test_preprocess_script_runs_as_a_command(corpus, tmp_path):
     r = run_command([".venv/bin/python" if (REPO_ROOT / ".venv/bin/python").exists() else "python",
                      "tools/preprocess_data.py", "--input", str(d / "c.jsonl"), "--output-prefix",
                      str(tmp_path / "cli"), "--tokenizer", str(model), "--workers", "2", "--append-eod",
-                     "--prepend-bos", "--no-progress"], timeout=120, env={"PYTHONPATH": str(REPO_ROOT)})
+                     "--prepend-bos", "--no-progress", "--bad-lines-file", str(tmp_path / "bad.txt")],
+                    timeout=120, env={"PYTHONPATH": str(REPO_ROOT)})
     assert r.returncode == 0, r.stdout
     assert "skipped 6 bad lines" in r.stdout and "c.jsonl:20: invalid UTF-8" in r.stdout
     assert (tmp_path / "cli_text_document.bin").read_bytes() == (d / "w1_text_document.bin").read_bytes()
+    logged = (tmp_path / "bad.txt").read_text().splitlines()
+    assert [int(x.split(":")[1]) for x in logged] == sorted(BAD_LINES)
