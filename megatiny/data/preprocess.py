@@ -78,34 +78,39 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
     return files
 
 
-def open_binary(path: Path) -> io.BufferedIOBase:
-    """Open plain, .gz or .zst files for binary line reading (decompression streams)."""
+def open_binary(path: Path, raw: io.BufferedIOBase | None = None) -> io.BufferedIOBase:
+    """Open plain, .gz or .zst files for binary line reading (decompression streams).
+
+    `raw`: the already opened file to read from (lets the caller track bytes read from disk).
+    """
+    raw = raw if raw is not None else open(path, "rb", buffering=1 << 20)
     if path.suffix == ".gz":
-        return gzip.open(path, "rb")
+        return gzip.GzipFile(fileobj=raw, mode="rb")
     if path.suffix in (".zst", ".zstd"):
         import zstandard
 
-        raw = open(path, "rb")
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True), 1 << 20)
-    return open(path, "rb", buffering=1 << 20)
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=False), 1 << 20)
+    return raw
 
 
-def read_chunks(files: list[Path]) -> Iterator[tuple[str, int, list[bytes]]]:
-    """(file name, first line number, raw lines) chunks of at most CHUNK_LINES lines / CHUNK_BYTES."""
+def read_chunks(files: list[Path]) -> Iterator[tuple[str, int, list[bytes], int]]:
+    """(file name, first line number, raw lines, file bytes read from disk for this chunk) chunks of
+    at most CHUNK_LINES lines / CHUNK_BYTES (decompressed) bytes."""
     for path in files:
-        with open_binary(path) as f:
+        with open(path, "rb", buffering=1 << 20) as raw, open_binary(path, raw) as f:
             lines: list[bytes] = []
-            size, first = 0, 1
+            size, first, disk = 0, 1, 0
             for lineno, line in enumerate(f, start=1):
                 if not lines:
                     first = lineno
                 lines.append(line)
                 size += len(line)
                 if len(lines) >= CHUNK_LINES or size >= CHUNK_BYTES:
-                    yield str(path), first, lines
+                    yield str(path), first, lines, raw.tell() - disk
+                    disk = raw.tell()
                     lines, size = [], 0
-            if lines:
-                yield str(path), first, lines
+            if lines or disk < raw.tell():
+                yield str(path), first, lines, raw.tell() - disk
 
 
 @dataclass
@@ -148,9 +153,9 @@ def _parse(line: bytes, keys: tuple[str, ...]) -> tuple[list[str] | None, str | 
     return values, None
 
 
-def encode_chunk(chunk: tuple[str, int, list[bytes]]):
-    """Worker: (per key (flat tokens, lengths), bad lines, bytes, documents) for one chunk."""
-    name, first, lines = chunk
+def encode_chunk(chunk: tuple[str, int, list[bytes], int]):
+    """Worker: (per key (flat tokens, lengths), bad lines, bytes, documents, disk bytes) for one chunk."""
+    name, first, lines, disk_bytes = chunk
     tok, opt, dtype = _worker["tokenizer"], _worker["options"], _worker["dtype"]
     prefix = [tok.bos_id] if opt.prepend_bos else []
     suffix = [tok.eos_id] if opt.append_eod else []
@@ -171,7 +176,7 @@ def encode_chunk(chunk: tuple[str, int, list[bytes]]):
             flat[k].extend(ids)
             lengths[k].append(len(ids))
     arrays = [(np.array(f, dtype=dtype), np.array(n, dtype=np.int32)) for f, n in zip(flat, lengths)]
-    return arrays, bad, nbytes, len(lengths[0]) if lengths else 0
+    return arrays, bad, nbytes, len(lengths[0]) if lengths else 0, disk_bytes
 
 
 def _ordered_results(chunks: Iterator, workers: int, options: EncodeOptions) -> Iterator:
@@ -223,7 +228,7 @@ def preprocess(inputs: list[str], output_prefix: str | os.PathLike, tokenizer: s
     try:
         bad_log = stack.enter_context(open(bad_lines_file, "w")) if bad_lines_file else None
         results = stack.enter_context(closing(_ordered_results(read_chunks(files), workers, options)))
-        for arrays, bad, nbytes, ndocs in results:
+        for arrays, bad, nbytes, ndocs, disk_bytes in results:
             if bad and strict:
                 raise BadLineError(f"{bad[0]} (run without --strict to skip and count bad lines)")
             for builder, (tokens, lengths) in zip(builders, arrays):
@@ -237,10 +242,10 @@ def preprocess(inputs: list[str], output_prefix: str | os.PathLike, tokenizer: s
             stats.bad_reasons.update(b.reason.split(" (")[0] for b in bad)
             stats.bad_examples.extend(bad[:max(0, max_bad_examples - len(stats.bad_examples))])
             if bar is not None:
-                bar.update(nbytes)
+                bar.update(disk_bytes)
                 elapsed = max(time.perf_counter() - start, 1e-9)
                 bar.set_postfix(docs=stats.documents, tokens=stats.tokens, refresh=False)
-                bar.set_description(f"{stats.input_bytes / 1e6 / elapsed:.1f} MB/s")
+                bar.set_description(f"text {stats.input_bytes / 1e6 / elapsed:.1f} MB/s")
         for builder in builders:
             stats.outputs.append(str(builder.finalize()[1])[:-4])
     except BaseException:
