@@ -15,6 +15,7 @@ export get the same numbers: the context is encoded with BOS in front (as Llama 
 encode(context + continuation) after encode(context), inputs longer than the model's context are
 cut from the left. Requests are sorted by length (longest first), right-padded and scored one
 forward pass per batch; right padding cannot change the logits of a causal model at real positions.
+Requests with identical model inputs (single-token choices of one question) share a forward row.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.utils import normalize_gen_kwargs
 from tqdm import tqdm
 
+from megatiny.model import GPT
 from megatiny.model.generate import sample_next_token
 
 logger = logging.getLogger(__name__)
@@ -238,48 +240,63 @@ class MegatinyLM(TemplateLM):
         """(sum of log p(continuation tokens), whether greedy decoding reproduces them) per request.
 
         The model sees (context + continuation)[-(max_length + 1):][:-1]; the last
-        len(continuation) logits score the continuation.
+        len(continuation) positions score the continuation. Requests with the same model input
+        (typically the choices of one question that are a single token each) share one row of
+        the batch; a batch holds `batch_size` distinct inputs, longest first.
         """
-        order = sorted(range(len(requests)),
-                       key=lambda i: (-len(requests[i][1]) - len(requests[i][2]),
-                                      tuple(requests[i][1] + requests[i][2])))
+        owners: dict[tuple[int, ...], list[int]] = {}
+        for index, (_, context, continuation) in enumerate(requests):
+            owners.setdefault(tuple(self._model_input(context, continuation)), []).append(index)
+        inputs = sorted(owners, key=lambda ids: (-len(ids), ids))
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         progress = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0,
                         desc="megatiny loglikelihood")
-        for start in range(0, len(order), self.batch_size):
-            batch = [requests[i] for i in order[start:start + self.batch_size]]
-            for index, answer in zip(order[start:start + self.batch_size], self._score_batch(batch)):
-                results[index] = answer
-                if requests[index][0] is not None:
-                    self.cache_hook.add_partial("loglikelihood", requests[index][0], answer)
-            progress.update(len(batch))
+        for start in range(0, len(inputs), self.batch_size):
+            batch = inputs[start:start + self.batch_size]
+            spans = [max(len(requests[i][2]) for i in owners[ids]) for ids in batch]
+            for ids, logprobs in zip(batch, self._span_logprobs(batch, spans)):
+                for index in owners[ids]:
+                    continuation = requests[index][2]
+                    rows = logprobs[logprobs.shape[0] - len(continuation):]  # [C, V]
+                    target = torch.tensor(continuation, dtype=torch.long, device=rows.device)
+                    answer = (float(rows.gather(1, target[:, None]).sum()),
+                              bool((rows.argmax(dim=-1) == target).all()))
+                    results[index] = answer
+                    if requests[index][0] is not None:
+                        self.cache_hook.add_partial("loglikelihood", requests[index][0], answer)
+                progress.update(len(owners[ids]))
         progress.close()
         return results  # type: ignore[return-value]
 
-    def _score_batch(self, batch: Sequence[TokenRequest]) -> list[tuple[float, bool]]:
-        inputs, continuations = [], []
-        for _, context, continuation in batch:
-            if not context or not continuation:
-                raise ValueError("megatiny lm-eval model: empty context or continuation token list")
-            if len(continuation) > self.max_length:
-                raise ValueError(f"megatiny lm-eval model: continuation of {len(continuation)} tokens "
-                                 f"exceeds max_length {self.max_length}")
-            inputs.append((context + continuation)[-(self.max_length + 1):][:-1])
-            continuations.append(continuation)
+    def _model_input(self, context: list[int], continuation: list[int]) -> list[int]:
+        if not context or not continuation:
+            raise ValueError("megatiny lm-eval model: empty context or continuation token list")
+        if len(continuation) > self.max_length:
+            raise ValueError(f"megatiny lm-eval model: continuation of {len(continuation)} tokens "
+                             f"exceeds max_length {self.max_length}")
+        return (context + continuation)[-(self.max_length + 1):][:-1]
+
+    @torch.no_grad()
+    def _span_logprobs(self, inputs: Sequence[tuple[int, ...]], spans: list[int]) -> list[torch.Tensor]:
+        """fp32 log-probabilities [span, V] at the last `span` positions of each input.
+
+        One right-padded forward for the batch. For a megatiny GPT the output projection is applied
+        only at those positions (with a small model and a 32k vocabulary it is most of the work).
+        """
         width = max(len(ids) for ids in inputs)
         padded = torch.zeros(len(inputs), width, dtype=torch.long)
         for row, ids in enumerate(inputs):
             padded[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        padded = padded.to(self._device)
+        if isinstance(self.model, GPT):
+            hidden = self.model.model(padded)  # [B, T, h]
+            picked = torch.cat([hidden[row, len(ids) - span:len(ids)]
+                                for row, (ids, span) in enumerate(zip(inputs, spans))])
+            logits = self.model.lm_head(picked).float()  # [sum(spans), V]
+            return list(F.log_softmax(logits, dim=-1).split(spans))
         logits = self._logits(padded)
-        answers = []
-        for row, (ids, continuation) in enumerate(zip(inputs, continuations)):
-            span = logits[row, len(ids) - len(continuation):len(ids)]  # [C, V]
-            logprobs = F.log_softmax(span, dim=-1)
-            target = torch.tensor(continuation, dtype=torch.long, device=logprobs.device)
-            total = logprobs.gather(1, target[:, None]).sum()
-            greedy = bool((logprobs.argmax(dim=-1) == target).all())
-            answers.append((float(total), greedy))
-        return answers
+        return [F.log_softmax(logits[row, len(ids) - span:len(ids)], dim=-1)
+                for row, (ids, span) in enumerate(zip(inputs, spans))]
 
     def loglikelihood_rolling(self, requests: list[Instance], disable_tqdm: bool = False) -> list[float]:
         """Total log-likelihood of each string, conditioned on the prefix token (BOS).

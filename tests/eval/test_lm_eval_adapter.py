@@ -41,6 +41,18 @@ def direct_loglikelihood(model, tokenizer, context: str, continuation: str) -> t
     return float(picked.sum()), greedy
 
 
+class _LogitsOnly(torch.nn.Module):
+    """A causal LM without a KV cache (forces the adapter's recompute generation path)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner = model
+        self.config = model.config
+
+    def forward(self, input_ids):
+        return self.inner(input_ids)
+
+
 @pytest.fixture(scope="module")
 def lm(trained_model, tokenizer):
     return MegatinyLM(model=trained_model, tokenizer=tokenizer, batch_size=4, device="cpu")
@@ -51,7 +63,10 @@ def manager():
     return task_manager(["megatiny_local_mc", "megatiny_test_gen", "megatiny_test_rolling"], [str(DATA_DIR)])
 
 
-def test_loglikelihood_equals_direct_computation(lm, trained_model, tokenizer):
+@pytest.mark.parametrize("wrapped", [False, True], ids=["gpt", "logits-only-module"])
+def test_loglikelihood_equals_direct_computation(trained_model, tokenizer, wrapped):
+    model = _LogitsOnly(trained_model) if wrapped else trained_model
+    lm = MegatinyLM(model=model, tokenizer=tokenizer, batch_size=2, device="cpu")
     results = lm.loglikelihood(instances("loglikelihood", PAIRS), disable_tqdm=True)
     for (context, continuation), (logprob, greedy) in zip(PAIRS, results):
         expected, expected_greedy = direct_loglikelihood(trained_model, tokenizer, context, continuation)
@@ -131,18 +146,6 @@ def test_rolling_task_through_lm_eval(lm, trained_model, tokenizer, manager):
     bits_per_byte = -sum(direct) / total_bytes / math.log(2)
     reported = out["results"]["megatiny_test_rolling"]["bits_per_byte,none"]
     assert reported == pytest.approx(bits_per_byte, rel=1e-4)
-
-
-class _LogitsOnly(torch.nn.Module):
-    """A causal LM without a KV cache (forces the adapter's recompute generation path)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.inner = model
-        self.config = model.config
-
-    def forward(self, input_ids):
-        return self.inner(input_ids)
 
 
 def test_generate_until_respects_stop_sequences(trained_model, tokenizer, manager):
