@@ -33,6 +33,7 @@ def _build_split(blend: Blend, split_name: str, split_index: int | None, split_w
                              f"for it (set {split_name}_data_path, or data_path with a split)")
         return None
     parts = []
+    blend = [(w, p) for w, p in blend if w > 0]   # a zero-weight dataset is never drawn from
     for weight, prefix in blend:
         indexed = IndexedDataset(prefix)
         if split_index is None:
@@ -43,7 +44,10 @@ def _build_split(blend: Blend, split_name: str, split_index: int | None, split_w
                 raise ValueError(f"{prefix}: the {split_name} split {config.split!r} gets no documents of "
                                  f"{indexed.num_documents}; change data.split or ask for 0 {split_name} "
                                  f"samples")
-        n = num_samples if len(blend) == 1 else math.ceil(weight * num_samples * (1 + config.blend_surplus))
+        # The greedy never draws more than ceil(weight x num_samples) from a dataset; surplus + 1 is margin.
+        n = num_samples
+        if len(blend) > 1:
+            n = math.ceil(weight * num_samples * (1 + config.blend_surplus)) + 1
         cache_dir = config.cache_dir or default_cache_dir(prefix)
         parts.append(GPTDataset(indexed, _split_sequence_range(indexed, doc_range), n, seq_length,
                                 seed, cache_dir, name=split_name))

@@ -118,3 +118,15 @@ def test_concurrent_builders_share_one_cache(prefixes):
     assert not [p.name for p in (d / "race").iterdir() if p.name.startswith(".")]   # no temp files left
     again = build_gpt_datasets(cfg, 16, (300, 0, 0), seed=9)[0]
     np.testing.assert_array_equal(np.stack([again[i] for i in range(300)]), results[0])
+
+
+def test_tiny_blends_and_zero_weights(prefixes):
+    """Small sample counts never ask a dataset for fewer samples than the greedy draws from it."""
+    (a, b), d = prefixes
+    for n in range(1, 40):
+        cfg = DataConfig(data_path=f"0.5 {a} 0.5 {b}", split="1,0,0", cache_dir=str(d / "tiny"))
+        train = build_gpt_datasets(cfg, 8, (n, 0, 0), seed=0)[0]
+        assert len(train) == n and train[n - 1].shape == (9,)
+    cfg = DataConfig(data_path=f"1 {a} 0 {b}", split="1,0,0", cache_dir=str(d / "zero"))
+    train = build_gpt_datasets(cfg, 8, (50, 0, 0), seed=0)[0]
+    assert all(int(t) // 10000 == 1 for i in range(50) for t in train[i])
