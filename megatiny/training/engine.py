@@ -61,8 +61,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _use_interpreter_ninja() -> None:
+    """Put the `ninja` installed beside this interpreter first on PATH.
+
+    DeepSpeed JIT-compiles small ops (on CPU: the shared-memory comm op, at process-group start)
+    into one shared cache. Ranks started over ssh often see a different system `ninja`, whose build
+    log format differs, so each kind of rank would rebuild the op (minutes) and wait on the others."""
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    if (Path(bin_dir) / "ninja").exists() and path[:1] != [bin_dir]:
+        os.environ["PATH"] = os.pathsep.join([bin_dir, *path])
+
+
 def init_distributed(cfg: DistributedConfig) -> DistInfo:
     """Join (or make) the process group. Returns this process's rank, world size and device."""
+    _use_interpreter_ninja()
     launched = all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
     port = int(os.environ.get("MASTER_PORT", cfg.master_port))
     if not launched and not _mpi_launched():
