@@ -1,0 +1,116 @@
+"""GPU training-step throughput and MFU of GPT per attention backend (TinyLlama recipe by default).
+
+One step = forward + backward + AdamW on one micro-batch, weights in --dtype. Reports tokens/s,
+achieved TFLOP/s (ModelConfig.flops_per_token: torchtitan/TinyLlama convention), MFU against the
+device's dense peak, and peak allocated memory, for each attention backend, with the first
+backend as the baseline of the printed ratios.
+
+    python benchmarks/bench_gpu_model.py                      # tinyllama-1.1b, bf16, seq 2048, cuda
+    python benchmarks/bench_gpu_model.py --device cpu --preset tiny-test --seq 64 --dtype fp32
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from megatiny.model import GPT, get_preset
+from megatiny.model.attention import FLASH_ATTN_AVAILABLE
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Dense bf16 peak TFLOP/s by device-name fragment (DESIGN.md).
+PEAK_TFLOPS = {"A100": 312.0, "H100": 989.0, "H200": 989.0}
+
+
+def default_backends(device: torch.device, dtype: torch.dtype) -> list[str]:
+    flash = FLASH_ATTN_AVAILABLE and device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+    return (["flash_attn"] if flash else []) + ["sdpa", "math"]
+
+
+def peak_tflops(device: torch.device, override: float | None) -> float | None:
+    if override is not None or device.type != "cuda":
+        return override
+    name = torch.cuda.get_device_name(device)
+    return next((tflops for key, tflops in PEAK_TFLOPS.items() if key in name), None)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(backend: str, args: argparse.Namespace, device: torch.device) -> dict:
+    """Tokens/s and peak memory of args.steps timed steps for one attention backend."""
+    config = get_preset(args.preset, attention_backend=backend,
+                        activation_checkpointing=args.activation_checkpointing)
+    torch.manual_seed(0)
+    model = GPT(config).to(device=device, dtype=DTYPES[args.dtype])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    batch = torch.randint(0, config.vocab_size, (args.batch, args.seq + 1), device=device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def step() -> None:
+        loss = model(batch[:, :-1], labels=batch[:, 1:])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(args.warmup):
+        step()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    _sync(device)
+    seconds = (time.perf_counter() - start) / args.steps
+    tokens_per_s = args.batch * args.seq / seconds
+    result = {"backend": backend, "tokens_per_s": tokens_per_s,
+              "tflops": tokens_per_s * config.flops_per_token(args.seq) / 1e12,
+              "peak_mem_gib": (torch.cuda.max_memory_allocated(device) / 2**30
+                               if device.type == "cuda" else float("nan"))}
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--preset", default="tinyllama-1.1b")
+    parser.add_argument("--seq", type=int, default=2048)
+    parser.add_argument("--batch", type=int, default=4, help="micro-batch size")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--backends", nargs="+", choices=["flash_attn", "sdpa", "math"],
+                        help="default: every backend available here")
+    parser.add_argument("--activation-checkpointing", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default: by GPU name)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("CUDA is not available here; use --device cpu (with a small --preset)")
+    peak = peak_tflops(device, args.peak_tflops)
+    backends = args.backends or default_backends(device, DTYPES[args.dtype])
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"{args.preset} {args.dtype} seq {args.seq} micro-batch {args.batch} on {name}, "
+          f"activation_checkpointing={args.activation_checkpointing}, peak {peak} TFLOP/s")
+    baseline = None
+    for backend in backends:
+        try:
+            r = measure(backend, args, device)
+        except torch.OutOfMemoryError:
+            print(f"  {backend:10s} out of memory")
+            continue
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()  # the finished backend's model and optimizer are gone
+        baseline = baseline or r["tokens_per_s"]
+        mfu = f"{100 * r['tflops'] / peak:5.1f}%" if peak else "  n/a"
+        print(f"  {backend:10s} {r['tokens_per_s']:10.1f} tokens/s  {r['tflops']:7.2f} TFLOP/s  "
+              f"MFU {mfu}  peak mem {r['peak_mem_gib']:6.2f} GiB  "
+              f"x{r['tokens_per_s'] / baseline:.2f} vs {backends[0]}")
+
+
+if __name__ == "__main__":
+    main()
