@@ -84,3 +84,22 @@ def unigram_cross_entropy(train_tokens: np.ndarray, eval_tokens: np.ndarray, voc
     if eval_tokens.size == 0:
         raise ValueError("no evaluation tokens")
     return float(-log_probs[eval_tokens].mean())
+
+
+def unigram_baseline_for_run(run_config: dict, vocab_size: int, max_samples: int = 4096) -> float:
+    """Unigram cross entropy of the run's validation samples under its training samples' unigram
+    distribution, on the same blend, split and sequence length the run used (`run_config` is the
+    `run_config` dict a checkpoint's megatiny.json stores). Only predicted tokens count, as in
+    the model's loss: tokens 1.. of each seq_length + 1 sample."""
+    from megatiny.data.builder import build_gpt_datasets
+    from megatiny.data.config import DataConfig
+
+    seq_length = int(run_config["batch"]["seq_length"])
+    train, valid, _ = build_gpt_datasets(DataConfig(**run_config["data"]), seq_length,
+                                         (max_samples, max_samples // 4, 0),
+                                         int(run_config.get("seed", 1234)))
+    if valid is None:
+        raise ValueError("the run has no validation split (data.split or valid_data_path)")
+    train_tokens = np.concatenate([train[i][1:] for i in range(len(train))])
+    valid_tokens = np.concatenate([valid[i][1:] for i in range(len(valid))])
+    return unigram_cross_entropy(train_tokens, valid_tokens, vocab_size)
