@@ -64,15 +64,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
             loss -= (logprobs.gather(1, target) * w).sum()
             if not compute_grad:
                 continue
-            # d loss / d logits = w * (softmax - onehot), built in place in the logprobs buffer.
+            # d loss / d logits = w * (softmax - onehot), built in place in the logprobs buffer. The
+            # per-token weight w scales whole rows, so it is applied to the [n, h] operands instead.
             grad_logits = logprobs.exp_()
             grad_logits.scatter_add_(1, target, torch.full_like(w, -1.0))
-            grad_logits = grad_logits.mul_(w).to(hidden.dtype)
-            grad_hidden[start:start + chunk] = grad_logits @ weight
+            grad_logits = grad_logits.to(hidden.dtype)
+            grad_hidden[start:start + chunk] = (grad_logits @ weight) * w
+            weighted_h = (h * w).to(h.dtype)
             if weight.dtype == torch.float32:
-                grad_weight.addmm_(grad_logits.t(), h)
+                grad_weight.addmm_(grad_logits.t(), weighted_h)
             else:
-                grad_weight += (grad_logits.t() @ h).float()
+                grad_weight += (grad_logits.t() @ weighted_h).float()
         if compute_grad:
             ctx.save_for_backward(grad_hidden, grad_weight)
             ctx.weight_dtype = weight.dtype
