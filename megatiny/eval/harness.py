@@ -152,11 +152,18 @@ def run_lm_eval(config: LmEvalConfig, lm=None, model_label: str | None = None) -
             fewshot_random_seed=config.seed, bootstrap_iters=1000)
         _merge(merged, output)
     scores = suite_scores(suite, merged["results"])
-    label = model_label or (Path(config.checkpoint).name if config.checkpoint else "model")
+    label = model_label or default_label(config.checkpoint, lm)
     table = markdown_table(suite, scores, label)
     merged["megatiny"] = {"config": asdict(config), "scores": scores}
     paths = write_outputs(config.output_dir, merged, table, config.log_samples) if config.output_dir else {}
     return EvaluationReport(results=merged, scores=scores, table=table, paths=paths)
+
+
+def default_label(checkpoint: str | None, lm) -> str:
+    """Table row label: the checkpoint directory's name, with the training step when known."""
+    name = Path(checkpoint).resolve().name if checkpoint else "model"
+    step = (getattr(lm, "metadata", None) or {}).get("step")
+    return f"{name} (step {step})" if step else name
 
 
 def _merge(into: dict[str, Any], output: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from megatiny.eval.suites import SUITES, markdown_table, pick_metric, suite_scores
-from tests.helpers import run_command
+from tests.helpers import free_port, run_command, venv_bin
 from tools import evaluate as evaluate_tool
 
 TASK = "megatiny_local_mc"
@@ -100,3 +100,24 @@ def test_pick_metric_prefers_unfiltered_and_skips_stderr():
     assert pick_metric({"pass@1,create_test": 0.05}, "pass@1") == ("pass@1,create_test", 0.05)
     with pytest.raises(KeyError, match="acc_norm"):
         pick_metric({"acc,none": 0.3}, "acc_norm")
+
+
+@pytest.mark.slow
+def test_tool_on_a_deepspeed_checkpoint_root(weights_dir, tool_run, tmp_path):
+    """A 2-rank ZeRO-3 checkpoint root of the same weights evaluates to the same numbers."""
+    save_dir = tmp_path / "checkpoints"
+    launch = run_command([venv_bin("deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
+                          "tests/eval/ds_save_checkpoint.py", "--weights", str(weights_dir),
+                          "--save-dir", str(save_dir)], timeout=300)
+    assert launch.returncode == 0, launch.stdout[-3000:]
+    assert (save_dir / "latest").read_text().strip() == "step_00000080"
+    out = tmp_path / "eval"
+    code = evaluate_tool.main(["--checkpoint", str(save_dir), "--tasks", TASK, "--limit", "24",
+                               "--batch-size", "6", "--device", "cpu", "--dtype", "float32",
+                               "--output-dir", str(out)])
+    assert code == 0
+    ours = json.loads((out / "results.json").read_text())
+    reference = json.loads((tool_run[1] / "results.json").read_text())
+    for metric in ("acc,none", "acc_norm,none"):
+        assert ours["results"][TASK][metric] == reference["results"][TASK][metric]
+    assert "| checkpoints (step 80) |" in (out / "results.md").read_text()
