@@ -177,6 +177,10 @@ class MegatinyLM(TemplateLM):
         self.tokenizer = tokenizer
         self.batch_size = _parse_batch_size(batch_size)
         self._max_length = int(max_length) if max_length is not None else self._model_max_length()
+        if max_length is not None and hasattr(getattr(model, "config", None), "max_position_embeddings") \
+                and not 0 < self._max_length <= model.config.max_position_embeddings:
+            raise ValueError(f"megatiny lm-eval model: max_length {self._max_length} must be in 1.."
+                             f"{model.config.max_position_embeddings} (the model's max_position_embeddings)")
         self._max_gen_toks = int(max_gen_toks)
         bos = getattr(tokenizer, "bos_id", None)
         add_bos = _parse_bool(add_bos_token, "add_bos_token")

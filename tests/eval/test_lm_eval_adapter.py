@@ -191,3 +191,5 @@ def test_constructor_errors_are_clear(trained_model, tokenizer):
         MegatinyLM(model=trained_model, tokenizer=tokenizer, pretrained="x")
     with pytest.raises(ValueError, match="batch_size"):
         MegatinyLM(model=trained_model, tokenizer=tokenizer, batch_size="many")
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        MegatinyLM(model=trained_model, tokenizer=tokenizer, max_length=4096)
