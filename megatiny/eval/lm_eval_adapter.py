@@ -176,11 +176,7 @@ class MegatinyLM(TemplateLM):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = _parse_batch_size(batch_size)
-        self._max_length = int(max_length) if max_length is not None else self._model_max_length()
-        if max_length is not None and hasattr(getattr(model, "config", None), "max_position_embeddings") \
-                and not 0 < self._max_length <= model.config.max_position_embeddings:
-            raise ValueError(f"megatiny lm-eval model: max_length {self._max_length} must be in 1.."
-                             f"{model.config.max_position_embeddings} (the model's max_position_embeddings)")
+        self._max_length = self._resolve_max_length(max_length)
         self._max_gen_toks = int(max_gen_toks)
         bos = getattr(tokenizer, "bos_id", None)
         add_bos = _parse_bool(add_bos_token, "add_bos_token")
@@ -189,13 +185,19 @@ class MegatinyLM(TemplateLM):
             raise ValueError("megatiny lm-eval model: add_bos_token=true but the tokenizer has no BOS")
         self._generator = torch.Generator(device="cpu").manual_seed(int(seed))
 
-    def _model_max_length(self) -> int:
-        config = getattr(self.model, "config", None)
-        for name in ("max_position_embeddings", "max_seq_length"):
-            if hasattr(config, name):
-                return int(getattr(config, name))
-        raise ValueError("megatiny lm-eval model: cannot tell the model's context length; "
-                         "pass max_length=N")
+    def _resolve_max_length(self, max_length: int | str | None) -> int:
+        """`max_length` if given (at most the model's positions), else the model's context length."""
+        limit = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        if max_length is None:
+            if limit is None:
+                raise ValueError("megatiny lm-eval model: cannot tell the model's context length; "
+                                 "pass max_length=N")
+            return int(limit)
+        value = int(max_length)
+        if value <= 0 or (limit is not None and value > limit):
+            raise ValueError(f"megatiny lm-eval model: max_length {value} must be in 1..{limit} "
+                             f"(the model's max_position_embeddings)")
+        return value
 
     # --- lm-eval's tokenization hooks -------------------------------------------------------
 
@@ -219,7 +221,7 @@ class MegatinyLM(TemplateLM):
 
     @property
     def tokenizer_name(self) -> str:
-        return str(getattr(self.tokenizer, "name_or_path", type(self.tokenizer).__name__))
+        return str(getattr(self.tokenizer, "path", type(self.tokenizer).__name__))
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
         """Token ids of `string`; BOS in front when `add_special_tokens` (default: add_bos_token)."""
