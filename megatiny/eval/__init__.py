@@ -1,1 +1,12 @@
-"""megatiny.eval"""
+"""megatiny.eval: benchmark and perplexity evaluation of megatiny checkpoints.
+
+    lm_eval_adapter  the lm-evaluation-harness model `megatiny` (MegatinyLM)
+    harness          run tasks or a named suite, write results.json + results.md (run_lm_eval)
+    suites           suite definitions (tinyllama-commonsense, ...) and the paper-style table
+    perplexity       loss / perplexity on held-out indexed data
+    tasks/           the bundled offline lm-eval task megatiny_local_mc
+    run_report       loss curves of a finished run
+
+Command lines: tools/evaluate.py, and `python -m megatiny.eval` (lm-eval's CLI with `megatiny`).
+Nothing heavy is imported here; import the submodules you need.
+"""
