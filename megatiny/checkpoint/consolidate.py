@@ -14,8 +14,9 @@ Flat layouts (what `deepspeed/utils/zero_to_fp32.py` also relies on):
       zero-padded); rank r's flat buffer is the concatenation of its slice of each parameter in
       `param_shapes` order, so parameter k starts at the same offset on every rank.
   ZeRO-1/2: per group, the parameters (each followed by its `param_alignment_paddings` entry) are
-      concatenated into one vector, padded at the end to a multiple of N, and cut into N equal
-      partitions; rank r holds partition r.
+      concatenated into one vector, padded at the end to a multiple of 2N, and cut into N equal
+      partitions; rank r holds partition r, saved without the end padding (so the last one can
+      be shorter).
 
 The optimizer files are opened with `torch.load(mmap=True)`, so only the bytes of the parameter
 being assembled are read; after copying them out we tell the kernel to drop those pages
@@ -205,23 +206,23 @@ class ZeroCheckpoint:
                              f"{len(self.group_shapes)} param_shapes groups")
         pieces = {}
         for g, shapes in enumerate(self.group_shapes):
-            part = self._flat[0][g].numel()
-            for rank in range(n):
-                if self._flat[rank][g].numel() != part:
-                    raise ValueError(f"{self._optim_files[rank]}: partition {g} has "
-                                     f"{self._flat[rank][g].numel()} elements, rank 0 has {part}")
+            # DeepSpeed saves each partition without the padding it added to the group's end, so
+            # the last rank's partition can be shorter than the others.
+            sizes = [self._flat[rank][g].numel() for rank in range(n)]
+            if any(size != sizes[0] for size in sizes[:-1]) or sizes[-1] > sizes[0]:
+                raise ValueError(f"{self.tag_dir}: partition sizes of group {g} {sizes} are inconsistent "
+                                 f"(all equal but the last, which may be shorter)")
             paddings = (self._alignment_paddings[g] if self._alignment_paddings is not None
                         else [0] * len(shapes))
             offset = 0
             for (name, shape), pad in zip(shapes.items(), paddings):
                 numel = shape.numel()
-                pieces[name] = [_Piece(start // part, g, start % part, k)
-                                for start, k in _chunks(offset, numel, part)]
+                pieces[name] = [_Piece(rank, g, start, count)
+                                for rank, start, count in _split_range(offset, numel, sizes)]
                 offset += numel + pad
-            # DeepSpeed pads each group to a multiple of 2 x world size before partitioning.
-            if not 0 <= part * n - offset < 2 * n:
+            if not 0 <= sum(sizes) - offset < 2 * n:  # at most the alignment to 2 x world size
                 raise ValueError(f"{self.tag_dir}: group {g} parameters need {offset} elements but "
-                                 f"the {n} partitions hold {part * n}; param_shapes and shards disagree")
+                                 f"the {n} partitions hold {sum(sizes)}; param_shapes and shards disagree")
         return pieces
 
     # -- reading ----------------------------------------------------------------------------------
@@ -260,16 +261,6 @@ def _split_range(start: int, numel: int, sizes: list[int]) -> list[tuple[int, in
         base += size
     if sum(c for _, _, c in out) != numel:
         raise ValueError(f"range [{start}, {start + numel}) runs past the flat buffers ({base} elements)")
-    return out
-
-
-def _chunks(start: int, numel: int, part: int) -> list[tuple[int, int]]:
-    """Cut [start, start+numel) at multiples of `part`: (global start, count) per partition."""
-    out = []
-    while numel > 0:
-        count = min(numel, part - start % part)
-        out.append((start, count))
-        start, numel = start + count, numel - count
     return out
 
 

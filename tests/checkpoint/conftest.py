@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from megatiny.data.tokenizer import train_sentencepiece
-from tests.helpers import REPO_ROOT, free_port, run_command, venv_bin
+from tests.helpers import free_port, run_command, venv_bin
 
 TRAIN_SCRIPT = "tests/checkpoint/ds_train_tiny.py"
 STEPS = 3
@@ -20,17 +20,15 @@ def launch(save_root: Path, num_ranks: int, runs: list[str]) -> None:
            TRAIN_SCRIPT, "--save-root", str(save_root), "--steps", str(STEPS)]
     for run in runs:
         cmd += ["--run", run]
-    # PYTHONPATH: the launched script must import this checkout's megatiny even where the editable
-    # install is not on the launched interpreter's path.
-    result = run_command(cmd, timeout=600, env={"PYTHONPATH": str(REPO_ROOT)})
+    result = run_command(cmd, timeout=600)
     assert result.returncode == 0, result.stdout[-5000:]
 
 
 @pytest.fixture(scope="session")
 def ds_two_ranks(tmp_path_factory) -> Path:
-    """Checkpoint roots trained by 2 ranks: z3 (ZeRO-3), z1 (ZeRO-1), z2t (ZeRO-2, tied embeddings)."""
+    """Checkpoint roots trained by 2 ranks: z3 (ZeRO-3) and z1 (ZeRO-1)."""
     root = tmp_path_factory.mktemp("ds_w2")
-    launch(root, 2, ["z3:3", "z1:1", "z2t:2:tie"])
+    launch(root, 2, ["z3:3", "z1:1"])
     return root
 
 
@@ -42,6 +40,22 @@ def ds_one_rank(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def ds_three_ranks(tmp_path_factory) -> Path:
+    """3 ranks, so parameters do not divide evenly and ZeRO pads: z3 (ZeRO-3) and z2t (ZeRO-2 with
+    tied embeddings)."""
+    root = tmp_path_factory.mktemp("ds_w3")
+    launch(root, 3, ["z3:3", "z2t:2:tie"])
+    return root
+
+
+@pytest.fixture(scope="session")
+def ds_runs(ds_one_rank, ds_two_ranks, ds_three_ranks) -> dict[str, Path]:
+    """Every checkpoint root by name: z3w1, z3w2, z1w2, z3w3, z2tw3."""
+    return {"z3w1": ds_one_rank / "z3", "z3w2": ds_two_ranks / "z3", "z1w2": ds_two_ranks / "z1",
+            "z3w3": ds_three_ranks / "z3", "z2tw3": ds_three_ranks / "z2t"}
+
+
 def sample_texts(n: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 30))) for _ in range(n)]
@@ -49,10 +63,10 @@ def sample_texts(n: int, seed: int = 0) -> list[str]:
 
 @pytest.fixture(scope="session")
 def sp_models(tmp_path_factory) -> dict[str, Path]:
-    """Llama-style sentencepiece models (vocab 300 <= tiny-test's 512) trained on generated text."""
+    """Llama-style sentencepiece models (vocab 400 <= tiny-test's 512) trained on generated text."""
     root = tmp_path_factory.mktemp("sp")
     texts = sample_texts(3000, seed=1)
-    return {kind: train_sentencepiece(texts, root / kind, 300, model_type=kind)
+    return {kind: train_sentencepiece(texts, root / kind, 400, model_type=kind)
             for kind in ("bpe", "unigram")}
 
 

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from megatiny.checkpoint.metadata import write_metadata
 from megatiny.model import GPT, get_preset
 
-GLOBAL_BATCH = 4
+GLOBAL_BATCH = 6  # divisible by 1, 2 and 3 ranks
 SEQ_LENGTH = 16
 
 
@@ -61,8 +61,12 @@ def train_and_save(save_dir: str, stage: int, tie: bool, steps: int) -> None:
             model = GPT(config)
     else:
         model = GPT(config)
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
-                                           config=ds_config)
+    # Two parameter groups like megatiny training (weight decay on matrices only), so the ZeRO
+    # flat buffers hold several groups.
+    matrices = [p for p in model.parameters() if len(getattr(p, "ds_shape", p.shape)) >= 2]
+    vectors = [p for p in model.parameters() if len(getattr(p, "ds_shape", p.shape)) < 2]
+    groups = [{"params": matrices, "weight_decay": 0.1}, {"params": vectors, "weight_decay": 0.0}]
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config)
     save(engine, save_dir, 0, config, world, stage)
     generator = torch.Generator().manual_seed(1234)
     for _ in range(steps):

@@ -9,6 +9,7 @@ from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoin
 from megatiny.checkpoint import load_model, open_weights
 from megatiny.checkpoint.consolidate import ZeroCheckpoint, resolve_tag_dir
 from tests.checkpoint.conftest import STEPS
+from tests.checkpoint.ds_train_tiny import GLOBAL_BATCH
 
 pytestmark = pytest.mark.slow
 
@@ -18,44 +19,47 @@ def master_weights(path, tag=None) -> dict[str, torch.Tensor]:
     return {name: source.tensor(name) for name in source.names()}
 
 
-@pytest.mark.parametrize("run", ["z3", "z1", "z2t"])
+@pytest.mark.parametrize("run", ["z3w1", "z3w2", "z1w2", "z3w3", "z2tw3"])
 @pytest.mark.parametrize("step", [0, STEPS])
-def test_matches_deepspeeds_own_zero_to_fp32(ds_two_ranks, run, step):
+def test_matches_deepspeeds_own_zero_to_fp32(ds_runs, run, step):
     tag = f"step_{step:08d}"
-    reference = get_fp32_state_dict_from_zero_checkpoint(str(ds_two_ranks / run), tag=tag)
-    checkpoint = ZeroCheckpoint(ds_two_ranks / run / tag)
-    assert checkpoint.world_size == 2 and checkpoint.stage == int(run[1])
+    reference = get_fp32_state_dict_from_zero_checkpoint(str(ds_runs[run]), tag=tag)
+    checkpoint = ZeroCheckpoint(ds_runs[run] / tag)
+    assert checkpoint.world_size == int(run[-1]) and checkpoint.stage == int(run[1])
+    assert len(checkpoint.group_shapes) == 2  # decay / no-decay parameter groups, like training
     assert checkpoint.names() == list(reference)
     for name, tensor in reference.items():
         assert torch.equal(checkpoint.tensor(name), tensor), name
 
 
-def test_tied_embeddings_are_stored_once_and_resolved(ds_two_ranks):
-    checkpoint = ZeroCheckpoint(resolve_tag_dir(ds_two_ranks / "z2t"))
+def test_tied_embeddings_are_stored_once_and_resolved(ds_runs):
+    checkpoint = ZeroCheckpoint(resolve_tag_dir(ds_runs["z2tw3"]))
     assert checkpoint.shared == {"lm_head.weight": "model.embed_tokens.weight"}
     assert "lm_head.weight" not in checkpoint.shapes
-    model, _ = load_model(ds_two_ranks / "z2t")
+    model, _ = load_model(ds_runs["z2tw3"])
     assert model.lm_head.weight is model.model.embed_tokens.weight
     assert torch.equal(model.lm_head.weight, checkpoint.tensor("model.embed_tokens.weight"))
 
 
-def test_one_and_two_ranks_give_identical_weights(ds_one_rank, ds_two_ranks):
+def test_one_two_and_three_ranks_give_identical_weights(ds_runs):
     """Same seed: the saved initial weights are bit-identical whether ZeRO-3 partitioned them over
-    one rank or two. (After training they differ slightly: the gradient reduction order changes the
-    bf16 rounding, and Adam's first steps amplify sign flips of near-zero gradients.)"""
-    one = master_weights(ds_one_rank / "z3", tag="step_00000000")
-    two = master_weights(ds_two_ranks / "z3", tag="step_00000000")
-    assert one.keys() == two.keys()
-    for name in one:
-        assert torch.equal(one[name], two[name]), name
-    trained = master_weights(ds_one_rank / "z3")
+    one, two or three ranks (three pads every parameter). After training they differ slightly:
+    the gradient reduction order changes the bf16 rounding, and Adam's first steps amplify sign
+    flips of near-zero gradients."""
+    one = master_weights(ds_runs["z3w1"], tag="step_00000000")
+    for run in ("z3w2", "z3w3"):
+        other = master_weights(ds_runs[run], tag="step_00000000")
+        assert one.keys() == other.keys()
+        for name in one:
+            assert torch.equal(one[name], other[name]), (run, name)
+    trained = master_weights(ds_runs["z3w1"])
     assert all(not torch.equal(trained[n], one[n]) for n in one)  # the step-0 tag is really different
 
 
-@pytest.mark.parametrize("run", ["z1", "z2t"])
-def test_zero12_module_weights_are_the_rounded_master_weights(ds_two_ranks, run):
-    master = open_weights(ds_two_ranks / run, weights="master")
-    module = open_weights(ds_two_ranks / run, weights="module")
+@pytest.mark.parametrize("run", ["z1w2", "z2tw3"])
+def test_zero12_module_weights_are_the_rounded_master_weights(ds_runs, run):
+    master = open_weights(ds_runs[run], weights="master")
+    module = open_weights(ds_runs[run], weights="module")
     assert master.names() == module.names()
     for name in master.names():
         assert module.tensor(name).dtype == torch.bfloat16
@@ -69,7 +73,7 @@ def test_zero3_module_weights_are_refused(ds_two_ranks):
 
 def test_metadata_travels_with_the_model(ds_two_ranks):
     model, metadata = load_model(ds_two_ranks / "z3")
-    assert metadata["step"] == STEPS and metadata["consumed_samples"] == 4 * STEPS
+    assert metadata["step"] == STEPS and metadata["consumed_samples"] == GLOBAL_BATCH * STEPS
     assert metadata["model"] == model.config and model.config.num_query_groups == 2
     assert not model.training
 
