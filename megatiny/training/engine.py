@@ -212,8 +212,6 @@ class TrainingEngine:
             _copy_weights(model, init_state, dist_info.rank)
         self.optimizer = _build_optimizer(run, model, ds_config)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=self.optimizer, config=ds_config)
-        self.dtype = (torch.bfloat16 if ds_config.get("bf16", {}).get("enabled")
-                      else torch.float16 if ds_config.get("fp16", {}).get("enabled") else torch.float32)
 
     @property
     def gradient_accumulation_steps(self) -> int:

@@ -311,7 +311,7 @@ class _Trainer:
         total = 0.0
         for it in range(iters):
             start = (it * self.world + self.rank) * mbs
-            indices = [i % len(valid_ds) for i in range(start, start + mbs)]
+            indices = list(range(start, start + mbs))  # the valid split was sized for exactly these
             input_ids, labels = self._batch(valid_ds, indices)
             total += self.engine.loss(input_ids, labels).float().item()
         self.engine.train(True)
