@@ -187,6 +187,14 @@ class _Trainer:
                               f"{consumed} samples consumed")
         accumulation = self.engine.gradient_accumulation_steps
         train_ds, valid_ds = self._build_data(accumulation)
+        from megatiny.data import describe_datasets
+        self.data_description = describe_datasets((train_ds, valid_ds, None))
+        if resume is not None and resume[2]["extra"].get("data", {}).get("train") not in (
+                None, self.data_description["train"]):
+            self.logger.print("[megatiny] WARNING: the training data (blend, files, seq_length, seed or "
+                              "sample count, e.g. a changed schedule.train_steps) differs from the "
+                              f"checkpoint's; the data position ({consumed} samples) now indexes a "
+                              "different sample order")
         from megatiny.data.sampler import PretrainingSampler
         sampler = PretrainingSampler(total_samples=len(train_ds), consumed_samples=consumed,
                                      micro_batch_size=run.batch.micro_batch_size, data_parallel_rank=rank,
@@ -344,6 +352,7 @@ class _Trainer:
             write_metadata(save_dir / tag, self.model_config, tokenizer=run.tokenizer, step=step,
                            consumed_samples=consumed, extra={
                                "run_config": run.to_dict(), "data_blend": run.data.get("data_path"),
+                               "data": self.data_description,
                                "world_size": self.world, "zero_stage": ds_engine.zero_stage(self.ds_config),
                                "skipped_steps": self.skipped_steps})
             ckpt_io.write_latest(save_dir, tag)
