@@ -234,6 +234,9 @@ class TwoHosts:
     def _write_launcher_files(self) -> None:
         self.hostfile.write_text("".join(f"{h.address} slots={self.slots}\n" for h in self.hosts))
         env = {
+            # Ranks started over ssh get the login PATH; the venv's tools must come first (DeepSpeed
+            # JIT-builds ops with `ninja`, and a different ninja rebuilds them on every launch).
+            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
             # Without this, gloo advertises the hostname's address (127.0.0.1 here) to its peers.
             "GLOO_SOCKET_IFNAME": IFNAME,
             "NCCL_SOCKET_IFNAME": IFNAME,
@@ -305,16 +308,33 @@ class TwoHosts:
                                 stderr=subprocess.DEVNULL, text=True)
         return [int(p) for p in result.stdout.split()]
 
+    @staticmethod
+    def signal_pid(pid: int, signum: int) -> None:
+        """Send `signum` to `pid`, ignoring a process that is already gone."""
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def restart_host(self, host: Host | int) -> None:
+        """Bring a killed host back: start its sshd again (its namespace and address never went away)."""
+        index = host if isinstance(host, int) else self.hosts.index(host)
+        self.kill_host(index)
+        self._start_sshd(index, self.hosts[index])
+        self._wait_for_ssh()
+
+    def freeze_host(self, host: Host | int) -> None:
+        """SIGSTOP every process on the host: it stops making progress but keeps its sockets."""
+        for pid in self.pids(host):
+            self.signal_pid(pid, signal.SIGSTOP)
+
     def kill_host(self, host: Host | int, timeout: float = 10) -> None:
         """SIGKILL every process in the host's namespace (its sshd included), like pulling the plug."""
         host = self.hosts[host] if isinstance(host, int) else host
         deadline = time.monotonic() + timeout
         while (pids := self.pids(host)) and time.monotonic() < deadline:
             for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                self.signal_pid(pid, signal.SIGKILL)
             time.sleep(0.1)
         if host.sshd is not None:
             host.sshd.wait(timeout=timeout)

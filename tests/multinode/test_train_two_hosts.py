@@ -1,0 +1,204 @@
+"""`tools/train.py` across two hosts with `deepspeed --hostfile`: same losses as one host, exact
+resume, and a host dying mid-run.
+
+One chain of real runs (tiny-test model, ZeRO-3 + bf16, 2 ranks, 8 steps), shared by the tests:
+
+  reference  `deepspeed --num_gpus 2` on one host (the root namespace), uninterrupted
+  two_hosts  the same run launched from host A over pdsh/ssh, one rank per host
+  killed     the same run on the two hosts; every process on host B is killed once a checkpoint
+             exists; the launcher must fail fast, naming host B, with the checkpoint intact
+  resumed    `checkpoint.resume=auto` on the two hosts continues the killed run to step 8
+  single     the killed run's checkpoint resumed on host A alone (world size 1)
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from tests.helpers import free_port, run_command, venv_bin
+from tests.multinode.harness import TwoHosts
+
+pytestmark = [pytest.mark.slow, pytest.mark.multinode]
+
+TRAIN = "tools/train.py"
+STEPS = 8
+DEAD_PEER_TIMEOUT_S = 20  # distributed.timeout_s of these runs
+LAUNCH_TIMEOUT_S = 240
+
+
+def _write_corpus(prefix: Path, vocab: int = 512, documents: int = 300) -> None:
+    """Documents of arithmetic token sequences (learnable, deterministic), as an indexed dataset."""
+    from megatiny.data.indexed_dataset import IndexedDatasetBuilder
+
+    rng = np.random.default_rng(0)
+    with IndexedDatasetBuilder(prefix, dtype=np.uint16) as builder:
+        for _ in range(documents):
+            start, stride, length = rng.integers(3, vocab), rng.integers(1, 7), rng.integers(20, 120)
+            tokens = 3 + (start + stride * np.arange(length)) % (vocab - 3)
+            builder.add_document(np.append(tokens, 2).astype(np.int64))
+
+
+def _write_config(path: Path, prefix: Path, save_dir: Path) -> Path:
+    config = {
+        "model": {"preset": "tiny-test"},
+        "tokenizer": None,
+        "data": {"data_path": str(prefix), "split": "100,0,0"},
+        "batch": {"seq_length": 32, "micro_batch_size": 2, "global_batch_size": 8},
+        "optimizer": {"lr": 3e-3, "min_lr": 3e-4, "cpu_adam": False},
+        "schedule": {"train_steps": STEPS, "warmup_steps": 2},
+        "checkpoint": {"save_dir": str(save_dir), "save_interval": 2, "resume": "auto"},
+        "logging": {"log_interval": 1, "eval_interval": 0, "tensorboard": False},
+        "distributed": {"deepspeed_config": "ds_configs/zero3_bf16.json", "timeout_s": DEAD_PEER_TIMEOUT_S},
+        "seed": 1234,
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _losses(metrics_file: Path) -> dict[int, float]:
+    """step -> training loss from a metrics.jsonl (the last record of a step wins)."""
+    losses = {}
+    for line in metrics_file.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("loss") is not None:
+            losses[record["step"]] = record["loss"]
+    return losses
+
+
+def _hostfile_launch(hosts: TwoHosts, config: Path, *overrides: str) -> list[str]:
+    return ["deepspeed", "--hostfile", str(hosts.hostfile), "--master_addr", hosts.master_addr,
+            "--master_port", str(free_port()), TRAIN, "--config", str(config), *overrides]
+
+
+def _latest(save_dir: Path) -> str | None:
+    path = save_dir / "latest"
+    return path.read_text().strip() if path.is_file() else None
+
+
+@pytest.fixture(scope="module")
+def runs(two_hosts, tmp_path_factory):
+    """Runs the whole chain once; each test then checks one part of it."""
+    root = tmp_path_factory.mktemp("train_two_hosts")
+    prefix = root / "corpus_text_document"
+    _write_corpus(prefix)
+    out: dict = {"root": root}
+
+    # 2 ranks on one host, launched the usual way
+    cfg = _write_config(root / "reference.yaml", prefix, root / "reference")
+    launch = [venv_bin("deepspeed"), "--num_gpus", "2", "--master_port", str(free_port())]
+    out["reference"] = run_command([*launch, TRAIN, "--config", str(cfg)], timeout=LAUNCH_TIMEOUT_S)
+
+    cfg = _write_config(root / "two_hosts.yaml", prefix, root / "two_hosts")
+    out["two_hosts"] = two_hosts.run_on(_hostfile_launch(two_hosts, cfg), timeout=LAUNCH_TIMEOUT_S)
+
+    cfg = _write_config(root / "killed.yaml", prefix, root / "killed")
+    out["killed"] = _kill_host_b_mid_run(two_hosts, cfg, root / "killed")
+    two_hosts.restart_host(1)  # the failed machine is back (or replaced, same address)
+    out["resumed"] = two_hosts.run_on(
+        _hostfile_launch(two_hosts, root / "killed.yaml", f"logging.metrics_file={root / 'resumed.jsonl'}"),
+        timeout=LAUNCH_TIMEOUT_S)
+
+    # host B is gone: host A alone resumes the checkpoint that survived the kill, into a new dir
+    tag_dir = root / "killed" / out["killed"]["latest_after"]
+    out["single"] = two_hosts.run_on(
+        [venv_bin("python"), TRAIN, "--config", str(root / "killed.yaml"), f"checkpoint.resume={tag_dir}",
+         f"checkpoint.save_dir={root / 'single'}"], timeout=LAUNCH_TIMEOUT_S)
+    return out
+
+
+def _kill_host_b_mid_run(hosts: TwoHosts, config: Path, save_dir: Path) -> dict:
+    """Start a two-host run; once a checkpoint is complete, freeze host B (so the run cannot
+    finish meanwhile), then SIGKILL everything on it. Returns what the launcher did."""
+    launcher = hosts.popen_on(_hostfile_launch(hosts, config))
+    deadline = time.monotonic() + LAUNCH_TIMEOUT_S
+    while _latest(save_dir) is None and launcher.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    hosts.freeze_host(1)
+    latest_at_kill = _latest(save_dir)
+    hosts.kill_host(1)
+    killed_at = time.monotonic()
+    try:
+        output, _ = launcher.communicate(timeout=LAUNCH_TIMEOUT_S)
+    except Exception:
+        hosts.kill_host(0)
+        output, _ = launcher.communicate(timeout=30)
+        output += "\n[test] launcher did not exit; host A killed\n"
+    seconds = time.monotonic() - killed_at
+    return {"returncode": launcher.returncode, "output": output, "seconds_to_exit": seconds,
+            "latest_at_kill": latest_at_kill, "latest_after": _latest(save_dir)}
+
+
+def test_two_hosts_train_and_both_exit_zero(runs, two_hosts):
+    result = runs["two_hosts"]
+    assert result.returncode == 0, result.stdout[-8000:]
+    for host in two_hosts.hosts:  # exactly one rank ran, and finished, on each host
+        finished = [line for line in result.stdout.splitlines()
+                    if line.startswith(f"{host.address}: ") and "exits successfully" in line]
+        assert len(finished) == 1, result.stdout[-8000:]
+    assert "| 2 ranks |" in result.stdout
+    assert _latest(runs["root"] / "two_hosts") == f"step_{STEPS:08d}"
+
+
+def test_two_hosts_losses_equal_one_host_run(runs):
+    assert runs["reference"].returncode == 0, runs["reference"].stdout[-8000:]
+    reference = _losses(runs["root"] / "reference" / "metrics.jsonl")
+    two_hosts = _losses(runs["root"] / "two_hosts" / "metrics.jsonl")
+    assert sorted(reference) == list(range(1, STEPS + 1))
+    assert two_hosts == reference
+    assert reference[STEPS] < reference[1]  # and it is really learning
+
+
+def test_dead_host_fails_the_launcher_quickly_naming_it(runs, two_hosts):
+    killed = runs["killed"]
+    assert killed["latest_at_kill"] is not None, killed["output"][-8000:]
+    assert killed["returncode"] != 0, killed["output"][-8000:]
+    assert killed["seconds_to_exit"] < DEAD_PEER_TIMEOUT_S + 30, killed["output"][-8000:]
+    dead = two_hosts.hosts[1].address
+    # pdsh reports the lost host; the surviving rank's error names its peer's address
+    assert f"{dead}: ssh exited with exit code" in killed["output"], killed["output"][-8000:]
+    assert f"[{dead}]" in killed["output"], killed["output"][-8000:]
+
+
+def test_checkpoint_complete_before_the_kill_is_intact(runs):
+    from megatiny.checkpoint import load_model
+    from megatiny.checkpoint.metadata import read_metadata
+
+    killed = runs["killed"]
+    tag = killed["latest_after"]
+    assert tag is not None and tag >= killed["latest_at_kill"]
+    tag_dir = runs["root"] / "killed" / tag
+    meta = read_metadata(tag_dir)
+    assert meta["step"] == int(tag.split("_")[1]) and meta["step"] < STEPS
+    model, _ = load_model(tag_dir)
+    assert all(math.isfinite(p.float().abs().sum().item()) for p in model.parameters())
+
+
+def test_resume_auto_on_two_hosts_continues_exactly(runs):
+    resumed = runs["resumed"]
+    assert resumed.returncode == 0, resumed.stdout[-8000:]
+    step = int(runs["killed"]["latest_after"].split("_")[1])
+    assert f"resumed from {runs['root'] / 'killed' / runs['killed']['latest_after']}" in resumed.stdout
+    reference = _losses(runs["root"] / "reference" / "metrics.jsonl")
+    losses = _losses(runs["root"] / "resumed.jsonl")
+    assert sorted(losses) == list(range(step + 1, STEPS + 1))
+    assert losses == {s: reference[s] for s in losses}
+    assert _latest(runs["root"] / "killed") == f"step_{STEPS:08d}"
+
+
+def test_resume_on_one_host_with_world_size_one(runs):
+    single = runs["single"]
+    assert single.returncode == 0, single.stdout[-8000:]
+    assert "| 1 ranks |" in single.stdout
+    step = int(runs["killed"]["latest_after"].split("_")[1])
+    reference = _losses(runs["root"] / "reference" / "metrics.jsonl")
+    losses = _losses(runs["root"] / "single" / "metrics.jsonl")
+    assert sorted(losses) == list(range(step + 1, STEPS + 1))
+    # same samples in each step, summed in a different order (4 micro-batches on 1 rank, not 2 x 2)
+    for s, loss in losses.items():
+        assert loss == pytest.approx(reference[s], rel=2e-2), (s, losses, reference)
