@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from megatiny.eval.suites import Suite, adhoc_suite, get_suite, markdown_table, suite_scores
 
 logger = logging.getLogger(__name__)
@@ -120,8 +122,8 @@ def build_lm(config: LmEvalConfig):
 
     args: dict[str, Any] = {"pretrained": config.checkpoint, "batch_size": config.batch_size,
                             "dtype": "auto" if config.dtype == "auto" else config.dtype}
-    if config.device:
-        args["device"] = config.device
+    # lm-eval's hf model defaults to cuda even on machines without it.
+    args["device"] = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if config.tokenizer:
         args["tokenizer"] = config.tokenizer
     if config.add_bos_token is not None:
