@@ -122,7 +122,8 @@ class ZeroCheckpoint:
         for rank, path in enumerate(self._optim_files):
             optim = _load(path).get("optimizer_state_dict")
             if not isinstance(optim, dict) or "zero_stage" not in optim:
-                raise ValueError(f"{path}: no 'optimizer_state_dict.zero_stage'; not a ZeRO optimizer file")
+                raise ValueError(f"{path}: no 'optimizer_state_dict.zero_stage'; not a ZeRO-1/2/3 "
+                                 f"optimizer file (ZeRO stage 0?); use --weights module")
             stage = int(optim["zero_stage"])
             if rank == 0:
                 self._check_partition_count(optim, path)
