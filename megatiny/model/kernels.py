@@ -39,29 +39,34 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tor
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float,
                  dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of position x frequency, each [T, head_dim / 2], for positions Long[T].
+    """RoPE tables for positions Long[T]: cos [T, head_dim] and sign-folded sin [T, head_dim].
 
-    Computed on the fly (no buffers): cheap, and nothing for ZeRO-3 or the meta device to handle.
-    Frequencies are theta^(-2i/d) in fp32 exactly as Hugging Face computes them.
+    With angles a = position x theta^(-2i/d) for i < d/2: cos = [cos a, cos a] and
+    sin = [-sin a, sin a], so that rotate-half RoPE is x * cos + swap_halves(x) * sin (fewer
+    kernels than HF's negate-inside-rotate_half, and bitwise the same result). Computed on the fly
+    (no buffers): cheap, and nothing for ZeRO-3 or the meta device to handle. Frequencies are
+    computed in fp32 exactly as Hugging Face does.
     """
     exponents = torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim
     inv_freq = 1.0 / (theta ** exponents)
-    freqs = positions.float()[:, None] * inv_freq[None, :]
-    return freqs.cos().to(dtype), freqs.sin().to(dtype)
+    angles = positions.float()[:, None] * inv_freq[None, :]  # [T, D / 2]
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat((cos, cos), dim=-1).to(dtype), torch.cat((-sin, sin), dim=-1).to(dtype)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half RoPE. x [B, T, heads, D], cos/sin [T, D / 2] -> [B, T, heads, D].
+    """Rotate-half RoPE. x [B, T, heads, D], cos/sin [T, D] from `rope_cos_sin` -> [B, T, heads, D].
 
     The first and second halves of each head's dims form the rotated pairs (HF Llama layout).
     """
     if FUSED_ROTARY_AVAILABLE and x.is_cuda:
-        return _fused_rotary(x, cos, sin, interleaved=False)
+        half = x.shape[-1] // 2  # flash-attn takes the [T, D / 2] cos and sin
+        return _fused_rotary(x, cos[:, :half].contiguous(), sin[:, half:].contiguous(),
+                             interleaved=False)
     return apply_rotary_reference(x, cos, sin)
 
 
 def apply_rotary_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    cos, sin = cos[:, None, :], sin[:, None, :]  # broadcast over batch and heads
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    swapped = torch.cat((x[..., half:], x[..., :half]), dim=-1)
+    return x * cos[:, None, :] + swapped * sin[:, None, :]  # cos/sin broadcast over heads

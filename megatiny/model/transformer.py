@@ -76,7 +76,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: str,
                 kv_cache: KVCache | None = None) -> torch.Tensor:
-        """x [B, T, h], cos/sin [T, head_dim / 2] -> [B, T, h]."""
+        """x [B, T, h], cos/sin [T, head_dim] (see `rope_cos_sin`) -> [B, T, h]."""
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim)
         k = self.k_proj(x).view(b, t, self.num_groups, self.head_dim)
