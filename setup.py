@@ -31,4 +31,8 @@ setup(
         "gpu": ["flash-attn"],
         "dev": ["pytest", "pytest-timeout", "ruff"],
     },
+    entry_points={
+        # lm-eval's CLI with megatiny's model registered: `megatiny-lm-eval --model megatiny ...`
+        "console_scripts": ["megatiny-lm-eval=megatiny.eval.__main__:main"],
+    },
 )
