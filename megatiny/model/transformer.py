@@ -162,7 +162,7 @@ class LMHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor, labels: torch.Tensor | None = None,
                 loss_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """hidden [B, T, h] -> fp32 logits [B, T, V], or with labels Long[B, T] the fp32 mean loss."""
+        """hidden [..., h] -> fp32 logits [..., V]; given labels (shape [...]) the fp32 mean loss."""
         if labels is None:
             return F.linear(hidden, self.weight).float()
         flat_mask = loss_mask.reshape(-1) if loss_mask is not None else None

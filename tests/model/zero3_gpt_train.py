@@ -12,6 +12,13 @@ import torch.distributed as dist
 from megatiny.model import GPT, get_preset
 
 
+def _gathered_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Full copies of every (partitioned) parameter, by name."""
+    named = dict(model.named_parameters())
+    with deepspeed.zero.GatheredParameters(list(named.values())):
+        return {name: p.detach().float().clone() for name, p in named.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--local_rank", type=int, default=-1)
@@ -41,6 +48,7 @@ def main() -> None:
     o_proj = model.model.layers[0].self_attn.o_proj.weight
     with deepspeed.zero.GatheredParameters([q_proj, o_proj]):
         init_stds = [q_proj.float().std().item(), o_proj.float().std().item()]
+    before = _gathered_copy(model)
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
                                            config=ds_config)
     gen = torch.Generator().manual_seed(100 + rank)
@@ -51,11 +59,13 @@ def main() -> None:
         engine.backward(loss)
         engine.step()
         losses.append(loss.item())
+    after = _gathered_copy(model)
+    unchanged = [name for name in before if torch.equal(before[name], after[name])]
     with open(os.path.join(args.out_dir, f"rank{rank}.json"), "w") as f:
         json.dump({"losses": losses, "num_parameters": model.num_parameters(),
                    "expected_parameters": config.num_parameters(), "shard_numel": shard_numel,
                    "resident_numel": resident_numel,
-                   "init_stds": init_stds, "init_std": config.init_std,
+                   "init_stds": init_stds, "unchanged_parameters": unchanged, "init_std": config.init_std,
                    "num_layers": config.num_layers}, f)
     dist.barrier()
     dist.destroy_process_group()  # else gloo ranks abort at exit
