@@ -193,13 +193,13 @@ class GPT(nn.Module):
         input_ids[:, t]; -100 ignored) and optional loss_mask [B, T] (1 counts, 0 ignored): the fp32
         scalar mean loss over counted tokens. kv_cache: see `megatiny.model.generate`.
         """
-        self._check_inputs(input_ids, labels, loss_mask, kv_cache)
+        self._check_inputs(input_ids, labels, loss_mask, kv_cache, last_token_only)
         hidden = self.model(input_ids, kv_cache)
         if last_token_only:
             hidden = hidden[:, -1:]
         return self.lm_head(hidden, labels, loss_mask)
 
-    def _check_inputs(self, input_ids, labels, loss_mask, kv_cache) -> None:
+    def _check_inputs(self, input_ids, labels, loss_mask, kv_cache, last_token_only) -> None:
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"input_ids must be an integer tensor [batch, seq], got "
                              f"{input_ids.dtype} {tuple(input_ids.shape)}")
@@ -213,6 +213,8 @@ class GPT(nn.Module):
                                  f"{tuple(input_ids.shape)}")
         if loss_mask is not None and labels is None:
             raise ValueError("loss_mask given without labels")
+        if last_token_only and labels is not None:
+            raise ValueError("last_token_only is for inference; it cannot be combined with labels")
 
     def num_parameters(self) -> int:
         """Number of distinct parameters (full sizes, also when ZeRO-3 has partitioned them)."""

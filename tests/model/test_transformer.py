@@ -138,5 +138,9 @@ def test_bad_inputs_raise_clear_errors():
         model(ids, labels=ids[:, :-1])
     with pytest.raises(ValueError, match="input_ids must be an integer tensor"):
         model(ids.float())
+    with pytest.raises(ValueError, match="loss_mask given without labels"):
+        model(ids, loss_mask=torch.ones(2, 8))
+    with pytest.raises(ValueError, match="last_token_only"):
+        model(ids, labels=ids, last_token_only=True)
     with pytest.raises(RuntimeError, match="flash-attn"):
         GPT(get_preset("tiny-test", attention_backend="flash_attn"))
