@@ -22,19 +22,19 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-from deepspeed.runtime.zero.config import ZeroStageEnum
-
-from megatiny.checkpoint.hf import weight_table
-from megatiny.checkpoint.metadata import write_metadata
-from megatiny.model.config import get_preset
-
 TIME_TARGET_S = 60.0
 RSS_TARGET_RATIO = 1.5  # of the bf16 model size
 
 
 def build_zero3_checkpoint(root: Path, preset: str, ranks: int, sub_group_size: int = 1_000_000_000) -> int:
     """Write ROOT/step_00000001 in ZeRO-3 layout for `ranks` ranks; returns the parameter count."""
+    import torch
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    from megatiny.checkpoint.hf import weight_table
+    from megatiny.checkpoint.metadata import write_metadata
+    from megatiny.model.config import get_preset
+
     config = get_preset(preset)
     tag_dir = root / "step_00000001"
     tag_dir.mkdir(parents=True)
@@ -68,7 +68,10 @@ def build_zero3_checkpoint(root: Path, preset: str, ranks: int, sub_group_size: 
 
 
 def run_measured(cmd: list[str]) -> tuple[float, int, int]:
-    """Run `cmd`; (wall seconds, exit status, peak RSS bytes of that child alone)."""
+    """Run `cmd`; (wall seconds, exit status, peak RSS bytes of that child alone).
+
+    The child's peak RSS includes what it inherited at fork, so this process stays small: it
+    imports neither torch nor megatiny, and builds the checkpoint in a child of its own."""
     start = time.perf_counter()
     child = subprocess.Popen(cmd)
     _, status, usage = os.wait4(child.pid, 0)
@@ -82,13 +85,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="tinyllama-1.1b")
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--workdir", help="where to build (default: a temp dir, removed afterwards)")
+    parser.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_convert_"))
-    try:
+    if args.build_only:
         start = time.perf_counter()
         params = build_zero3_checkpoint(workdir / "ckpt", args.preset, args.ranks)
         print(f"built {args.preset} ({params / 1e9:.3f} B params) ZeRO-3 checkpoint, {args.ranks} ranks, "
               f"in {time.perf_counter() - start:.1f} s")
+        (workdir / "params.txt").write_text(str(params))
+        return 0
+    try:
+        subprocess.run([sys.executable, __file__, "--build-only", "--preset", args.preset, "--ranks",
+                        str(args.ranks), "--workdir", str(workdir)], check=True)
+        params = int((workdir / "params.txt").read_text())
         tool = Path(__file__).resolve().parents[1] / "tools" / "convert_checkpoint.py"
         elapsed, code, peak = run_measured([sys.executable, str(tool), "to-hf", str(workdir / "ckpt"),
                                             str(workdir / "hf"), "--dtype", "bf16", "--no-tokenizer"])
