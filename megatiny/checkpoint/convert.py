@@ -69,7 +69,8 @@ def export_megatiny(src: str | os.PathLike, out: str | os.PathLike, *, tag: str 
     """Write a megatiny weights directory (megatiny.json + model.safetensors) at `out`.
 
     `dtype` None keeps each tensor's stored dtype (fp32 for ZeRO master weights), so HF -> megatiny
-    -> HF is bit-exact. An HF source's tokenizer files are copied into OUT/tokenizer.
+    -> HF is bit-exact. The tokenizer is copied along: an HF source's tokenizer files into
+    OUT/tokenizer/, a sentencepiece model to OUT/tokenizer.model (tokenizer.json likewise).
     """
     source = sources.open_weights(src, tag=tag, weights=weights)
     return _write_megatiny(source, Path(out), dtype, tokenizer, overwrite)
@@ -94,10 +95,14 @@ def _write_megatiny(source, out: Path, dtype, tokenizer, overwrite: bool) -> Pat
     with _atomic_dir(out, overwrite) as tmp:
         write_safetensors(tmp / sources.SAFETENSORS_FILE, items, dtype, source.tensor)
         recorded = tokenizer_path
+        # the tokenizer travels with the weights (when it exists); record where it will live
         if tokenizer_path is not None and Path(tokenizer_path).is_dir():
-            # an HF tokenizer dir travels with the weights; record where it will live
             tokenizer_export.copy_hf_tokenizer_files(Path(tokenizer_path), tmp / "tokenizer")
             recorded = str(out.resolve() / "tokenizer")
+        elif tokenizer_path is not None and Path(tokenizer_path).is_file():
+            name = "tokenizer.json" if str(tokenizer_path).endswith(".json") else "tokenizer.model"
+            shutil.copy2(tokenizer_path, tmp / name)
+            recorded = str(out.resolve() / name)
         meta = source.metadata
         extra = dict(meta.get("extra") or {})
         if not isinstance(source, sources.StateDictSource):

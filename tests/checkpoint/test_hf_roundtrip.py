@@ -160,3 +160,21 @@ def test_cli_errors_are_one_line_and_outputs_are_never_clobbered(tmp_path, capsy
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "mt"]
     with safe_open(str(tmp_path / "mt" / "model.safetensors"), framework="pt") as f:
         assert f.get_tensor("model.norm.weight").dtype == torch.bfloat16
+
+
+def test_tokenizer_travels_with_converted_weights(tmp_path, sp_models):
+    import sentencepiece as spm
+
+    from megatiny.data.tokenizer import load_tokenizer
+
+    torch.manual_seed(0)
+    save_model(GPT(tiny_config()), tmp_path / "mt", tokenizer=sp_models["bpe"])
+    _, metadata = load_model(tmp_path / "mt")
+    assert metadata["tokenizer"] == str((tmp_path / "mt" / "tokenizer.model").resolve())
+    export_hf(tmp_path / "mt", tmp_path / "hf")  # the tokenizer recorded in megatiny.json
+    import_hf(tmp_path / "hf", tmp_path / "mt2")
+    _, metadata = load_model(tmp_path / "mt2")
+    assert metadata["tokenizer"] == str((tmp_path / "mt2" / "tokenizer").resolve())
+    text = "the quick brown fox (x + 1) naïve"
+    sp = spm.SentencePieceProcessor(model_file=str(sp_models["bpe"]))
+    assert load_tokenizer(metadata["tokenizer"]).encode(text) == sp.encode(text)
