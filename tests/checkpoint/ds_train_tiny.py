@@ -51,7 +51,9 @@ def train_and_save(save_dir: str, stage: int, tie: bool, steps: int) -> None:
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": 1,
         "bf16": {"enabled": True},
-        "zero_optimization": {"stage": stage},
+        # a small sub_group_size splits ZeRO-3's fp32 buffers into several sub-groups, as a large
+        # model's are (DeepSpeed's default is 1e9 elements)
+        "zero_optimization": {"stage": stage, "sub_group_size": 20_000},
         "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "torch_adam": True}},
     }
     config = tiny_config(tie)

@@ -26,7 +26,8 @@ def test_matches_deepspeeds_own_zero_to_fp32(ds_runs, run, step):
     reference = get_fp32_state_dict_from_zero_checkpoint(str(ds_runs[run]), tag=tag)
     checkpoint = ZeroCheckpoint(ds_runs[run] / tag)
     assert checkpoint.world_size == int(run[-1]) and checkpoint.stage == int(run[1])
-    assert len(checkpoint.group_shapes) == 2  # decay / no-decay parameter groups, like training
+    # decay / no-decay parameter groups like training; ZeRO-3 splits them into sub-groups
+    assert len(checkpoint.group_shapes) == 2 if checkpoint.stage < 3 else len(checkpoint.group_shapes) > 2
     assert checkpoint.names() == list(reference)
     for name, tensor in reference.items():
         assert torch.equal(checkpoint.tensor(name), tensor), name
