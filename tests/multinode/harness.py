@@ -320,8 +320,16 @@ class TwoHosts:
         """Bring a killed host back: start its sshd again (its namespace and address never went away)."""
         index = host if isinstance(host, int) else self.hosts.index(host)
         self.kill_host(index)
+        _sh(["ip", "-n", self.hosts[index].namespace, "link", "set", IFNAME, "up"])
         self._start_sshd(index, self.hosts[index])
         self._wait_for_ssh()
+
+    def unplug_host(self, host: Host | int) -> None:
+        """Freeze the host and take its link down: it vanishes without resetting any connection,
+        like a machine that lost power or network (peers notice only through timeouts)."""
+        host = self.hosts[host] if isinstance(host, int) else host
+        self.freeze_host(host)
+        _sh(["ip", "-n", host.namespace, "link", "set", IFNAME, "down"])
 
     def freeze_host(self, host: Host | int) -> None:
         """SIGSTOP every process on the host: it stops making progress but keeps its sockets."""

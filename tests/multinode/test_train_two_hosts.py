@@ -10,6 +10,9 @@ One chain of real runs (tiny-test model, ZeRO-3 + bf16, 2 ranks, 8 steps), share
   resumed    `checkpoint.resume=auto` on the two hosts continues the killed run to step 8
   single     the killed run's checkpoint resumed on host A alone (world size 1)
   mpirun     the reference run launched by Open MPI's mpirun across the two hosts instead
+
+and, separately, a host that vanishes from the network (no connection reset): only
+`distributed.timeout_s` (and ssh keep-alives for pdsh) can notice it.
 """
 from __future__ import annotations
 
@@ -225,3 +228,29 @@ def test_mpirun_across_two_hosts_matches_the_reference(runs):
     assert "| 2 ranks |" in result.stdout
     reference = _losses(runs["root"] / "reference" / "metrics.jsonl")
     assert _losses(runs["root"] / "mpirun" / "metrics.jsonl") == reference
+
+
+def test_vanished_host_is_noticed_after_the_distributed_timeout(two_hosts, runs):
+    timeout_s = 10
+    save_dir = runs["root"] / "vanished"
+    launcher = two_hosts.popen_on(_hostfile_launch(two_hosts, runs["root"] / "reference.yaml",
+                                                   f"checkpoint.save_dir={save_dir}",
+                                                   f"distributed.timeout_s={timeout_s}"))
+    try:
+        deadline = time.monotonic() + LAUNCH_TIMEOUT_S
+        while _latest(save_dir) is None and launcher.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        two_hosts.unplug_host(1)
+        unplugged_at = time.monotonic()
+        output, _ = launcher.communicate(timeout=timeout_s + 60)
+        seconds = time.monotonic() - unplugged_at
+    finally:
+        if launcher.poll() is None:  # the launcher hung: end it, and bring host A back too
+            two_hosts.kill_host(0)
+            launcher.wait(timeout=30)
+            two_hosts.restart_host(0)
+        two_hosts.restart_host(1)
+    assert launcher.returncode != 0, output[-8000:]
+    assert f"Timed out waiting {timeout_s * 1000}ms" in output, output[-8000:]
+    assert f"{two_hosts.hosts[1].address}: ssh exited with exit code 255" in output, output[-8000:]
+    assert timeout_s <= seconds < timeout_s + 30, (seconds, output[-8000:])
