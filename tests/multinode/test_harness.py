@@ -63,3 +63,12 @@ def test_teardown_kills_leftover_processes_and_removes_namespaces(tmp_path):
     assert not any(name in _namespaces() for name in names)
     assert not any((Path(ETC_NETNS) / name).exists() for name in names)
     hosts.stop()  # idempotent
+
+
+def test_not_root_is_a_clear_skip_reason(monkeypatch):
+    from tests.multinode import harness
+
+    monkeypatch.setattr(harness.os, "geteuid", lambda: 1000)
+    assert "need root" in harness.unavailable_reason()
+    with pytest.raises(harness.HarnessUnavailable, match="need root"):
+        harness.TwoHosts(Path("/nonexistent")).start()
