@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -36,6 +37,9 @@ IFNAME = "mt0"  # same interface name in both namespaces, so one GLOO_SOCKET_IFN
 SUBNET_PREFIX = "10.77.0."
 ETC_NETNS = "/etc/netns"  # per-namespace overrides of /etc files, applied by `ip netns exec`
 REQUIRED_TOOLS = ("ip", "unshare", "sshd", "ssh", "ssh-keygen", "pdsh")
+
+
+NAMESPACE_PATTERN = re.compile(r"^mt(\d+)x\d+[ab]$")  # mt{owner pid}x{millis}{a|b}
 
 
 class HarnessUnavailable(RuntimeError):
@@ -94,7 +98,7 @@ class TwoHosts:
         if self.slots < 1:
             raise ValueError(f"slots must be >= 1, got {self.slots}")
         self.workdir = Path(self.workdir)
-        tag = f"mt{os.getpid()}x{int(time.time() * 1000) % 100000}"
+        tag = f"mt{os.getpid()}x{int(time.time() * 1000) % 100000}"  # matches NAMESPACE_PATTERN
         self.hosts = [Host(f"{tag}a", f"{SUBNET_PREFIX}1", "megatiny-host-a"),
                       Host(f"{tag}b", f"{SUBNET_PREFIX}2", "megatiny-host-b")]
 
@@ -128,6 +132,7 @@ class TwoHosts:
         if reason:
             raise HarnessUnavailable(reason)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        remove_stale_namespaces()
         try:
             self._create_network()
         except RuntimeError as err:
@@ -304,9 +309,7 @@ class TwoHosts:
 
     def pids(self, host: Host | int) -> list[int]:
         host = self.hosts[host] if isinstance(host, int) else host
-        result = subprocess.run(["ip", "netns", "pids", host.namespace], stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True)
-        return [int(p) for p in result.stdout.split()]
+        return _namespace_pids(host.namespace)
 
     @staticmethod
     def signal_pid(pid: int, signum: int) -> None:
@@ -350,6 +353,35 @@ class TwoHosts:
     def kill_all(self) -> None:
         for host in self.hosts:
             self.kill_host(host)
+
+
+def _namespace_pids(namespace: str) -> list[int]:
+    result = subprocess.run(["ip", "netns", "pids", namespace], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    return [int(p) for p in result.stdout.split()]
+
+
+def remove_stale_namespaces() -> list[str]:
+    """Delete harness namespaces whose owning process is gone (a run killed before its teardown),
+    with every process left in them. Returns the names removed."""
+    listing = subprocess.run(["ip", "netns", "list"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True).stdout
+    removed = []
+    for name in (line.split()[0] for line in listing.splitlines() if line.strip()):
+        match = NAMESPACE_PATTERN.match(name)
+        if not match or Path(f"/proc/{match.group(1)}").exists():
+            continue
+        for _ in range(50):
+            pids = _namespace_pids(name)
+            if not pids:
+                break
+            for pid in pids:
+                TwoHosts.signal_pid(pid, signal.SIGKILL)
+            time.sleep(0.1)
+        subprocess.run(["ip", "netns", "del", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(Path(ETC_NETNS) / name, ignore_errors=True)
+        removed.append(name)
+    return removed
 
 
 def _smoke_command(out_dir: Path, master_port: int = 29531) -> list[str]:

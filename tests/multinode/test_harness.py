@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,27 @@ def test_not_root_is_a_clear_skip_reason(monkeypatch):
     assert "need root" in harness.unavailable_reason()
     with pytest.raises(harness.HarnessUnavailable, match="need root"):
         harness.TwoHosts(Path("/nonexistent")).start()
+
+
+def test_namespaces_left_by_a_killed_run_are_removed_on_the_next_start(tmp_path):
+    from tests.multinode.harness import _namespace_pids, remove_stale_namespaces, unavailable_reason
+
+    if unavailable_reason():
+        pytest.skip(unavailable_reason())
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = f"mt{dead.pid}x1a"
+    subprocess.run(["ip", "netns", "add", stale], check=True)
+    (Path(ETC_NETNS) / stale).mkdir(parents=True)
+    leftover = subprocess.Popen(["ip", "netns", "exec", stale, "sleep", "300"])
+    try:
+        deadline = time.monotonic() + 10
+        while leftover.pid not in _namespace_pids(stale) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert leftover.pid in _namespace_pids(stale)
+        assert stale in remove_stale_namespaces()
+        assert leftover.wait(timeout=10) != 0
+        assert stale not in _namespaces() and not (Path(ETC_NETNS) / stale).exists()
+    finally:
+        leftover.kill()
+        subprocess.run(["ip", "netns", "del", stale], stderr=subprocess.DEVNULL)
