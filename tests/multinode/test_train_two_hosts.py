@@ -1,13 +1,13 @@
 """`tools/train.py` across two hosts with `deepspeed --hostfile`: same losses as one host, exact
 resume, and a host dying mid-run.
 
-One chain of real runs (tiny-test model, ZeRO-3 + bf16, 2 ranks, 8 steps), shared by the tests:
+One chain of real runs (tiny-test model, ZeRO-3 + bf16, 2 ranks, 12 steps), shared by the tests:
 
   reference  `deepspeed --num_gpus 2` on one host (the root namespace), uninterrupted
   two_hosts  the same run launched from host A over pdsh/ssh, one rank per host
   killed     the same run on the two hosts; every process on host B is killed once a checkpoint
              exists; the launcher must fail fast, naming host B, with the checkpoint intact
-  resumed    `checkpoint.resume=auto` on the two hosts continues the killed run to step 8
+  resumed    `checkpoint.resume=auto` on the two hosts continues the killed run to the last step
   single     the killed run's checkpoint resumed on host A alone (world size 1)
   mpirun     the reference run launched by Open MPI's mpirun across the two hosts instead
 
@@ -32,7 +32,7 @@ from tests.multinode.harness import TwoHosts
 pytestmark = [pytest.mark.slow, pytest.mark.multinode]
 
 TRAIN = "tools/train.py"
-STEPS = 8
+STEPS = 12
 DEAD_PEER_TIMEOUT_S = 30  # distributed.timeout_s of these runs
 LAUNCH_TIMEOUT_S = 240
 
@@ -133,7 +133,7 @@ def _kill_host_b_mid_run(hosts: TwoHosts, config: Path, save_dir: Path) -> dict:
     launcher = hosts.popen_on(_hostfile_launch(hosts, config))
     deadline = time.monotonic() + LAUNCH_TIMEOUT_S
     while _latest(save_dir) is None and launcher.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.02)
     hosts.freeze_host(1)
     latest_at_kill = _latest(save_dir)
     hosts.kill_host(1)
@@ -239,7 +239,7 @@ def test_vanished_host_is_noticed_after_the_distributed_timeout(two_hosts, runs)
     try:
         deadline = time.monotonic() + LAUNCH_TIMEOUT_S
         while _latest(save_dir) is None and launcher.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+            time.sleep(0.02)
         two_hosts.unplug_host(1)
         unplugged_at = time.monotonic()
         output, _ = launcher.communicate(timeout=timeout_s + 60)
