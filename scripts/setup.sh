@@ -34,7 +34,10 @@ if [ ! -x "$venv/bin/python" ]; then
   log "creating virtual environment $venv"
   "$python" -m venv "$venv"
 fi
-pip=("$venv/bin/python" -m pip install -q)
+pip_install() {
+  # pip's exit status is kept; only its notes about unreachable extra indexes are dropped.
+  "$venv/bin/python" -m pip install -q "$@" 2> >(grep -v '^WARNING: Location' >&2)
+}
 
 # Re-install only when what we install from changes.
 stamp="$venv/.megatiny-setup-stamp"
@@ -46,12 +49,12 @@ fi
 
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
   log "CUDA machine: installing torch from the default index"
-  "${pip[@]}" torch
+  pip_install torch
 else
   log "no CUDA: pinning the CPU build torch==2.13.0"
-  "${pip[@]}" "torch==2.13.0"
+  pip_install "torch==2.13.0"
 fi
 log "installing megatiny with extras dev,eval,mpi"
-"${pip[@]}" -e ".[dev,eval,mpi]"
+pip_install -e ".[dev,eval,mpi]"
 echo "$want" > "$stamp"
 log "done: activate with 'source $venv/bin/activate'"
