@@ -19,12 +19,13 @@ import os
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from megatiny.fileio import atomic_output, atomic_write_text
 
 LATEST_FILE = "latest"
 TAG_PATTERN = re.compile(r"^step_(\d{8,})$")
@@ -47,17 +48,7 @@ def write_latest(save_dir: str | os.PathLike, tag: str) -> Path:
     save_dir = Path(save_dir)
     if not (save_dir / tag).is_dir():
         raise FileNotFoundError(f"{save_dir / tag}: cannot mark a missing checkpoint as latest")
-    fd, tmp = tempfile.mkstemp(dir=save_dir, prefix=".latest.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(tag)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, save_dir / LATEST_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return save_dir / LATEST_FILE
+    return atomic_write_text(save_dir / LATEST_FILE, tag)
 
 
 def read_latest(save_dir: str | os.PathLike) -> str | None:
@@ -148,9 +139,8 @@ def rng_state() -> dict[str, Any]:
 
 def save_rng_state(tag_dir: str | os.PathLike, rank: int) -> Path:
     path = Path(tag_dir) / f"rng_state_rank{rank}.pt"
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(rng_state(), tmp)
-    os.replace(tmp, path)
+    with atomic_output(path, "wb") as f:
+        torch.save(rng_state(), f)
     return path
 
 

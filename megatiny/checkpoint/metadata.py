@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from megatiny.fileio import atomic_write_text
 from megatiny.model.config import ModelConfig
 
 METADATA_FILE = "megatiny.json"
@@ -40,18 +40,7 @@ def write_metadata(directory: str | os.PathLike, model_config: ModelConfig, *,
         "consumed_samples": int(consumed_samples),
         "extra": extra or {},
     }
-    target = directory / METADATA_FILE
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{METADATA_FILE}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    return atomic_write_text(directory / METADATA_FILE, json.dumps(payload, indent=2, sort_keys=True))
 
 
 def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:

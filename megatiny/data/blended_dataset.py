@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from megatiny.data.gpt_dataset import _atomic_save_npy, _atomic_write_text
+from megatiny.data.gpt_dataset import atomic_save_npy
+from megatiny.fileio import atomic_write_text
 
 BLEND_INDEX_VERSION = 1
 
@@ -133,8 +134,8 @@ class BlendedDataset:
         self.dataset_index, self.dataset_sample_index = arrays
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         for p, a in zip(paths, arrays):
-            _atomic_save_npy(p, a)
-        _atomic_write_text(done, json.dumps(self.describe(), indent=2, sort_keys=True))
+            atomic_save_npy(p, a)
+        atomic_write_text(done, json.dumps(self.describe(), indent=2, sort_keys=True))
         return arrays
 
     def _check_sizes(self) -> None:

@@ -21,13 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from megatiny.data.indexed_dataset import IndexedDataset
+from megatiny.fileio import atomic_output, atomic_write_text
 
 INDEX_VERSION = 1
 SEPARATE_LAST_EPOCH_THRESHOLD = 0.80
@@ -162,26 +162,9 @@ def build_shuffle_index(num_samples: int, total: int, rng: np.random.Generator,
     return index
 
 
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_output(path, "wb") as f:
+        np.save(f, array, allow_pickle=False)
 
 
 def default_cache_dir(prefix: str | os.PathLike) -> Path:
@@ -252,9 +235,9 @@ class GPTDataset:
             raise OSError(f"cannot create the dataset index cache {self.cache_dir} ({e}); set "
                           f"DataConfig.cache_dir to a directory all ranks of a node can write") from None
         for k, array in zip(("document", "sample", "shuffle"), arrays):
-            _atomic_save_npy(paths[k], array)
+            atomic_save_npy(paths[k], array)
         # Written last: its presence means the three arrays are complete.
-        _atomic_write_text(paths["description"], json.dumps(self.describe(), indent=2, sort_keys=True))
+        atomic_write_text(paths["description"], json.dumps(self.describe(), indent=2, sort_keys=True))
         return arrays
 
     def build_indices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

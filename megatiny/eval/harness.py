@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 
 from megatiny.eval.suites import Suite, adhoc_suite, get_suite, markdown_table, suite_scores
+from megatiny.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -195,13 +195,3 @@ def write_outputs(output_dir: str | os.PathLike, results: dict[str, Any], table:
     return paths
 
 
-def atomic_write_text(path: Path, text: str) -> str:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return str(path)
