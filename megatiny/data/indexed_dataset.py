@@ -241,6 +241,16 @@ class IndexedDatasetBuilder:
 
     def add_item(self, tokens) -> None:
         """Append one sequence (ends no document; call `end_document`)."""
+        arr = self._cast(tokens)
+        if len(arr) > np.iinfo(np.int32).max:
+            raise ValueError(f"sequence of {len(arr)} tokens exceeds the format's int32 length")
+        self._bin.write(arr.tobytes())
+        self._lengths.write(struct.pack("<i", len(arr)))
+        self.num_sequences += 1
+        self.num_tokens += len(arr)
+
+    def _cast(self, tokens) -> np.ndarray:
+        """`tokens` as a contiguous 1-D array of the output dtype; ids that do not fit are an error."""
         arr = np.asarray(tokens)
         if arr.ndim != 1:
             raise ValueError(f"a sequence must be 1-D, got shape {arr.shape}")
@@ -250,16 +260,11 @@ class IndexedDatasetBuilder:
                 if lo < self._info.min or hi > self._info.max:
                     raise ValueError(f"token ids [{lo}, {hi}] do not fit {self.dtype.name}")
             arr = arr.astype(self.dtype)
-        if len(arr) > np.iinfo(np.int32).max:
-            raise ValueError(f"sequence of {len(arr)} tokens exceeds the format's int32 length")
-        self._bin.write(arr.tobytes())
-        self._lengths.write(struct.pack("<i", len(arr)))
-        self.num_sequences += 1
-        self.num_tokens += len(arr)
+        return np.ascontiguousarray(arr)
 
     def add_items(self, tokens: np.ndarray, lengths: np.ndarray) -> None:
         """Append many sequences given as one flat token array and their lengths (each a document)."""
-        tokens = np.ascontiguousarray(tokens, dtype=self.dtype)
+        tokens = self._cast(tokens)
         lengths = np.ascontiguousarray(lengths, dtype="<i4")
         if int(lengths.sum(dtype=np.int64)) != len(tokens):
             raise ValueError(f"lengths sum to {int(lengths.sum())} but {len(tokens)} tokens were given")
@@ -311,6 +316,8 @@ class IndexedDatasetBuilder:
             raise ValueError(f"{self.prefix}: {dangling} sequence(s) added after "
                              f"the last end_document(); call end_document() before finalize()")
         try:
+            self._bin.flush()
+            os.fsync(self._bin.fileno())
             for f in (self._bin, self._lengths, self._doc_ends):
                 f.close()
             tmp_idx = self._tmpdir / "data.idx"

@@ -81,6 +81,13 @@ def test_token_out_of_dtype_range_rejected(tmp_path):
         b.add_document(np.array([70000]))
     b.abort()
     assert list(tmp_path.iterdir()) == []
+    b = IndexedDatasetBuilder(tmp_path / "x", np.uint16)
+    with pytest.raises(ValueError, match=r"\[-1, 70000\] do not fit uint16"):
+        b.add_items(np.array([1, 2, -1, 70000]), np.array([2, 2]))   # the batched path checks too
+    b.add_items(np.array([1, 65535, 7], dtype=np.int64), np.array([1, 2]))
+    b.finalize()
+    ds = IndexedDataset(tmp_path / "x")
+    assert [ds[i].tolist() for i in range(len(ds))] == [[1], [65535, 7]]
 
 
 @pytest.fixture
