@@ -6,7 +6,8 @@ Benchmarks (lm-evaluation-harness; results.json + results.md in --output-dir):
     python tools/evaluate.py --checkpoint runs/x/hf --backend hf --suite tinyllama-commonsense
     python tools/evaluate.py --checkpoint W --tasks my_task --include-path my_tasks/
 
-Perplexity (one epoch of the chosen split, cut as training cuts it):
+Perplexity (one epoch of the chosen split, cut as training cuts it; a blend is scored one dataset
+at a time, with a token-weighted total):
     python tools/evaluate.py --perplexity --checkpoint runs/x/checkpoints \\
         --data-path data/corpus_text_document --seq-length 2048 --split 969,30,1 --split-name valid
 
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     ppl.add_argument("--seq-length", type=int, help="tokens per sample (at most the model's context)")
     ppl.add_argument("--split", default="969,30,1", help="train,valid,test document split of the data")
     ppl.add_argument("--split-name", default="valid", choices=("train", "valid", "test", "all"))
-    ppl.add_argument("--num-samples", type=int, help="default: one epoch of the split")
+    ppl.add_argument("--num-samples", type=int, help="cap per dataset (default: one epoch of its split)")
     ppl.add_argument("--cache-dir", help="where dataset index caches go (default: beside the data)")
     return parser
 
@@ -90,16 +91,19 @@ def run_benchmarks(args: argparse.Namespace) -> int:
 
 
 def run_perplexity_cli(args: argparse.Namespace) -> int:
-    from megatiny.eval.harness import atomic_write_text
     from megatiny.eval.perplexity import run_perplexity
+    from megatiny.fileio import atomic_write_text
 
     if not args.data_path or not args.seq_length:
         raise ValueError("--perplexity needs --data-path PREFIX and --seq-length N")
     result = run_perplexity(args.checkpoint, args.data_path, args.seq_length, args.split_name, args.split,
                             args.num_samples, args.batch_size, args.device, args.dtype, args.seed,
                             args.cache_dir)
-    print(f"loss {result.loss:.4f} nats/token | perplexity {result.perplexity:.3f} | "
-          f"tokens {result.tokens} | samples {result.samples}")
+    for prefix, part in result.datasets.items():
+        print(f"{prefix}: loss {part.loss:.4f} nats/token | perplexity {part.perplexity:.3f} | "
+              f"tokens {part.tokens} | samples {part.samples}")
+    print(f"{'total (token-weighted): ' if result.datasets else ''}loss {result.loss:.4f} nats/token | "
+          f"perplexity {result.perplexity:.3f} | tokens {result.tokens} | samples {result.samples}")
     if args.output_dir:
         from pathlib import Path
 

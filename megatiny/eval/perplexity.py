@@ -2,14 +2,16 @@
 
 The held-out set is one epoch of the chosen split, cut the way training cuts it (megatiny.data's
 GPTDataset: samples of seq_length + 1 tokens that overlap by one token and run across document
-boundaries), so every token of the split after the first is predicted exactly once and the number
-is directly comparable with the training run's validation loss.
+boundaries), so every token of the split after the first is predicted exactly once. A blend
+("0.7 A 0.3 B") is evaluated one dataset at a time (one epoch of each; the blend weights are not
+used, since sampling by weight would repeat small datasets and skip parts of large ones); the total
+is the token-weighted mean over the datasets, reported beside each dataset's own numbers.
 """
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,9 +32,24 @@ class PerplexityResult:
     perplexity: float    # exp(loss)
     tokens: int          # predicted tokens
     samples: int         # sequences of seq_length + 1 tokens
+    # for a blend: prefix -> that dataset's own result (empty for a single prefix)
+    datasets: dict[str, PerplexityResult] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def combine(cls, results: dict[str, PerplexityResult]) -> PerplexityResult:
+        """The token-weighted total of per-dataset results (each token of every dataset counts once)."""
+        tokens = sum(r.tokens for r in results.values())
+        loss = sum(r.loss * r.tokens for r in results.values()) / tokens
+        return cls(loss=loss, perplexity=_perplexity(loss), tokens=tokens,
+                   samples=sum(r.samples for r in results.values()),
+                   datasets=dict(results) if len(results) > 1 else {})
+
+
+def _perplexity(loss: float) -> float:
+    return math.exp(loss) if loss < 700 else math.inf
 
 
 def split_tokens(prefix: str, split: str, which: str) -> int:
@@ -46,13 +63,14 @@ def split_tokens(prefix: str, split: str, which: str) -> int:
     return int(indexed.sequence_lengths[docs[first]:docs[end]].sum(dtype=np.int64))
 
 
-def held_out_dataset(data_path: str, seq_length: int, which: str = "valid", split: str = "969,30,1",
-                     num_samples: int | None = None, seed: int = 1234, cache_dir: str | None = None):
-    """A dataset (`ds[i]` int64 [seq_length + 1]) over split `which` of `data_path`.
+def held_out_datasets(data_path: str, seq_length: int, which: str = "valid", split: str = "969,30,1",
+                      num_samples: int | None = None, seed: int = 1234,
+                      cache_dir: str | None = None) -> dict[str, Any]:
+    """prefix -> dataset (`ds[i]` int64 [seq_length + 1]) over split `which` of each dataset in
+    `data_path` (a prefix or a blend "0.7 A 0.3 B"; the weights are ignored).
 
-    data_path: a prefix or blend ("0.7 A 0.3 B"). which: train | valid | test (documents divided by
-    `split`, as in the training config) or all (every document). num_samples: default one epoch
-    of the split (for a blend, the sum over its datasets).
+    which: train | valid | test (documents divided by `split`, as in the training config) or all
+    (every document). num_samples: a cap per dataset; default one epoch of each dataset's split.
     """
     if which not in SPLITS:
         raise ValueError(f"split name must be one of {SPLITS}, got {which!r}")
@@ -60,16 +78,29 @@ def held_out_dataset(data_path: str, seq_length: int, which: str = "valid", spli
         raise ValueError(f"seq_length must be positive, got {seq_length}")
     if which == "all":
         which, split = "valid", "0,1,0"
-    if num_samples is None:
-        num_samples = sum(max(split_tokens(prefix, split, which) - 1, 0) // seq_length
-                          for _, prefix in parse_blend(data_path))
-        if num_samples == 0:
-            raise ValueError(f"{data_path}: the {which} split (split {split!r}) holds fewer than "
+    index = ("train", "valid", "test").index(which)
+    datasets = {}
+    for _, prefix in parse_blend(data_path):
+        if prefix in datasets:
+            raise ValueError(f"{data_path}: {prefix} appears twice in the blend")
+        epoch = max(split_tokens(prefix, split, which) - 1, 0) // seq_length
+        if epoch == 0:
+            raise ValueError(f"{prefix}: the {which} split (split {split!r}) holds fewer than "
                              f"{seq_length + 1} tokens; use a shorter --seq-length or another split")
-    config = DataConfig(data_path=data_path, split=split, cache_dir=cache_dir)
-    counts = [0, 0, 0]
-    counts[("train", "valid", "test").index(which)] = num_samples
-    return build_gpt_datasets(config, seq_length, counts, seed)[("train", "valid", "test").index(which)]
+        counts = [0, 0, 0]
+        counts[index] = epoch if num_samples is None else min(epoch, num_samples)
+        config = DataConfig(data_path=prefix, split=split, cache_dir=cache_dir)
+        datasets[prefix] = build_gpt_datasets(config, seq_length, counts, seed)[index]
+    return datasets
+
+
+def held_out_dataset(data_path: str, seq_length: int, which: str = "valid", split: str = "969,30,1",
+                     num_samples: int | None = None, seed: int = 1234, cache_dir: str | None = None):
+    """The dataset over split `which` of ONE prefix (see `held_out_datasets`; for a blend use that)."""
+    if len(parse_blend(data_path)) != 1:
+        raise ValueError(f"{data_path!r} is a blend: use held_out_datasets (one dataset per prefix)")
+    return next(iter(held_out_datasets(data_path, seq_length, which, split, num_samples, seed,
+                                       cache_dir).values()))
 
 
 @torch.no_grad()
@@ -98,8 +129,7 @@ def evaluate_perplexity(model: torch.nn.Module, dataset, batch_size: int = 8,
         loss_sum += float(batch_loss_sum(model, inputs, labels))
         tokens += labels.numel()
     loss = loss_sum / tokens
-    return PerplexityResult(loss=loss, perplexity=math.exp(loss) if loss < 700 else math.inf,
-                            tokens=tokens, samples=total)
+    return PerplexityResult(loss=loss, perplexity=_perplexity(loss), tokens=tokens, samples=total)
 
 
 def batch_loss_sum(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -117,15 +147,17 @@ def run_perplexity(checkpoint: str | os.PathLike, data_path: str, seq_length: in
                    split: str = "969,30,1", num_samples: int | None = None, batch_size: int = 8,
                    device: str | None = None, dtype: str = "auto", seed: int = 1234,
                    cache_dir: str | None = None) -> PerplexityResult:
-    """Load `checkpoint` (anything `megatiny.checkpoint.load_model` reads) and evaluate it."""
+    """Load `checkpoint` (anything `megatiny.checkpoint.load_model` reads) and evaluate it on every
+    dataset of `data_path`; for a blend the result's `datasets` holds each one's numbers."""
     from megatiny.checkpoint import load_model
     from megatiny.eval.lm_eval_adapter import resolve_device, resolve_dtype
 
     torch_device = resolve_device(device)
     model, metadata = load_model(checkpoint, dtype=resolve_dtype(dtype, torch_device), device=torch_device)
-    max_positions = metadata["model"].max_position_embeddings if "model" in metadata else None
-    if max_positions is not None and seq_length > max_positions:
+    max_positions = metadata["model"].max_position_embeddings
+    if seq_length > max_positions:
         raise ValueError(f"--seq-length {seq_length} exceeds the model's max_position_embeddings "
                          f"({max_positions})")
-    dataset = held_out_dataset(data_path, seq_length, which, split, num_samples, seed, cache_dir)
-    return evaluate_perplexity(model, dataset, batch_size, torch_device)
+    datasets = held_out_datasets(data_path, seq_length, which, split, num_samples, seed, cache_dir)
+    return PerplexityResult.combine({prefix: evaluate_perplexity(model, dataset, batch_size, torch_device)
+                                     for prefix, dataset in datasets.items()})

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from megatiny.data.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
-from megatiny.eval.perplexity import evaluate_perplexity, held_out_dataset
+from megatiny.eval.perplexity import evaluate_perplexity, held_out_dataset, held_out_datasets, run_perplexity
 from tests.eval.conftest import training_texts
 from tools import evaluate as evaluate_tool
 
@@ -24,6 +24,16 @@ def prefix(tmp_path_factory, tokenizer):
     prefix = tmp_path_factory.mktemp("ppl") / "corpus_text_document"
     with IndexedDatasetBuilder(prefix, dtype=np.uint16) as builder:
         for text in training_texts():
+            builder.add_document([tokenizer.bos_id, *tokenizer.encode(text), tokenizer.eos_id])
+    return str(prefix)
+
+
+@pytest.fixture(scope="module")
+def small_prefix(tmp_path_factory, tokenizer):
+    """A dataset about 1/10 the size of `prefix`: its first few texts, different token values."""
+    prefix = tmp_path_factory.mktemp("ppl_small") / "small_text_document"
+    with IndexedDatasetBuilder(prefix, dtype=np.uint16) as builder:
+        for text in training_texts()[:12]:
             builder.add_document([tokenizer.bos_id, *tokenizer.encode(text), tokenizer.eos_id])
     return str(prefix)
 
@@ -49,6 +59,40 @@ def test_one_epoch_of_the_split_each_token_predicted_once(prefix):
     missing = every - labels
     assert not labels - every            # nothing predicted twice
     assert sum(missing.values()) == indexed.num_tokens - len(dataset) * SEQ  # only the tail/first token
+
+
+def test_blend_scores_each_dataset_once_whatever_the_weights(prefix, small_prefix):
+    """0.5/0.5 over datasets ~10x apart in size: each still gets exactly one epoch of its own tokens
+    (sampling the blend by weight would repeat the small one and skip half of the large one)."""
+    big, small = IndexedDataset(prefix), IndexedDataset(small_prefix)
+    assert big.num_tokens > 8 * small.num_tokens
+    datasets = held_out_datasets(f"0.5 {prefix} 0.5 {small_prefix}", SEQ, which="all")
+    assert list(datasets) == [prefix, small_prefix]
+    for name, indexed in ((prefix, big), (small_prefix, small)):
+        dataset = datasets[name]
+        assert len(dataset) == (indexed.num_tokens - 1) // SEQ
+        labels = Counter(np.concatenate([np.asarray(dataset[i])[1:] for i in range(len(dataset))]).tolist())
+        every = Counter(np.concatenate([indexed.get_document(d) for d in range(indexed.num_documents)])
+                        .tolist())
+        assert not labels - every            # nothing predicted twice
+        assert sum((every - labels).values()) == indexed.num_tokens - len(dataset) * SEQ  # < SEQ + 1 left
+        assert indexed.num_tokens - len(dataset) * SEQ <= SEQ
+    with pytest.raises(ValueError, match="blend"):
+        held_out_dataset(f"0.5 {prefix} 0.5 {small_prefix}", SEQ, which="all")
+
+
+def test_blend_perplexity_is_token_weighted_over_datasets(prefix, small_prefix, weights_dir, trained_model):
+    result = run_perplexity(weights_dir, f"0.9 {prefix} 0.1 {small_prefix}", SEQ, which="all",
+                            batch_size=8, device="cpu", dtype="float32")
+    assert list(result.datasets) == [prefix, small_prefix]
+    for name in (prefix, small_prefix):
+        expected, tokens = direct_loss(trained_model, held_out_dataset(name, SEQ, which="all"))
+        assert result.datasets[name].tokens == tokens
+        assert result.datasets[name].loss == pytest.approx(expected, rel=1e-5)
+    parts = result.datasets.values()
+    assert result.tokens == sum(r.tokens for r in parts)
+    assert result.loss == pytest.approx(sum(r.loss * r.tokens for r in parts) / result.tokens, rel=1e-9)
+    assert result.to_dict()["datasets"][small_prefix]["tokens"] == result.datasets[small_prefix].tokens
 
 
 def test_perplexity_equals_direct_computation(prefix, trained_model):
@@ -81,6 +125,6 @@ def test_perplexity_tool_errors(prefix, weights_dir, capsys):
     assert evaluate_tool.main([*args, "--seq-length", "4096"]) == 2
     assert "max_position_embeddings" in capsys.readouterr().err
     assert evaluate_tool.main([*args, "--seq-length", "32", "--split", "100,0,0"]) == 2
-    assert "valid" in capsys.readouterr().err
+    assert "the valid split (split '100,0,0') holds fewer than 33 tokens" in capsys.readouterr().err
     assert evaluate_tool.main(args) == 2
     assert "--seq-length" in capsys.readouterr().err
