@@ -141,8 +141,9 @@ class OptimizerConfig:
 
 @dataclass
 class ScheduleConfig:
-    """Linear warmup from 0 to optimizer.lr over `warmup_steps`, then `style` decay to
-    optimizer.min_lr at `decay_steps` (default: train_steps), constant after."""
+    """Linear warmup over `warmup_steps` (step 0 uses optimizer.lr / warmup_steps, never 0) to
+    optimizer.lr, then `style` decay to optimizer.min_lr at `decay_steps` (default: train_steps),
+    constant after."""
 
     train_steps: int = 100
     warmup_steps: int = 10
@@ -254,6 +255,9 @@ class RunConfig:
                              f"max_position_embeddings ({model_config.max_position_embeddings})")
         if not isinstance(self.data, dict):
             raise ValueError(f"data must be a mapping of DataConfig fields, got {type(self.data).__name__}")
+        if self.data:  # checked now, before any process group or engine exists (empty: benchmarks)
+            from megatiny.data.config import DataConfig
+            DataConfig.from_dict(self.data)
 
     def model_config(self) -> ModelConfig:
         return self.model.build()

@@ -30,9 +30,3 @@ def learning_rate(step: int, optimizer: OptimizerConfig, schedule: ScheduleConfi
         factor = 0.5 * (1.0 + math.cos(math.pi * progress))
     return min_lr + (max_lr - min_lr) * factor
 
-
-def lr_multiplier(optimizer: OptimizerConfig, schedule: ScheduleConfig):
-    """`step -> learning_rate(step) / optimizer.lr`, for torch's LambdaLR (base LR = optimizer.lr)."""
-    def multiplier(step: int) -> float:
-        return learning_rate(step, optimizer, schedule) / optimizer.lr
-    return multiplier

@@ -140,3 +140,14 @@ def test_no_weight_decay_on_norms():
     assert all("norm" in names[id(p)] for p in no_decay["params"]) and no_decay["params"]
     assert all(p.dim() == 2 for p in decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_data_section_is_validated_at_load(tmp_path):
+    """A typo under `data:` is an error naming the field when the config is read, not a TypeError
+    once the engine has started."""
+    path = tmp_path / "run.yaml"
+    path.write_text(YAML.replace('split: "969,30,1"', 'splt: "969,30,1"'))
+    with pytest.raises(ValueError, match="splt"):
+        load_config(path)
+    with pytest.raises(ValueError, match="data_path"):
+        load_config(None, ["data.split=1,1,1"])  # no data_path: no training data
