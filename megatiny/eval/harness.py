@@ -121,7 +121,7 @@ def build_lm(config: LmEvalConfig):
     from lm_eval.api.registry import get_model
 
     args: dict[str, Any] = {"pretrained": config.checkpoint, "batch_size": config.batch_size,
-                            "dtype": "auto" if config.dtype == "auto" else config.dtype}
+                            "dtype": config.dtype}
     # lm-eval's hf model defaults to cuda even on machines without it.
     args["device"] = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if config.tokenizer:
@@ -149,7 +149,7 @@ def run_lm_eval(config: LmEvalConfig, lm=None, model_label: str | None = None) -
     for shots, names in by_shots.items():
         output = lm_eval.simple_evaluate(
             model=lm, tasks=names, num_fewshot=shots, task_manager=manager, limit=config.limit,
-            log_samples=True, confirm_run_unsafe_code=config.confirm_run_unsafe_code,
+            log_samples=config.log_samples, confirm_run_unsafe_code=config.confirm_run_unsafe_code,
             random_seed=config.seed, numpy_random_seed=config.seed, torch_random_seed=config.seed,
             fewshot_random_seed=config.seed, bootstrap_iters=1000)
         _merge(merged, output)

@@ -31,6 +31,16 @@ def test_tool_writes_results_and_table(tool_run, capsys):
     assert f"| {100 * acc_norm:.2f} | {100 * acc_norm:.2f} |" in table
 
 
+def test_samples_are_kept_only_with_log_samples(weights_dir):
+    from megatiny.eval.harness import LmEvalConfig, run_lm_eval
+
+    for log_samples in (False, True):
+        report = run_lm_eval(LmEvalConfig(checkpoint=str(weights_dir), tasks=[TASK], limit=3, batch_size=6,
+                                          device="cpu", dtype="float32", log_samples=log_samples))
+        assert ("samples" in report.results) is log_samples
+        assert report.results["results"][TASK]["sample_len"] == 3
+
+
 def test_tool_errors(weights_dir, tmp_path, capsys):
     assert evaluate_tool.main(["--checkpoint", str(weights_dir)]) == 2
     assert "--suite" in capsys.readouterr().err
