@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from megatiny.checkpoint.metadata import METADATA_FILE
 from megatiny.fileio import atomic_output, atomic_write_text
 
 LATEST_FILE = "latest"
@@ -78,7 +79,7 @@ def resolve_resume(resume: str, save_dir: str | os.PathLike | None) -> tuple[Pat
     path = Path(resume)
     if (path / LATEST_FILE).is_file():
         return path, read_latest(path)
-    if path.is_dir() and TAG_PATTERN.match(path.name) and (path / "megatiny.json").is_file():
+    if path.is_dir() and TAG_PATTERN.match(path.name) and (path / METADATA_FILE).is_file():
         return path.parent, path.name
     raise FileNotFoundError(f"checkpoint.resume={resume!r}: not a checkpoint root (no 'latest' file) nor a "
                             "complete tag directory (step_NNNNNNNN with megatiny.json)")
@@ -121,7 +122,7 @@ def rotate(save_dir: str | os.PathLike, keep_last: int) -> list[str]:
         return []
     latest_step = step_of_tag(latest)
     older = [t for t in list_tags(save_dir) if step_of_tag(t) < latest_step]
-    complete = [t for t in older if (Path(save_dir) / t / "megatiny.json").is_file()]
+    complete = [t for t in older if (Path(save_dir) / t / METADATA_FILE).is_file()]
     doomed = [t for t in older if t not in complete]
     if keep_last:
         doomed += complete[:max(0, len(complete) - (keep_last - 1))]

@@ -212,8 +212,9 @@ class DistributedConfig:
     """`deepspeed_config`: a JSON file (see ds_configs/) with the ZeRO/precision settings; batch
     sizes, optimizer, scheduler and clipping come from this run config and must not be in it.
     `timeout_s`: torch.distributed collective timeout (a dead peer is noticed after this).
-    `backend`: "auto" = nccl with CUDA, gloo otherwise. `master_port` is used by mpirun and
-    plain-python launches (the deepspeed launcher sets its own)."""
+    `backend`: "auto" = nccl with CUDA, gloo otherwise. `master_port` is used by mpirun
+    launches (the deepspeed launcher sets its own; a plain-python run of one rank takes $MASTER_PORT
+    or a free port)."""
 
     deepspeed_config: str = "ds_configs/zero3_bf16.json"
     backend: str = "auto"
