@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from megatiny.fileio import atomic_output
+
 
 @dataclass
 class ScalarSeries:
@@ -65,10 +67,11 @@ def plot_loss_curves(scalars: dict[str, ScalarSeries], output_png: str | os.Path
     axis.legend()
     figure.tight_layout()
     output_png = Path(output_png)
-    tmp = output_png.with_name(f".{output_png.name}.tmp.png")
-    figure.savefig(tmp)
-    plt.close(figure)
-    os.replace(tmp, output_png)
+    try:
+        with atomic_output(output_png, "wb") as f:
+            figure.savefig(f, format="png")
+    finally:
+        plt.close(figure)
     return output_png
 
 
@@ -95,7 +98,7 @@ def unigram_baseline_for_run(run_config: dict, vocab_size: int, max_samples: int
     from megatiny.data.config import DataConfig
 
     seq_length = int(run_config["batch"]["seq_length"])
-    train, valid, _ = build_gpt_datasets(DataConfig(**run_config["data"]), seq_length,
+    train, valid, _ = build_gpt_datasets(DataConfig.from_dict(run_config["data"]), seq_length,
                                          (max_samples, max_samples // 4, 0),
                                          int(run_config.get("seed", 1234)))
     if valid is None:
