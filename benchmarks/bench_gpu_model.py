@@ -17,10 +17,9 @@ import torch
 
 from megatiny.model import GPT, get_preset
 from megatiny.model.attention import FLASH_ATTN_AVAILABLE
+from megatiny.training.flops import peak_tflops_for, throughput
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Dense bf16 peak TFLOP/s by device-name fragment (DESIGN.md).
-PEAK_TFLOPS = {"A100": 312.0, "H100": 989.0, "H200": 989.0}
 
 
 def default_backends(device: torch.device, dtype: torch.dtype) -> list[str]:
@@ -28,20 +27,14 @@ def default_backends(device: torch.device, dtype: torch.dtype) -> list[str]:
     return (["flash_attn"] if flash else []) + ["sdpa", "math"]
 
 
-def peak_tflops(device: torch.device, override: float | None) -> float | None:
-    if override is not None or device.type != "cuda":
-        return override
-    name = torch.cuda.get_device_name(device)
-    return next((tflops for key, tflops in PEAK_TFLOPS.items() if key in name), None)
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def measure(backend: str, args: argparse.Namespace, device: torch.device) -> dict:
-    """Tokens/s and peak memory of args.steps timed steps for one attention backend."""
+def measure(backend: str, args: argparse.Namespace, device: torch.device, peak: float | None) -> dict:
+    """Throughput (megatiny.training.flops.throughput: tokens/s, TFLOP/s, MFU when `peak` is known)
+    and peak memory of args.steps timed steps for one attention backend."""
     config = get_preset(args.preset, attention_backend=backend,
                         activation_checkpointing=args.activation_checkpointing)
     torch.manual_seed(0)
@@ -64,13 +57,11 @@ def measure(backend: str, args: argparse.Namespace, device: torch.device) -> dic
     for _ in range(args.steps):
         step()
     _sync(device)
-    seconds = (time.perf_counter() - start) / args.steps
-    tokens_per_s = args.batch * args.seq / seconds
-    result = {"backend": backend, "tokens_per_s": tokens_per_s,
-              "tflops": tokens_per_s * config.flops_per_token(args.seq) / 1e12,
-              "peak_mem_gib": (torch.cuda.max_memory_allocated(device) / 2**30
-                               if device.type == "cuda" else float("nan"))}
-    return result
+    perf = throughput(args.batch * args.seq * args.steps, time.perf_counter() - start,
+                      config.flops_per_token(args.seq), 1, peak)
+    return {"backend": backend, **perf,
+            "peak_mem_gib": (torch.cuda.max_memory_allocated(device) / 2**30
+                             if device.type == "cuda" else float("nan"))}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,15 +81,15 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("CUDA is not available here; use --device cpu (with a small --preset)")
-    peak = peak_tflops(device, args.peak_tflops)
     backends = args.backends or default_backends(device, DTYPES[args.dtype])
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    peak = peak_tflops_for(name if device.type == "cuda" else None, args.peak_tflops)
     print(f"{args.preset} {args.dtype} seq {args.seq} micro-batch {args.batch} on {name}, "
           f"activation_checkpointing={args.activation_checkpointing}, peak {peak} TFLOP/s")
     baseline = None
     for backend in backends:
         try:
-            r = measure(backend, args, device)
+            r = measure(backend, args, device, peak)
         except torch.OutOfMemoryError:
             print(f"  {backend:10s} out of memory")
             continue
@@ -106,8 +97,8 @@ def main(argv: list[str] | None = None) -> None:
             if device.type == "cuda":
                 torch.cuda.empty_cache()  # the finished backend's model and optimizer are gone
         baseline = baseline or r["tokens_per_s"]
-        mfu = f"{100 * r['tflops'] / peak:5.1f}%" if peak else "  n/a"
-        print(f"  {backend:10s} {r['tokens_per_s']:10.1f} tokens/s  {r['tflops']:7.2f} TFLOP/s  "
+        mfu = f"{100 * r['mfu']:5.1f}%" if "mfu" in r else "  n/a"
+        print(f"  {backend:10s} {r['tokens_per_s']:10.1f} tokens/s  {r['tflops_per_device']:7.2f} TFLOP/s  "
               f"MFU {mfu}  peak mem {r['peak_mem_gib']:6.2f} GiB  "
               f"x{r['tokens_per_s'] / baseline:.2f} vs {backends[0]}")
 
