@@ -484,8 +484,3 @@ class _Continuations:
                 text = text.split(stop)[0]
             texts.append(text)
         return texts
-
-
-def register() -> Callable[..., MegatinyLM]:
-    """Make sure `megatiny` is in lm-eval's model registry (importing this module does it)."""
-    return MegatinyLM

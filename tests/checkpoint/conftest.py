@@ -1,6 +1,5 @@
 """Shared, expensive fixtures for tests/checkpoint: real DeepSpeed runs and a real tokenizer."""
 import random
-import shutil
 from pathlib import Path
 
 import pytest
@@ -68,8 +67,3 @@ def sp_models(tmp_path_factory) -> dict[str, Path]:
     texts = sample_texts(3000, seed=1)
     return {kind: train_sentencepiece(texts, root / kind, 400, model_type=kind)
             for kind in ("bpe", "unigram")}
-
-
-def copy_tree(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst

@@ -5,7 +5,6 @@ are far from uniform (near-ties between choices would make accuracy comparisons 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -81,7 +80,3 @@ def instances(request_type: str, arguments: list[tuple]) -> list:
 
     return [Instance(request_type=request_type, doc={}, arguments=args, idx=i)
             for i, args in enumerate(arguments)]
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())
