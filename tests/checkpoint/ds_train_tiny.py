@@ -15,6 +15,7 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
+from megatiny.checkpoint.io import tag_for_step, write_latest
 from megatiny.checkpoint.metadata import write_metadata
 from megatiny.model import GPT, get_preset
 
@@ -28,7 +29,7 @@ def tiny_config(tie: bool):
 
 
 def save(engine, save_dir: str, step: int, config, world: int, stage: int) -> None:
-    tag = f"step_{step:08d}"
+    tag = tag_for_step(step)
     engine.save_checkpoint(save_dir, tag=tag, save_latest=False)
     if dist.get_rank() == 0:
         write_metadata(os.path.join(save_dir, tag), config, step=step,
@@ -36,10 +37,7 @@ def save(engine, save_dir: str, step: int, config, world: int, stage: int) -> No
                        extra={"world_size": world, "zero_stage": stage})
     dist.barrier()
     if dist.get_rank() == 0:
-        tmp = os.path.join(save_dir, ".latest.tmp")
-        with open(tmp, "w") as f:
-            f.write(tag)
-        os.replace(tmp, os.path.join(save_dir, "latest"))
+        write_latest(save_dir, tag)
     dist.barrier()
 
 

@@ -10,10 +10,11 @@ import deepspeed
 import torch.distributed as dist
 from safetensors.torch import load_file
 
+from megatiny.checkpoint.io import tag_for_step, write_latest
 from megatiny.checkpoint.metadata import read_metadata, write_metadata
 from megatiny.model import GPT
 
-TAG = "step_00000080"
+TAG = tag_for_step(80)
 
 
 def main() -> None:
@@ -35,10 +36,7 @@ def main() -> None:
     if dist.get_rank() == 0:
         write_metadata(os.path.join(args.save_dir, TAG), metadata["model"], tokenizer=metadata["tokenizer"],
                        step=80, consumed_samples=80 * 16, extra={"world_size": dist.get_world_size()})
-        tmp = os.path.join(args.save_dir, ".latest.tmp")
-        with open(tmp, "w") as f:
-            f.write(TAG)
-        os.replace(tmp, os.path.join(args.save_dir, "latest"))
+        write_latest(args.save_dir, TAG)
     dist.barrier()
     engine.destroy()
     dist.destroy_process_group()  # gloo ranks abort at exit without this
