@@ -1,39 +1,50 @@
 """Train a Llama-style sentencepiece tokenizer (BPE, byte fallback, unk=0 bos=1 eos=2) on local text.
 
     python tools/train_tokenizer.py --input 'data/*.jsonl' --output-prefix tok/spm --vocab-size 32000
-Inputs: .txt (one sentence/document per line) or .jsonl (field --json-key), plain/.gz/.zst.
+Inputs: .txt (one sentence/document per line) or .jsonl/.json (field --json-key), plain/.gz/.zst.
+jsonl lines are parsed as tools/preprocess_data.py parses them; bad lines are skipped and counted.
+Documents longer than sentencepiece's sentence limit are cut into pieces, not dropped.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
-from megatiny.data.preprocess import expand_inputs, open_binary
+from megatiny.data.preprocess import expand_inputs, open_binary, parse_json_line
 from megatiny.data.tokenizer import load_tokenizer, train_sentencepiece
 
 
-def iter_texts(patterns: list[str], json_key: str, max_documents: int | None) -> Iterator[str]:
+def is_json_input(path: Path) -> bool:
+    """foo.jsonl, foo.json, foo.jsonl.gz, foo.json.zst ... (the suffix before any compression suffix)."""
+    suffixes = [s for s in path.suffixes if s not in (".gz", ".zst", ".zstd")]
+    return bool(suffixes) and suffixes[-1] in (".json", ".jsonl")
+
+
+def iter_texts(patterns: list[str], json_key: str, max_documents: int | None,
+               bad: list[str] | None = None) -> Iterator[str]:
+    """Documents of the inputs; `bad` (if given) collects a `file:line: reason` per skipped jsonl line."""
     count = 0
     for path in expand_inputs(patterns):
-        is_json = ".jsonl" in path.name or ".json" in path.name
+        is_json = is_json_input(path)
         with open_binary(path) as f:
-            for raw in f:
-                line = raw.decode("utf-8", errors="replace")
+            for lineno, raw in enumerate(f, start=1):
+                if not raw.strip():
+                    continue
                 if is_json:
-                    try:
-                        value = json.loads(line).get(json_key)
-                    except (json.JSONDecodeError, AttributeError):
+                    values, error = parse_json_line(raw, (json_key,))
+                    if error is not None:
+                        if bad is not None:
+                            bad.append(f"{path}:{lineno}: {error}")
                         continue
-                    if not isinstance(value, str):
-                        continue
-                    line = value
-                if line.strip():
-                    yield line
-                    count += 1
-                    if max_documents is not None and count >= max_documents:
-                        return
+                    line = values[0]
+                else:
+                    line = raw.decode("utf-8", errors="replace")
+                yield line
+                count += 1
+                if max_documents is not None and count >= max_documents:
+                    return
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,13 +57,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-documents", type=int, default=None, help="use at most this many documents")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
+    bad: list[str] = []
     try:
-        texts = iter_texts(args.input, args.json_key, args.max_documents)
+        texts = iter_texts(args.input, args.json_key, args.max_documents, bad)
         model = train_sentencepiece(texts, args.output_prefix, args.vocab_size, model_type=args.model_type,
                                     num_threads=args.threads)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if bad:
+        print(f"skipped {len(bad)} bad jsonl line(s), e.g.:", file=sys.stderr)
+        for b in bad[:10]:
+            print(f"  {b}", file=sys.stderr)
     tok = load_tokenizer(model)
     print(f"wrote {model} (vocab_size={tok.vocab_size}, bos={tok.bos_id}, eos={tok.eos_id})")
     return 0

@@ -82,14 +82,16 @@ def open_binary(path: Path, raw: io.BufferedIOBase | None = None) -> io.Buffered
     """Open plain, .gz or .zst files for binary line reading (decompression streams).
 
     `raw`: the already opened file to read from (lets the caller track bytes read from disk).
+    Closing the returned stream closes the file it opened itself (never a `raw` passed in).
     """
-    raw = raw if raw is not None else open(path, "rb", buffering=1 << 20)
+    owned = raw is None
     if path.suffix == ".gz":
-        return gzip.GzipFile(fileobj=raw, mode="rb")
+        return gzip.open(path, "rb") if owned else gzip.GzipFile(fileobj=raw, mode="rb")
+    raw = open(path, "rb", buffering=1 << 20) if owned else raw
     if path.suffix in (".zst", ".zstd"):
         import zstandard
 
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=False), 1 << 20)
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=owned), 1 << 20)
     return raw
 
 
@@ -129,7 +131,8 @@ def _init_worker(options: EncodeOptions) -> None:
     _worker.update(tokenizer=tok, options=options, dtype=best_dtype(tok.vocab_size))
 
 
-def _parse(line: bytes, keys: tuple[str, ...]) -> tuple[list[str] | None, str | None]:
+def parse_json_line(line: bytes, keys: tuple[str, ...]) -> tuple[list[str] | None, str | None]:
+    """(the string values of `keys`, None) for a good jsonl line, else (None, why it is bad)."""
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -167,7 +170,7 @@ def encode_chunk(chunk: tuple[str, int, list[bytes], int]):
         nbytes += len(line)
         if not line.strip():
             continue
-        values, error = _parse(line, opt.json_keys)
+        values, error = parse_json_line(line, opt.json_keys)
         if error is not None:
             bad.append(BadLine(name, first + offset, error))
             continue

@@ -49,9 +49,6 @@ class SentencePieceTokenizer:
     def encode(self, text: str) -> list[int]:
         return self._sp.EncodeAsIds(text)
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return self._sp.EncodeAsIds(texts)
-
     def decode(self, ids: Iterable[int]) -> str:
         return self._sp.DecodeIds([int(i) for i in ids])
 
@@ -95,9 +92,6 @@ class HFTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
@@ -154,6 +148,10 @@ def train_sentencepiece(texts: Iterable[str], model_prefix: str | os.PathLike, v
     Llama conventions: unk=0, bos=1, eos=2, no pad; BPE with byte fallback (so no text is ever
     unknown), digits split, whitespace kept as-is. `texts` is any iterable of strings (documents or
     lines); nothing is downloaded. Writes MODEL_PREFIX.model and MODEL_PREFIX.vocab.
+
+    sentencepiece silently drops any sentence longer than `max_sentence_length` bytes, so texts longer
+    than that are cut into pieces of at most that many bytes (at line breaks, else at whitespace)
+    before they reach it: long documents are trained on, not lost.
     """
     import sentencepiece as spm
 
@@ -164,7 +162,7 @@ def train_sentencepiece(texts: Iterable[str], model_prefix: str | os.PathLike, v
     model_prefix = Path(model_prefix)
     model_prefix.parent.mkdir(parents=True, exist_ok=True)
     spm.SentencePieceTrainer.Train(
-        sentence_iterator=_non_empty(texts),
+        sentence_iterator=_bounded_sentences(texts, max_sentence_length),
         model_prefix=str(model_prefix),
         vocab_size=vocab_size,
         model_type=model_type,
@@ -186,7 +184,40 @@ def train_sentencepiece(texts: Iterable[str], model_prefix: str | os.PathLike, v
     return model_prefix.with_name(model_prefix.name + ".model")
 
 
-def _non_empty(texts: Iterable[str]) -> Iterator[str]:
+def _bounded_sentences(texts: Iterable[str], max_bytes: int) -> Iterator[str]:
+    """Non-empty `texts`, each longer than `max_bytes` UTF-8 bytes cut into consecutive pieces that fit."""
     for t in texts:
         if t:
-            yield t
+            yield from split_text(t, max_bytes)
+
+
+def split_text(text: str, max_bytes: int) -> Iterator[str]:
+    """`text` as consecutive pieces of at most `max_bytes` UTF-8 bytes that concatenate back to it.
+
+    Pieces end at line breaks where possible (several short lines share one piece), else at the last
+    whitespace that fits, else anywhere (at a character boundary). Short texts come back whole.
+    """
+    if max_bytes < 4:
+        raise ValueError(f"max_bytes must be at least 4 (one UTF-8 character), got {max_bytes}")
+    if len(text.encode("utf-8")) <= max_bytes:
+        yield text
+        return
+    buf, buf_bytes = [], 0
+    for line in text.splitlines(keepends=True):
+        n = len(line.encode("utf-8"))
+        if buf and buf_bytes + n > max_bytes:
+            yield "".join(buf)
+            buf, buf_bytes = [], 0
+        while n > max_bytes:
+            # The longest prefix of at most max_bytes bytes (max_bytes characters hold at least that many).
+            head = line[:max_bytes].encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
+            space = max(head.rfind(" "), head.rfind("\t"))
+            cut = space + 1 if space > 0 else len(head)
+            yield line[:cut]
+            line = line[cut:]
+            n = len(line.encode("utf-8"))
+        if line:
+            buf.append(line)
+            buf_bytes += n
+    if buf:
+        yield "".join(buf)

@@ -166,3 +166,29 @@ def test_preprocess_script_runs_as_a_command(corpus, tmp_path):
     assert (tmp_path / "cli_text_document.bin").read_bytes() == (d / "w1_text_document.bin").read_bytes()
     logged = (tmp_path / "bad.txt").read_text().splitlines()
     assert [int(x.split(":")[1]) for x in logged] == sorted(BAD_LINES)
+
+
+def test_train_tokenizer_inputs_use_the_preprocess_parser_and_close_their_files(corpus):
+    import gc
+    import os
+    import warnings
+
+    from megatiny.data.preprocess import open_binary
+
+    d, good, _ = corpus
+    fds = len(os.listdir("/proc/self/fd"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for ext in ("gz", "zst"):
+            with open_binary(d / f"c.jsonl.{ext}") as f:
+                assert f.readline()
+            del f
+            gc.collect()
+    # The file open_binary opened is closed with the stream, not left to the garbage collector.
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+    bad: list[str] = []
+    texts = list(train_tokenizer.iter_texts([str(d / "c.jsonl.gz")], "text", None, bad))
+    assert texts == good
+    assert [int(b.split(":")[1]) for b in bad] == sorted(BAD_LINES)
+    assert "c.jsonl.gz:20: invalid UTF-8" in bad[3]
+    assert len(os.listdir("/proc/self/fd")) == fds

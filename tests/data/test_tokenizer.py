@@ -60,3 +60,22 @@ def test_missing_and_bad_files(tmp_path):
     (tmp_path / "bad.model").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="bad.model: not a readable sentencepiece model"):
         load_tokenizer(tmp_path / "bad.model")
+
+
+def test_split_text_bounds_pieces_and_keeps_every_character():
+    from megatiny.data.tokenizer import split_text
+
+    text = "short line\n" + "wörd " * 5000 + "\n" + "x" * 40000 + "\n🙂" * 3000
+    pieces = list(split_text(text, 1000))
+    assert "".join(pieces) == text
+    assert all(0 < len(p.encode()) <= 1000 for p in pieces)
+    assert pieces[0] == "short line\n" and pieces[1].endswith("wörd ")          # cut at a space
+    assert list(split_text("tiny", 1000)) == ["tiny"]
+
+
+def test_long_documents_are_trained_on_not_dropped(tmp_path):
+    # sentencepiece drops sentences over max_sentence_length bytes; "zqxjv" only occurs in such documents.
+    long_docs = [" ".join(["zqxjv"] * 4000)] * 3          # 24 KB each, one line
+    model = train_sentencepiece(make_texts(300, seed=3) + long_docs, tmp_path / "tok", 400)
+    tok = load_tokenizer(model)
+    assert len(tok.encode("zqxjv")) == 1
