@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from megatiny.checkpoint import open_weights
+from megatiny.checkpoint.consolidate import resolve_tag_dir
+from megatiny.checkpoint.metadata import read_metadata
 from megatiny.eval.run_report import plot_loss_curves, read_scalars, unigram_baseline_for_run
 
 
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="fail unless final validation loss <= baseline - NATS")
     args = parser.parse_args(argv)
 
-    metadata = open_weights(args.checkpoint).metadata
+    metadata = read_metadata(resolve_tag_dir(args.checkpoint))  # megatiny.json only, no weights read
     scalars = read_scalars(args.tensorboard_dir)
     baseline = unigram_baseline_for_run(metadata["extra"]["run_config"],
                                         metadata["model"].vocab_size)

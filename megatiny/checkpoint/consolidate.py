@@ -36,6 +36,8 @@ from pathlib import Path
 
 import torch
 
+from megatiny.checkpoint.io import LATEST_FILE, read_latest
+
 MODEL_STATES_ZERO3 = "zero_pp_rank_{rank}_mp_rank_00_model_states.pt"
 MODEL_STATES_ZERO12 = "mp_rank_00_model_states.pt"
 OPTIM_PATTERN = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_00_optim_states\.pt$")
@@ -54,13 +56,9 @@ def resolve_tag_dir(path: str | os.PathLike, tag: str | None = None) -> Path:
         return tag_dir
     if _has_model_states(path):
         return path
-    latest = path / "latest"
-    if latest.is_file():
-        name = latest.read_text().strip()
-        tag_dir = path / name
-        if not tag_dir.is_dir():
-            raise FileNotFoundError(f"{latest} names tag {name!r} but {tag_dir} does not exist")
-        return tag_dir
+    latest = read_latest(path)  # raises when `latest` names a missing tag
+    if latest is not None:
+        return path / latest
     raise FileNotFoundError(
         f"{path}: neither a DeepSpeed tag directory (no *_model_states.pt) nor a checkpoint root "
         f"(no 'latest' file); pass the tag directory or --tag")
@@ -68,7 +66,7 @@ def resolve_tag_dir(path: str | os.PathLike, tag: str | None = None) -> Path:
 
 def is_deepspeed_checkpoint(path: str | os.PathLike) -> bool:
     path = Path(path)
-    return _has_model_states(path) or (path / "latest").is_file()
+    return _has_model_states(path) or (path / LATEST_FILE).is_file()
 
 
 def _has_model_states(path: Path) -> bool:
