@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.helpers import free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IFNAME = "mt0"  # same interface name in both namespaces, so one GLOO_SOCKET_IFNAME fits every rank
 SUBNET_PREFIX = "10.77.0."
@@ -384,7 +386,8 @@ def remove_stale_namespaces() -> list[str]:
     return removed
 
 
-def _smoke_command(out_dir: Path, master_port: int = 29531) -> list[str]:
+def _smoke_command(out_dir: Path, master_port: int | None = None) -> list[str]:
+    master_port = free_port() if master_port is None else master_port
     return ["deepspeed", "--hostfile", "{hostfile}", "--master_addr", "{master_addr}",
             "--master_port", str(master_port), "tests/foundation/zero3_tiny_module.py",
             "--out-dir", str(out_dir), "--steps", "10"]
