@@ -28,7 +28,7 @@ def summarize(ds: IndexedDataset) -> dict:
 
 def max_token_id(ds: IndexedDataset, chunk: int = 1 << 26) -> int | None:
     """Largest token id in the .bin (reads the whole file, chunk by chunk)."""
-    tokens = ds._bin
+    tokens = ds.tokens
     if not len(tokens):
         return None
     return max(int(tokens[lo:lo + chunk].max()) for lo in range(0, len(tokens), chunk))

@@ -14,13 +14,7 @@ import time
 import numpy as np
 
 from megatiny.data.blended_dataset import build_blending_indices
-from megatiny.data.gpt_dataset import (
-    SEPARATE_LAST_EPOCH_THRESHOLD,
-    build_document_index,
-    build_sample_index,
-    build_shuffle_index,
-    num_epochs_needed,
-)
+from megatiny.data.gpt_dataset import build_indices, num_epochs_needed
 
 
 def main(argv=None) -> None:
@@ -37,24 +31,17 @@ def main(argv=None) -> None:
     tokens = int(sizes.sum(dtype=np.int64))
     print(f"{ndocs:,} documents, {tokens / 1e9:.1f}B tokens, {num_samples:,} samples of {L}")
 
+    timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    # The library's own build (GPTDataset.build_indices calls this), over all documents, seed 1.
+    doc_index, sample_index, shuffle_index = build_indices(sizes, (0, ndocs), num_samples, L, seed=1,
+                                                           timings=timings)
+    build = time.perf_counter() - t0
     epochs = num_epochs_needed(tokens, L, num_samples)
-    separate, before = False, 0
-    if epochs > 1:
-        before = ((epochs - 1) * tokens - 1) // L
-        separate = num_samples - before < int(SEPARATE_LAST_EPOCH_THRESHOLD * ((tokens - 1) // L))
-    g = np.random.default_rng(1)
-    doc_index = build_document_index(np.arange(ndocs), epochs, g, separate)
-    t1 = time.perf_counter()
-    sample_index = build_sample_index(sizes, doc_index, L, total_tokens=epochs * tokens)
-    t2 = time.perf_counter()
     total = len(sample_index) - 1
-    shuffle_index = build_shuffle_index(before if separate else total, total, g, count=num_samples)
-    t3 = time.perf_counter()
-    build = t3 - t0
-    print(f"epochs={epochs} separate_last_epoch={separate} document_index={len(doc_index):,} "
-          f"sample_index={total:,}")
-    print(f"document index {t1 - t0:.2f} s, sample index {t2 - t1:.2f} s, shuffle index {t3 - t2:.2f} s")
+    print(f"epochs={epochs} document_index={len(doc_index):,} sample_index={total:,}")
+    print(f"document index {timings['document']:.2f} s, sample index {timings['sample']:.2f} s, "
+          f"shuffle index {timings['shuffle']:.2f} s")
     out_bytes = doc_index.nbytes + sample_index.nbytes + shuffle_index.nbytes
     t4 = time.perf_counter()
     np.ones(out_bytes, dtype=np.uint8)

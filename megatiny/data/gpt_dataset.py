@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +163,44 @@ def build_shuffle_index(num_samples: int, total: int, rng: np.random.Generator,
     return index
 
 
+def build_indices(sizes: np.ndarray, sequence_range: tuple[int, int], num_samples: int, seq_length: int,
+                  seed: int, *, what: str = "the dataset split",
+                  timings: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(document index, sample index, shuffle index) of `num_samples` samples over sequences
+    [first, end) of `sizes` (tokens per sequence): epochs, separate last epoch, one rng seeded `seed`.
+
+    `timings`, if given, receives the seconds of each phase ("document", "sample", "shuffle").
+    """
+    first, end = sequence_range
+    if num_samples == 0:
+        return (np.zeros(0, np.int32), np.zeros((1, 2), np.int32), np.zeros(0, np.int32))
+    tokens_per_epoch = int(sizes[first:end].sum(dtype=np.int64))
+    if tokens_per_epoch <= 1:
+        raise ValueError(f"{what} (sequences {first}..{end}) has {tokens_per_epoch} tokens; it cannot "
+                         f"provide {num_samples} samples")
+    t0 = time.perf_counter()
+    num_epochs = num_epochs_needed(tokens_per_epoch, seq_length, num_samples)
+    separate_last, samples_before_last = False, 0
+    if num_epochs > 1:
+        samples_before_last = ((num_epochs - 1) * tokens_per_epoch - 1) // seq_length
+        samples_per_epoch = (tokens_per_epoch - 1) // seq_length
+        from_last = num_samples - samples_before_last
+        separate_last = from_last < int(SEPARATE_LAST_EPOCH_THRESHOLD * samples_per_epoch)
+    rng = np.random.default_rng(seed)
+    document_index = build_document_index(np.arange(first, end, dtype=np.int64), num_epochs, rng,
+                                          separate_last)
+    t1 = time.perf_counter()
+    sample_index = build_sample_index(sizes, document_index, seq_length,
+                                      total_tokens=num_epochs * tokens_per_epoch)
+    t2 = time.perf_counter()
+    total = len(sample_index) - 1
+    shuffle_index = build_shuffle_index(samples_before_last if separate_last else total, total, rng,
+                                        count=num_samples)
+    if timings is not None:
+        timings.update(document=t1 - t0, sample=t2 - t1, shuffle=time.perf_counter() - t2)
+    return document_index, sample_index, shuffle_index
+
+
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     with atomic_output(path, "wb") as f:
         np.save(f, array, allow_pickle=False)
@@ -241,29 +280,8 @@ class GPTDataset:
         return arrays
 
     def build_indices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        first, end = self.sequence_range
-        documents = np.arange(first, end, dtype=np.int64)
-        if self.num_samples == 0:
-            return (np.zeros(0, np.int32), np.zeros((1, 2), np.int32), np.zeros(0, np.int32))
-        tokens_per_epoch = int(self.sizes[first:end].sum(dtype=np.int64))
-        if tokens_per_epoch <= 1:
-            raise ValueError(f"{self.indexed.prefix}: the {self.name} split (sequences {first}..{end}) has "
-                             f"{tokens_per_epoch} tokens; it cannot provide {self.num_samples} samples")
-        num_epochs = num_epochs_needed(tokens_per_epoch, self.seq_length, self.num_samples)
-        separate_last, samples_before_last = False, 0
-        if num_epochs > 1:
-            samples_before_last = ((num_epochs - 1) * tokens_per_epoch - 1) // self.seq_length
-            samples_per_epoch = (tokens_per_epoch - 1) // self.seq_length
-            from_last = self.num_samples - samples_before_last
-            separate_last = from_last < int(SEPARATE_LAST_EPOCH_THRESHOLD * samples_per_epoch)
-        rng = np.random.default_rng(self.seed)
-        document_index = build_document_index(documents, num_epochs, rng, separate_last)
-        sample_index = build_sample_index(self.sizes, document_index, self.seq_length,
-                                          total_tokens=num_epochs * tokens_per_epoch)
-        total = len(sample_index) - 1
-        shuffle_index = build_shuffle_index(samples_before_last if separate_last else total, total, rng,
-                                            count=self.num_samples)
-        return document_index, sample_index, shuffle_index
+        return build_indices(self.sizes, self.sequence_range, self.num_samples, self.seq_length, self.seed,
+                             what=f"{self.indexed.prefix}: the {self.name} split")
 
     def __len__(self) -> int:
         return self.num_samples
@@ -273,7 +291,7 @@ class GPTDataset:
             raise IndexError(f"sample {i} out of range for {self.name} dataset of {self.num_samples} samples")
         s = int(self.shuffle_index[i])
         (doc0, off0), (doc1, off1) = self.sample_index[s:s + 2].tolist()
-        tokens = self.indexed._bin
+        tokens = self.indexed.tokens
         pointers, lengths, itemsize = self.indexed.sequence_pointers, self.sizes, self.indexed.dtype.itemsize
         out = np.empty(self.seq_length + 1, dtype=np.int64)
         filled = 0

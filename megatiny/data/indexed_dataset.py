@@ -89,7 +89,8 @@ class IndexedDataset:
     """Read-only, memory-mapped view of PREFIX.bin / PREFIX.idx.
 
     `ds[i]` is sequence i as a zero-copy numpy view (dtype of the file); `ds.get(i, offset, length)`
-    reads only the requested slice. Opening validates the header, the file sizes and the index
+    reads only the requested slice; `ds.tokens` is the whole `.bin` as one flat read-only array.
+    Opening validates the header, the file sizes and the index
     arrays' consistency, and raises `IndexFormatError` naming the file otherwise.
     """
 
@@ -109,9 +110,9 @@ class IndexedDataset:
         self.document_indices = np.frombuffer(idx, dtype="<i8", count=d, offset=HEADER_SIZE + 12 * n)
         self._validate(n, d)
         if self.bin_path.stat().st_size == 0:
-            self._bin = np.zeros(0, dtype=self.dtype)
+            self.tokens = np.zeros(0, dtype=self.dtype)
         else:
-            self._bin = np.memmap(self.bin_path, dtype=self.dtype, mode="r")
+            self.tokens = np.memmap(self.bin_path, dtype=self.dtype, mode="r")
 
     def _validate(self, n: int, d: int) -> None:
         itemsize = self.dtype.itemsize
@@ -162,7 +163,7 @@ class IndexedDataset:
             raise IndexError(f"sequence {i} out of range for {self.prefix} ({n} sequences)")
         i = int(i) % n
         start = self._start(i)
-        return self._bin[start:start + int(self.sequence_lengths[i])]
+        return self.tokens[start:start + int(self.sequence_lengths[i])]
 
     def get(self, i: int, offset: int = 0, length: int | None = None) -> np.ndarray:
         """Tokens [offset, offset + length) of sequence i (to its end if length is None); a view."""
@@ -185,7 +186,7 @@ class IndexedDataset:
         if hi == lo:
             return np.zeros(0, dtype=self.dtype)
         start = self._start(lo)
-        return self._bin[start:self._start(hi - 1) + int(self.sequence_lengths[hi - 1])]
+        return self.tokens[start:self._start(hi - 1) + int(self.sequence_lengths[hi - 1])]
 
     def document_lengths(self) -> np.ndarray:
         """Tokens per document, int64 [num_documents]."""

@@ -128,3 +128,26 @@ def test_random_ordered_sample_is_distinct_and_in_range():
         assert len(x) == k == len(set(x.tolist())) and all(lo <= v < hi for v in x.tolist())
     firsts = [int(random_ordered_sample(0, 50, 3, rng)[0]) for _ in range(3000)]
     assert np.bincount(firsts, minlength=50).min() > 20       # every value can come first
+
+
+def test_module_build_indices_is_what_the_dataset_and_the_benchmark_use(corpus, tmp_path):
+    import subprocess
+    import sys
+
+    from megatiny.data.gpt_dataset import build_indices
+    from tests.helpers import REPO_ROOT
+
+    ds, _, _ = corpus
+    g = GPTDataset(ds, (3, 37), num_samples=90, seq_length=16, seed=5, cache_dir=tmp_path)
+    timings: dict = {}
+    arrays = build_indices(ds.sequence_lengths, (3, 37), 90, 16, 5, timings=timings)
+    for mine, cached in zip(arrays, (g.document_index, g.sample_index, g.shuffle_index)):
+        np.testing.assert_array_equal(mine, cached)
+    assert set(timings) == {"document", "sample", "shuffle"}
+    assert np.isin(ds.tokens[:5], ds[0][:5]).all()          # the public flat token array
+    r = subprocess.run([sys.executable, "benchmarks/data/bench_index_build.py", "--tokens", "2e6",
+                        "--samples", "2000", "--seq-length", "64", "--mean-doc-length", "200"],
+                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                       env={"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    assert "index build total" in r.stdout
