@@ -146,7 +146,12 @@ def _atomic_dir(out: Path, overwrite: bool) -> Iterator[Path]:
         if out.exists():
             old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
             os.replace(out, old / out.name)
-            os.replace(tmp, out)
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(old / out.name, out)  # put the previous output back, not in a hidden dir
+                old.rmdir()
+                raise
             shutil.rmtree(old)
         else:
             os.replace(tmp, out)

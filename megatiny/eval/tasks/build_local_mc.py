@@ -12,10 +12,12 @@ import json
 import random
 from pathlib import Path
 
+from megatiny.fileio import atomic_write_text
+
 OUTPUT = Path(__file__).with_name("megatiny_local_mc.jsonl")
 SEED = 1234
 
-# (question, correct answer, three wrong answers)
+# (category, question, correct answer, three wrong answers)
 FACTS: list[tuple[str, str, str, tuple[str, str, str]]] = [
     # category "world": everyday knowledge
     ("world", "What color is the sky on a clear day?", "blue", ("green", "red", "brown")),
@@ -153,13 +155,14 @@ def build_items(seed: int = SEED) -> list[dict]:
     return items
 
 
+def render(items: list[dict]) -> str:
+    """The JSON-lines text of `items`, as shipped in megatiny_local_mc.jsonl."""
+    return "".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items)
+
+
 def main() -> None:
     items = build_items()
-    tmp = OUTPUT.with_suffix(".jsonl.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for item in items:
-            f.write(json.dumps(item, ensure_ascii=False) + "\n")
-    tmp.replace(OUTPUT)
+    atomic_write_text(OUTPUT, render(items))
     print(f"wrote {len(items)} items to {OUTPUT}")
 
 
