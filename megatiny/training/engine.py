@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -28,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from megatiny.checkpoint import io as ckpt_io
+from megatiny.checkpoint.metadata import METADATA_FILE
 from megatiny.model.config import ModelConfig
 from megatiny.training.config import DistributedConfig, RunConfig
 
@@ -180,35 +182,43 @@ def _build_optimizer(run: RunConfig, model: torch.nn.Module, ds_config: dict[str
     return torch.optim.AdamW(groups, **kwargs)
 
 
-def _copy_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], rank: int) -> None:
-    """Copy full tensors `state` into `model` (ZeRO-3 partitioned or not); rank 0's copy wins."""
-    names = {n for n, _ in model.named_parameters()}
-    missing, unexpected = sorted(names - set(state)), sorted(set(state) - names)
-    if missing or unexpected:
-        raise ValueError(f"checkpoint.init_from: weights do not match the model: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+def _copy_weights(model: torch.nn.Module, state: dict[str, torch.Tensor] | None, rank: int) -> None:
+    """Copy full tensors `state` (rank 0's; None elsewhere) into `model`, ZeRO-3 partitioned or not.
+
+    Every rank must call this: under ZeRO-3 each parameter is gathered (a collective) and rank 0's
+    copy is scattered back. Rank 0 checks names and shapes before the first collective."""
+    if rank == 0:
+        if state is None:
+            raise ValueError("checkpoint.init_from: rank 0 has no weights to copy")
+        names = {n for n, _ in model.named_parameters()}
+        missing, unexpected = sorted(names - set(state)), sorted(set(state) - names)
+        if missing or unexpected:
+            raise ValueError(f"checkpoint.init_from: weights do not match the model: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+        for name, param in model.named_parameters():
+            expected = tuple(getattr(param, "ds_shape", param.shape))
+            if tuple(state[name].shape) != expected:
+                raise ValueError(f"checkpoint.init_from: {name} has shape {tuple(state[name].shape)}, "
+                                 f"the model expects {expected}")
     for name, param in model.named_parameters():
         with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
             if rank == 0:
-                source = state[name]
-                if tuple(source.shape) != tuple(param.shape):
-                    raise ValueError(f"checkpoint.init_from: {name} has shape {tuple(source.shape)}, "
-                                     f"the model expects {tuple(param.shape)}")
-                param.data.copy_(source.to(param.dtype))
+                param.data.copy_(state[name].to(param.dtype))
 
 
 class TrainingEngine:
     """A DeepSpeed engine with the few operations the loop needs."""
 
     def __init__(self, run: RunConfig, model_config: ModelConfig, ds_config: dict[str, Any],
-                 dist_info: DistInfo, init_state: dict[str, torch.Tensor] | None = None):
+                 dist_info: DistInfo, init_state: dict[str, torch.Tensor] | None = None,
+                 init_weights: bool = False):
         from megatiny.model import GPT
 
         self.run, self.model_config, self.ds_config, self.dist = run, model_config, ds_config, dist_info
         torch.manual_seed(run.seed)  # identical initial weights on every rank
         with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=zero_stage(ds_config) == 3):
             model = GPT(model_config)
-        if init_state is not None:
+        if init_weights:  # on every rank (collectives under ZeRO-3); only rank 0 has `init_state`
             _copy_weights(model, init_state, dist_info.rank)
         self.optimizer = _build_optimizer(run, model, ds_config)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=self.optimizer, config=ds_config)
@@ -260,11 +270,10 @@ def convert_to_universal(root: str | os.PathLike, tag: str) -> Path:
     can continue on a different number of data-parallel ranks with its optimizer state."""
     root = Path(root)
     out = root / ckpt_io.UNIVERSAL_DIR / tag
-    if (out / "megatiny.json").is_file():
+    if (out / METADATA_FILE).is_file():
         return out
     tmp = out.with_name(f".{tag}.converting")
     if tmp.exists():
-        import shutil
         shutil.rmtree(tmp)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(root / tag),
@@ -273,8 +282,7 @@ def convert_to_universal(root: str | os.PathLike, tag: str) -> Path:
     if result.returncode != 0:
         raise RuntimeError(f"converting {root / tag} to a universal checkpoint failed:\n"
                            f"{result.stdout[-3000:]}")
-    for name in ("megatiny.json",):
-        (tmp / name).write_bytes((root / tag / name).read_bytes())
+    shutil.copy2(root / tag / METADATA_FILE, tmp / METADATA_FILE)
     os.replace(tmp, out)
     return out
 

@@ -16,6 +16,7 @@ import os
 import random
 import signal
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,7 +133,7 @@ class _Trainer:
         from megatiny.data.config import DataConfig
 
         run = self.run
-        data_config = DataConfig(**run.data)
+        data_config = DataConfig.from_dict(run.data)
         train_samples = run.schedule.train_steps * run.batch.global_batch_size
         valid_samples = (run.logging.eval_iters * run.batch.micro_batch_size * self.world
                          if run.logging.eval_interval else 0)
@@ -148,7 +149,7 @@ class _Trainer:
 
     # ---------------------------------------------------------------- batches
     def _batch(self, dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        samples = torch.from_numpy(np.stack([dataset[i] for i in indices]).astype(np.int64))
+        samples = torch.from_numpy(np.stack([dataset[i] for i in indices]))  # int64 samples
         return samples[:, :-1], samples[:, 1:]
 
     # ---------------------------------------------------------------- main
@@ -174,8 +175,10 @@ class _Trainer:
         ds_config = ds_engine.build_ds_config(run, ds_file, self.world, load_universal=universal,
                                               source=run.distributed.deepspeed_config)
         self.ds_config = ds_config
+        init_weights = resume is None and run.checkpoint.init_from is not None
         self.engine = ds_engine.TrainingEngine(run, self.model_config, ds_config, self.dist,
-                                               init_state=None if resume else self._init_state())
+                                               init_state=self._init_state() if init_weights else None,
+                                               init_weights=init_weights)
         step, consumed = 0, 0
         if resume is not None:
             root, tag, meta = resume
@@ -214,7 +217,7 @@ class _Trainer:
         flops_per_token = self.model_config.flops_per_token(run.batch.seq_length)
         peak = peak_tflops_for(ds_engine.device_name(self.dist.device), run.logging.peak_tflops)
         result = TrainResult(step=step, consumed_samples=consumed)
-        interval_time, interval_steps, step_times = 0.0, 0, []
+        interval_time, interval_steps, step_times = 0.0, 0, deque(maxlen=50)
         last_saved = step if step > 0 else None
         nan_step = int(os.environ.get(NAN_AT_STEP_ENV, -1))
         sigterm_step = int(os.environ.get(SIGTERM_AT_STEP_ENV, -1))
@@ -296,8 +299,7 @@ class _Trainer:
                           "(non-finite loss on some rank)")
 
     def _log_interval(self, step, total, loss, lr, grad_norm, consumed, perf, step_times) -> None:
-        recent = step_times[-50:]
-        eta = (total - step) * (sum(recent) / len(recent))
+        eta = (total - step) * (sum(step_times) / len(step_times))  # mean of the last 50 steps
         metrics = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "consumed_samples": consumed,
                    "skipped_steps": self.skipped_steps, "memory_gb": memory_gb(self.dist.device), **perf}
         self.logger.print(console_line(step, total, metrics, eta))

@@ -212,17 +212,28 @@ def test_bad_config_is_a_clear_error(tmp_path):
 
 
 def test_init_from_continues_pretraining(reference, tiny_data, tmp_path):
-    """Weights from the reference run's checkpoint root (ZeRO-3, 2 ranks), fresh optimizer."""
-    config = write_run_config(tmp_path / "run.yaml", tiny_data, tmp_path / "ckpt",
-                              schedule={"train_steps": 2}, logging={"log_interval": 1, "eval_interval": 0},
-                              checkpoint={"save_dir": str(tmp_path / "ckpt"), "save_interval": 0,
-                                          "init_from": str(reference["save_dir"])})
-    result = _python_run(config)
-    assert result.returncode == 0, result.stdout[-5000:]
-    assert "initialised the weights from" in result.stdout
-    first = _metrics(tmp_path / "ckpt")[1]["loss"]
+    """Weights from the reference run's checkpoint root (ZeRO-3, 2 ranks), fresh optimizer, on 1 rank
+    (plain python) and on 2 ZeRO-3 ranks (every rank must join the parameter gathers of the copy, or
+    rank 0 hangs). Both see the same first global batch with the same weights: the same loss."""
+    first = {}
+    for ranks in (1, 2):
+        root = tmp_path / f"ranks{ranks}"
+        root.mkdir()
+        config = write_run_config(root / "run.yaml", tiny_data, root / "ckpt", schedule={"train_steps": 2},
+                                  logging={"log_interval": 1, "eval_interval": 0},
+                                  checkpoint={"save_dir": str(root / "ckpt"), "save_interval": 0,
+                                              "init_from": str(reference["save_dir"])})
+        if ranks == 1:
+            result = _python_run(config)
+        else:
+            result = run_command([venv_bin("deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
+                                  TRAIN, "--config", str(config)], timeout=300, env=BASE_ENV)
+        assert result.returncode == 0, result.stdout[-5000:]
+        assert "initialised the weights from" in result.stdout
+        first[ranks] = _metrics(root / "ckpt")[1]["loss"]
     trained = _metrics(reference["save_dir"])[16]["loss"]
-    assert first < trained + 0.5 < 5.0, (first, trained)  # an untrained model starts near ln(320) = 5.8
+    assert first[1] < trained + 0.5 < 5.0, (first, trained)  # an untrained model starts near ln(320) = 5.8
+    assert first[2] == pytest.approx(first[1], abs=0.02), first  # bf16 sums in another order
 
 
 def test_gpu_benchmark_runs_on_cpu():
