@@ -1,7 +1,7 @@
 """DataConfig: where the training tokens come from and how they are split and cached."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 Blend = list[tuple[float, str]]
@@ -72,7 +72,8 @@ class DataConfig:
     cache_dir: where index `.npy` caches go (default: `megatiny_cache/` beside each dataset).
         Must be visible to all ranks of a node (rank 0 builds, the others load).
     blend_surplus: extra fraction of samples each blended dataset builds, as Megatron does.
-    tokenizer: tokenizer path (sentencepiece .model / HF dir / tokenizer.json), for checkpoints/tools.
+
+    The tokenizer is not part of it: it is the run config's top-level `tokenizer`.
     """
 
     data_path: str | list = ""
@@ -82,8 +83,6 @@ class DataConfig:
     test_data_path: str | list = ""
     cache_dir: str | None = None
     blend_surplus: float = 0.005
-    tokenizer: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         blend = parse_blend(self.data_path, "data_path")
@@ -122,6 +121,9 @@ class DataConfig:
     def from_dict(cls, d: dict[str, Any]) -> DataConfig:
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
+        if "tokenizer" in unknown:
+            raise ValueError("data.tokenizer: the tokenizer is the run config's top-level `tokenizer:`, "
+                             "not a data field")
         if unknown:
             raise ValueError(f"data: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
         return cls(**d)

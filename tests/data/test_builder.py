@@ -44,6 +44,8 @@ def test_config_validation():
         DataConfig(data_path="A", train_data_path="B")
     with pytest.raises(ValueError, match="unknown field"):
         DataConfig.from_dict({"data_path": "A", "bogus": 1})
+    with pytest.raises(ValueError, match="top-level `tokenizer:`"):     # was silently ignored
+        DataConfig.from_dict({"data_path": "A", "tokenizer": "tok.model"})
     c = DataConfig(data_path="0.5 A 0.5 B")
     assert DataConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
 
