@@ -33,6 +33,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.utils import normalize_gen_kwargs
 from tqdm import tqdm
 
+from megatiny.checkpoint.hf import parse_dtype
 from megatiny.model import GPT
 from megatiny.model.generate import sample_next_token
 
@@ -41,10 +42,6 @@ logger = logging.getLogger(__name__)
 # A loglikelihood request after tokenization: ((context, continuation) or None, context ids,
 # continuation ids). Rolling-window requests carry None as the first element (nothing to cache).
 TokenRequest = tuple[Any, list[int], list[int]]
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -69,10 +66,10 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
         return dtype
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise ValueError(f"megatiny lm-eval model: dtype {dtype!r} is not one of "
-                         f"{sorted(DTYPES) + ['auto']}")
-    return DTYPES[dtype]
+    try:
+        return parse_dtype(dtype)
+    except ValueError as e:
+        raise ValueError(f"megatiny lm-eval model: {e} (or 'auto')") from None
 
 
 def _parse_bool(value: Any, name: str) -> bool | None:
