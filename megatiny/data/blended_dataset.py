@@ -122,7 +122,6 @@ class BlendedDataset:
         self.hash = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:20]
         self._parts = parts
         self.dataset_index, self.dataset_sample_index = self._load_or_build()
-        self._check_sizes()
 
     def _load_or_build(self) -> tuple[np.ndarray, np.ndarray]:
         base = self.cache_dir / f"blend-{self.name}-{self.hash}"
@@ -131,6 +130,9 @@ class BlendedDataset:
         if done.is_file() and all(p.is_file() for p in paths):
             return tuple(np.load(p, mmap_mode="r", allow_pickle=False) for p in paths)
         arrays = build_blending_indices(self.weights, self.size)
+        # Checked once, when built: the cache key holds each dataset's index hash, so a cache that
+        # loads was built (and checked) against datasets of the same sizes.
+        self._check_sizes(arrays[0])
         self.dataset_index, self.dataset_sample_index = arrays
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         for p, a in zip(paths, arrays):
@@ -138,10 +140,10 @@ class BlendedDataset:
         atomic_write_text(done, json.dumps(self.describe(), indent=2, sort_keys=True))
         return arrays
 
-    def _check_sizes(self) -> None:
+    def _check_sizes(self, dataset_index: np.ndarray) -> None:
         if self.size == 0:
             return
-        counts = np.bincount(self.dataset_index, minlength=len(self.datasets))
+        counts = np.bincount(dataset_index, minlength=len(self.datasets))
         for i, (d, c) in enumerate(zip(self.datasets, counts)):
             if c > len(d):
                 raise ValueError(f"blend needs {c} samples from dataset {i} but it only has {len(d)}")
