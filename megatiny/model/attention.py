@@ -27,6 +27,13 @@ SDPA_SUPPORTS_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
+def check_installed(requested: str, flash_available: bool = FLASH_ATTN_AVAILABLE) -> None:
+    """Raise if `requested` is "flash_attn" and the flash-attn package is not installed."""
+    if requested == "flash_attn" and not flash_available:
+        raise RuntimeError("attention_backend='flash_attn' but the flash-attn package is not "
+                           "installed; install it (pip install flash-attn) or use 'auto' or 'sdpa'")
+
+
 def resolve_backend(requested: str, device: torch.device, dtype: torch.dtype,
                     flash_available: bool = FLASH_ATTN_AVAILABLE) -> str:
     """The concrete backend ("flash_attn", "sdpa" or "math") for `requested` on this device/dtype.
@@ -40,9 +47,7 @@ def resolve_backend(requested: str, device: torch.device, dtype: torch.dtype,
     if requested == "auto":
         return "flash_attn" if flash_ok else "sdpa"
     if requested == "flash_attn":
-        if not flash_available:
-            raise RuntimeError("attention_backend='flash_attn' but the flash-attn package is not "
-                               "installed; install it (pip install flash-attn) or use 'auto' or 'sdpa'")
+        check_installed(requested, flash_available)
         if not flash_ok:
             raise RuntimeError(f"attention_backend='flash_attn' needs CUDA fp16/bf16 tensors, got "
                                f"{device.type} {dtype}; use 'auto' or 'sdpa' here")

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from megatiny.model.attention import FLASH_ATTN_AVAILABLE, KVCache, causal_attention, resolve_backend
+from megatiny.model.attention import KVCache, causal_attention, check_installed, resolve_backend
 from megatiny.model.config import ModelConfig
 from megatiny.model.kernels import apply_rotary, rms_norm, rope_cos_sin
 from megatiny.model.loss import linear_cross_entropy
@@ -175,9 +175,7 @@ class GPT(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        if config.attention_backend == "flash_attn" and not FLASH_ATTN_AVAILABLE:
-            raise RuntimeError("ModelConfig.attention_backend='flash_attn' but the flash-attn package "
-                               "is not installed; install it or use attention_backend='auto'")
+        check_installed(config.attention_backend)  # fail at construction, not at the first forward
         self.config = config
         self.model = Decoder(config)
         tied = self.model.embed_tokens.weight if config.tie_word_embeddings else None
