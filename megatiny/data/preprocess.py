@@ -126,8 +126,8 @@ class EncodeOptions:
 _worker: dict = {}
 
 
-def _init_worker(options: EncodeOptions) -> None:
-    tok = load_tokenizer(options.tokenizer_path)
+def _init_worker(options: EncodeOptions, tok=None) -> None:
+    tok = tok if tok is not None else load_tokenizer(options.tokenizer_path)
     _worker.update(tokenizer=tok, options=options, dtype=best_dtype(tok.vocab_size))
 
 
@@ -182,10 +182,12 @@ def encode_chunk(chunk: tuple[str, int, list[bytes], int]):
     return arrays, bad, nbytes, len(lengths[0]) if lengths else 0, disk_bytes
 
 
-def _ordered_results(chunks: Iterator, workers: int, options: EncodeOptions) -> Iterator:
-    """encode_chunk over `chunks`, in order, with at most 2 * workers chunks in flight."""
+def _ordered_results(chunks: Iterator, workers: int, options: EncodeOptions, tok=None) -> Iterator:
+    """encode_chunk over `chunks`, in order, with at most 2 * workers chunks in flight.
+
+    `tok`: the tokenizer already loaded, reused when encoding in this process (workers <= 1)."""
     if workers <= 1:
-        _init_worker(options)
+        _init_worker(options, tok)
         yield from map(encode_chunk, chunks)
         return
     ctx = mp.get_context("spawn" if sys.platform == "darwin" else "fork")
@@ -222,15 +224,17 @@ def preprocess(inputs: list[str], output_prefix: str | os.PathLike, tokenizer: s
         raise ValueError(f"{tokenizer}: --append-eod given but the tokenizer has no EOS token")
     options = EncodeOptions(str(tokenizer), tuple(json_keys), prepend_bos, append_eod)
     dtype = best_dtype(tok.vocab_size)
-    builders = [IndexedDatasetBuilder(output_prefix_for(output_prefix, k), dtype) for k in json_keys]
+    builders: list[IndexedDatasetBuilder] = []
     stats = PreprocessStats()
     total_bytes = sum(f.stat().st_size for f in files)
     bar = _progress_bar(total_bytes, progress)
     start = time.perf_counter()
     stack = ExitStack()  # closes the worker pool promptly even when a bad line aborts the run
     try:
+        for k in json_keys:     # inside the try: a failure aborts (removes) the ones already created
+            builders.append(IndexedDatasetBuilder(output_prefix_for(output_prefix, k), dtype))
         bad_log = stack.enter_context(open(bad_lines_file, "w")) if bad_lines_file else None
-        results = stack.enter_context(closing(_ordered_results(read_chunks(files), workers, options)))
+        results = stack.enter_context(closing(_ordered_results(read_chunks(files), workers, options, tok)))
         for arrays, bad, nbytes, ndocs, disk_bytes in results:
             if bad and strict:
                 raise BadLineError(f"{bad[0]} (run without --strict to skip and count bad lines)")
@@ -250,7 +254,8 @@ def preprocess(inputs: list[str], output_prefix: str | os.PathLike, tokenizer: s
                 bar.set_postfix(docs=stats.documents, tokens=stats.tokens, refresh=False)
                 bar.set_description(f"text {stats.input_bytes / 1e6 / elapsed:.1f} MB/s")
         for builder in builders:
-            stats.outputs.append(str(builder.finalize()[1])[:-4])
+            builder.finalize()
+            stats.outputs.append(builder.prefix)
     except BaseException:
         for builder in builders:
             builder.abort()

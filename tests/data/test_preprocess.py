@@ -189,3 +189,11 @@ def test_train_tokenizer_inputs_use_the_preprocess_parser_and_close_their_files(
     assert texts == good
     assert [int(b.split(":")[1]) for b in bad] == sorted(BAD_LINES)
     assert "c.jsonl.gz:20: invalid UTF-8" in bad[3]
+
+
+def test_failure_creating_an_output_leaves_no_temporary_files(corpus, tmp_path):
+    d, _, model = corpus
+    (tmp_path / "o_x").write_text("a file where the second output's directory would go")
+    with pytest.raises(OSError):
+        preprocess([str(d / "c.jsonl")], tmp_path / "o", model, json_keys=("text", "x/y"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o_x"]    # no .o_text_document.tmp-* left
