@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from megatiny.checkpoint.hf import config_to_hf
 from megatiny.model import GPT, get_preset
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -38,13 +39,8 @@ def _build(kind: str, args: argparse.Namespace) -> torch.nn.Module:
     model = GPT(config).to(DTYPES[args.dtype])
     if kind == "ours":
         return model
-    hf = LlamaForCausalLM(LlamaConfig(
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size,
-        intermediate_size=config.ffn_hidden_size, num_hidden_layers=config.num_layers,
-        num_attention_heads=config.num_attention_heads, num_key_value_heads=config.num_query_groups,
-        max_position_embeddings=config.max_position_embeddings, rms_norm_eps=config.rms_norm_eps,
-        rope_theta=config.rope_theta, tie_word_embeddings=config.tie_word_embeddings,
-        attn_implementation="sdpa")).to(DTYPES[args.dtype])
+    hf = LlamaForCausalLM(LlamaConfig(**config_to_hf(config, torch.float32), attn_implementation="sdpa"))
+    hf = hf.to(DTYPES[args.dtype])
     hf.load_state_dict(model.state_dict())
     return hf
 

@@ -4,18 +4,13 @@ from __future__ import annotations
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from megatiny.checkpoint.hf import config_to_hf
 from megatiny.model import GPT, ModelConfig
 
 
 def llama_config(config: ModelConfig, attn_implementation: str = "eager") -> LlamaConfig:
-    hf = LlamaConfig(
-        vocab_size=config.vocab_size, hidden_size=config.hidden_size,
-        intermediate_size=config.ffn_hidden_size, num_hidden_layers=config.num_layers,
-        num_attention_heads=config.num_attention_heads, num_key_value_heads=config.num_query_groups,
-        max_position_embeddings=config.max_position_embeddings, rms_norm_eps=config.rms_norm_eps,
-        rope_theta=config.rope_theta, tie_word_embeddings=config.tie_word_embeddings,
-        attention_bias=False, mlp_bias=False, bos_token_id=config.bos_token_id, eos_token_id=None,
-        pad_token_id=None)
+    """The LlamaConfig megatiny's converter writes for `config` (eos unset: generate() runs to length)."""
+    hf = LlamaConfig(**{**config_to_hf(config, torch.float32), "eos_token_id": None})
     hf._attn_implementation = attn_implementation
     return hf
 
