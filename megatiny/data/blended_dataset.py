@@ -105,6 +105,7 @@ class BlendedDataset:
     """`size` samples drawn from `datasets` in the greedy weighted order.
 
     datasets: objects with len() and [] (each must hold at least its share of samples).
+    weights: relative weights, normalized by `build_blending_indices` (the one place that does).
     """
 
     def __init__(self, datasets: list, weights: list[float], size: int, cache_dir: str | Path,
@@ -112,7 +113,7 @@ class BlendedDataset:
         if len(datasets) != len(weights):
             raise ValueError(f"{len(datasets)} datasets but {len(weights)} weights")
         self.datasets = datasets
-        self.weights = [float(x) / float(sum(weights)) for x in weights]
+        self.weights = [float(x) for x in weights]    # build_blending_indices normalizes them
         self.size = int(size)
         self.name = name
         self.cache_dir = Path(cache_dir)
