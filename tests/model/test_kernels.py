@@ -1,4 +1,5 @@
 """Optional fused kernels: import guards and the reference fallbacks used without them."""
+import pytest
 import torch
 
 from megatiny.model import kernels
@@ -43,4 +44,35 @@ def test_rotary_is_a_rotation_of_half_pairs_by_position_angle():
         both = kernels.apply_rotary(torch.stack([q, k])[None, :, None, :], c, s)[0, :, 0]
         return (both[0] * both[1]).sum()
 
-    torch.testing.assert_close(dot_at(5, 2), dot_at(13, 10))
+    # the angles are fp32 (as HF computes them): agreement to ~1e-6, not float64 precision
+    torch.testing.assert_close(dot_at(5, 2), dot_at(13, 10), rtol=1e-5, atol=1e-6)
+
+
+def _rms(x, w):
+    return kernels.rms_norm(x, w, 1e-5), kernels.rms_norm_reference(x, w, 1e-5)
+
+
+def _rotary(x, w):
+    cos, sin = kernels.rope_cos_sin(torch.arange(x.shape[1], device=x.device), x.shape[-1], 10000.0, x.dtype)
+    return kernels.apply_rotary(x * w, cos, sin), kernels.apply_rotary_reference(x * w, cos, sin)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name, ops, available", [("rms_norm", _rms, kernels.FUSED_RMS_NORM_AVAILABLE),
+                                                   ("rotary", _rotary, kernels.FUSED_ROTARY_AVAILABLE)])
+def test_fused_kernel_matches_reference_on_cuda(name, ops, available, dtype):
+    """On CUDA with the optional package the fused kernel runs: same outputs and gradients."""
+    if not (torch.cuda.is_available() and available):
+        pytest.skip(f"fused {name} needs CUDA and its optional package")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(2, 17, 4, 64, device="cuda", generator=gen).to(dtype)
+    w = (torch.rand(64, device="cuda", generator=gen) + 0.5).to(dtype)
+    results = []
+    for index in range(2):  # 0: fused path, 1: reference
+        xi, wi = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+        out = ops(xi, wi)[index]
+        out.float().square().sum().backward()
+        results.append((out.detach(), xi.grad, wi.grad))
+    tol = {"atol": 2e-2, "rtol": 2e-2} if dtype == torch.bfloat16 else {"atol": 1e-5, "rtol": 1e-5}
+    for fused, reference in zip(*results):
+        torch.testing.assert_close(fused.float(), reference.float(), **tol)
