@@ -10,12 +10,13 @@ from tests.helpers import free_port, run_command
 def test_quickstart_runs_every_stage(tmp_path):
     run_dir = tmp_path / "quickstart"
     result = run_command(
-        ["bash", "examples/quickstart/run.sh", "schedule.train_steps=60", "logging.eval_interval=30",
-         "checkpoint.save_interval=30"],
+        ["bash", "examples/quickstart/run.sh", "schedule.train_steps=100", "logging.eval_interval=50",
+         "checkpoint.save_interval=50"],
         timeout=900,
         env={"MEGATINY_QUICKSTART_DIR": str(run_dir), "MASTER_PORT": str(free_port()),
-             # 60 steps reach ~0.8 nats/token below the unigram baseline; 300 steps reach 2.1
-             "MEGATINY_QUICKSTART_MIN_GAIN": "0.4"},
+             # The first ~60 steps mostly learn unigram statistics; the full 300-step quickstart
+             # is 1.2 nats/token below the unigram baseline at step 100 and 1.95 at step 300.
+             "MEGATINY_QUICKSTART_MIN_GAIN": "0.5"},
     )
     output = result.stdout
     assert result.returncode == 0, output[-5000:]
@@ -24,7 +25,7 @@ def test_quickstart_runs_every_stage(tmp_path):
     assert (run_dir / "tokenizer.model").is_file()
     for source in ("natural_language", "code"):
         assert (run_dir / "data" / f"{source}_text_document.bin").stat().st_size > 0
-    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_00000060"
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_00000100"
     config = json.loads((run_dir / "hf" / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"]
     assert config["num_key_value_heads"] == 2
