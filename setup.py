@@ -32,7 +32,8 @@ setup(
         "dev": ["pytest", "pytest-timeout", "ruff"],
     },
     entry_points={
-        # lm-eval's CLI with megatiny's model registered: `megatiny-lm-eval --model megatiny ...`
-        "console_scripts": ["megatiny-lm-eval=megatiny.eval.__main__:main"],
+        # `megatiny COMMAND ...` (megatiny/cli), and lm-eval's CLI with megatiny's model registered:
+        # `megatiny-lm-eval --model megatiny ...`
+        "console_scripts": ["megatiny=megatiny.cli:main", "megatiny-lm-eval=megatiny.eval.__main__:main"],
     },
 )

@@ -18,10 +18,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from megatiny.checkpoint import load_model
 from megatiny.data.builder import build_gpt_datasets
 from megatiny.data.config import DataConfig, parse_blend
 from megatiny.data.gpt_dataset import split_document_ranges
 from megatiny.data.indexed_dataset import IndexedDataset
+from megatiny.model import GPT
 
 SPLITS = ("train", "valid", "test", "all")
 
@@ -134,8 +136,6 @@ def evaluate_perplexity(model: torch.nn.Module, dataset, batch_size: int = 8,
 
 def batch_loss_sum(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Summed fp32 cross entropy over every label of Long[B, T] inputs/labels."""
-    from megatiny.model import GPT
-
     if isinstance(model, GPT):
         return model(inputs, labels=labels).double() * labels.numel()
     output = model(inputs)
@@ -149,7 +149,8 @@ def run_perplexity(checkpoint: str | os.PathLike, data_path: str, seq_length: in
                    cache_dir: str | None = None) -> PerplexityResult:
     """Load `checkpoint` (anything `megatiny.checkpoint.load_model` reads) and evaluate it on every
     dataset of `data_path`; for a blend the result's `datasets` holds each one's numbers."""
-    from megatiny.checkpoint import load_model
+    # TODO(issue 11): import these from megatiny.precision once it owns dtype/device parsing; this
+    # import pulls in lm-eval, which perplexity does not otherwise need (tests/eval/test_perplexity.py).
     from megatiny.eval.lm_eval_adapter import resolve_device, resolve_dtype
 
     torch_device = resolve_device(device)
