@@ -38,6 +38,12 @@ def path_with_interpreter_bin(path: str | None) -> str:
     return os.pathsep.join([first, *entries])
 
 
-def put_interpreter_bin_first() -> None:
-    """Put `interpreter_bin_dir()` first on this process's PATH (and so on its children's)."""
+def put_interpreter_bin_first(if_it_has: str | None = None) -> None:
+    """Put `interpreter_bin_dir()` first on this process's PATH (and so on its children's).
+
+    With `if_it_has` (an executable's name) only when that executable is in the directory: a
+    training process under a system Python keeps its PATH order unless pip installed `ninja` there.
+    """
+    if if_it_has is not None and not (Path(interpreter_bin_dir()) / if_it_has).exists():
+        return
     os.environ["PATH"] = path_with_interpreter_bin(os.environ.get("PATH"))

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from megatiny.process_env import free_port, path_with_interpreter_bin
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
+__all__ = ["REPO_ROOT", "free_port", "run_command", "venv_bin"]  # free_port: megatiny.process_env
 
 
 def venv_bin(name: str) -> str:
@@ -16,18 +18,12 @@ def venv_bin(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_command(cmd: list[str], timeout: float, cwd: Path | str = REPO_ROOT,
                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run `cmd` with stdout+stderr captured together as text; never raises on exit status."""
     full_env = dict(os.environ)
     full_env.setdefault("PYTHONUNBUFFERED", "1")
-    full_env["PATH"] = f"{Path(sys.executable).parent}:{full_env.get('PATH', '')}"
+    full_env["PATH"] = path_with_interpreter_bin(full_env.get("PATH"))
     if env:
         full_env.update(env)
     return subprocess.run(cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE,

@@ -6,7 +6,7 @@ Responsibilities:
 - `build_ds_config`: our run config + a JSON file from ds_configs/ (ZeRO stage, precision,
   offload). Batch sizes, optimizer, scheduler and clipping belong to the run config; a file that
   also sets them is refused, naming the key.
-- `build_engine`: the model under `deepspeed.zero.Init` for ZeRO-3 (so a model larger than one
+- `TrainingEngine`: the model under `deepspeed.zero.Init` for ZeRO-3 (so a model larger than one
   device can start), AdamW with no weight decay on norm weights and biases, `deepspeed.initialize`.
 - `save` / `load`: DeepSpeed checkpoints without DeepSpeed's own `latest` (see checkpoint.io), and
   a conversion to DeepSpeed's universal format to resume with a different number of ranks.
@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import torch.distributed as dist
 from megatiny.checkpoint import io as ckpt_io
 from megatiny.checkpoint.metadata import METADATA_FILE
 from megatiny.model.config import ModelConfig
+from megatiny.process_env import free_port, put_interpreter_bin_first
 from megatiny.training.config import DistributedConfig, RunConfig
 
 # DeepSpeed config keys that the run config owns, and where to set them instead.
@@ -57,33 +57,15 @@ def _mpi_launched() -> bool:
     return any(k in os.environ for k in keys)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _use_interpreter_ninja() -> None:
-    """Put the `ninja` installed beside this interpreter first on PATH.
-
-    DeepSpeed JIT-compiles small ops (on CPU: the shared-memory comm op, at process-group start)
-    into one shared cache. Ranks started over ssh often see a different system `ninja`, whose build
-    log format differs, so each kind of rank would rebuild the op (minutes) and wait on the others."""
-    bin_dir = str(Path(sys.executable).parent)
-    path = os.environ.get("PATH", "").split(os.pathsep)
-    if (Path(bin_dir) / "ninja").exists() and path[:1] != [bin_dir]:
-        os.environ["PATH"] = os.pathsep.join([bin_dir, *path])
-
-
 def init_distributed(cfg: DistributedConfig) -> DistInfo:
     """Join (or make) the process group. Returns this process's rank, world size and device."""
-    _use_interpreter_ninja()
+    put_interpreter_bin_first(if_it_has="ninja")  # one ninja for DeepSpeed's JIT ops (see process_env)
     launched = all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
     port = int(os.environ.get("MASTER_PORT", cfg.master_port))
     if not launched and not _mpi_launched():
         # Plain `python tools/train.py`: a group of one on this host.
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(os.environ.get("MASTER_PORT", _free_port())))
+                          MASTER_PORT=str(os.environ.get("MASTER_PORT", free_port())))
     os.environ.setdefault("LOCAL_RANK", "0")
     backend = cfg.backend
     if backend == "auto":
