@@ -11,7 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from megatiny.data.builder import build_gpt_datasets
+from megatiny.data.config import DataConfig
 from megatiny.fileio import atomic_output
 
 
@@ -24,8 +27,6 @@ class ScalarSeries:
 
 def read_scalars(log_dir: str | os.PathLike) -> dict[str, ScalarSeries]:
     """Every scalar tag in the TensorBoard event files under `log_dir` (recursively)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     log_dir = Path(log_dir)
     event_dirs = sorted({p.parent for p in log_dir.rglob("events.out.tfevents.*")})
     if not event_dirs:
@@ -45,7 +46,7 @@ def read_scalars(log_dir: str | os.PathLike) -> dict[str, ScalarSeries]:
 def plot_loss_curves(scalars: dict[str, ScalarSeries], output_png: str | os.PathLike,
                      baseline: float | None = None, title: str = "megatiny training") -> Path:
     """Plot every tag whose name contains 'loss' against the step; write `output_png`."""
-    import matplotlib
+    import matplotlib  # optional (megatiny[eval]); the rest of this module works without it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -94,9 +95,6 @@ def unigram_baseline_for_run(run_config: dict, vocab_size: int, max_samples: int
     distribution, on the same blend, split and sequence length the run used (`run_config` is the
     `run_config` dict a checkpoint's megatiny.json stores). Only predicted tokens count, as in
     the model's loss: tokens 1.. of each seq_length + 1 sample."""
-    from megatiny.data.builder import build_gpt_datasets
-    from megatiny.data.config import DataConfig
-
     seq_length = int(run_config["batch"]["seq_length"])
     train, valid, _ = build_gpt_datasets(DataConfig.from_dict(run_config["data"]), seq_length,
                                          (max_samples, max_samples // 4, 0),
