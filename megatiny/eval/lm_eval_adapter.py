@@ -318,8 +318,8 @@ class MegatinyLM(TemplateLM):
     def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
         """Greedy (or sampled, if the task asks) continuations, cut at the first stop sequence.
 
-        Requests with the same generation settings are sorted longest first and batched; with a
-        KV-cache model a batch holds prompts of one length (see `generate_tokens`).
+        Requests with the same generation settings are sorted longest first and batched; a batch
+        holds prompts of one length (see `generate_tokens`).
         """
         results: list[str | None] = [None] * len(requests)
         groups: dict[str, list[int]] = {}
