@@ -14,15 +14,16 @@ import sys
 
 import torch
 
+from megatiny.precision import resolve_dtype
+
 
 def generate_hf(model_dir: str, prompts: list[str], max_new_tokens: int, temperature: float,
-                top_k: int | None, top_p: float | None, seed: int) -> list[str]:
+                top_k: int | None, top_p: float | None, seed: int, dtype: torch.dtype) -> list[str]:
     """Continuations of `prompts` from an HF LlamaForCausalLM directory (offline)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True,
-                                                 dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=dtype).eval()
     outputs = []
     for prompt in prompts:
         torch.manual_seed(seed)
@@ -38,13 +39,13 @@ def generate_hf(model_dir: str, prompts: list[str], max_new_tokens: int, tempera
 
 def generate_megatiny(path: str, tokenizer_path: str | None, prompts: list[str], max_new_tokens: int,
                       temperature: float, top_k: int | None, top_p: float | None,
-                      seed: int) -> list[str]:
+                      seed: int, dtype: torch.dtype) -> list[str]:
     """Continuations of `prompts` from any checkpoint `megatiny.checkpoint.load_model` reads."""
     from megatiny.checkpoint import load_model
     from megatiny.data.tokenizer import load_tokenizer
     from megatiny.model.generate import generate
 
-    model, metadata = load_model(path)
+    model, metadata = load_model(path, dtype=dtype)
     tokenizer_path = tokenizer_path or metadata.get("tokenizer")
     if not tokenizer_path:
         raise SystemExit(f"{path}: the checkpoint names no tokenizer; pass --tokenizer")
@@ -75,11 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int)
     parser.add_argument("--top-p", type=float)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", default="auto",
+                        help="float32 | bfloat16 | float16 | auto (as precision: auto picks; default)")
     args = parser.parse_args(argv)
+    dtype = resolve_dtype(args.dtype)
     run = generate_hf if args.backend == "hf" else generate_megatiny
     extra = () if args.backend == "hf" else (args.tokenizer,)
     outputs = run(args.model, *extra, args.prompt, args.max_new_tokens, args.temperature,
-                  args.top_k, args.top_p, args.seed)
+                  args.top_k, args.top_p, args.seed, dtype)
     for prompt, text in zip(args.prompt, outputs):
         print(f"--- prompt: {prompt!r}\n{prompt}{text}\n")
     return 0

@@ -150,7 +150,7 @@ def run_perplexity(checkpoint: str | os.PathLike, data_path: str, seq_length: in
     """Load `checkpoint` (anything `megatiny.checkpoint.load_model` reads) and evaluate it on every
     dataset of `data_path`; for a blend the result's `datasets` holds each one's numbers."""
     from megatiny.checkpoint import load_model
-    from megatiny.eval.lm_eval_adapter import resolve_device, resolve_dtype
+    from megatiny.precision import resolve_device, resolve_dtype
 
     torch_device = resolve_device(device)
     model, metadata = load_model(checkpoint, dtype=resolve_dtype(dtype, torch_device), device=torch_device)
