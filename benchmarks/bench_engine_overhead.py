@@ -3,7 +3,8 @@
     python benchmarks/bench_engine_overhead.py [--preset nano-2m --seq 128 --micro-batch 8 --steps 20]
 
 Both sides run the same model, batch and AdamW (no weight decay on norms, clipping 1.0):
-  bare: fp32 model, loss.backward(), clip_grad_norm_, optimizer.step()
+  bare: the model in --precision's dtype (no fp32 master copy),
+        loss.backward(), clip_grad_norm_, optimizer.step()
   engine: megatiny's TrainingEngine (the path tools/train.py uses) with each DeepSpeed config given.
 Prints seconds per step and the ratio engine / bare.
 """
@@ -15,6 +16,7 @@ import time
 import torch
 
 from megatiny.model import GPT
+from megatiny.precision import PRECISIONS
 from megatiny.training import engine as ds_engine
 from megatiny.training.config import load_config
 
@@ -36,20 +38,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--ds-configs", nargs="+", default=["ds_configs/zero1_bf16.json",
-                                                             "ds_configs/zero3_bf16.json"])
+    parser.add_argument("--ds-configs", nargs="+", default=["ds_configs/zero1.json",
+                                                             "ds_configs/zero3.json"])
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="of the bare step and the engines alike (default auto)")
     args = parser.parse_args(argv)
     mbs = args.micro_batch
     run = load_config(None, [f"model.preset={args.preset}", f"batch.seq_length={args.seq}",
                              f"batch.micro_batch_size={mbs}", f"batch.global_batch_size={mbs}",
-                             "optimizer.cpu_adam=false"])
+                             "optimizer.cpu_adam=false", f"runtime.precision={args.precision}"])
     model_config = run.model_config()
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, model_config.vocab_size, (mbs, args.seq + 1), generator=generator)
     inputs, labels = tokens[:, :-1], tokens[:, 1:]
 
+    precision = ds_engine.run_precision(run, torch.device("cpu"))
     torch.manual_seed(run.seed)
-    model = GPT(model_config)
+    model = GPT(model_config).to(precision.dtype)
     opt = run.optimizer
     optimizer = torch.optim.AdamW(ds_engine.param_groups(model, opt.weight_decay), lr=opt.lr,
                                   betas=(opt.beta1, opt.beta2), eps=opt.eps)
@@ -64,11 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     bare = _timed(bare_step, args.steps, args.warmup)
     print(f"{args.preset} seq {args.seq} micro-batch {mbs}, {torch.get_num_threads()} threads, "
           f"{args.steps} steps")
-    print(f"bare PyTorch fp32 step: {1000 * bare:8.1f} ms")
+    print(f"bare PyTorch {precision.name} step: {1000 * bare:8.1f} ms ({precision.describe()})")
     dist_info = ds_engine.init_distributed(run.distributed)
     try:
         for path in args.ds_configs:
-            ds_config = ds_engine.build_ds_config(run, ds_engine.read_ds_file(path), 1, source=path)
+            ds_config = ds_engine.build_ds_config(run, ds_engine.read_ds_file(path), 1, precision,
+                                                  source=path)
             engine = ds_engine.TrainingEngine(run, model_config, ds_config, dist_info)
 
             def engine_step(engine=engine) -> None:

@@ -17,9 +17,8 @@ import torch
 
 from megatiny.model import GPT, get_preset
 from megatiny.model.attention import FLASH_ATTN_AVAILABLE
+from megatiny.precision import resolve_dtype
 from megatiny.training.flops import peak_tflops_for, throughput
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def default_backends(device: torch.device, dtype: torch.dtype) -> list[str]:
@@ -32,13 +31,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(backend: str, args: argparse.Namespace, device: torch.device, peak: float | None) -> dict:
+def measure(backend: str, args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
+            peak: float | None) -> dict:
     """Throughput (megatiny.training.flops.throughput: tokens/s, TFLOP/s, MFU when `peak` is known)
     and peak memory of args.steps timed steps for one attention backend."""
     config = get_preset(args.preset, attention_backend=backend,
                         activation_checkpointing=args.activation_checkpointing)
     torch.manual_seed(0)
-    model = GPT(config).to(device=device, dtype=DTYPES[args.dtype])
+    model = GPT(config).to(device=device, dtype=dtype)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     batch = torch.randint(0, config.vocab_size, (args.batch, args.seq + 1), device=device)
     if device.type == "cuda":
@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", default="tinyllama-1.1b")
     parser.add_argument("--seq", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=4, help="micro-batch size")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
+    parser.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
+                        help="default auto: what precision: auto picks on the device")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--backends", nargs="+", choices=["flash_attn", "sdpa", "math"],
                         help="default: every backend available here")
@@ -81,15 +82,17 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("CUDA is not available here; use --device cpu (with a small --preset)")
-    backends = args.backends or default_backends(device, DTYPES[args.dtype])
+    dtype = resolve_dtype(args.dtype, device)
+    backends = args.backends or default_backends(device, dtype)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = peak_tflops_for(name if device.type == "cuda" else None, args.peak_tflops)
-    print(f"{args.preset} {args.dtype} seq {args.seq} micro-batch {args.batch} on {name}, "
+    dtype_name = str(dtype).removeprefix("torch.")
+    print(f"{args.preset} {dtype_name} seq {args.seq} micro-batch {args.batch} on {name}, "
           f"activation_checkpointing={args.activation_checkpointing}, peak {peak} TFLOP/s")
     baseline = None
     for backend in backends:
         try:
-            r = measure(backend, args, device, peak)
+            r = measure(backend, args, device, dtype, peak)
         except torch.OutOfMemoryError:
             print(f"  {backend:10s} out of memory")
             continue

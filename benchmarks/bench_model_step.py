@@ -22,8 +22,7 @@ import torch
 
 from megatiny.checkpoint.hf import config_to_hf
 from megatiny.model import GPT, get_preset
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+from megatiny.precision import resolve_dtype
 
 
 def _rss_mib() -> float:
@@ -36,11 +35,12 @@ def _build(kind: str, args: argparse.Namespace) -> torch.nn.Module:
 
     config = get_preset(args.preset, attention_backend=args.backend)
     torch.manual_seed(0)
-    model = GPT(config).to(DTYPES[args.dtype])
+    dtype = resolve_dtype(args.dtype, "cpu")
+    model = GPT(config).to(dtype)
     if kind == "ours":
         return model
     hf = LlamaForCausalLM(LlamaConfig(**config_to_hf(config, torch.float32), attn_implementation="sdpa"))
-    hf = hf.to(DTYPES[args.dtype])
+    hf = hf.to(dtype)
     hf.load_state_dict(model.state_dict())
     return hf
 
@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--backend", default="auto", help="megatiny attention_backend")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="weights and compute")
+    parser.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="fp32",
+                        help="weights and compute (auto: what precision: auto picks on this CPU)")
     parser.add_argument("--worker", choices=["ours", "hf"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:

@@ -1,6 +1,6 @@
 """Training throughput of one device: tokens/s, TFLOP/s, MFU and peak memory.
 
-GPU (the TinyLlama figure, one device, ZeRO-3 bf16):
+GPU (the TinyLlama figure, one device, ZeRO-3, precision auto = bf16 there):
     python benchmarks/bench_train_gpu.py --preset tinyllama-1.1b --seq 2048 --micro-batch 8
 CPU smoke run (so the script is exercised without a GPU):
     python benchmarks/bench_train_gpu.py --preset tiny-test --seq 64 --micro-batch 4 --steps 4
@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from megatiny.precision import PRECISIONS
 from megatiny.training import engine as ds_engine
 from megatiny.training.config import load_config
 from megatiny.training.flops import peak_tflops_for, throughput
@@ -32,19 +33,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--activation-checkpointing", type=int, default=0)
-    parser.add_argument("--ds-config", default="ds_configs/zero3_bf16.json")
+    parser.add_argument("--ds-config", default="ds_configs/zero3.json")
     parser.add_argument("--peak-tflops", type=float, default=None)
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="runtime.precision (default auto: what training would pick here)")
     args = parser.parse_args(argv)
     mbs, acc = args.micro_batch, args.accumulation
     run = load_config(None, [f"model.preset={args.preset}", f"batch.seq_length={args.seq}",
                              f"batch.micro_batch_size={mbs}", f"batch.global_batch_size={mbs * acc}",
                              f"model.activation_checkpointing={args.activation_checkpointing}",
-                             f"distributed.deepspeed_config={args.ds_config}"])
+                             f"distributed.deepspeed_config={args.ds_config}",
+                             f"runtime.precision={args.precision}"])
     model_config = run.model_config()
     dist_info = ds_engine.init_distributed(run.distributed)
     try:
         ds_file = ds_engine.read_ds_file(args.ds_config)
-        ds_config = ds_engine.build_ds_config(run, ds_file, dist_info.world_size, source=args.ds_config)
+        precision = ds_engine.run_precision(run, dist_info.device)
+        ds_config = ds_engine.build_ds_config(run, ds_file, dist_info.world_size, precision,
+                                              source=args.ds_config)
         engine = ds_engine.TrainingEngine(run, model_config, ds_config, dist_info)
         generator = torch.Generator().manual_seed(0)
         tokens = torch.randint(0, model_config.vocab_size, (mbs, args.seq + 1), generator=generator)
@@ -69,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                           model_config.flops_per_token(args.seq), dist_info.world_size, peak)
         mfu = f"{100 * perf['mfu']:.1f}%" if "mfu" in perf else "n/a (unknown peak)"
         print(f"{args.preset} seq {args.seq} micro-batch {mbs} x {acc} on {device} ({args.ds_config}, "
+              f"precision {precision.describe()}, "
               f"activation checkpointing {args.activation_checkpointing}), {args.steps} steps, "
               f"last loss {loss:.3f}")
         print(f"tokens/s/device {perf['tokens_per_s_per_device']:.0f} | TFLOP/s/device "

@@ -1,5 +1,9 @@
 """Suite-wide pytest configuration."""
 import os
+import sys
+from pathlib import Path
+
+import pytest
 
 from megatiny.process_env import put_interpreter_bin_first
 
@@ -12,3 +16,27 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Every subprocess finds the venv's tools first (deepspeed, ninja): DeepSpeed's JIT op cache is
 # rebuilt, for minutes, whenever a process sees a different `ninja` than the one that built it.
 put_interpreter_bin_first()
+
+# DeepSpeed JIT-compiles small C++ ops (on CPU: its shared-memory allreduce at process-group start,
+# and CPUAdam for optimizer offload). The suite keeps them in a directory of its own and builds them
+# once, before any test starts ranks, so no rank waits on the build lock of another process.
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(_REPO_ROOT / ".pytest_cache" / "torch_extensions"))
+
+_BUILD_OPS = """
+from deepspeed.accelerator import get_accelerator
+for name in ("ShareMemCommBuilder", "CPUAdamBuilder"):
+    builder = get_accelerator().create_op_builder(name)
+    if builder is not None and builder.is_compatible():
+        builder.load(verbose=False)
+"""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def deepspeed_ops_built(request):
+    """Build DeepSpeed's JIT ops once per suite run when any multi-process (slow) test is selected."""
+    if not any(item.get_closest_marker("slow") for item in request.session.items):
+        return
+    from tests.helpers import run_command, timeout_s
+    result = run_command([sys.executable, "-c", _BUILD_OPS], timeout=timeout_s(extra_s=300))
+    assert result.returncode == 0, f"building DeepSpeed's ops failed:\n{result.stdout[-4000:]}"

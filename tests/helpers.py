@@ -1,15 +1,32 @@
-"""Shared helpers for tests: subprocess runs, free ports, the venv's executables."""
+"""Shared helpers for tests: subprocess runs with timeouts sized by their work, free ports, the
+venv's executables."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
-from megatiny.process_env import free_port, path_with_interpreter_bin
+import pytest
+
+from megatiny.process_env import free_port as free_port  # re-exported: tests import it from here
+from megatiny.process_env import path_with_interpreter_bin
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-__all__ = ["REPO_ROOT", "free_port", "run_command", "venv_bin"]  # free_port: megatiny.process_env
+
+# Seconds a child process may take, sized for the slowest machine CI may get: 2 cores, AVX2 only
+# (no native bf16, so `precision: auto` trains in fp32), with the other core busy.
+LAUNCH_S = 90.0  # interpreter + torch/deepspeed imports + process group, per launch
+TIMEOUT_SCALE_ENV = "MEGATINY_TEST_TIMEOUT_SCALE"  # multiplies every budget (e.g. 3 on a slow laptop)
+
+
+def timeout_s(*, launches: int = 1, steps: int = 0, seconds_per_step: float = 1.0,
+              extra_s: float = 0.0) -> float:
+    """The time budget of a subprocess: `launches` process starts, `steps` training steps of
+    `seconds_per_step` each and `extra_s` of other work, times $MEGATINY_TEST_TIMEOUT_SCALE."""
+    scale = float(os.environ.get(TIMEOUT_SCALE_ENV, "1"))
+    return scale * (launches * LAUNCH_S + steps * seconds_per_step + extra_s)
 
 
 def venv_bin(name: str) -> str:
@@ -18,13 +35,30 @@ def venv_bin(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
+def output_tail(text: str, lines: int = 60) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
 def run_command(cmd: list[str], timeout: float, cwd: Path | str = REPO_ROOT,
                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run `cmd` with stdout+stderr captured together as text; never raises on exit status."""
+    """Run `cmd` with stdout+stderr captured together as text; never raises on exit status.
+
+    On timeout the whole process group (launchers' ranks too) is killed and the test fails with
+    the tail of what the child printed, so a slow or hung run says where it was."""
     full_env = dict(os.environ)
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     full_env["PATH"] = path_with_interpreter_bin(full_env.get("PATH"))
     if env:
         full_env.update(env)
-    return subprocess.run(cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    with subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, start_new_session=True) as process:
+        try:
+            stdout, _ = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired as expired:
+            os.killpg(process.pid, signal.SIGKILL)
+            rest, _ = process.communicate()
+            partial = expired.output or ""
+            partial = partial.decode(errors="replace") if isinstance(partial, bytes) else partial
+            pytest.fail(f"timed out after {timeout:.0f} s: {' '.join(map(str, cmd))}\n"
+                        f"--- last output ---\n{output_tail(partial + (rest or ''))}", pytrace=False)
+    return subprocess.CompletedProcess(cmd, process.returncode, stdout, None)

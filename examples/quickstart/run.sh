@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's first command: the whole megatiny pipeline on the bundled corpus.
 #   bundled jsonl (7:3 prose:code) -> sentencepiece tokenizer -> indexed datasets
-#   -> pretrain a ~1.8M-parameter Llama under `deepspeed` (ZeRO-3 + bf16; 2 CPU ranks, or every GPU)
+#   -> pretrain a ~1.8M-parameter Llama under `deepspeed` (ZeRO-3, precision auto; 2 CPU ranks, or every GPU)
 #   -> convert to Hugging Face -> generate text with transformers -> evaluate with lm-eval
 #   -> loss-curve PNG and validation loss vs. the unigram baseline.
 # Each stage is a `megatiny` subcommand (`megatiny X` = `python tools/X_script.py`, see `megatiny --help`).
@@ -34,7 +34,7 @@ for source in natural_language code; do
     --tokenizer "$run/tokenizer.model" --prepend-bos --append-eod --workers 2 --no-progress
 done
 
-stage "3/7 pretrain under DeepSpeed ZeRO-3 + bf16 (blend 0.7 prose : 0.3 code)"
+stage "3/7 pretrain under DeepSpeed ZeRO-3, precision auto (blend 0.7 prose : 0.3 code)"
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
   devices=()                      # every GPU
 else

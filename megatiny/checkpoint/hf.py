@@ -14,27 +14,10 @@ from typing import Any
 import torch
 
 from megatiny.model.config import ModelConfig
+from megatiny.precision import DTYPE_NAMES, DTYPES, parse_dtype  # noqa: F401 (re-exported)
 
 HF_ARCHITECTURE = "LlamaForCausalLM"
 HF_MODEL_TYPE = "llama"
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
-DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-
-
-def parse_dtype(value: str | torch.dtype) -> torch.dtype:
-    """`"bf16"`, `"float32"`, `torch.bfloat16`, ... -> torch dtype (floating types we export)."""
-    if isinstance(value, torch.dtype):
-        if value not in DTYPE_NAMES:
-            raise ValueError(f"dtype {value} is not supported; use one of {sorted(DTYPES)}")
-        return value
-    name = str(value).removeprefix("torch.").lower()
-    if name not in DTYPES:
-        raise ValueError(f"dtype {value!r} is not supported; use one of {sorted(DTYPES)}")
-    return DTYPES[name]
-
 
 # ---------------------------------------------------------------------------------------------
 # Weight names: the one place that says which tensors exist, in both directions.

@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from megatiny.eval.generation import generate_hf, generate_megatiny
+from megatiny.precision import resolve_dtype
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,12 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int)
     parser.add_argument("--top-p", type=float)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", default="auto",
+                        help="float32 | bfloat16 | float16 | auto (as precision: auto picks; default)")
     args = parser.parse_args(argv)
+    dtype = resolve_dtype(args.dtype)
     run = generate_hf if args.backend == "hf" else generate_megatiny
     extra = () if args.backend == "hf" else (args.tokenizer,)
     try:
         outputs = run(args.model, *extra, args.prompt, args.max_new_tokens, args.temperature,
-                      args.top_k, args.top_p, args.seed)
+                      args.top_k, args.top_p, args.seed, dtype)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -15,11 +15,10 @@ from megatiny.model.generate import generate
 
 
 def generate_hf(model_dir: str, prompts: list[str], max_new_tokens: int, temperature: float,
-                top_k: int | None, top_p: float | None, seed: int) -> list[str]:
+                top_k: int | None, top_p: float | None, seed: int, dtype: torch.dtype) -> list[str]:
     """Continuations of `prompts` from an HF LlamaForCausalLM directory (offline)."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True,
-                                                 dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=dtype).eval()
     outputs = []
     for prompt in prompts:
         torch.manual_seed(seed)
@@ -35,9 +34,9 @@ def generate_hf(model_dir: str, prompts: list[str], max_new_tokens: int, tempera
 
 def generate_megatiny(path: str, tokenizer_path: str | None, prompts: list[str], max_new_tokens: int,
                       temperature: float, top_k: int | None, top_p: float | None,
-                      seed: int) -> list[str]:
+                      seed: int, dtype: torch.dtype) -> list[str]:
     """Continuations of `prompts` from any checkpoint `megatiny.checkpoint.load_model` reads."""
-    model, metadata = load_model(path)
+    model, metadata = load_model(path, dtype=dtype)
     tokenizer_path = tokenizer_path or metadata.get("tokenizer")
     if not tokenizer_path:
         raise ValueError(f"{path}: the checkpoint names no tokenizer; pass --tokenizer")

@@ -26,6 +26,7 @@ from megatiny.eval.lm_eval_adapter import MegatinyLM
 from megatiny.eval.suites import Suite, adhoc_suite, get_suite, markdown_table, suite_scores
 from megatiny.eval.tasks import BUNDLED_TASKS_DIR
 from megatiny.fileio import atomic_write_text
+from megatiny.precision import DTYPE_NAMES, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -119,10 +120,12 @@ def build_lm(config: LmEvalConfig):
         return MegatinyLM(checkpoint=config.checkpoint, tokenizer=config.tokenizer,
                           batch_size=config.batch_size, device=config.device, dtype=config.dtype,
                           add_bos_token=config.add_bos_token, seed=config.seed)
-    args: dict[str, Any] = {"pretrained": config.checkpoint, "batch_size": config.batch_size,
-                            "dtype": config.dtype}
     # lm-eval's hf model defaults to cuda even on machines without it.
-    args["device"] = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # Our "auto", not transformers' (which takes the export's bf16 even where bf16 is emulated).
+    dtype = DTYPE_NAMES[resolve_dtype(config.dtype, resolve_device(device))]
+    args: dict[str, Any] = {"pretrained": config.checkpoint, "batch_size": config.batch_size,
+                            "dtype": dtype, "device": device}
     if config.tokenizer:
         args["tokenizer"] = config.tokenizer
     if config.add_bos_token is not None:

@@ -34,11 +34,11 @@ from lm_eval.models.utils import normalize_gen_kwargs
 from tqdm import tqdm
 
 from megatiny.checkpoint import load_model
-from megatiny.checkpoint.hf import parse_dtype
 from megatiny.data.tokenizer import load_tokenizer
 from megatiny.model import GPT
 from megatiny.model.generate import generate
 from megatiny.parsing import parse_bool
+from megatiny.precision import resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -47,32 +47,6 @@ logger = logging.getLogger(__name__)
 TokenRequest = tuple[Any, list[int], list[int]]
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """`None` or "auto" -> the first CUDA device if there is one, else CPU.
-
-    lm-eval's CLI passes device "cuda:0" unless told otherwise; without CUDA that falls back to
-    the CPU with a warning instead of failing.
-    """
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        logger.warning("megatiny lm-eval model: device %s requested but CUDA is not available; "
-                       "using the CPU", device)
-        return torch.device("cpu")
-    return device
-
-
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """A torch dtype from a name; "auto" = bfloat16 on CUDA, float32 on CPU."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    try:
-        return parse_dtype(dtype)
-    except ValueError as e:
-        raise ValueError(f"megatiny lm-eval model: {e} (or 'auto')") from None
 
 
 def _parse_batch_size(value: Any) -> int:
@@ -125,7 +99,8 @@ class MegatinyLM(TemplateLM):
         batch_size: requests per forward pass (integer).
         max_length: context length in tokens (default: the model's max_position_embeddings).
         device: "cpu", "cuda", "cuda:1", ... (default: CUDA if available).
-        dtype: float32 | bfloat16 | float16 | auto (bfloat16 on CUDA, float32 on CPU).
+        dtype: float32 | bfloat16 | float16 | auto (what `precision: auto` picks on the device:
+            bf16 on GPUs and CPUs with native bf16, fp16 on older GPUs, fp32 on other CPUs).
         add_bos_token: put BOS before every context (default: true when the tokenizer has one).
         max_gen_toks: default generation budget when a task does not set one.
         seed: seed of the sampling generator (only used when a task samples).
@@ -150,7 +125,10 @@ class MegatinyLM(TemplateLM):
             raise ValueError("megatiny lm-eval model: give exactly one of checkpoint=PATH or "
                              "model=<nn.Module> (with tokenizer=...)")
         if checkpoint is not None:
-            torch_dtype = resolve_dtype(dtype, self._device)
+            try:
+                torch_dtype = resolve_dtype(dtype, self._device)
+            except ValueError as e:
+                raise ValueError(f"megatiny lm-eval model: {e} (or 'auto')") from None
             model, tokenizer, self.metadata = load_checkpoint_and_tokenizer(
                 checkpoint, tokenizer, torch_dtype, self._device)
         else:

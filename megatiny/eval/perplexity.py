@@ -24,6 +24,7 @@ from megatiny.data.config import DataConfig, parse_blend
 from megatiny.data.gpt_dataset import split_document_ranges
 from megatiny.data.indexed_dataset import IndexedDataset
 from megatiny.model import GPT
+from megatiny.precision import resolve_device, resolve_dtype
 
 SPLITS = ("train", "valid", "test", "all")
 
@@ -149,10 +150,6 @@ def run_perplexity(checkpoint: str | os.PathLike, data_path: str, seq_length: in
                    cache_dir: str | None = None) -> PerplexityResult:
     """Load `checkpoint` (anything `megatiny.checkpoint.load_model` reads) and evaluate it on every
     dataset of `data_path`; for a blend the result's `datasets` holds each one's numbers."""
-    # TODO(issue 11): import these from megatiny.precision once it owns dtype/device parsing; this
-    # import pulls in lm-eval, which perplexity does not otherwise need (tests/eval/test_perplexity.py).
-    from megatiny.eval.lm_eval_adapter import resolve_device, resolve_dtype
-
     torch_device = resolve_device(device)
     model, metadata = load_model(checkpoint, dtype=resolve_dtype(dtype, torch_device), device=torch_device)
     max_positions = metadata["model"].max_position_embeddings

@@ -10,7 +10,8 @@ A run file looks like (every section optional except what the run needs)::
     schedule: {train_steps: 1430512, warmup_steps: 2000, style: cosine}
     checkpoint: {save_dir: runs/tl, save_interval: 2000, keep_last: 3, resume: auto}
     logging: {log_interval: 10, eval_interval: 2000, eval_iters: 10}
-    distributed: {deepspeed_config: ds_configs/zero3_bf16.json, timeout_s: 600}
+    distributed: {deepspeed_config: ds_configs/zero3.json, timeout_s: 600}
+    runtime: {precision: auto}       # auto | bf16 | fp16 | fp32 (see megatiny.precision)
 
 Overrides use dotted keys: `batch.micro_batch_size=4 schedule.train_steps=100 model.preset=nano-2m`.
 Values are parsed as YAML scalars (`1e-4`, `true`, `null`, `[0.9, 0.95]`).
@@ -28,6 +29,7 @@ from typing import Any
 import yaml
 
 from megatiny.model.config import PRESETS, ModelConfig, get_preset
+from megatiny.precision import PRECISIONS
 
 SCHEDULE_STYLES = ("cosine", "linear", "constant")
 
@@ -209,14 +211,14 @@ class LoggingConfig:
 
 @dataclass
 class DistributedConfig:
-    """`deepspeed_config`: a JSON file (see ds_configs/) with the ZeRO/precision settings; batch
-    sizes, optimizer, scheduler and clipping come from this run config and must not be in it.
+    """`deepspeed_config`: a JSON file (see ds_configs/) with the ZeRO settings; batch sizes,
+    precision, optimizer, scheduler and clipping come from this run config and must not be in it.
     `timeout_s`: torch.distributed collective timeout (a dead peer is noticed after this).
     `backend`: "auto" = nccl with CUDA, gloo otherwise. `master_port` is used by mpirun
     launches (the deepspeed launcher sets its own; a plain-python run of one rank takes $MASTER_PORT
     or a free port)."""
 
-    deepspeed_config: str = "ds_configs/zero3_bf16.json"
+    deepspeed_config: str = "ds_configs/zero3.json"
     backend: str = "auto"
     timeout_s: float = 600.0
     master_port: int = 29500
@@ -228,6 +230,23 @@ class DistributedConfig:
                 or self.timeout_s <= 0:
             raise ValueError(f"distributed.timeout_s must be > 0 seconds, got {self.timeout_s!r}")
         _positive_int("distributed", "master_port", self.master_port)
+
+
+@dataclass
+class RuntimeConfig:
+    """Choices that change how a run computes, not the weights it learns.
+
+    `precision`: auto | bf16 | fp16 | fp32. `auto` is bf16 on GPUs that support it, fp16 with
+    DeepSpeed's dynamic loss scaling on older GPUs, bf16 on CPUs with native bf16 (AVX512-BF16 or
+    AMX), fp32 on other CPUs (where PyTorch emulates bf16, many times slower). The start-up line
+    says what was chosen and why; `megatiny.precision` has the rules.
+    """
+
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"runtime.precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 @dataclass
@@ -243,6 +262,7 @@ class RunConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     seed: int = 1234
     nan_policy: str = "skip"
 
@@ -292,7 +312,7 @@ class RunConfig:
 
 _SECTION_TYPES = {"batch": BatchConfig, "optimizer": OptimizerConfig, "schedule": ScheduleConfig,
                   "checkpoint": CheckpointConfig, "logging": LoggingConfig,
-                  "distributed": DistributedConfig}
+                  "distributed": DistributedConfig, "runtime": RuntimeConfig}
 
 
 def _section(section_type: type, name: str, value: Any, source: str) -> Any:

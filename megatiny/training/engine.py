@@ -3,9 +3,9 @@
 Responsibilities:
 - `init_distributed`: works under the `deepspeed` launcher (env vars), `mpirun` (mpi4py
   discovery) and plain `python` (a world-size-1 group made here), with a configurable timeout.
-- `build_ds_config`: our run config + a JSON file from ds_configs/ (ZeRO stage, precision,
-  offload). Batch sizes, optimizer, scheduler and clipping belong to the run config; a file that
-  also sets them is refused, naming the key.
+- `build_ds_config`: our run config + a JSON file from ds_configs/ (ZeRO stage, offload).
+  Batch sizes, precision, optimizer, scheduler and clipping belong to the run config; a file
+  that also sets them is refused, naming the key.
 - `TrainingEngine`: the model under `deepspeed.zero.Init` for ZeRO-3 (so a model larger than one
   device can start), AdamW with no weight decay on norm weights and biases, `deepspeed.initialize`.
 - `save` / `load`: DeepSpeed checkpoints without DeepSpeed's own `latest` (see checkpoint.io), and
@@ -30,6 +30,7 @@ import torch.distributed as dist
 from megatiny.checkpoint import io as ckpt_io
 from megatiny.checkpoint.metadata import METADATA_FILE
 from megatiny.model.config import ModelConfig
+from megatiny.precision import Precision, detect_hardware, resolve_precision
 from megatiny.process_env import free_port, put_interpreter_bin_first
 from megatiny.training.config import DistributedConfig, RunConfig
 
@@ -41,7 +42,15 @@ OWNED_KEYS = {
     "optimizer": "the optimizer section",
     "scheduler": "the schedule section",
     "gradient_clipping": "optimizer.grad_clip",
+    "bf16": "runtime.precision",
+    "bfloat16": "runtime.precision",
+    "amp": "runtime.precision",
 }
+
+# Dynamic loss scaling for fp16 (DeepSpeed's defaults, written out); a DeepSpeed file's "fp16"
+# section may tune these keys, but not "enabled", which runtime.precision decides.
+FP16_LOSS_SCALING = {"loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
+                     "hysteresis": 2, "min_loss_scale": 1}
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,11 @@ def init_distributed(cfg: DistributedConfig) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
+def run_precision(run: RunConfig, device: torch.device) -> Precision:
+    """runtime.precision resolved for `device` (the same answer on every rank of one host kind)."""
+    return resolve_precision(run.runtime.precision, detect_hardware(device))
+
+
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
@@ -105,9 +119,20 @@ def offloads_optimizer(ds_config: dict[str, Any]) -> bool:
     return device in ("cpu", "nvme")
 
 
-def build_ds_config(run: RunConfig, ds_file: dict[str, Any], data_parallel_size: int, *,
-                    source: str = "deepspeed config", load_universal: bool = False) -> dict[str, Any]:
-    """The DeepSpeed config for this run: `ds_file` plus what the run config owns.
+def precision_section(precision: Precision, ds_file: dict[str, Any]) -> dict[str, Any]:
+    """The DeepSpeed keys that enable `precision` (none for fp32)."""
+    if precision.name == "bf16":
+        return {"bf16": {"enabled": True}}
+    if precision.name == "fp16":
+        return {"fp16": {**FP16_LOSS_SCALING, **ds_file.get("fp16", {}), "enabled": True}}
+    return {}
+
+
+def build_ds_config(run: RunConfig, ds_file: dict[str, Any], data_parallel_size: int,
+                    precision: Precision, *, source: str = "deepspeed config",
+                    load_universal: bool = False) -> dict[str, Any]:
+    """The DeepSpeed config for this run: `ds_file` plus what the run config owns (batch sizes,
+    clipping, and `precision`, the resolved runtime.precision).
 
     Raises ValueError when `ds_file` sets a key owned by the run config (the message says where
     to set it instead) or the batch sizes do not divide.
@@ -116,10 +141,13 @@ def build_ds_config(run: RunConfig, ds_file: dict[str, Any], data_parallel_size:
         if key in ds_file:
             raise ValueError(f"{source}: sets '{key}', which megatiny takes from the run config "
                              f"({ours}); remove it from the DeepSpeed file")
-    if ds_file.get("fp16", {}).get("enabled") and ds_file.get("bf16", {}).get("enabled"):
-        raise ValueError(f"{source}: enables both fp16 and bf16; choose one")
+    fp16 = ds_file.get("fp16", {})
+    if not isinstance(fp16, dict) or "enabled" in fp16:
+        raise ValueError(f"{source}: sets 'fp16.enabled', which megatiny takes from the run config "
+                         "(runtime.precision); keep only loss-scaling keys in its 'fp16' section")
     accumulation = run.batch.gradient_accumulation_steps(data_parallel_size)
-    config = json.loads(json.dumps(ds_file))
+    config = {k: v for k, v in json.loads(json.dumps(ds_file)).items() if k != "fp16"}
+    config.update(precision_section(precision, ds_file))
     config.update({
         "train_batch_size": run.batch.global_batch_size,
         "train_micro_batch_size_per_gpu": run.batch.micro_batch_size,

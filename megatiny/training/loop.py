@@ -4,10 +4,11 @@ One optimizer step = `gradient_accumulation_steps` micro-batches on every data-p
 (`batch.global_batch_size` samples in all). The learning rate is a pure function of the step, and
 the data position is `consumed_samples`, so a resumed run continues exactly where it stopped.
 
-Non-finite loss (bf16 has no loss scaler): every micro-batch loss is summed across ranks before
-its backward pass, so all ranks agree. `nan_policy: stop` raises `NonFiniteLoss`; `skip` drops
-that micro-batch from the gradient on every rank, and when no micro-batch of the step is finite
-the update is taken with learning rate 0 (parameters unchanged; Adam's moments decay one step).
+Non-finite loss (bf16 and fp32 have no loss scaler; fp16's skips overflowing steps itself):
+every micro-batch loss is summed across ranks before its backward pass, so all ranks agree.
+`nan_policy: stop` raises `NonFiniteLoss`; `skip` drops that micro-batch from the gradient on every
+rank, and when no micro-batch of the step is finite the update is taken with learning rate 0
+(parameters unchanged; Adam's moments decay one step).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import torch
 
 from megatiny.checkpoint import io as ckpt_io
 from megatiny.checkpoint.metadata import read_metadata, write_metadata
+from megatiny.precision import warn_if_emulated
 from megatiny.training import engine as ds_engine
 from megatiny.training.config import RunConfig
 from megatiny.training.flops import peak_tflops_for, throughput
@@ -172,7 +174,10 @@ class _Trainer:
                     ds_engine.convert_to_universal(root, tag)
                 ds_engine.barrier()
                 load_root = root / ckpt_io.UNIVERSAL_DIR
-        ds_config = ds_engine.build_ds_config(run, ds_file, self.world, load_universal=universal,
+        self.precision = ds_engine.run_precision(run, self.dist.device)
+        warn_if_emulated(self.precision, self.logger.print)
+        ds_config = ds_engine.build_ds_config(run, ds_file, self.world, self.precision,
+                                              load_universal=universal,
                                               source=run.distributed.deepspeed_config)
         self.ds_config = ds_config
         init_weights = resume is None and run.checkpoint.init_from is not None
@@ -204,7 +209,8 @@ class _Trainer:
                                      data_parallel_size=self.world)
         self.logger.print(
             f"[megatiny] {self.model_config.num_parameters() / 1e6:.2f}M parameters | {self.world} ranks | "
-            f"ZeRO-{ds_engine.zero_stage(ds_config)} | global batch {run.batch.global_batch_size} = "
+            f"ZeRO-{ds_engine.zero_stage(ds_config)} | precision {self.precision.describe()}\n"
+            f"[megatiny] global batch {run.batch.global_batch_size} = "
             f"{run.batch.micro_batch_size} micro x {accumulation} accumulation x {self.world} ranks | "
             f"seq {run.batch.seq_length} | {run.schedule.train_steps} steps")
         return self._loop(step, consumed, iter(sampler), train_ds, valid_ds)
@@ -356,6 +362,7 @@ class _Trainer:
                                "run_config": run.to_dict(), "data_blend": run.data.get("data_path"),
                                "data": self.data_description,
                                "world_size": self.world, "zero_stage": ds_engine.zero_stage(self.ds_config),
+                               "precision": self.precision.name,
                                "skipped_steps": self.skipped_steps})
             ckpt_io.write_latest(save_dir, tag)
             deleted = ckpt_io.rotate(save_dir, run.checkpoint.keep_last)

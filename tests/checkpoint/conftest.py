@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from megatiny.data.tokenizer import train_sentencepiece
-from tests.helpers import free_port, run_command, venv_bin
+from tests.helpers import free_port, run_command, timeout_s, venv_bin
 
 TRAIN_SCRIPT = "tests/checkpoint/ds_train_tiny.py"
 STEPS = 3
@@ -19,15 +19,17 @@ def launch(save_root: Path, num_ranks: int, runs: list[str]) -> None:
            TRAIN_SCRIPT, "--save-root", str(save_root), "--steps", str(STEPS)]
     for run in runs:
         cmd += ["--run", run]
-    result = run_command(cmd, timeout=600)
+    result = run_command(cmd, timeout=timeout_s(steps=STEPS * len(runs), seconds_per_step=5,
+                                                extra_s=30 * len(runs)))
     assert result.returncode == 0, result.stdout[-5000:]
 
 
 @pytest.fixture(scope="session")
 def ds_two_ranks(tmp_path_factory) -> Path:
-    """Checkpoint roots trained by 2 ranks: z3 (ZeRO-3) and z1 (ZeRO-1)."""
+    """Checkpoint roots trained by 2 ranks: z3 (ZeRO-3) and z1 (ZeRO-1) in bf16, z3f and z1f the
+    same in fp32 (the layout `precision: auto` gives on CPUs without native bf16)."""
     root = tmp_path_factory.mktemp("ds_w2")
-    launch(root, 2, ["z3:3", "z1:1"])
+    launch(root, 2, ["z3:3", "z1:1", "z3f:3:fp32", "z1f:1:fp32"])
     return root
 
 
@@ -50,8 +52,9 @@ def ds_three_ranks(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def ds_runs(ds_one_rank, ds_two_ranks, ds_three_ranks) -> dict[str, Path]:
-    """Every checkpoint root by name: z3w1, z3w2, z1w2, z3w3, z2tw3."""
+    """Every checkpoint root by name: z3w1, z3w2, z1w2, z3fw2, z1fw2, z3w3, z2tw3."""
     return {"z3w1": ds_one_rank / "z3", "z3w2": ds_two_ranks / "z3", "z1w2": ds_two_ranks / "z1",
+            "z3fw2": ds_two_ranks / "z3f", "z1fw2": ds_two_ranks / "z1f",
             "z3w3": ds_three_ranks / "z3", "z2tw3": ds_three_ranks / "z2t"}
 
 

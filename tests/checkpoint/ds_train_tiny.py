@@ -41,14 +41,16 @@ def save(engine, save_dir: str, step: int, config, world: int, stage: int) -> No
     dist.barrier()
 
 
-def train_and_save(save_dir: str, stage: int, tie: bool, steps: int) -> None:
-    """One DeepSpeed engine: save the initial weights, train `steps` steps, save again."""
+def train_and_save(save_dir: str, stage: int, tie: bool, steps: int, fp32: bool) -> None:
+    """One DeepSpeed engine: save the initial weights, train `steps` steps, save again.
+
+    bf16 unless `fp32`: both checkpoint layouts are tested whatever this machine's `auto` is."""
     rank, world = dist.get_rank(), dist.get_world_size()
     micro = GLOBAL_BATCH // world
     ds_config = {
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": 1,
-        "bf16": {"enabled": True},
+        **({} if fp32 else {"bf16": {"enabled": True}}),
         # a small sub_group_size splits ZeRO-3's fp32 buffers into several sub-groups, as a large
         # model's are (DeepSpeed's default is 1e9 elements)
         "zero_optimization": {"stage": stage, "sub_group_size": 20_000},
@@ -84,7 +86,7 @@ def main() -> None:
     parser.add_argument("--local_rank", type=int, default=-1)
     parser.add_argument("--save-root", required=True)
     parser.add_argument("--run", action="append", required=True,
-                        help="NAME:STAGE or NAME:STAGE:tie; saved under SAVE_ROOT/NAME")
+                        help="NAME:STAGE[:tie][:fp32] (bf16 unless fp32); saved under SAVE_ROOT/NAME")
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()
 
@@ -93,7 +95,8 @@ def main() -> None:
         raise ValueError(f"world size {dist.get_world_size()} must divide the global batch {GLOBAL_BATCH}")
     for spec in args.run:
         name, stage, *flags = spec.split(":")
-        train_and_save(os.path.join(args.save_root, name), int(stage), "tie" in flags, args.steps)
+        train_and_save(os.path.join(args.save_root, name), int(stage), "tie" in flags, args.steps,
+                       "fp32" in flags)
     # Without this, gloo ranks on CPU abort with "terminate called without an active exception".
     dist.destroy_process_group()
 

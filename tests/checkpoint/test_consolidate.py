@@ -19,13 +19,15 @@ def master_weights(path, tag=None) -> dict[str, torch.Tensor]:
     return {name: source.tensor(name) for name in source.names()}
 
 
-@pytest.mark.parametrize("run", ["z3w1", "z3w2", "z1w2", "z3w3", "z2tw3"])
+@pytest.mark.parametrize("run", ["z3w1", "z3w2", "z1w2", "z3fw2", "z1fw2", "z3w3", "z2tw3"])
 @pytest.mark.parametrize("step", [0, STEPS])
 def test_matches_deepspeeds_own_zero_to_fp32(ds_runs, run, step):
     tag = f"step_{step:08d}"
     reference = get_fp32_state_dict_from_zero_checkpoint(str(ds_runs[run]), tag=tag)
     checkpoint = ZeroCheckpoint(ds_runs[run] / tag)
     assert checkpoint.world_size == int(run[-1]) and checkpoint.stage == int(run[1])
+    bf16_files = list((ds_runs[run] / tag).glob("bf16_*_optim_states.pt"))
+    assert bool(bf16_files) == ("f" not in run[:3]), run  # really both layouts
     # decay / no-decay parameter groups like training; ZeRO-3 splits them into sub-groups
     assert len(checkpoint.group_shapes) == 2 if checkpoint.stage < 3 else len(checkpoint.group_shapes) > 2
     assert checkpoint.names() == list(reference)
@@ -57,14 +59,15 @@ def test_one_two_and_three_ranks_give_identical_weights(ds_runs):
     assert all(not torch.equal(trained[n], one[n]) for n in one)  # the step-0 tag is really different
 
 
-@pytest.mark.parametrize("run", ["z1w2", "z2tw3"])
-def test_zero12_module_weights_are_the_rounded_master_weights(ds_runs, run):
+@pytest.mark.parametrize("run, dtype", [("z1w2", torch.bfloat16), ("z2tw3", torch.bfloat16),
+                                        ("z1fw2", torch.float32)])
+def test_zero12_module_weights_are_the_rounded_master_weights(ds_runs, run, dtype):
     master = open_weights(ds_runs[run], weights="master")
     module = open_weights(ds_runs[run], weights="module")
     assert master.names() == module.names()
     for name in master.names():
-        assert module.tensor(name).dtype == torch.bfloat16
-        assert torch.equal(module.tensor(name), master.tensor(name).to(torch.bfloat16)), name
+        assert module.tensor(name).dtype == dtype
+        assert torch.equal(module.tensor(name), master.tensor(name).to(dtype)), name
 
 
 def test_zero3_module_weights_are_refused(ds_two_ranks):

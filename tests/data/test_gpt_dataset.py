@@ -131,11 +131,10 @@ def test_random_ordered_sample_is_distinct_and_in_range():
 
 
 def test_module_build_indices_is_what_the_dataset_and_the_benchmark_use(corpus, tmp_path):
-    import subprocess
     import sys
 
     from megatiny.data.gpt_dataset import build_indices
-    from tests.helpers import REPO_ROOT
+    from tests.helpers import REPO_ROOT, run_command, timeout_s
 
     ds, _, _ = corpus
     g = GPTDataset(ds, (3, 37), num_samples=90, seq_length=16, seed=5, cache_dir=tmp_path)
@@ -145,9 +144,8 @@ def test_module_build_indices_is_what_the_dataset_and_the_benchmark_use(corpus, 
         np.testing.assert_array_equal(mine, cached)
     assert set(timings) == {"document", "sample", "shuffle"}
     assert np.isin(ds.tokens[:5], ds[0][:5]).all()          # the public flat token array
-    r = subprocess.run([sys.executable, "benchmarks/data/bench_index_build.py", "--tokens", "2e6",
-                        "--samples", "2000", "--seq-length", "64", "--mean-doc-length", "200"],
-                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
-                       env={"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stderr
+    r = run_command([sys.executable, "benchmarks/data/bench_index_build.py", "--tokens", "2e6",
+                     "--samples", "2000", "--seq-length", "64", "--mean-doc-length", "200"],
+                    timeout=timeout_s(extra_s=60), env={"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout
     assert "index build total" in r.stdout

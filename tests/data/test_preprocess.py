@@ -15,7 +15,7 @@ from megatiny.data.preprocess import BadLineError, iter_texts, preprocess
 from megatiny.data.tokenizer import load_tokenizer, train_sentencepiece
 from tests.data.corpus import make_texts
 from tests.data.test_tokenizer import make_hf_tokenizer_json
-from tests.helpers import REPO_ROOT, run_command
+from tests.helpers import REPO_ROOT, run_command, timeout_s
 
 BAD_LINES = {  # line number (1-based) -> (raw line, reason fragment)
     5: (b'{"text": "unterminated\n', "invalid JSON"),
@@ -162,7 +162,7 @@ def test_preprocess_script_runs_as_a_command(corpus, tmp_path):
                      "tools/preprocess_data.py", "--input", str(d / "c.jsonl"), "--output-prefix",
                      str(tmp_path / "cli"), "--tokenizer", str(model), "--workers", "2", "--append-eod",
                      "--prepend-bos", "--no-progress", "--bad-lines-file", str(tmp_path / "bad.txt")],
-                    timeout=120, env={"PYTHONPATH": str(REPO_ROOT)})
+                    timeout=timeout_s(extra_s=60), env={"PYTHONPATH": str(REPO_ROOT)})
     assert r.returncode == 0, r.stdout
     assert "skipped 6 bad lines" in r.stdout and "c.jsonl:20: invalid UTF-8" in r.stdout
     assert (tmp_path / "cli_text_document.bin").read_bytes() == (d / "w1_text_document.bin").read_bytes()

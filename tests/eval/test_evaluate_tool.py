@@ -8,7 +8,7 @@ import pytest
 
 from megatiny.cli import evaluate as evaluate_tool
 from megatiny.eval.suites import SUITES, markdown_table, pick_metric, suite_scores
-from tests.helpers import free_port, run_command, venv_bin
+from tests.helpers import free_port, run_command, timeout_s, venv_bin
 
 TASK = "megatiny_local_mc"
 
@@ -58,7 +58,8 @@ def test_lm_eval_cli_wrapper_knows_megatiny(weights_dir, tool_run, tmp_path):
     out = tmp_path / "lm_eval_out"
     result = run_command([sys.executable, "-m", "megatiny.eval", "--model", "megatiny", "--model_args",
                           f"checkpoint={weights_dir},dtype=float32", "--batch_size", "5", "--device", "cpu",
-                          "--tasks", TASK, "--limit", "24", "--output_path", str(out)], timeout=300)
+                          "--tasks", TASK, "--limit", "24", "--output_path", str(out)],
+                         timeout=timeout_s(extra_s=180))
     assert result.returncode == 0, result.stdout[-3000:]
     [written] = list(out.rglob("results_*.json"))
     theirs = json.loads(written.read_text())["results"][TASK]
@@ -118,7 +119,7 @@ def test_tool_on_a_deepspeed_checkpoint_root(weights_dir, tool_run, tmp_path):
     save_dir = tmp_path / "checkpoints"
     launch = run_command([venv_bin("deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
                           "tests/eval/ds_save_checkpoint.py", "--weights", str(weights_dir),
-                          "--save-dir", str(save_dir)], timeout=300)
+                          "--save-dir", str(save_dir)], timeout=timeout_s(extra_s=60))
     assert launch.returncode == 0, launch.stdout[-3000:]
     assert (save_dir / "latest").read_text().strip() == "step_00000080"
     out = tmp_path / "eval"

@@ -174,8 +174,6 @@ print(f"LOSS {{result.loss!r}}")
     assert loss == pytest.approx(expected, rel=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason="run_perplexity still takes resolve_device/resolve_dtype from "
-                   "lm_eval_adapter; they move to megatiny/precision.py (issue 11). Remove this mark then.")
 def test_perplexity_command_runs_without_lm_eval(prefix, weights_dir):
     code = f"""
 from megatiny.cli import main

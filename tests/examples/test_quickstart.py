@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from tests.helpers import free_port, run_command
+from tests.helpers import free_port, run_command, timeout_s
 
 QUESTIONS = 112  # megatiny_local_mc
 
@@ -14,7 +14,8 @@ def test_quickstart_runs_every_stage(tmp_path):
     result = run_command(
         ["bash", "examples/quickstart/run.sh", "schedule.train_steps=100", "logging.eval_interval=50",
          "checkpoint.save_interval=50"],
-        timeout=900,
+        # setup check, tokenizer, preprocess, 100 training steps, export, generation, lm-eval, report
+        timeout=timeout_s(launches=5, steps=100, seconds_per_step=3, extra_s=120),
         env={"MEGATINY_QUICKSTART_DIR": str(run_dir), "MASTER_PORT": str(free_port()),
              # The first ~60 steps mostly learn unigram statistics; the full 300-step quickstart
              # is 1.2 nats/token below the unigram baseline at step 100 and 1.95 at step 300.

@@ -1,4 +1,4 @@
-"""Launched by tests/foundation/test_deepspeed_launch.py: a tiny MLP under ZeRO-3 + bf16.
+"""Launched by tests/foundation/test_deepspeed_launch.py: a tiny MLP under ZeRO-3, precision auto.
 
 Every rank writes its per-step losses to OUT_DIR/rank{R}.json, so the test can check that training
 really happened and that all ranks agree (ZeRO-3 reduces gradients across ranks).
@@ -11,6 +11,9 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
+from megatiny.precision import detect_hardware, resolve_precision
+from megatiny.training.engine import precision_section
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -22,10 +25,11 @@ def main() -> None:
     deepspeed.init_distributed(dist_backend="gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
+    precision = resolve_precision("auto", detect_hardware("cpu"))
     ds_config = {
         "train_micro_batch_size_per_gpu": 8,
         "gradient_accumulation_steps": 1,
-        "bf16": {"enabled": True},
+        **precision_section(precision, {}),
         "zero_optimization": {"stage": 3},
         "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "torch_adam": True}},
     }
@@ -39,7 +43,7 @@ def main() -> None:
     for _ in range(args.steps):
         x = torch.randn(8, 16, generator=generator)
         y = (x @ target_weights).unsqueeze(-1)
-        prediction = engine(x.to(torch.bfloat16)).float()
+        prediction = engine(x.to(precision.dtype)).float()
         loss = torch.nn.functional.mse_loss(prediction, y)
         engine.backward(loss)
         engine.step()

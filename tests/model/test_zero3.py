@@ -1,10 +1,11 @@
-"""GPT under a real DeepSpeed ZeRO-3 run (2 CPU ranks): built in zero.Init, bf16, checkpointing."""
+"""GPT under a real DeepSpeed ZeRO-3 run (2 CPU ranks): built in zero.Init, precision auto,
+activation checkpointing."""
 import json
 import math
 
 import pytest
 
-from tests.helpers import REPO_ROOT, free_port, run_command, venv_bin
+from tests.helpers import REPO_ROOT, free_port, run_command, timeout_s, venv_bin
 
 
 @pytest.fixture(scope="module")
@@ -13,7 +14,8 @@ def zero3_run(tmp_path_factory):
     result = run_command(
         [venv_bin("deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
          "tests/model/zero3_gpt_train.py", "--out-dir", str(out), "--steps", "12"],
-        timeout=300, env={"PYTHONPATH": str(REPO_ROOT)})  # the script imports megatiny from here
+        # the script imports megatiny from here
+        timeout=timeout_s(steps=12, seconds_per_step=5), env={"PYTHONPATH": str(REPO_ROOT)})
     assert result.returncode == 0, result.stdout[-4000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
 

@@ -1,5 +1,5 @@
 """Launched by tests/model/test_zero3.py: GPT built under deepspeed.zero.Init, trained with ZeRO-3,
-bf16 and activation checkpointing on every block. Writes OUT_DIR/rank{R}.json with the losses and
+precision auto and activation checkpointing on every block. Writes OUT_DIR/rank{R}.json with the losses and
 what the partitioned model looked like."""
 import argparse
 import json
@@ -10,6 +10,8 @@ import torch
 import torch.distributed as dist
 
 from megatiny.model import GPT, get_preset
+from megatiny.precision import detect_hardware, resolve_precision
+from megatiny.training.engine import precision_section
 
 
 def _gathered_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -35,7 +37,7 @@ def main() -> None:
     ds_config = {
         "train_micro_batch_size_per_gpu": 4,
         "gradient_accumulation_steps": 1,
-        "bf16": {"enabled": True},
+        **precision_section(resolve_precision("auto", detect_hardware("cpu")), {}),
         "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
         "optimizer": {"type": "AdamW", "params": {"lr": 3e-3, "torch_adam": True}},
     }

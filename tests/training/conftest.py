@@ -46,7 +46,7 @@ def tiny_data(tmp_path_factory) -> dict[str, str]:
 
 
 def write_run_config(path: Path, data: dict[str, str], save_dir: Path, **sections) -> Path:
-    """A tiny-test run config (ZeRO-3 bf16, seq 32, global batch 8) with `sections` merged in."""
+    """A tiny-test run config (ZeRO-3, precision auto, seq 32, global batch 8) with `sections` merged in."""
     config = {
         "model": {"preset": "tiny-test"},
         "tokenizer": data["tokenizer"],
@@ -56,7 +56,7 @@ def write_run_config(path: Path, data: dict[str, str], save_dir: Path, **section
         "schedule": {"train_steps": 16, "warmup_steps": 2},
         "checkpoint": {"save_dir": str(save_dir), "save_interval": 8, "resume": "auto"},
         "logging": {"log_interval": 4, "eval_interval": 8, "eval_iters": 2},
-        "distributed": {"deepspeed_config": "ds_configs/zero3_bf16.json", "timeout_s": 120},
+        "distributed": {"deepspeed_config": "ds_configs/zero3.json", "timeout_s": 120},
         "seed": 1234,
     }
     for name, values in sections.items():

@@ -3,11 +3,14 @@
 import pytest
 
 from megatiny.model.config import get_preset
+from megatiny.precision import Precision
 from megatiny.training.config import BatchConfig, RunConfig, apply_overrides, load_config
 from megatiny.training.engine import build_ds_config, param_groups
 from megatiny.training.flops import peak_tflops_for, throughput
 from megatiny.training.schedule import learning_rate
 from tests.helpers import REPO_ROOT
+
+BF16, FP32, FP16 = (Precision(name, "test") for name in ("bf16", "fp32", "fp16"))
 
 YAML = """
 model:
@@ -81,8 +84,8 @@ def test_gradient_accumulation_is_checked():
 def test_ds_config_is_built_and_contradictions_refused():
     run = load_config(None, ["batch.micro_batch_size=2", "batch.global_batch_size=16",
                              "optimizer.grad_clip=0.5"])
-    ds_file = {"bf16": {"enabled": True}, "zero_optimization": {"stage": 3}}
-    config = build_ds_config(run, ds_file, data_parallel_size=4)
+    ds_file = {"zero_optimization": {"stage": 3}}
+    config = build_ds_config(run, ds_file, data_parallel_size=4, precision=BF16)
     assert config["train_batch_size"] == 16
     assert config["train_micro_batch_size_per_gpu"] == 2 and config["gradient_accumulation_steps"] == 2
     assert config["gradient_clipping"] == 0.5 and config["zero_optimization"]["stage"] == 3
@@ -90,17 +93,39 @@ def test_ds_config_is_built_and_contradictions_refused():
     for key in ("train_batch_size", "optimizer", "scheduler", "gradient_clipping",
                 "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
         with pytest.raises(ValueError, match=f"sets '{key}'"):
-            build_ds_config(run, {**ds_file, key: 1}, data_parallel_size=4, source="my_ds.json")
+            build_ds_config(run, {**ds_file, key: 1}, data_parallel_size=4, precision=BF16,
+                            source="my_ds.json")
     with pytest.raises(ValueError, match="global_batch_size"):
-        build_ds_config(run, ds_file, data_parallel_size=3)
+        build_ds_config(run, ds_file, data_parallel_size=3, precision=BF16)
 
 
 def test_shipped_ds_configs_are_accepted():
     import json
     run = load_config(None)
-    for name in ("zero3_bf16", "zero3_offload", "zero2_bf16", "zero1_bf16"):
+    for name in ("zero3", "zero3_offload", "zero2", "zero1"):
         ds_file = json.loads((REPO_ROOT / "ds_configs" / f"{name}.json").read_text())
-        build_ds_config(run, ds_file, data_parallel_size=1)
+        for precision in (BF16, FP32, FP16):
+            build_ds_config(run, ds_file, data_parallel_size=1, precision=precision)
+
+
+def test_ds_config_precision_comes_from_the_run_config():
+    run = load_config(None)
+    ds_file = {"zero_optimization": {"stage": 2}, "fp16": {"initial_scale_power": 12}}
+    bf16 = build_ds_config(run, ds_file, 1, BF16)
+    assert bf16["bf16"] == {"enabled": True} and "fp16" not in bf16
+    fp32 = build_ds_config(run, ds_file, 1, FP32)
+    assert "bf16" not in fp32 and "fp16" not in fp32
+    fp16 = build_ds_config(run, ds_file, 1, FP16)["fp16"]
+    assert fp16["enabled"] is True and fp16["loss_scale"] == 0  # dynamic loss scaling
+    assert fp16["initial_scale_power"] == 12  # the file may tune loss scaling
+    # A DeepSpeed file that still turns a precision on conflicts loudly, naming where it belongs.
+    for key, value in (("bf16", {"enabled": True}), ("bfloat16", {"enabled": False}),
+                       ("fp16", {"enabled": True})):
+        with pytest.raises(ValueError, match=rf"my_ds.json: sets '{key}.*runtime.precision"):
+            build_ds_config(run, {**ds_file, key: value}, 1, FP32, source="my_ds.json")
+    with pytest.raises(ValueError, match="runtime.precision must be one of"):
+        load_config(None, ["runtime.precision=float8"])
+    assert load_config(None).runtime.precision == "auto"
 
 
 def test_tinyllama_schedule():
