@@ -1,0 +1,236 @@
+"""The scalable GPT sample index (`index: block`): Megatron's semantics in O(documents / block) memory.
+
+Same meaning as Megatron's three arrays (gpt_dataset.py), none of them materialized:
+
+* Epochs. Each epoch is every document (sequence) of the split once, in a seeded random order;
+  the token stream is epoch 0's documents back to back, then epoch 1's, and so on.
+* Samples pack across document boundaries: sample s is tokens [s*L, s*L + L] of that stream
+  (L = seq_length; consecutive samples share one token), S = (epochs x tokens - 1) // L of them.
+* Served order: position i of the dataset is a keyed random permutation (a Feistel network with
+  cycle walking, evaluated on the fly) of the samples that start in i's epoch. Epochs are served
+  one after another, so after any whole number of epochs every sample -- hence every document --
+  was served exactly once; a partial last epoch is a uniformly drawn subset of its samples.
+  (Megatron permutes the samples of all full epochs together; keeping epochs apart is the stronger
+  guarantee, and equals Megatron's rule for one epoch.) Any position is computed directly, so
+  resuming at sample k needs no fast-forward.
+
+The document order of epoch e, with the split's n documents laid out as a ROWS x nb grid (row r
+holds documents [r*nb, (r+1)*nb), nb = ceil(n / ROWS)):
+
+* every row is rotated by a random offset c_e[r], and column k of the rotated grid is block k: it
+  holds one document from every row, i.e. documents spread over the whole split;
+* the blocks are visited in a random order (block_order[e], a stored permutation of nb entries);
+* inside a block the documents follow a random row permutation Q_e XOR-ed with a per-block key.
+
+Only per-block numbers are stored: the blocks' cumulative token counts in visiting order
+(int64 [epochs, nb + 1]), the visiting order and the per-block keys -- about 14 bytes per block of
+ROWS documents per epoch. A sample is found by one binary search over the cumulative counts and
+one pass over its block's ROWS document lengths.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+ROWS = 128                     # documents per block (a power of two: the in-block XOR key needs it)
+MASK64 = (1 << 64) - 1
+FEISTEL_ROUNDS = 4
+ARRAY_NAMES = ("cumulative", "order", "xor", "rotation", "rows")
+
+
+def mix64(z):
+    """splitmix64's finalizer on Python ints or uint64 numpy arrays (same results for both)."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
+
+
+def round_keys(seed: int, *salt: int) -> list[int]:
+    """FEISTEL_ROUNDS 64-bit keys derived from the seed and salt values (epoch, stream)."""
+    z = mix64(seed & MASK64)
+    for s in salt:
+        z = mix64(z ^ (s & MASK64))
+    keys = []
+    for r in range(FEISTEL_ROUNDS):
+        z = mix64(z + 0x9E3779B97F4A7C15 * (r + 1) & MASK64)
+        keys.append(z)
+    return keys
+
+
+def _bits(m: int) -> tuple[int, int]:
+    """(high bits, low bits) splitting the smallest power of two >= m (at least 2 bits)."""
+    total = max(2, (m - 1).bit_length())
+    return total // 2, total - total // 2
+
+
+def _feistel_once(x, hi_bits: int, lo_bits: int, keys: list[int]):
+    hi_mask, lo_mask = (1 << hi_bits) - 1, (1 << lo_bits) - 1
+    hi, lo = x >> lo_bits, x & lo_mask
+    for r, k in enumerate(keys):           # alternate halves: each round is a bijection
+        if r % 2 == 0:
+            lo = lo ^ (mix64(hi ^ k) & lo_mask)
+        else:
+            hi = hi ^ (mix64(lo ^ k) & hi_mask)
+    return (hi << lo_bits) | lo
+
+
+def permute(x: int, m: int, keys: list[int]) -> int:
+    """Position x in [0, m) of a keyed random permutation of [0, m) (Feistel + cycle walking)."""
+    hi_bits, lo_bits = _bits(m)
+    x = _feistel_once(x, hi_bits, lo_bits, keys)
+    while x >= m:              # < 2 steps on average: the Feistel domain is < 2m
+        x = _feistel_once(x, hi_bits, lo_bits, keys)
+    return x
+
+
+def permute_array(x: np.ndarray, m: int, keys: list[int]) -> np.ndarray:
+    """`permute` of every element of x (any int array in [0, m)), vectorized; int64 result."""
+    hi_bits, lo_bits = _bits(m)
+    ukeys = [np.uint64(k) for k in keys]
+    y = _feistel_once(np.asarray(x, dtype=np.uint64), hi_bits, lo_bits, ukeys)
+    out = y.astype(np.int64)
+    pending = np.flatnonzero(out >= m)
+    while len(pending):
+        y = _feistel_once(out[pending].astype(np.uint64), hi_bits, lo_bits, ukeys)
+        out[pending] = y.astype(np.int64)
+        pending = pending[out[pending] >= m]
+    return out
+
+
+def epoch_sample_starts(tokens_per_epoch: int, num_epochs: int, seq_length: int) -> list[int]:
+    """First sample of each epoch (the samples whose first token lies in it), then S (the total)."""
+    total = (num_epochs * tokens_per_epoch - 1) // seq_length
+    starts = [(e * tokens_per_epoch + seq_length - 1) // seq_length for e in range(num_epochs)]
+    return [min(s, total) for s in starts] + [total]
+
+
+def build_block_arrays(sizes: np.ndarray, sequence_range: tuple[int, int], num_epochs: int,
+                       seed: int) -> dict[str, np.ndarray]:
+    """The stored part of the block index of sequences [first, end) of `sizes` over num_epochs.
+
+    Reads every length once, row by row (the lengths may be a memory map larger than RAM);
+    memory is O(num_epochs x nb). Returns
+      cumulative int64 [E, nb + 1]: tokens before each visited block (last column = tokens per epoch),
+      order int32/64 [E, nb]: block visited at each rank, xor uint16 [E, nb]: in-block key per rank,
+      rotation int64 [E, ROWS]: row offsets c_e, rows int64 [E, ROWS]: row permutation Q_e.
+    """
+    first, end = sequence_range
+    n = end - first
+    nb = -(-n // ROWS)
+    order_dtype = np.int32 if nb < np.iinfo(np.int32).max else np.int64
+    rotation = np.empty((num_epochs, ROWS), np.int64)
+    rows = np.empty((num_epochs, ROWS), np.int64)
+    order = np.empty((num_epochs, nb), order_dtype)
+    xor = np.empty((num_epochs, nb), np.uint16)
+    for e in range(num_epochs):
+        rng = np.random.default_rng([seed, e])
+        rotation[e] = rng.integers(0, nb, size=ROWS)
+        rows[e] = rng.permutation(ROWS)
+        order[e] = rng.permutation(nb)
+        xor[e] = rng.integers(0, ROWS, size=nb)
+    totals = np.zeros((num_epochs, nb), np.int64)
+    for r in range(ROWS):
+        lo, hi = first + r * nb, min(first + (r + 1) * nb, end)
+        if lo >= hi:
+            break
+        row = np.asarray(sizes[lo:hi], dtype=np.int64)
+        length = hi - lo
+        for e in range(num_epochs):
+            c = int(rotation[e, r])   # block k holds the row's column (k + c) mod nb
+            if c < length:
+                totals[e, :length - c] += row[c:]
+            head = min(c, length)
+            totals[e, nb - c:nb - c + head] += row[:head]
+    cumulative = np.zeros((num_epochs, nb + 1), np.int64)
+    for e in range(num_epochs):
+        np.cumsum(totals[e][order[e]], out=cumulative[e, 1:])
+    return {"cumulative": cumulative, "order": order, "xor": xor, "rotation": rotation, "rows": rows}
+
+
+class BlockSampleIndex:
+    """Random access to the packed, shuffled samples described by `build_block_arrays`' arrays.
+
+    `pieces(i)` lists the (sequence id, begin, end) token ranges of served sample i, which together
+    hold seq_length + 1 tokens.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray], sizes: np.ndarray, sequence_range: tuple[int, int],
+                 num_samples: int, seq_length: int, seed: int):
+        self.sizes = sizes
+        self.first, self.end = sequence_range
+        self.n = self.end - self.first
+        self.nb = -(-self.n // ROWS)
+        self.seq_length = seq_length
+        self.num_samples = num_samples
+        self.cumulative = arrays["cumulative"]
+        self.order, self.xor = arrays["order"], arrays["xor"]
+        self.num_epochs = len(self.cumulative)
+        self.tokens_per_epoch = int(self.cumulative[0, -1])
+        self.starts = epoch_sample_starts(self.tokens_per_epoch, self.num_epochs, seq_length)
+        self.keys = [round_keys(seed, e, 1) for e in range(self.num_epochs)]
+        # Per epoch and XOR key x: the row of every slot, its first document and its row offset.
+        slots = np.arange(ROWS)[None, :] ^ np.arange(ROWS)[:, None]           # [x, slot]
+        row_lengths = np.clip(self.n - np.arange(ROWS) * self.nb, 0, self.nb)  # documents per row
+        self.slot_row_start, self.slot_rotation, self.slot_row_length = [], [], []
+        for e in range(self.num_epochs):
+            slot_rows = np.asarray(arrays["rows"][e])[slots]
+            self.slot_row_start.append(slot_rows * self.nb)
+            self.slot_rotation.append(np.asarray(arrays["rotation"][e])[slot_rows])
+            self.slot_row_length.append(row_lengths[slot_rows])
+
+    @property
+    def num_available_samples(self) -> int:
+        return self.starts[-1]
+
+    def sample_of(self, i: int) -> int:
+        """Stream sample served at position i: a permutation of i's epoch's samples."""
+        e = 0
+        while self.starts[e + 1] <= i:
+            e += 1
+        lo, hi = self.starts[e], self.starts[e + 1]
+        return lo + permute(i - lo, hi - lo, self.keys[e])
+
+    def block(self, epoch: int, rank: int) -> tuple[np.ndarray, np.ndarray]:
+        """(sequence ids, token counts) of the ROWS slots of the block at `rank` (absent slots: 0 tokens)."""
+        k = int(self.order[epoch, rank])
+        x = int(self.xor[epoch, rank])
+        column = (self.slot_rotation[epoch][x] + k) % self.nb
+        present = column < self.slot_row_length[epoch][x]
+        seq = np.where(present, self.slot_row_start[epoch][x] + column, 0) + self.first
+        lengths = np.where(present, self.sizes[seq], 0)
+        return seq, lengths
+
+    def pieces(self, i: int) -> list[tuple[int, int, int]]:
+        s = self.sample_of(i)
+        position = s * self.seq_length
+        epoch, q = divmod(position, self.tokens_per_epoch)
+        rank = int(np.searchsorted(self.cumulative[epoch], q, side="right")) - 1
+        offset = q - int(self.cumulative[epoch, rank])
+        seq, lengths = self.block(epoch, rank)
+        ends = np.cumsum(lengths)
+        slot = int(np.searchsorted(ends, offset, side="right"))
+        offset -= int(ends[slot - 1]) if slot else 0
+        out, need = [], self.seq_length + 1
+        while need:
+            if slot == ROWS:                       # next block, next epoch
+                rank += 1
+                if rank == self.nb:
+                    epoch, rank = epoch + 1, 0
+                seq, lengths = self.block(epoch, rank)
+                slot, offset = 0, 0
+                continue
+            take = min(int(lengths[slot]) - offset, need)
+            if take > 0:
+                out.append((int(seq[slot]), offset, offset + take))
+                need -= take
+            slot, offset = slot + 1, 0
+        return out
+
+    def epoch_documents(self, epoch: int) -> np.ndarray:
+        """Every sequence id of the split in epoch `epoch`'s order (O(n): for tests and inspection)."""
+        parts = []
+        for rank in range(self.nb):
+            seq, lengths = self.block(epoch, rank)
+            k, x = int(self.order[epoch, rank]), int(self.xor[epoch, rank])
+            column = (self.slot_rotation[epoch][x] + k) % self.nb
+            parts.append(seq[column < self.slot_row_length[epoch][x]])
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
