@@ -61,7 +61,8 @@ def test_samples_are_windows_of_shuffled_document_stream(corpus):
 def test_multiple_epochs_each_document_once_per_epoch(corpus):
     indexed, docs, d = corpus
     tokens = sum(len(x) for x in docs)
-    ds = GPTDataset(indexed, (0, len(docs)), 3 * tokens // 8, 8, seed=1, cache_dir=d / "cache", index="megatron")
+    ds = GPTDataset(indexed, (0, len(docs)), 3 * tokens // 8, 8, seed=1, cache_dir=d / "cache",
+                    index="megatron")
     counts = np.bincount(np.asarray(ds.document_index), minlength=len(docs))
     assert len(set(counts.tolist())) == 1 and counts[0] >= 3
 
@@ -71,7 +72,8 @@ def test_separate_last_epoch_shuffle(corpus):
     tokens = sum(len(x) for x in docs)
     L = 4
     per_epoch = (tokens - 1) // L
-    ds = GPTDataset(indexed, (0, len(docs)), per_epoch + 5, L, seed=2, cache_dir=d / "cache", index="megatron")
+    ds = GPTDataset(indexed, (0, len(docs)), per_epoch + 5, L, seed=2, cache_dir=d / "cache",
+                    index="megatron")
     di = np.asarray(ds.document_index)
     assert sorted(di[:len(docs)].tolist()) == list(range(len(docs)))    # epoch 1 complete
     assert sorted(di[len(docs):].tolist()) == list(range(len(docs)))    # last epoch shuffled on its own
