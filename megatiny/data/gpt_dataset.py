@@ -226,6 +226,46 @@ INDEX_KINDS = ("block", "megatron")
 MEGATRON_ARRAYS = ("document", "sample", "shuffle")
 
 
+def count_tokens(sizes: np.ndarray, sequence_range: tuple[int, int], chunk: int = 1 << 24) -> int:
+    """Tokens in sequences [first, end) of `sizes`, summed in chunks (sizes may be a large memmap)."""
+    first, end = sequence_range
+    return sum(int(sizes[lo:min(lo + chunk, end)].sum(dtype=np.int64)) for lo in range(first, end, chunk))
+
+
+def build_block_indices(sizes: np.ndarray, sequence_range: tuple[int, int], num_samples: int,
+                        seq_length: int, seed: int, *,
+                        what: str = "the dataset split") -> tuple[dict[str, np.ndarray], int]:
+    """(arrays of the block index, samples available) for `num_samples` samples of sequences
+    [first, end) of `sizes`: the `index: block` counterpart of `build_indices`."""
+    tokens = count_tokens(sizes, sequence_range)
+    if tokens <= 0:
+        raise ValueError(f"{what} has no tokens (sequences {sequence_range[0]}..{sequence_range[1]}); it "
+                         f"cannot provide {num_samples} samples")
+    epochs = num_epochs_needed(tokens, seq_length, num_samples)
+    arrays = block_index.build_block_arrays(sizes, sequence_range, epochs, seed)
+    return arrays, block_index.epoch_sample_starts(tokens, epochs, seq_length)[-1]
+
+
+class MegatronSampleIndex:
+    """Random access to the samples described by Megatron's three arrays (`build_indices`)."""
+
+    def __init__(self, document_index: np.ndarray, sample_index: np.ndarray, shuffle_index: np.ndarray,
+                 sizes: np.ndarray):
+        self.document_index, self.sample_index = document_index, sample_index
+        self.shuffle_index, self.sizes = shuffle_index, sizes
+
+    def pieces(self, i: int) -> list[tuple[int, int, int]]:
+        """(sequence id, begin, end) token ranges of served sample i, in order."""
+        s = int(self.shuffle_index[i])
+        (doc0, off0), (doc1, off1) = self.sample_index[s:s + 2].tolist()
+        out = []
+        for j in range(doc0, doc1 + 1):
+            seq = int(self.document_index[j])
+            end = off1 + 1 if j == doc1 else int(self.sizes[seq])
+            out.append((seq, off0 if j == doc0 else 0, end))
+        return out
+
+
 class GPTDataset:
     """`num_samples` packed samples of seq_length + 1 tokens over one split of one indexed dataset.
 
@@ -273,10 +313,13 @@ class GPTDataset:
         arrays = self.cache.load_or_build(names, self._build, lambda arrays: self.describe())
         if index == "megatron":
             self.document_index, self.sample_index, self.shuffle_index = (arrays[k] for k in names)
+            self.sample_lookup = MegatronSampleIndex(self.document_index, self.sample_index,
+                                                     self.shuffle_index, self.sizes)
             self.num_available_samples = len(self.sample_index) - 1
         else:
             self.block_index = block_index.BlockSampleIndex(arrays, self.sizes, self.sequence_range,
                                                             num_samples, seq_length, seed)
+            self.sample_lookup = self.block_index
             self.num_available_samples = self.block_index.num_available_samples
 
     def _build(self) -> dict[str, np.ndarray]:
@@ -287,31 +330,12 @@ class GPTDataset:
             self.document_index, self.sample_index, _ = arrays
             self.num_available_samples = len(self.sample_index) - 1
             return dict(zip(MEGATRON_ARRAYS, arrays))
-        first, end = self.sequence_range
-        tokens = sum(int(self.sizes[lo:min(lo + (1 << 24), end)].sum(dtype=np.int64))
-                     for lo in range(first, end, 1 << 24))
-        if tokens <= 0:
-            raise ValueError(f"{what} has no tokens (sequences {first}..{end}); it cannot provide "
-                             f"{self.num_samples} samples")
-        epochs = num_epochs_needed(tokens, self.seq_length, self.num_samples)
-        self.num_available_samples = block_index.epoch_sample_starts(tokens, epochs, self.seq_length)[-1]
-        return block_index.build_block_arrays(self.sizes, self.sequence_range, epochs, self.seed)
+        arrays, self.num_available_samples = build_block_indices(
+            self.sizes, self.sequence_range, self.num_samples, self.seq_length, self.seed, what=what)
+        return arrays
 
     def __len__(self) -> int:
         return self.num_samples
-
-    def pieces(self, i: int) -> list[tuple[int, int, int]]:
-        """(sequence id, begin, end) token ranges that make up sample i, in order."""
-        if self.index == "block":
-            return self.block_index.pieces(i)
-        s = int(self.shuffle_index[i])
-        (doc0, off0), (doc1, off1) = self.sample_index[s:s + 2].tolist()
-        out = []
-        for j in range(doc0, doc1 + 1):
-            seq = int(self.document_index[j])
-            end = off1 + 1 if j == doc1 else int(self.sizes[seq])
-            out.append((seq, off0 if j == doc0 else 0, end))
-        return out
 
     def __getitem__(self, i: int) -> np.ndarray:
         if not 0 <= i < self.num_samples:
@@ -320,7 +344,7 @@ class GPTDataset:
         pointers, lengths, itemsize = self.indexed.sequence_pointers, self.sizes, self.indexed.dtype.itemsize
         out = np.empty(self.seq_length + 1, dtype=np.int64)
         filled = 0
-        for seq, begin, end in self.pieces(i):     # copy each piece straight into the int64 output
+        for seq, begin, end in self.sample_lookup.pieces(i):   # each piece straight into the int64 output
             n = end - begin
             if n < 0 or filled + n > len(out) or end > int(lengths[seq]):
                 break
