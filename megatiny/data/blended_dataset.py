@@ -39,7 +39,8 @@ class StrideBlend:
 
     def taken_before(self, s: int) -> list[int]:
         """Samples each dataset gave to outputs [0, s)."""
-        taken = self._taken_at(max(0, s - len(self.units)))
+        # F(t) = sum of _taken_at(t) lies in (t - K/2, t + K/2]: from t = s - ceil(K/2), at most K steps.
+        taken = self._taken_at(max(0, s - (len(self.units) + 1) // 2))
         for _ in range(s - sum(taken)):
             taken[self._next(taken)] += 1
         return taken

@@ -44,56 +44,82 @@ def mix64(z):
     return z ^ (z >> 31)
 
 
-def round_keys(seed: int, *salt: int) -> list[int]:
-    """FEISTEL_ROUNDS 64-bit keys derived from the seed and salt values (epoch, stream)."""
-    z = mix64(seed & MASK64)
-    for s in salt:
-        z = mix64(z ^ (s & MASK64))
-    keys = []
-    for r in range(FEISTEL_ROUNDS):
-        z = mix64(z + 0x9E3779B97F4A7C15 * (r + 1) & MASK64)
-        keys.append(z)
-    return keys
+TABLE_BITS = 16               # halves up to 16 bits use random lookup tables as round functions
 
 
-def _bits(m: int) -> tuple[int, int]:
-    """(high bits, low bits) splitting the smallest power of two >= m (at least 2 bits)."""
-    total = max(2, (m - 1).bit_length())
-    return total // 2, total - total // 2
+class KeyedPermutation:
+    """A keyed random permutation of [0, m): a 4-round Feistel network on the smallest power of two
+    >= m (split into high and low halves), with cycle walking back into [0, m).
 
+    Round r XORs one half with a function of the other: a random lookup table drawn from the
+    seed (halves of at most TABLE_BITS bits), else splitmix64 of (half XOR key). `__call__` (one
+    Python int) and `array` (numpy, vectorized) give identical results.
+    """
 
-def _feistel_once(x, hi_bits: int, lo_bits: int, keys: list[int]):
-    hi_mask, lo_mask = (1 << hi_bits) - 1, (1 << lo_bits) - 1
-    hi, lo = x >> lo_bits, x & lo_mask
-    for r, k in enumerate(keys):           # alternate halves: each round is a bijection
-        if r % 2 == 0:
-            lo = lo ^ (mix64(hi ^ k) & lo_mask)
+    def __init__(self, m: int, seed: int, *salt: int):
+        if m < 1:
+            raise ValueError(f"cannot permute an empty range (m={m})")
+        self.m = m
+        total = max(2, (m - 1).bit_length())
+        self.hi_bits, self.lo_bits = total // 2, total - total // 2
+        rng = np.random.default_rng([seed, *salt])
+        self.keys = [int(k) for k in rng.integers(0, 1 << 63, size=FEISTEL_ROUNDS, dtype=np.int64)]
+        self.tables = None
+        if self.lo_bits <= TABLE_BITS:
+            self.tables = []
+            for r in range(FEISTEL_ROUNDS):     # even rounds read hi (write lo), odd rounds the reverse
+                source, target = (self.hi_bits, self.lo_bits) if r % 2 == 0 else (self.lo_bits, self.hi_bits)
+                self.tables.append(rng.integers(0, 1 << target, size=1 << source, dtype=np.int64))
+            self.table_lists = [t.tolist() for t in self.tables]
+
+    def _once(self, x: int) -> int:
+        lo_bits, lo_mask, hi_mask = self.lo_bits, (1 << self.lo_bits) - 1, (1 << self.hi_bits) - 1
+        hi, lo = x >> lo_bits, x & lo_mask
+        if self.tables is not None:
+            t0, t1, t2, t3 = self.table_lists
+            lo ^= t0[hi]
+            hi ^= t1[lo]
+            lo ^= t2[hi]
+            hi ^= t3[lo]
         else:
-            hi = hi ^ (mix64(lo ^ k) & hi_mask)
-    return (hi << lo_bits) | lo
+            for r, k in enumerate(self.keys):
+                if r % 2 == 0:
+                    lo ^= mix64(hi ^ k) & lo_mask
+                else:
+                    hi ^= mix64(lo ^ k) & hi_mask
+        return (hi << lo_bits) | lo
 
+    def __call__(self, x: int) -> int:
+        x = self._once(x)
+        while x >= self.m:              # < 2 steps on average: the Feistel domain is < 2m
+            x = self._once(x)
+        return x
 
-def permute(x: int, m: int, keys: list[int]) -> int:
-    """Position x in [0, m) of a keyed random permutation of [0, m) (Feistel + cycle walking)."""
-    hi_bits, lo_bits = _bits(m)
-    x = _feistel_once(x, hi_bits, lo_bits, keys)
-    while x >= m:              # < 2 steps on average: the Feistel domain is < 2m
-        x = _feistel_once(x, hi_bits, lo_bits, keys)
-    return x
+    def _once_array(self, x: np.ndarray) -> np.ndarray:
+        lo_mask, hi_mask = (1 << self.lo_bits) - 1, (1 << self.hi_bits) - 1
+        hi, lo = x >> self.lo_bits, x & lo_mask
+        for r in range(FEISTEL_ROUNDS):
+            if self.tables is not None:
+                if r % 2 == 0:
+                    lo = lo ^ self.tables[r][hi]
+                else:
+                    hi = hi ^ self.tables[r][lo]
+            else:
+                k = np.uint64(self.keys[r])
+                if r % 2 == 0:
+                    lo = lo ^ (mix64(hi.astype(np.uint64) ^ k) & np.uint64(lo_mask)).astype(np.int64)
+                else:
+                    hi = hi ^ (mix64(lo.astype(np.uint64) ^ k) & np.uint64(hi_mask)).astype(np.int64)
+        return (hi << self.lo_bits) | lo
 
-
-def permute_array(x: np.ndarray, m: int, keys: list[int]) -> np.ndarray:
-    """`permute` of every element of x (any int array in [0, m)), vectorized; int64 result."""
-    hi_bits, lo_bits = _bits(m)
-    ukeys = [np.uint64(k) for k in keys]
-    y = _feistel_once(np.asarray(x, dtype=np.uint64), hi_bits, lo_bits, ukeys)
-    out = y.astype(np.int64)
-    pending = np.flatnonzero(out >= m)
-    while len(pending):
-        y = _feistel_once(out[pending].astype(np.uint64), hi_bits, lo_bits, ukeys)
-        out[pending] = y.astype(np.int64)
-        pending = pending[out[pending] >= m]
-    return out
+    def array(self, x: np.ndarray) -> np.ndarray:
+        """The permutation of every element of x (ints in [0, m)); int64."""
+        out = self._once_array(np.asarray(x, dtype=np.int64))
+        pending = np.flatnonzero(out >= self.m)
+        while len(pending):
+            out[pending] = self._once_array(out[pending])
+            pending = pending[out[pending] >= self.m]
+        return out
 
 
 def epoch_sample_starts(tokens_per_epoch: int, num_epochs: int, seq_length: int) -> list[int]:
@@ -155,27 +181,35 @@ class BlockSampleIndex:
 
     def __init__(self, arrays: dict[str, np.ndarray], sizes: np.ndarray, sequence_range: tuple[int, int],
                  num_samples: int, seq_length: int, seed: int):
-        self.sizes = sizes
+        # Plain ndarray views of memory maps: np.memmap's per-access overhead costs more than the lookup.
+        self.sizes = np.asarray(sizes)
         self.first, self.end = sequence_range
         self.n = self.end - self.first
         self.nb = -(-self.n // ROWS)
         self.seq_length = seq_length
         self.num_samples = num_samples
         self.cumulative = arrays["cumulative"]
-        self.order, self.xor = arrays["order"], arrays["xor"]
         self.num_epochs = len(self.cumulative)
+        self.cumulative_rows = [np.asarray(self.cumulative[e]) for e in range(self.num_epochs)]
+        self.order, self.xor = np.asarray(arrays["order"]), np.asarray(arrays["xor"])
         self.tokens_per_epoch = int(self.cumulative[0, -1])
         self.starts = epoch_sample_starts(self.tokens_per_epoch, self.num_epochs, seq_length)
-        self.keys = [round_keys(seed, e, 1) for e in range(self.num_epochs)]
-        # Per epoch and XOR key x: the row of every slot, its first document and its row offset.
+        self.permutations = [KeyedPermutation(max(1, hi - lo), seed, e, 1)
+                             for e, (lo, hi) in enumerate(zip(self.starts, self.starts[1:]))]
+        # Per epoch and XOR key x: each slot's first sequence of its row, the row's offset, and the
+        # slots whose row is shorter than nb (only those can be absent from a block).
         slots = np.arange(ROWS)[None, :] ^ np.arange(ROWS)[:, None]           # [x, slot]
         row_lengths = np.clip(self.n - np.arange(ROWS) * self.nb, 0, self.nb)  # documents per row
-        self.slot_row_start, self.slot_rotation, self.slot_row_length = [], [], []
+        self.last = self.end - 1
+        self.slot_row_start, self.slot_rotation, self.short_slots = [], [], []
         for e in range(self.num_epochs):
             slot_rows = np.asarray(arrays["rows"][e])[slots]
-            self.slot_row_start.append(slot_rows * self.nb)
+            self.slot_row_start.append(slot_rows * self.nb + self.first)
             self.slot_rotation.append(np.asarray(arrays["rotation"][e])[slot_rows])
-            self.slot_row_length.append(row_lengths[slot_rows])
+            short = row_lengths[slot_rows] < self.nb
+            self.short_slots.append([list(zip(np.flatnonzero(short[x]).tolist(),
+                                              row_lengths[slot_rows[x][short[x]]].tolist()))
+                                     for x in range(ROWS)])
 
     @property
     def num_available_samples(self) -> int:
@@ -186,28 +220,35 @@ class BlockSampleIndex:
         e = 0
         while self.starts[e + 1] <= i:
             e += 1
-        lo, hi = self.starts[e], self.starts[e + 1]
-        return lo + permute(i - lo, hi - lo, self.keys[e])
+        return self.starts[e] + self.permutations[e](i - self.starts[e])
+
+    def _slots(self, epoch: int, rank: int) -> tuple[np.ndarray, list[int]]:
+        """(sequence id of each of the ROWS slots, the slots absent from this block) of a block."""
+        k = int(self.order[epoch, rank])
+        x = int(self.xor[epoch, rank])
+        column = self.slot_rotation[epoch][x] + k
+        column %= self.nb
+        seq = column + self.slot_row_start[epoch][x]
+        np.minimum(seq, self.last, out=seq)         # absent slots of short rows: any valid id, 0 tokens
+        return seq, [slot for slot, row_length in self.short_slots[epoch][x] if column[slot] >= row_length]
 
     def block(self, epoch: int, rank: int) -> tuple[np.ndarray, np.ndarray]:
         """(sequence ids, token counts) of the ROWS slots of the block at `rank` (absent slots: 0 tokens)."""
-        k = int(self.order[epoch, rank])
-        x = int(self.xor[epoch, rank])
-        column = (self.slot_rotation[epoch][x] + k) % self.nb
-        present = column < self.slot_row_length[epoch][x]
-        seq = np.where(present, self.slot_row_start[epoch][x] + column, 0) + self.first
-        lengths = np.where(present, self.sizes[seq], 0)
+        seq, absent = self._slots(epoch, rank)
+        lengths = self.sizes[seq]
+        lengths[absent] = 0
         return seq, lengths
 
     def pieces(self, i: int) -> list[tuple[int, int, int]]:
         s = self.sample_of(i)
         position = s * self.seq_length
         epoch, q = divmod(position, self.tokens_per_epoch)
-        rank = int(np.searchsorted(self.cumulative[epoch], q, side="right")) - 1
-        offset = q - int(self.cumulative[epoch, rank])
+        cumulative = self.cumulative_rows[epoch]
+        rank = int(cumulative.searchsorted(q, side="right")) - 1
+        offset = q - int(cumulative[rank])
         seq, lengths = self.block(epoch, rank)
-        ends = np.cumsum(lengths)
-        slot = int(np.searchsorted(ends, offset, side="right"))
+        ends = lengths.cumsum()
+        slot = int(ends.searchsorted(offset, side="right"))
         offset -= int(ends[slot - 1]) if slot else 0
         out, need = [], self.seq_length + 1
         while need:
@@ -229,8 +270,6 @@ class BlockSampleIndex:
         """Every sequence id of the split in epoch `epoch`'s order (O(n): for tests and inspection)."""
         parts = []
         for rank in range(self.nb):
-            seq, lengths = self.block(epoch, rank)
-            k, x = int(self.order[epoch, rank]), int(self.xor[epoch, rank])
-            column = (self.slot_rotation[epoch][x] + k) % self.nb
-            parts.append(seq[column < self.slot_row_length[epoch][x]])
+            seq, absent = self._slots(epoch, rank)
+            parts.append(np.delete(seq, absent))
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)

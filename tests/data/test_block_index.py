@@ -10,15 +10,21 @@ from megatiny.data.gpt_dataset import GPTDataset, build_indices
 from megatiny.data.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 
 
-@pytest.mark.parametrize("m", [1, 2, 3, 5, 64, 1000, 4097])
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 64, 1000, 4097, (1 << 33) + 5])
 def test_permutation_is_a_bijection_and_scalar_equals_vector(m):
-    keys = block_index.round_keys(7, 3)
-    vector = block_index.permute_array(np.arange(m), m, keys)
-    assert sorted(vector.tolist()) == list(range(m))
-    assert [block_index.permute(x, m, keys) for x in range(m)] == vector.tolist()
-    if m >= 1000:
+    perm = block_index.KeyedPermutation(m, 7, 3)
+    assert (perm.tables is None) == (m > 1 << 32)        # large domains use the splitmix rounds
+    x = np.arange(min(m, 5000)) if m < 1 << 32 else np.random.default_rng(0).integers(0, m, 2000)
+    vector = perm.array(x)
+    assert [perm(int(v)) for v in x] == vector.tolist()
+    assert vector.min() >= 0 and vector.max() < m
+    if m < 1 << 32:
+        assert sorted(vector.tolist()) == list(range(m))
+    else:
+        assert len(set(vector.tolist())) == len(x)
+    if 1000 <= m < 1 << 32:
         assert np.corrcoef(np.arange(m), vector)[0, 1] ** 2 < 0.01     # not close to the identity
-        other = block_index.permute_array(np.arange(m), m, block_index.round_keys(8, 3))
+        other = block_index.KeyedPermutation(m, 8, 3).array(np.arange(m))
         assert (other != vector).mean() > 0.99
 
 
