@@ -12,7 +12,11 @@ Each measured phase runs in a fresh child process, whose peak RSS (wait4) is rep
   block index    `gpt_dataset.build_block_indices` per source (the path GPTDataset takes), saved
                  with `cache.IndexCache` (cache bytes = files on disk), blend counts from StrideBlend;
                  then random access: samples/s of (blend -> source -> token pieces) for random sample
-                 numbers (the index lookups; reading the tokens is bench_sample_read.py's figure).
+                 numbers (the index lookups; reading the tokens is bench_sample_read.py's figure),
+                 "warm" on the length-table mapping the build read (as on the rank that builds) and
+                 "cold" on a fresh mapping (as on a rank that loads the cache: every block's 128
+                 lengths then sit on pages this process has not touched yet, one minor page fault
+                 each, until the table is mapped).
   megatron       the same for Megatron's materialized layout (`build_indices` +
                  `build_blending_indices`) at 1/30 of the scale (`--megatron-scale`), with a linear
                  extrapolation to full scale.
@@ -84,26 +88,32 @@ def block_phase(tables: list, num_samples: int, seq_length: int, cache_dir: str,
     t0, c0 = time.perf_counter(), time.process_time()
     blend = StrideBlend([w for *_, w in tables])
     counts = blend.taken_before(num_samples)
-    arrays, lookups, cache_bytes, epochs = [], [], 0, []
+    arrays, tables_read, cache_bytes, epochs = [], [], 0, []
     for (path, documents), n in zip([(t[0], t[1]) for t in tables], counts):
         sizes = np.memmap(path, dtype=np.int32, mode="r", shape=(documents,))
         a, _ = build_block_indices(sizes, (0, documents), n, seq_length, seed=1)
         arrays.append(a)
+        tables_read.append(sizes)
         epochs.append(len(a["cumulative"]))
     build, build_cpu = time.perf_counter() - t0, time.process_time() - c0
     t1 = time.perf_counter()
-    for k, ((path, documents, *_), n, a) in enumerate(zip(tables, counts, arrays)):
+    warm, cold = [], []
+    for k, ((path, documents, *_), n, a, sizes) in enumerate(zip(tables, counts, arrays, tables_read)):
         cache = IndexCache(cache_dir, f"source{k}", {"n": n})
         cache.save(a, {"documents": documents})
         cache_bytes += sum(f.stat().st_size for f in Path(cache_dir).glob(f"{cache.base}-*"))
-        sizes = np.memmap(path, dtype=np.int32, mode="r", shape=(documents,))
-        lookups.append(BlockSampleIndex(cache.load(tuple(a)), sizes, (0, documents), n, seq_length, 1))
+        loaded = cache.load(tuple(a))
+        warm.append(BlockSampleIndex(loaded, sizes, (0, documents), n, seq_length, 1))
+        fresh = np.memmap(path, dtype=np.int32, mode="r", shape=(documents,))
+        cold.append(BlockSampleIndex(loaded, fresh, (0, documents), n, seq_length, 1))
     save = time.perf_counter() - t1
     del arrays
-    rate, rate_cpu = random_access_rate((lambda i: blend[i], num_samples), lookups)
+    rate, rate_cpu = random_access_rate((lambda i: blend[i], num_samples), warm)
+    cold_rate, cold_cpu = random_access_rate((lambda i: blend[i], num_samples), cold)
     out.put({"build_s": build, "build_cpu_s": build_cpu, "save_s": save, "cache_bytes": cache_bytes,
-             "samples_per_s": rate, "samples_per_cpu_s": rate_cpu, "epochs": epochs,
-             "samples_per_source": counts, "peak_rss_gb": peak_rss_gb()})
+             "samples_per_s": rate, "samples_per_cpu_s": rate_cpu, "cold_samples_per_s": cold_rate,
+             "cold_samples_per_cpu_s": cold_cpu, "epochs": epochs, "samples_per_source": counts,
+             "peak_rss_gb": peak_rss_gb()})
 
 
 def megatron_phase(tables: list, num_samples: int, seq_length: int, surplus: float, out) -> None:
@@ -163,8 +173,9 @@ def tinyllama(args) -> None:
         print(f"block index: build {block['build_s']:.1f} s ({block['build_cpu_s']:.1f} CPU s; + save "
               f"{block['save_s']:.1f} s), peak RSS {block['peak_rss_gb']:.2f} GiB, cache "
               f"{block['cache_bytes'] / 2**20:.0f} MiB, random access {block['samples_per_s']:,.0f} "
-              f"samples/s ({block['samples_per_cpu_s']:,.0f} per CPU s); epochs {block['epochs']}, "
-              f"samples per source {block['samples_per_source']}")
+              f"samples/s ({block['samples_per_cpu_s']:,.0f} per CPU s; cold mapping "
+              f"{block['cold_samples_per_s']:,.0f}, {block['cold_samples_per_cpu_s']:,.0f} per CPU s); "
+              f"epochs {block['epochs']}, samples per source {block['samples_per_source']}")
         ratios = {"build": block["build_s"] / GOALS["build_s"],
                   "RSS": block["peak_rss_gb"] / GOALS["peak_rss_gb"],
                   "cache": block["cache_bytes"] / 2**30 / GOALS["cache_gb"],

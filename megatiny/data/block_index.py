@@ -236,7 +236,8 @@ class BlockSampleIndex:
         """(sequence ids, token counts) of the ROWS slots of the block at `rank` (absent slots: 0 tokens)."""
         seq, absent = self._slots(epoch, rank)
         lengths = self.sizes[seq]
-        lengths[absent] = 0
+        if absent:
+            lengths[absent] = 0
         return seq, lengths
 
     def pieces(self, i: int) -> list[tuple[int, int, int]]:
