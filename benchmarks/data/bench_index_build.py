@@ -70,6 +70,16 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20      # KiB -> GiB
 
 
+def rss_parts_gb() -> dict[str, float]:
+    """Current anonymous and file-backed resident memory (/proc/self/status), GiB."""
+    parts = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("RssAnon:", "RssFile:")):
+                parts[line.split(":")[0]] = int(line.split()[1]) / 2**20
+    return parts
+
+
 def random_access_rate(blend, lookups: list, seconds: float = 5.0) -> float:
     """Samples per second of blend -> (source, sample) -> token pieces, at random sample numbers."""
     size = blend[1]
@@ -84,7 +94,8 @@ def random_access_rate(blend, lookups: list, seconds: float = 5.0) -> float:
     return done / (time.perf_counter() - t0), done / (time.process_time() - c0)
 
 
-def block_phase(tables: list, num_samples: int, seq_length: int, cache_dir: str, out) -> None:
+def block_phase(tables: list, num_samples: int, seq_length: int, cache_dir: str, seconds: float,
+                out) -> None:
     t0, c0 = time.perf_counter(), time.process_time()
     blend = StrideBlend([w for *_, w in tables])
     counts = blend.taken_before(num_samples)
@@ -96,6 +107,7 @@ def block_phase(tables: list, num_samples: int, seq_length: int, cache_dir: str,
         tables_read.append(sizes)
         epochs.append(len(a["cumulative"]))
     build, build_cpu = time.perf_counter() - t0, time.process_time() - c0
+    build_rss, build_parts = peak_rss_gb(), rss_parts_gb()
     t1 = time.perf_counter()
     warm, cold = [], []
     for k, ((path, documents, *_), n, a, sizes) in enumerate(zip(tables, counts, arrays, tables_read)):
@@ -108,15 +120,16 @@ def block_phase(tables: list, num_samples: int, seq_length: int, cache_dir: str,
         cold.append(BlockSampleIndex(loaded, fresh, (0, documents), n, seq_length, 1))
     save = time.perf_counter() - t1
     del arrays
-    rate, rate_cpu = random_access_rate((lambda i: blend[i], num_samples), warm)
-    cold_rate, cold_cpu = random_access_rate((lambda i: blend[i], num_samples), cold)
+    rate, rate_cpu = random_access_rate((lambda i: blend[i], num_samples), warm, seconds)
+    cold_rate, cold_cpu = random_access_rate((lambda i: blend[i], num_samples), cold, seconds)
     out.put({"build_s": build, "build_cpu_s": build_cpu, "save_s": save, "cache_bytes": cache_bytes,
              "samples_per_s": rate, "samples_per_cpu_s": rate_cpu, "cold_samples_per_s": cold_rate,
              "cold_samples_per_cpu_s": cold_cpu, "epochs": epochs, "samples_per_source": counts,
-             "peak_rss_gb": peak_rss_gb()})
+             "peak_rss_gb": build_rss, "rss_parts": build_parts, "final_peak_rss_gb": peak_rss_gb()})
 
 
-def megatron_phase(tables: list, num_samples: int, seq_length: int, surplus: float, out) -> None:
+def megatron_phase(tables: list, num_samples: int, seq_length: int, surplus: float, seconds: float,
+                   out) -> None:
     t0, c0 = time.perf_counter(), time.process_time()
     dataset_index, dataset_sample = build_blending_indices([w for *_, w in tables], num_samples)
     lookups, nbytes = [], dataset_index.nbytes + dataset_sample.nbytes
@@ -130,7 +143,7 @@ def megatron_phase(tables: list, num_samples: int, seq_length: int, surplus: flo
     def source(i):
         return int(dataset_index[i]), int(dataset_sample[i])
 
-    rate, rate_cpu = random_access_rate((source, num_samples), lookups)
+    rate, rate_cpu = random_access_rate((source, num_samples), lookups, seconds)
     out.put({"build_s": build, "build_cpu_s": build_cpu, "cache_bytes": nbytes, "samples_per_s": rate,
              "samples_per_cpu_s": rate_cpu, "peak_rss_gb": peak_rss_gb()})
 
@@ -169,13 +182,16 @@ def tinyllama(args) -> None:
     try:
         cache_dir = work / "cache"
         shutil.rmtree(cache_dir, ignore_errors=True)
-        block = in_child(block_phase, tables, total_samples, seq_length, str(cache_dir))
+        block = in_child(block_phase, tables, total_samples, seq_length, str(cache_dir), args.access_seconds)
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in block["rss_parts"].items())
         print(f"block index: build {block['build_s']:.1f} s ({block['build_cpu_s']:.1f} CPU s; + save "
-              f"{block['save_s']:.1f} s), peak RSS {block['peak_rss_gb']:.2f} GiB, cache "
+              f"{block['save_s']:.1f} s), peak RSS of the build {block['peak_rss_gb']:.2f} GiB (at its end: "
+              f"{parts} GiB; the file part is the memory-mapped length tables), cache "
               f"{block['cache_bytes'] / 2**20:.0f} MiB, random access {block['samples_per_s']:,.0f} "
               f"samples/s ({block['samples_per_cpu_s']:,.0f} per CPU s; cold mapping "
               f"{block['cold_samples_per_s']:,.0f}, {block['cold_samples_per_cpu_s']:,.0f} per CPU s); "
-              f"epochs {block['epochs']}, samples per source {block['samples_per_source']}")
+              f"epochs {block['epochs']}, samples per source {block['samples_per_source']}; peak RSS after "
+              f"both access runs {block['final_peak_rss_gb']:.2f} GiB (two mappings of the same tables)")
         ratios = {"build": block["build_s"] / GOALS["build_s"],
                   "RSS": block["peak_rss_gb"] / GOALS["peak_rss_gb"],
                   "cache": block["cache_bytes"] / 2**30 / GOALS["cache_gb"],
@@ -191,7 +207,8 @@ def tinyllama(args) -> None:
                 n = int(documents * f)
                 np.memmap(path, dtype=np.int32, mode="r")[:n].tofile(part)
                 small.append((str(part), n, tokens * f, weight))
-            mega = in_child(megatron_phase, small, int(total_samples * f), seq_length, 0.005)
+            mega = in_child(megatron_phase, small, int(total_samples * f), seq_length, 0.005,
+                            args.access_seconds)
             x = 1 / f
             print(f"megatron layout at 1/{x:.0f} scale: build {mega['build_s']:.1f} s "
                   f"({mega['build_cpu_s']:.1f} CPU s), peak RSS {mega['peak_rss_gb']:.2f} GiB, arrays "
@@ -238,6 +255,7 @@ def main(argv=None) -> None:
     p.add_argument("--megatron-scale", type=float, default=1 / 30, help="0 skips the megatron layout")
     p.add_argument("--workdir", help="where the length tables go (default: a new temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the length tables for the next run")
+    p.add_argument("--access-seconds", type=float, default=5.0, help="duration of each random-access run")
     p.add_argument("--tokens", type=float, default=100e9)
     p.add_argument("--samples", type=float, default=50e6)
     p.add_argument("--seq-length", type=int, default=2048)

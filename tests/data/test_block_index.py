@@ -182,3 +182,19 @@ def test_megatron_dataset_reads_its_arrays_and_keeps_the_old_cache_names(corpus,
         np.testing.assert_array_equal(ds[i], stream[s * 16:s * 16 + 17])
     assert sorted(p.name.split(ds.hash)[1] for p in tmp_path.iterdir()) == [
         "-description.json", "-document_index.npy", "-sample_index.npy", "-shuffle_index.npy"]
+
+
+def test_tinyllama_benchmark_runs_at_a_small_scale(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO_ROOT
+
+    r = subprocess.run([sys.executable, "benchmarks/data/bench_index_build.py", "--preset", "tinyllama",
+                        "--scale", "2e-5", "--megatron-scale", "0.5", "--workdir", str(tmp_path / "w"),
+                        "--access-seconds", "0.2"],
+                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                       env={"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    assert "block index: build" in r.stdout and "megatron layout at 1/2 scale" in r.stdout
+    assert not (tmp_path / "w").exists()     # the length tables are removed without --keep
