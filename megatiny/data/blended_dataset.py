@@ -145,14 +145,15 @@ def _blend_two(w: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class BlendedDataset:
-    """`size` samples drawn from `datasets` in the greedy weighted order.
+    """`size` samples drawn from `datasets` in weighted order: StrideBlend (index "block") or
+    Megatron's greedy arrays (index "megatron"), see the module docstring.
 
     datasets: objects with len() and [] (each must hold at least its share of samples).
-    weights: relative weights, normalized by `build_blending_indices` (the one place that does).
+    weights: relative weights, normalized by `build_blending_indices` / `StrideBlend`.
     """
 
     def __init__(self, datasets: list, weights: list[float], size: int, cache_dir: str | Path,
-                 name: str = "train", description: dict[str, Any] | None = None, index: str = "megatron"):
+                 name: str = "train", description: dict[str, Any] | None = None, index: str = "block"):
         if len(datasets) != len(weights):
             raise ValueError(f"{len(datasets)} datasets but {len(weights)} weights")
         self.datasets = datasets
