@@ -29,6 +29,9 @@ one pass over its block's ROWS document lengths.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+from dataclasses import dataclass
+
 import numpy as np
 
 ROWS = 128                     # documents per block (a power of two: the in-block XOR key needs it)
@@ -172,6 +175,21 @@ def build_block_arrays(sizes: np.ndarray, sequence_range: tuple[int, int], num_e
     return {"cumulative": cumulative, "order": order, "xor": xor, "rotation": rotation, "rows": rows}
 
 
+@dataclass
+class EpochTables:
+    """What reading epoch e needs beyond the stored arrays, derived from them and the seed.
+
+    For each in-block XOR key x ([x, slot] arrays): the first sequence id of each slot's row, the
+    row's rotation, and the (slot, row length) pairs of rows shorter than nb (only those slots can
+    be absent from a block); and the permutation of the epoch's samples.
+    """
+
+    row_start: np.ndarray
+    rotation: np.ndarray
+    short_slots: list[list[tuple[int, int]]]
+    permutation: KeyedPermutation
+
+
 class BlockSampleIndex:
     """Random access to the packed, shuffled samples described by `build_block_arrays`' arrays.
 
@@ -194,22 +212,30 @@ class BlockSampleIndex:
         self.order, self.xor = np.asarray(arrays["order"]), np.asarray(arrays["xor"])
         self.tokens_per_epoch = int(self.cumulative[0, -1])
         self.starts = epoch_sample_starts(self.tokens_per_epoch, self.num_epochs, seq_length)
-        self.permutations = [KeyedPermutation(max(1, hi - lo), seed, e, 1)
-                             for e, (lo, hi) in enumerate(zip(self.starts, self.starts[1:]))]
-        # Per epoch and XOR key x: each slot's first sequence of its row, the row's offset, and the
-        # slots whose row is shorter than nb (only those can be absent from a block).
+        self.seed = seed
+        self.rows, self.rotation = arrays["rows"], arrays["rotation"]
+        self.last = self.end - 1
+        self._tables: OrderedDict[int, EpochTables] = OrderedDict()
+
+    def epoch_tables(self, epoch: int) -> EpochTables:
+        """The tables of `epoch`; training reads epochs in order, so 8 cached epochs suffice."""
+        tables = self._tables.get(epoch)
+        if tables is None:
+            tables = self._tables[epoch] = self._build_epoch_tables(epoch)
+            if len(self._tables) > 8:
+                self._tables.popitem(last=False)
+        return tables
+
+    def _build_epoch_tables(self, epoch: int) -> EpochTables:
         slots = np.arange(ROWS)[None, :] ^ np.arange(ROWS)[:, None]           # [x, slot]
         row_lengths = np.clip(self.n - np.arange(ROWS) * self.nb, 0, self.nb)  # documents per row
-        self.last = self.end - 1
-        self.slot_row_start, self.slot_rotation, self.short_slots = [], [], []
-        for e in range(self.num_epochs):
-            slot_rows = np.asarray(arrays["rows"][e])[slots]
-            self.slot_row_start.append(slot_rows * self.nb + self.first)
-            self.slot_rotation.append(np.asarray(arrays["rotation"][e])[slot_rows])
-            short = row_lengths[slot_rows] < self.nb
-            self.short_slots.append([list(zip(np.flatnonzero(short[x]).tolist(),
-                                              row_lengths[slot_rows[x][short[x]]].tolist()))
-                                     for x in range(ROWS)])
+        slot_rows = np.asarray(self.rows[epoch])[slots]
+        short = row_lengths[slot_rows] < self.nb
+        short_slots = [list(zip(np.flatnonzero(short[x]).tolist(),
+                                row_lengths[slot_rows[x][short[x]]].tolist())) for x in range(ROWS)]
+        lo, hi = self.starts[epoch], self.starts[epoch + 1]
+        return EpochTables(slot_rows * self.nb + self.first, np.asarray(self.rotation[epoch])[slot_rows],
+                           short_slots, KeyedPermutation(max(1, hi - lo), self.seed, epoch, 1))
 
     @property
     def num_available_samples(self) -> int:
@@ -220,17 +246,18 @@ class BlockSampleIndex:
         e = 0
         while self.starts[e + 1] <= i:
             e += 1
-        return self.starts[e] + self.permutations[e](i - self.starts[e])
+        return self.starts[e] + self.epoch_tables(e).permutation(i - self.starts[e])
 
     def _slots(self, epoch: int, rank: int) -> tuple[np.ndarray, list[int]]:
         """(sequence id of each of the ROWS slots, the slots absent from this block) of a block."""
         k = int(self.order[epoch, rank])
         x = int(self.xor[epoch, rank])
-        column = self.slot_rotation[epoch][x] + k
+        tables = self.epoch_tables(epoch)
+        column = tables.rotation[x] + k
         column %= self.nb
-        seq = column + self.slot_row_start[epoch][x]
+        seq = column + tables.row_start[x]
         np.minimum(seq, self.last, out=seq)         # absent slots of short rows: any valid id, 0 tokens
-        return seq, [slot for slot, row_length in self.short_slots[epoch][x] if column[slot] >= row_length]
+        return seq, [slot for slot, row_length in tables.short_slots[x] if column[slot] >= row_length]
 
     def block(self, epoch: int, rank: int) -> tuple[np.ndarray, np.ndarray]:
         """(sequence ids, token counts) of the ROWS slots of the block at `rank` (absent slots: 0 tokens)."""
@@ -248,7 +275,7 @@ class BlockSampleIndex:
         rank = int(cumulative.searchsorted(q, side="right")) - 1
         offset = q - int(cumulative[rank])
         seq, lengths = self.block(epoch, rank)
-        ends = lengths.cumsum()
+        ends = lengths.cumsum(dtype=np.int64)
         slot = int(ends.searchsorted(offset, side="right"))
         offset -= int(ends[slot - 1]) if slot else 0
         out, need = [], self.seq_length + 1
