@@ -105,14 +105,15 @@ def test_resume_at_any_sample_equals_the_uninterrupted_stream(corpus):
 
 def test_cache_holds_o_blocks_not_o_samples(corpus):
     indexed, _, d = corpus
-    ds = make(corpus, 50_000, seq_length=4, cache="big")
+    ds = make(corpus, 100_000, seq_length=4, cache="big")
     files = sorted((d / "big").iterdir())
     assert {f.name.split(ds.hash + "-")[1] for f in files} == {
         f"{n}_index.npy" for n in block_index.ARRAY_NAMES} | {"description.json"}
-    assert sum(f.stat().st_size for f in files) < 40_000       # 50k samples, 23 epochs: ~1.2 kB each
-    again = make(corpus, 50_000, seq_length=4, cache="big")
+    assert ds.block_index.num_epochs == 14
+    assert sum(f.stat().st_size for f in files) < 40_000       # 100k samples; Megatron's arrays: 2.4 MB
+    again = make(corpus, 100_000, seq_length=4, cache="big")
     assert isinstance(again.block_index.cumulative, np.memmap) and again.block_index.num_epochs > 8
-    picks = np.random.default_rng(0).integers(0, 50_000, size=300).tolist()    # jumps across epochs
+    picks = np.random.default_rng(0).integers(0, 100_000, size=300).tolist()    # jumps across epochs
     in_order = {i: ds[i] for i in sorted(picks)}
     for i in picks:                              # more epochs than the 8 cached tables: evicted, rebuilt
         np.testing.assert_array_equal(again[i], in_order[i])
