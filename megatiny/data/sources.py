@@ -268,5 +268,10 @@ def parse_record(kind: str, record, keys: tuple[str, ...]) -> tuple[list[str] | 
 
 
 def expand_inputs(patterns: list[str]) -> list[Path]:
-    """The paths of `resolve_inputs(patterns)` (for readers that take jsonl only)."""
-    return [f.path for f in resolve_inputs(patterns)]
+    """The paths of `resolve_inputs(patterns)`, for readers of text and jsonl lines only (SourceError
+    naming a parquet/arrow input)."""
+    files = resolve_inputs(patterns)
+    for f in files:
+        if f.kind != "jsonl":
+            raise SourceError(f"{f.path}: {f.kind} input is not supported here (text and jsonl files only)")
+    return [f.path for f in files]

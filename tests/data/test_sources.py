@@ -136,3 +136,11 @@ def test_silent_cases_fail_naming_file_and_field(texts_and_model, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.jsonl", "other.jsonl", "some.jsonl"]
     stats = preprocess([str(tmp_path / "some.jsonl")], tmp_path / "s", model, max_bad_fraction=0.05)
     assert stats.documents == 97
+
+
+def test_line_readers_refuse_tables(tmp_path):
+    from megatiny.data.sources import expand_inputs
+
+    write_parquet(tmp_path / "t.parquet", ["a"])
+    with pytest.raises(SourceError, match=r"t\.parquet: parquet input is not supported here"):
+        expand_inputs([str(tmp_path / "*.parquet")])
