@@ -234,3 +234,13 @@ def test_sidecar_records_tokenizer_counts_and_sources(corpus, processed):
     assert (meta.num_documents, meta.num_tokens) == (ds.num_documents, ds.num_tokens)
     assert meta.max_token_id == int(ds.tokens.max()) and meta.dtype == "uint16"
     assert meta.sources == [str((d / "c.jsonl").resolve())] and meta.prepend_bos and meta.append_eod
+
+
+def test_megatron_huggingface_tokenizer_type(corpus, tmp_path, capsys):
+    d, good, _ = corpus
+    tj = make_hf_tokenizer_json(tmp_path / "tokenizer.json", good[:300])
+    args = ["--input", str(d / "c.jsonl"), "--output-prefix", str(tmp_path / "hf"), "--tokenizer-model",
+            str(tj), "--append-eod", "--no-progress"]
+    assert preprocess_tool.main(args + ["--tokenizer-type", "HuggingFaceTokenizer"]) == 0
+    assert preprocess_tool.main(args + ["--tokenizer-type", "GPTSentencePieceTokenizer"]) == 1
+    assert "is a Hugging Face tokenizer" in capsys.readouterr().err
