@@ -189,16 +189,15 @@ def test_megatron_dataset_reads_its_arrays_and_keeps_the_old_cache_names(corpus,
 
 
 def test_tinyllama_benchmark_runs_at_a_small_scale(tmp_path):
-    import subprocess
     import sys
 
-    from tests.helpers import REPO_ROOT
+    from tests.helpers import REPO_ROOT, run_command, timeout_s
 
-    r = subprocess.run([sys.executable, "benchmarks/data/bench_index_build.py", "--preset", "tinyllama",
-                        "--scale", "2e-5", "--megatron-scale", "0.5", "--workdir", str(tmp_path / "w"),
-                        "--access-seconds", "0.2"],
-                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-                       env={"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stderr
+    r = run_command([sys.executable, "benchmarks/data/bench_index_build.py", "--preset", "tinyllama",
+                     "--scale", "2e-5", "--megatron-scale", "0.5", "--workdir", str(tmp_path / "w"),
+                     "--access-seconds", "0.2"],
+                    timeout=timeout_s(extra_s=120),
+                    env={"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout
     assert "block index: build" in r.stdout and "megatron layout at 1/2 scale" in r.stdout
     assert not (tmp_path / "w").exists()     # the length tables are removed without --keep

@@ -208,17 +208,17 @@ def test_megatron_deepspeed_command_runs_unchanged(corpus, processed, tmp_path):
            "--tokenizer-model", str(model), "--json-keys", "text", "--append-eod", "--workers", "2",
            "--partitions", "2", "--dataset-impl", "mmap", "--log-interval", "1000", "--chunk-size", "25",
            "--keep-sequential-samples"]
-    r = run_command(cmd, timeout=120, env={"PYTHONPATH": str(REPO_ROOT)})
+    r = run_command(cmd, timeout=timeout_s(extra_s=30), env={"PYTHONPATH": str(REPO_ROOT)})
     assert r.returncode == 0, r.stdout
     assert "--partitions 2 ignored" in r.stdout and "starts with BOS" in r.stdout
     for ext in ("bin", "idx"):      # Llama2Tokenizer adds BOS, as Megatron's does: same as --prepend-bos
         assert (tmp_path / f"meg_text_document.{ext}").read_bytes() == \
             (d / f"w1_text_document.{ext}").read_bytes()
     wrong = run_command(cmd[:6] + ["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model",
-                                   str(model)], timeout=60, env={"PYTHONPATH": str(REPO_ROOT)})
+                                   str(model)], timeout=timeout_s(), env={"PYTHONPATH": str(REPO_ROOT)})
     assert wrong.returncode == 1 and "does not match" in wrong.stdout
     assert "sentencepiece model" in wrong.stdout
-    split = run_command(cmd + ["--split-sentences"], timeout=60, env={"PYTHONPATH": str(REPO_ROOT)})
+    split = run_command(cmd + ["--split-sentences"], timeout=timeout_s(), env={"PYTHONPATH": str(REPO_ROOT)})
     assert split.returncode == 1 and "--split-sentences is not supported" in split.stdout
 
 

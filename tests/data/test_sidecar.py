@@ -12,7 +12,7 @@ from megatiny.data.preprocess import preprocess
 from megatiny.data.sidecar import DatasetSidecar, VocabMismatchError, check_data_vocab, merge_sidecars
 from megatiny.data.tokenizer import train_sentencepiece
 from tests.data.corpus import make_texts
-from tests.helpers import REPO_ROOT, run_command
+from tests.helpers import REPO_ROOT, run_command, timeout_s
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +60,7 @@ def test_merging_needs_one_tokenizer(dataset):
 
 def test_training_refuses_the_data_before_any_engine_starts(dataset, tmp_path):
     d, prefix, model, meta = dataset
-    # main renamed zero1_bf16.json to zero1.json (precision moved out of the DeepSpeed files)
-    ds_file = next(f"ds_configs/{n}" for n in ("zero1.json", "zero1_bf16.json")
-                   if (REPO_ROOT / "ds_configs" / n).exists())
+    ds_file = "ds_configs/zero1.json"
     config = {"model": {"preset": "tiny-test", "vocab_size": 128}, "tokenizer": str(model),
               "data": {"data_path": prefix, "split": "95,5,0"},
               "batch": {"seq_length": 32, "micro_batch_size": 2, "global_batch_size": 2},
@@ -70,8 +68,8 @@ def test_training_refuses_the_data_before_any_engine_starts(dataset, tmp_path):
               "checkpoint": {"save_dir": str(tmp_path / "run"), "save_interval": 2},
               "distributed": {"deepspeed_config": ds_file, "timeout_s": 60}}
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
-    r = run_command([sys.executable, "tools/train.py", "--config", str(tmp_path / "run.yaml")], timeout=300,
-                    env={"PYTHONPATH": str(REPO_ROOT)})
+    r = run_command([sys.executable, "tools/train.py", "--config", str(tmp_path / "run.yaml")],
+                    timeout=timeout_s(), env={"PYTHONPATH": str(REPO_ROOT)})
     assert r.returncode == 2, r.stdout
     assert f"error: {prefix}: holds token ids up to {meta.max_token_id}" in r.stdout
     assert "model's vocab_size is 128" in r.stdout
