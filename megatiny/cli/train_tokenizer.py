@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from megatiny.data.preprocess import iter_texts
+from megatiny.data.sources import iter_texts
 from megatiny.data.tokenizer import load_tokenizer, train_sentencepiece
 
 

@@ -140,7 +140,8 @@ class _Trainer:
         valid_samples = (run.logging.eval_iters * run.batch.micro_batch_size * self.world
                          if run.logging.eval_interval else 0)
         build = lambda: build_gpt_datasets(data_config, run.batch.seq_length,  # noqa: E731
-                                           (train_samples, valid_samples, 0), run.seed)
+                                           (train_samples, valid_samples, 0), run.seed,
+                                           vocab_size=self.model_config.vocab_size)
         # Rank 0 builds and caches the sample indices; the others then load them from the cache.
         if self.rank == 0:
             datasets = build()
@@ -158,6 +159,10 @@ class _Trainer:
     def execute(self) -> TrainResult:
         run, rank = self.run, self.rank
         seed_everything(run.seed)
+        from megatiny.data.config import DataConfig
+        from megatiny.data.sidecar import check_data_vocab
+        # Before any engine starts: data tokenized with a larger vocabulary than the model's fails here.
+        check_data_vocab(DataConfig.from_dict(run.data), self.model_config.vocab_size)
         resume = self._resume_point()
         ds_file = ds_engine.read_ds_file(run.distributed.deepspeed_config)
         load_root = None
