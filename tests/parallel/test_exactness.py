@@ -1,0 +1,61 @@
+"""Tensor, sequence and context parallel runs equal the one-rank run (gloo, CPU, tiny fp32 GPT).
+
+Model level: initial weights, logits, loss and every gradient of TP2, TP2+SP and CP2 against the
+one-rank GPT built with the same seed. Engine level: 8 steps of real DeepSpeed engines (AdamW,
+gradient clipping) under ZeRO-1 and ZeRO-3; losses and DeepSpeed's gradient norms against the
+one-rank engine of the same stage.
+"""
+import pytest
+
+from tests.parallel.parallel_worker import CLIP, STEPS
+
+TOLERANCE = 1e-5
+
+
+def max_rel_diff(ours: list[float], reference: list[float]) -> float:
+    assert len(ours) == len(reference) == STEPS
+    return max(abs(a - b) / abs(b) for a, b in zip(ours, reference))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["tp2", "tp2-tied", "tp2-sp", "tp2-sp-tied", "cp2"])
+def test_parallel_model_equals_one_rank_model(model_checks, layout):
+    for rank, results in enumerate(model_checks):
+        diffs = results[layout]
+        assert diffs["weights"] == 0.0, (rank, diffs)  # the shards of the same initial weights
+        for key in ("logits", "loss", "grads"):
+            assert diffs[key] < TOLERANCE, (rank, key, diffs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [1, 3])
+def test_reference_run_trains_and_clips(reference_engines, stage):
+    """The comparison means something: the loss falls and clipping is active on every step."""
+    run = reference_engines[f"one-zero{stage}"]
+    assert run["losses"][-1] < run["losses"][0] - 0.3, run
+    assert min(run["grad_norms"]) > CLIP, run
+
+
+def _check_runs(per_rank: list[dict], reference: dict, keys: list[str]) -> None:
+    for key in keys:
+        stage = key.rsplit("-", 1)[1]
+        want = reference[f"one-{stage}"]
+        for rank, results in enumerate(per_rank):
+            run = results[key]
+            assert max_rel_diff(run["losses"], want["losses"]) < TOLERANCE, (key, rank, run, want)
+            assert max_rel_diff(run["grad_norms"], want["grad_norms"]) < TOLERANCE, (key, rank, run, want)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [1, 3])
+@pytest.mark.parametrize("layout", ["tp2", "tp2-sp", "cp2"])
+def test_two_rank_engines_equal_one_rank(reference_engines, two_rank_engines, layout, stage):
+    _check_runs(two_rank_engines, reference_engines, [f"{layout}-zero{stage}"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [1, 3])
+@pytest.mark.parametrize("layout", ["tp2", "cp2"])  # x DP2 on four ranks
+def test_four_rank_engines_with_data_parallel_equal_one_rank(reference_engines, four_rank_engines,
+                                                              layout, stage):
+    _check_runs(four_rank_engines, reference_engines, [f"{layout}-zero{stage}"])
