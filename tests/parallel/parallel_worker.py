@@ -5,9 +5,12 @@ inside this process (no DeepSpeed engine): initial weights, logits, loss and eve
 
 --check engines: for each layout and ZeRO stage, a real DeepSpeed engine
 (`deepspeed.initialize(model=..., mpu=...)`, under `deepspeed.zero.Init(data_parallel_group=...,
-mpu=...)` for ZeRO-3) trains 8 steps of AdamW with gradient clipping on fixed batches; the global
-losses and DeepSpeed's gradient norms are written out. Run with one rank and layout "one" it is
-the reference.
+mpu=...)` for ZeRO-3) trains 8 steps of AdamW with gradient clipping and activation checkpointing
+on fixed batches; the global losses and DeepSpeed's gradient norms are written out. Run with one
+rank and layout "one" it is the reference.
+
+--check groups (or --also-groups): this rank's process groups and mpu answers for layouts that
+use every pair of axes.
 
 Every rank writes OUT_DIR/<check>-rank<R>.json.
 """
@@ -33,8 +36,9 @@ STEPS, LR, CLIP = 8, 1e-3, 0.5
 LAYOUTS = {"one": (1, 1, False), "tp2": (2, 1, False), "tp2-sp": (2, 1, True), "cp2": (1, 2, False)}
 
 
-def model_config(tie: bool = False):
-    return get_preset("tiny-test", num_layers=2, tie_word_embeddings=tie, attention_backend="math")
+def model_config(tie: bool = False, activation_checkpointing: int = 0):
+    return get_preset("tiny-test", num_layers=2, tie_word_embeddings=tie, attention_backend="math",
+                      activation_checkpointing=activation_checkpointing)
 
 
 def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,7 +125,8 @@ def train_engine(layout_name: str, stage: int) -> dict[str, list[float]]:
     torch.manual_seed(0)
     with deepspeed.zero.Init(data_parallel_group=mpu.get_data_parallel_group(), mpu=mpu,
                              config_dict_or_path=config, enabled=stage == 3):
-        model = GPT(model_config(), state)
+        # Activation checkpointing on every block: the recompute repeats the collectives.
+        model = GPT(model_config(activation_checkpointing=1), state)
     optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=LR)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config, mpu=mpu)
     losses, norms = [], []
