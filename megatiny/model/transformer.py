@@ -104,6 +104,12 @@ def _row_linear(in_features: int, out_features: int, std: float,
                                 parallel.sequence_parallel)
 
 
+def _sequence_shard(x: torch.Tensor, parallel: ParallelState | None) -> tuple[torch.Tensor, ...]:
+    """(x,) under sequence parallelism, else (): the extra argument of column-parallel layers
+    that lets them keep only the shard for backward."""
+    return (x,) if parallel is not None and parallel.sequence_parallel else ()
+
+
 def _enter_tensor_parallel(x: torch.Tensor, parallel: ParallelState | None) -> torch.Tensor:
     if _tensor_size(parallel) == 1:
         return x
@@ -138,11 +144,12 @@ class Attention(nn.Module):
         """x [B, T, h], cos/sin [T, head_dim] (see `rope_cos_sin`) -> [B, T, h].
 
         Under sequence parallelism x and the output are this rank's [B, T/tensor, h] shard."""
+        shard = _sequence_shard(x, self.parallel)
         x = _enter_tensor_parallel(x, self.parallel)
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(b, t, self.num_groups, self.head_dim)
-        v = self.v_proj(x).view(b, t, self.num_groups, self.head_dim)
+        q = self.q_proj(x, *shard).view(b, t, self.num_heads, self.head_dim)
+        k = self.k_proj(x, *shard).view(b, t, self.num_groups, self.head_dim)
+        v = self.v_proj(x, *shard).view(b, t, self.num_groups, self.head_dim)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_index, k, v)
@@ -165,8 +172,9 @@ class MLP(nn.Module):
         self.down_proj = _row_linear(f, h, _output_std(config), parallel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shard = _sequence_shard(x, self.parallel)
         x = _enter_tensor_parallel(x, self.parallel)
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(F.silu(self.gate_proj(x, *shard)) * self.up_proj(x, *shard))
 
 
 class Block(nn.Module):
@@ -253,21 +261,22 @@ class LMHead(nn.Module):
         forms them. Context parallel: the loss is the mean over the whole sequences."""
         parallel = self.parallel
         tensor_parallel = _tensor_size(parallel) > 1
-        hidden = _enter_tensor_parallel(hidden, parallel)
         if labels is None:
-            logits = F.linear(hidden, self.weight).float()
+            logits = F.linear(_enter_tensor_parallel(hidden, parallel), self.weight).float()
             return collectives.gather_last_dim(logits, parallel.tensor_group) if tensor_parallel \
                 else logits
-        flat_hidden, flat_labels = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
-        flat_mask = loss_mask.reshape(-1) if loss_mask is not None else None
         context_group = parallel.context_group if _context_size(parallel) > 1 else None
         if tensor_parallel:
-            loss = tp.vocab_parallel_linear_cross_entropy(flat_hidden, self.weight, flat_labels,
-                                                          parallel.tensor_group, flat_mask,
-                                                          count_group=context_group)
+            if not parallel.sequence_parallel:  # (SP: the loss gathers the shards itself)
+                hidden = tp.enter_tensor_parallel(hidden, parallel.tensor_group, False)
+            loss = tp.vocab_parallel_linear_cross_entropy(hidden, self.weight, labels,
+                                                          parallel.tensor_group, loss_mask,
+                                                          count_group=context_group,
+                                                          sequence_parallel=parallel.sequence_parallel)
         else:
-            loss = linear_cross_entropy(flat_hidden, self.weight, flat_labels, flat_mask,
-                                        count_group=context_group)
+            flat_mask = loss_mask.reshape(-1) if loss_mask is not None else None
+            loss = linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), self.weight,
+                                        labels.reshape(-1), flat_mask, count_group=context_group)
         return loss if context_group is None else cp.sum_loss_over_context(loss, context_group)
 
 

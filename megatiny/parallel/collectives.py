@@ -23,7 +23,8 @@ def group_size(group) -> int:
     return dist.get_world_size(group=group)
 
 
-def _all_gather(x: torch.Tensor, dim: int, group) -> torch.Tensor:
+def all_gather(x: torch.Tensor, dim: int, group) -> torch.Tensor:
+    """Concatenation along `dim` of every rank's x, in rank order (no autograd)."""
     size = group_size(group)
     if size == 1:
         return x
@@ -33,7 +34,8 @@ def _all_gather(x: torch.Tensor, dim: int, group) -> torch.Tensor:
     return out.movedim(0, dim)
 
 
-def _reduce_scatter(x: torch.Tensor, dim: int, group) -> torch.Tensor:
+def reduce_scatter(x: torch.Tensor, dim: int, group) -> torch.Tensor:
+    """This rank's equal chunk along `dim` of the sum over ranks of x (no autograd)."""
     size = group_size(group)
     if size == 1:
         return x
@@ -87,22 +89,22 @@ class _GatherAlongDim(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dim, group):
         ctx.dim, ctx.group = dim, group
-        return _all_gather(x, dim, group)
+        return all_gather(x, dim, group)
 
     @staticmethod
     def backward(ctx, grad):
-        return _reduce_scatter(grad, ctx.dim, ctx.group), None, None
+        return reduce_scatter(grad, ctx.dim, ctx.group), None, None
 
 
 class _ReduceScatterAlongDim(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dim, group):
         ctx.dim, ctx.group = dim, group
-        return _reduce_scatter(x, dim, group)
+        return reduce_scatter(x, dim, group)
 
     @staticmethod
     def backward(ctx, grad):
-        return _all_gather(grad, ctx.dim, ctx.group), None, None
+        return all_gather(grad, ctx.dim, ctx.group), None, None
 
 
 class _SplitAlongDim(torch.autograd.Function):
@@ -113,14 +115,14 @@ class _SplitAlongDim(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return _all_gather(grad, ctx.dim, ctx.group), None, None
+        return all_gather(grad, ctx.dim, ctx.group), None, None
 
 
 class _GatherLastDim(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, group):
         ctx.group = group
-        return _all_gather(x, x.dim() - 1, group)
+        return all_gather(x, x.dim() - 1, group)
 
     @staticmethod
     def backward(ctx, grad):

@@ -36,11 +36,13 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from megatiny.model.loss import IGNORE_INDEX, check_loss_inputs, default_chunk_size, token_weights
+from megatiny.model.loss import IGNORE_INDEX, default_chunk_size, token_weights
 from megatiny.parallel.collectives import (
+    all_gather,
     copy_to_group,
     gather_along_dim,
     reduce_from_group,
+    reduce_scatter,
     reduce_scatter_along_dim,
 )
 
@@ -155,14 +157,38 @@ def mark_tensor_parallel(param: nn.Parameter, dim: int) -> None:
 
 
 class ColumnParallelLinear(nn.Module):
-    """y[..., out/T] = x[..., in] @ W_shard^T; the input must already be in the TP region."""
+    """y[..., out/T] = x[..., in] @ W_shard^T; the input must already be in the TP region.
+
+    With sequence parallelism pass also `sequence_shard`, this rank's [B, S/T, in] part of x (x
+    being its all-gather): then only the shard is kept for the backward pass, which all-gathers it
+    again to form the weight gradient (Megatron's trade of one all-gather for S x in activations)."""
 
     def __init__(self, in_features: int, out_features: int, std: float, group):
         super().__init__()
+        self.group = group
         self.weight = _sharded_parameter(_full_linear_weight(out_features, in_features, std), 0, group)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight)
+    def forward(self, x: torch.Tensor, sequence_shard: torch.Tensor | None = None) -> torch.Tensor:
+        if sequence_shard is None:
+            return F.linear(x, self.weight)
+        return _LinearSavingSequenceShard.apply(x, sequence_shard, self.weight, self.group)
+
+
+class _LinearSavingSequenceShard(torch.autograd.Function):
+    """F.linear(full, weight) that saves the sequence shard instead of the gathered input."""
+
+    @staticmethod
+    def forward(ctx, full, shard, weight, group):
+        ctx.save_for_backward(shard, weight)
+        ctx.group = group
+        return F.linear(full, weight)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        shard, weight = ctx.saved_tensors
+        full = all_gather(shard, SEQUENCE_DIM, ctx.group)
+        grad_weight = grad_out.reshape(-1, grad_out.shape[-1]).t() @ full.reshape(-1, full.shape[-1])
+        return grad_out @ weight, None, grad_weight, None
 
 
 class RowParallelLinear(nn.Module):
@@ -228,68 +254,53 @@ def lm_head_shard(vocab_size: int, hidden_size: int, std: float, group) -> nn.Pa
 
 
 def vocab_parallel_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor,
-                                        labels: torch.Tensor, group,
-                                        loss_mask: torch.Tensor | None = None,
-                                        chunk_size: int | None = None, count_group=None
-                                        ) -> torch.Tensor:
+                                        labels: torch.Tensor, group, loss_mask: torch.Tensor | None = None,
+                                        chunk_size: int | None = None, count_group=None,
+                                        sequence_parallel: bool = False) -> torch.Tensor:
     """`megatiny.model.loss.linear_cross_entropy` with the head weight split over the vocabulary.
 
-    hidden [N, h] (identical on every rank of `group`), weight [V/T, h] (rank r: vocab rows
-    [r*V/T, (r+1)*V/T)), labels Long[N] (full vocabulary ids), loss_mask [N] or None. Returns the
-    fp32 mean loss, equal on every rank. The hidden-state gradient returned is this rank's partial
-    (from its vocabulary rows): the caller's `enter_tensor_parallel` sums it over the group.
-    `count_group`: ranks whose tokens share one mean (context parallelism), or None.
+    weight [V/T, h] (rank r: vocab rows [r*V/T, (r+1)*V/T)), labels Long[B, S] (full vocabulary
+    ids; already shifted), loss_mask [B, S] or None. hidden: [B, S, h], identical on every rank of
+    `group` (plain TP: the hidden-state gradient returned is this rank's partial, from its
+    vocabulary rows, and the caller's `enter_tensor_parallel` sums it over the group), or with
+    `sequence_parallel` this rank's [B, S/T, h] shard (the gradient returned is the shard's, summed
+    over the group). Returns the fp32 mean loss, equal on every rank. `count_group`: ranks whose
+    tokens share one mean (context parallelism), or None.
     """
-    check_loss_inputs(hidden, labels, loss_mask)
-    weights = token_weights(labels, loss_mask, count_group)
+    flat_labels = labels.reshape(-1)
+    flat_mask = loss_mask.reshape(-1) if loss_mask is not None else None
+    size = dist.get_world_size(group=group)
+    full_shape = (hidden.shape[0], hidden.shape[1] * (size if sequence_parallel else 1), hidden.shape[-1])
+    if hidden.dim() != 3 or tuple(labels.shape) != full_shape[:2]:
+        raise ValueError(f"hidden [B, S{'/T' if sequence_parallel else ''}, h] and labels [B, S] are "
+                         f"needed, got {tuple(hidden.shape)} and {tuple(labels.shape)}")
+    if loss_mask is not None and loss_mask.shape != labels.shape:
+        raise ValueError(f"loss_mask shape {tuple(loss_mask.shape)} != labels {tuple(labels.shape)}")
+    weights = token_weights(flat_labels, flat_mask, count_group)
     chunk = chunk_size or default_chunk_size(weight.shape[0])
     compute_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     vocab_start = dist.get_rank(group=group) * weight.shape[0]
-    return _VocabParallelLinearCrossEntropy.apply(hidden, weight, labels, weights, vocab_start, chunk,
-                                                  compute_grad, group)
+    return _VocabParallelLinearCrossEntropy.apply(hidden, weight, flat_labels, weights, vocab_start,
+                                                  chunk, compute_grad, group, sequence_parallel)
 
 
 class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
-    """sum_i w_i * CE(hidden_i @ W^T, label_i) with W split over vocabulary rows; gradients are
-    computed per chunk in forward (as in `_LinearCrossEntropy`). Two all-reduces per chunk: the
-    logit max, then [sum of exp, target logit] together."""
+    """The loss and its precomputed gradients (see `_loss_and_grads`). With `sequence_parallel`,
+    `hidden` is this rank's [B, S/T, h] shard: it is all-gathered here and the hidden-state
+    gradient is reduce-scattered back to the shard right away, so only the shard's gradient is
+    kept until backward (not the full [B*S, h])."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, labels, token_w, vocab_start, chunk, compute_grad, group):
-        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        grad_hidden = torch.empty_like(hidden) if compute_grad else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
-            if compute_grad else None
-        local_vocab = weight.shape[0]
-        for start in range(0, hidden.shape[0], chunk):
-            h = hidden[start:start + chunk]
-            w = token_w[start:start + chunk, None]
-            local_target = labels[start:start + chunk] - vocab_start
-            owned = (local_target >= 0) & (local_target < local_vocab) & \
-                (labels[start:start + chunk] != IGNORE_INDEX)
-            index = local_target.clamp(0, local_vocab - 1)[:, None]
-            logits = (h @ weight.t()).float()  # [n, V/T]
-            max_logit = logits.max(dim=-1).values
-            dist.all_reduce(max_logit, op=dist.ReduceOp.MAX, group=group)
-            logits -= max_logit[:, None]
-            target_logit = logits.gather(1, index).squeeze(1) * owned
-            exp = logits.exp_()
-            stats = torch.stack((exp.sum(dim=-1), target_logit))
-            dist.all_reduce(stats, group=group)
-            sum_exp, target_logit = stats[0], stats[1]
-            loss += ((sum_exp.log() - target_logit) * w.squeeze(1)).sum()
-            if not compute_grad:
-                continue
-            grad_logits = exp.div_(sum_exp[:, None])  # softmax, in place
-            grad_logits.scatter_add_(1, index, -owned.float()[:, None])
-            grad_logits = grad_logits.to(hidden.dtype)
-            grad_hidden[start:start + chunk] = (grad_logits @ weight) * w
-            weighted_h = (h * w).to(h.dtype)
-            if weight.dtype == torch.float32:
-                grad_weight.addmm_(grad_logits.t(), weighted_h)
-            else:
-                grad_weight += (grad_logits.t() @ weighted_h).float()
+    def forward(ctx, hidden, weight, labels, token_w, vocab_start, chunk, compute_grad, group,
+                sequence_parallel):
+        full = all_gather(hidden, SEQUENCE_DIM, group) if sequence_parallel else hidden
+        flat = full.reshape(-1, full.shape[-1])
+        loss, grad_hidden, grad_weight = _loss_and_grads(flat, weight, labels, token_w, vocab_start,
+                                                         chunk, compute_grad, group)
         if compute_grad:
+            grad_hidden = grad_hidden.view(full.shape)
+            if sequence_parallel:
+                grad_hidden = reduce_scatter(grad_hidden, SEQUENCE_DIM, group)
             ctx.save_for_backward(grad_hidden, grad_weight)
             ctx.weight_dtype = weight.dtype
         return loss
@@ -298,4 +309,45 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         grad_hidden, grad_weight = ctx.saved_tensors
         return (grad_hidden * grad_loss.to(grad_hidden.dtype),
-                (grad_weight * grad_loss).to(ctx.weight_dtype), None, None, None, None, None, None)
+                (grad_weight * grad_loss).to(ctx.weight_dtype)) + (None,) * 7
+
+
+def _loss_and_grads(hidden, weight, labels, token_w, vocab_start, chunk, compute_grad, group):
+    """sum_i w_i * CE(hidden_i @ W^T, label_i) with W split over vocabulary rows, and its
+    gradients (this rank's partial one for hidden [N, h]; the head shard's in fp32), computed per
+    chunk of tokens as in `megatiny.model.loss`. Two all-reduces per chunk: the logit max, then
+    [sum of exp, target logit] together."""
+    loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+    grad_hidden = torch.empty_like(hidden) if compute_grad else None
+    grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
+        if compute_grad else None
+    local_vocab = weight.shape[0]
+    for start in range(0, hidden.shape[0], chunk):
+        h = hidden[start:start + chunk]
+        w = token_w[start:start + chunk, None]
+        local_target = labels[start:start + chunk] - vocab_start
+        owned = (local_target >= 0) & (local_target < local_vocab) & \
+            (labels[start:start + chunk] != IGNORE_INDEX)
+        index = local_target.clamp(0, local_vocab - 1)[:, None]
+        logits = (h @ weight.t()).float()  # [n, V/T]
+        max_logit = logits.max(dim=-1).values
+        dist.all_reduce(max_logit, op=dist.ReduceOp.MAX, group=group)
+        logits -= max_logit[:, None]
+        target_logit = logits.gather(1, index).squeeze(1) * owned
+        exp = logits.exp_()
+        stats = torch.stack((exp.sum(dim=-1), target_logit))
+        dist.all_reduce(stats, group=group)
+        sum_exp, target_logit = stats[0], stats[1]
+        loss += ((sum_exp.log() - target_logit) * w.squeeze(1)).sum()
+        if not compute_grad:
+            continue
+        grad_logits = exp.div_(sum_exp[:, None])  # softmax, in place
+        grad_logits.scatter_add_(1, index, -owned.float()[:, None])
+        grad_logits = grad_logits.to(hidden.dtype)
+        grad_hidden[start:start + chunk] = (grad_logits @ weight) * w
+        weighted_h = (h * w).to(h.dtype)
+        if weight.dtype == torch.float32:
+            grad_weight.addmm_(grad_logits.t(), weighted_h)
+        else:
+            grad_weight += (grad_logits.t() @ weighted_h).float()
+    return loss, grad_hidden, grad_weight
