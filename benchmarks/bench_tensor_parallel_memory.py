@@ -13,7 +13,7 @@ and run one training forward (with labels: the fused loss) of one micro-batch. M
 Ratios are to TP1. Goal: parameters ~1/TP; activations ~1/TP with SP (without SP the norms,
 residuals and the replicated inputs of the parallel layers stay full size on every rank).
 
-    python benchmarks/bench_tensor_parallel_memory.py --seq 1024
+    python benchmarks/bench_tensor_parallel_memory.py --seq 2048
 """
 from __future__ import annotations
 
@@ -29,7 +29,10 @@ import torch.multiprocessing as mp
 from megatiny.model import GPT, get_preset
 from megatiny.parallel.state import ParallelLayout, ParallelState
 
-LAYOUTS = [(1, False), (2, False), (2, True), (4, False), (4, True)]  # (tensor, sequence_parallel)
+
+def layouts(tensor_sizes: list[int]) -> list[tuple[int, bool]]:
+    """(tensor, sequence_parallel) pairs: TP1, then each size without and with SP."""
+    return [(1, False)] + [(t, sp) for t in tensor_sizes if t > 1 for sp in (False, True)]
 
 
 def _free_port() -> int:
@@ -60,7 +63,7 @@ def _measure(rank: int, tensor: int, sequence_parallel: bool, args: argparse.Nam
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=tensor)
-    config = get_preset("tinyllama-1.1b", num_layers=args.layers, attention_backend="sdpa")
+    config = get_preset(args.preset, num_layers=args.layers, attention_backend="sdpa")
     parallel = None
     if tensor > 1:
         parallel = ParallelState(ParallelLayout.for_world(tensor, tensor=tensor,
@@ -80,6 +83,8 @@ def _measure(rank: int, tensor: int, sequence_parallel: bool, args: argparse.Nam
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="tinyllama-1.1b")
+    parser.add_argument("--tensor-sizes", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--seq", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=1)
@@ -87,14 +92,14 @@ def main() -> None:
     args = parser.parse_args()
     manager = mp.Manager()
     results = manager.dict()
-    for tensor, sequence_parallel in LAYOUTS:
+    for tensor, sequence_parallel in layouts(args.tensor_sizes):
         mp.spawn(_measure, args=(tensor, sequence_parallel, args, _free_port(), results), nprocs=tensor)
     base_params, base_acts, _ = results[(1, False)]
-    print(f"1.1B-shaped slice: {args.layers} layers, micro-batch {args.batch} x {args.seq} tokens, fp32; "
+    print(f"{args.preset} slice: {args.layers} layers, micro-batch {args.batch} x {args.seq} tokens, fp32; "
           "per-rank MiB and ratio to TP1")
     print(f"{'layout':8s} {'params':>8s} {'ratio':>6s} {'activations':>12s} {'ratio':>6s} {'head grad':>10s}")
     rows = []
-    for tensor, sequence_parallel in LAYOUTS:
+    for tensor, sequence_parallel in layouts(args.tensor_sizes):
         params, acts, head_grad = results[(tensor, sequence_parallel)]
         name = f"TP{tensor}" + ("+SP" if sequence_parallel else "")
         rows.append({"layout": name, "param_bytes": params, "activation_bytes": acts,
