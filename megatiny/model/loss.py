@@ -86,13 +86,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # per-token weight w scales whole rows, so it is applied to the [n, h] operands instead.
             grad_logits = logprobs.exp_()
             grad_logits.scatter_add_(1, target, torch.full_like(w, -1.0))
-            grad_logits = grad_logits.to(hidden.dtype)
-            grad_hidden[start:start + chunk] = (grad_logits @ weight) * w
-            weighted_h = (h * w).to(h.dtype)
-            if weight.dtype == torch.float32:
-                grad_weight.addmm_(grad_logits.t(), weighted_h)
-            else:
-                grad_weight += (grad_logits.t() @ weighted_h).float()
+            grad_hidden[start:start + chunk] = add_chunk_gradients(grad_logits, h, w, weight,
+                                                                   grad_weight)
         if compute_grad:
             ctx.save_for_backward(grad_hidden, grad_weight)
             ctx.weight_dtype = weight.dtype
@@ -100,9 +95,29 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        return (grad_hidden * grad_loss.to(grad_hidden.dtype),
-                (grad_weight * grad_loss).to(ctx.weight_dtype), None, None, None, None)
+        return scaled_saved_gradients(ctx, grad_loss) + (None,) * 4
+
+
+def scaled_saved_gradients(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward of a fused loss that saved (grad_hidden, fp32 grad_weight) and ctx.weight_dtype:
+    both scaled by the incoming gradient of the scalar loss."""
+    grad_hidden, grad_weight = ctx.saved_tensors
+    return (grad_hidden * grad_loss.to(grad_hidden.dtype),
+            (grad_weight * grad_loss).to(ctx.weight_dtype))
+
+
+def add_chunk_gradients(grad_logits: torch.Tensor, h: torch.Tensor, w: torch.Tensor,
+                        weight: torch.Tensor, grad_weight: torch.Tensor) -> torch.Tensor:
+    """One chunk's gradients from its unweighted d loss / d logits (softmax - onehot, fp32 [n, V]):
+    adds the head weight's to `grad_weight` (fp32 [V, h]) and returns the hidden states' [n, h].
+    The per-token weights w [n, 1] scale whole rows, so they are applied to the [n, h] operands."""
+    grad_logits = grad_logits.to(h.dtype)
+    weighted_h = (h * w).to(h.dtype)
+    if weight.dtype == torch.float32:
+        grad_weight.addmm_(grad_logits.t(), weighted_h)
+    else:
+        grad_weight += (grad_logits.t() @ weighted_h).float()
+    return (grad_logits @ weight) * w
 
 
 def cross_entropy_reference(logits: torch.Tensor, labels: torch.Tensor,

@@ -36,7 +36,13 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from megatiny.model.loss import IGNORE_INDEX, default_chunk_size, token_weights
+from megatiny.model.loss import (
+    IGNORE_INDEX,
+    add_chunk_gradients,
+    default_chunk_size,
+    scaled_saved_gradients,
+    token_weights,
+)
 from megatiny.parallel.collectives import (
     all_gather,
     copy_to_group,
@@ -307,9 +313,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        return (grad_hidden * grad_loss.to(grad_hidden.dtype),
-                (grad_weight * grad_loss).to(ctx.weight_dtype)) + (None,) * 7
+        return scaled_saved_gradients(ctx, grad_loss) + (None,) * 7
 
 
 def _loss_and_grads(hidden, weight, labels, token_w, vocab_start, chunk, compute_grad, group):
@@ -343,11 +347,5 @@ def _loss_and_grads(hidden, weight, labels, token_w, vocab_start, chunk, compute
             continue
         grad_logits = exp.div_(sum_exp[:, None])  # softmax, in place
         grad_logits.scatter_add_(1, index, -owned.float()[:, None])
-        grad_logits = grad_logits.to(hidden.dtype)
-        grad_hidden[start:start + chunk] = (grad_logits @ weight) * w
-        weighted_h = (h * w).to(h.dtype)
-        if weight.dtype == torch.float32:
-            grad_weight.addmm_(grad_logits.t(), weighted_h)
-        else:
-            grad_weight += (grad_logits.t() @ weighted_h).float()
+        grad_hidden[start:start + chunk] = add_chunk_gradients(grad_logits, h, w, weight, grad_weight)
     return loss, grad_hidden, grad_weight
