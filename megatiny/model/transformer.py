@@ -202,12 +202,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.config = config
         self.parallel = parallel
-        if _tensor_size(parallel) == 1:
-            self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, config.init_std)
-        else:
-            self.embed_tokens = tp.VocabParallelEmbedding(config.vocab_size, config.hidden_size,
-                                                          config.init_std, parallel.tensor_group,
-                                                          parallel.sequence_parallel)
+        self.embed_tokens = token_embedding(config, parallel)
         self.layers = nn.ModuleList(Block(config, i, parallel) for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, _sequence_parallel_group(parallel))
 
@@ -222,9 +217,7 @@ class Decoder(nn.Module):
             start = kv_cache.length
         else:
             start = self.parallel.context_rank * input_ids.shape[1] if self.parallel is not None else 0
-        positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
-        cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, x.dtype)
-        backend = resolve_backend(cfg.attention_backend, x.device, x.dtype)
+        cos, sin, backend = rotary_tables(cfg, start, input_ids.shape[1], x)
         every = cfg.activation_checkpointing
         recompute = every > 0 and kv_cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
@@ -235,6 +228,23 @@ class Decoder(nn.Module):
         if kv_cache is not None:
             kv_cache.advance(input_ids.shape[1])
         return self.norm(x)
+
+
+def token_embedding(config: ModelConfig, parallel: ParallelState | None) -> nn.Module:
+    """The token embedding: vocabulary-parallel under tensor parallelism."""
+    if _tensor_size(parallel) == 1:
+        return Embedding(config.vocab_size, config.hidden_size, config.init_std)
+    return tp.VocabParallelEmbedding(config.vocab_size, config.hidden_size, config.init_std,
+                                     parallel.tensor_group, parallel.sequence_parallel)
+
+
+def rotary_tables(config: ModelConfig, start: int, length: int, like: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """RoPE cos/sin [length, head_dim] for positions start.. and the attention backend, in the
+    dtype and device of `like`."""
+    positions = torch.arange(start, start + length, device=like.device)
+    cos, sin = rope_cos_sin(positions, config.head_dim, config.rope_theta, like.dtype)
+    return cos, sin, resolve_backend(config.attention_backend, like.device, like.dtype)
 
 
 class LMHead(nn.Module):

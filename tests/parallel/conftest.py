@@ -37,11 +37,12 @@ def reference_engines(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def two_rank_engines(tmp_path_factory) -> list[dict]:
     return launch(tmp_path_factory.mktemp("engines2"), 2,
-                  ["--check", "engines", "--layouts", "tp2", "tp2-sp", "cp2"])
+                  ["--check", "engines", "--layouts", "tp2", "tp2-sp", "cp2", "pp2"])
 
 
 @pytest.fixture(scope="session")
 def four_rank_engines(tmp_path_factory) -> list[dict]:
-    """TP2 x DP2 and CP2 x DP2 (the layouts' data size follows from 4 ranks), plus the groups."""
+    """TP2 x DP2, CP2 x DP2 and PP2 x TP2 (the layouts' data size follows from 4 ranks), plus
+    the groups."""
     return launch(tmp_path_factory.mktemp("engines4"), 4,
-                  ["--check", "engines", "--layouts", "tp2", "cp2", "--also-groups"])
+                  ["--check", "engines", "--layouts", "tp2", "cp2", "pp2-tp2", "--also-groups"])

@@ -32,8 +32,10 @@ from megatiny.training.engine import param_groups
 
 GLOBAL_BATCH, SEQ = 4, 16
 STEPS, LR, CLIP = 8, 1e-3, 0.5
-# name -> (tensor, context, sequence_parallel); the data size follows from the world size.
-LAYOUTS = {"one": (1, 1, False), "tp2": (2, 1, False), "tp2-sp": (2, 1, True), "cp2": (1, 2, False)}
+# name -> the layout's sizes; the data size follows from the world size.
+LAYOUTS = {"one": {}, "tp2": {"tensor": 2}, "tp2-sp": {"tensor": 2, "sequence_parallel": True},
+           "cp2": {"context": 2}, "pp2": {"pipeline": 2}, "pp2-tp2": {"pipeline": 2, "tensor": 2}}
+PIPELINE_MICRO_BATCHES = 2
 
 
 def model_config(tie: bool = False, activation_checkpointing: int = 0):
@@ -55,9 +57,7 @@ def local_batch(state: ParallelState, tensor: torch.Tensor) -> torch.Tensor:
 
 
 def make_layout(name: str, world: int) -> ParallelLayout:
-    tensor, context, sequence_parallel = LAYOUTS[name]
-    return ParallelLayout.for_world(world, tensor=tensor, context=context,
-                                    sequence_parallel=sequence_parallel)
+    return ParallelLayout.for_world(world, **LAYOUTS[name])
 
 
 def rel_diff(ours: torch.Tensor, reference: torch.Tensor) -> float:
@@ -106,10 +106,10 @@ def split_for_context_logits(logits: torch.Tensor, rank: int, size: int) -> torc
     return logits.chunk(size, dim=1)[rank]
 
 
-def ds_config(stage: int, micro_batch: int) -> dict:
+def ds_config(stage: int, micro_batch: int, accumulation: int = 1) -> dict:
     return {
         "train_micro_batch_size_per_gpu": micro_batch,
-        "gradient_accumulation_steps": 1,
+        "gradient_accumulation_steps": accumulation,
         "gradient_clipping": CLIP,
         "zero_optimization": {"stage": stage},
         "zero_allow_untested_optimizer": True,
@@ -117,9 +117,36 @@ def ds_config(stage: int, micro_batch: int) -> dict:
     }
 
 
+def train_pipeline(state: ParallelState, stage: int) -> dict[str, list[float]]:
+    """As `train_engine`, with DeepSpeed's pipeline engine (PIPELINE_MICRO_BATCHES per step) and
+    the one-rank GPT's initial weights."""
+    from megatiny.parallel.pipeline import build_pipeline_model, load_full_state_dict
+
+    micro = GLOBAL_BATCH // (state.layout.data * PIPELINE_MICRO_BATCHES)
+    config = ds_config(stage, micro, PIPELINE_MICRO_BATCHES)
+    torch.manual_seed(0)
+    full = GPT(model_config()).state_dict()
+    module = build_pipeline_model(model_config(), state, stage, activation_checkpoint_interval=1)
+    load_full_state_dict(module, full, model_config(), state)
+    optimizer = torch.optim.AdamW(param_groups(module, 0.1), lr=LR)
+    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=config)
+    losses, norms = [], []
+    for step in range(STEPS):
+        inputs, labels = batch(step)
+        rows = zip(local_batch(state, inputs).chunk(PIPELINE_MICRO_BATCHES),
+                   local_batch(state, labels).chunk(PIPELINE_MICRO_BATCHES))
+        loss = engine.train_batch(data_iter=iter(list(rows)))  # mean over micro-batches and replicas
+        losses.append(loss.item())
+        norms.append(float(engine.get_global_grad_norm()))
+    engine.destroy()
+    return {"losses": losses, "grad_norms": norms}
+
+
 def train_engine(layout_name: str, stage: int) -> dict[str, list[float]]:
     """Global losses and gradient norms of STEPS DeepSpeed steps under this layout."""
     state = ParallelState(make_layout(layout_name, dist.get_world_size()))
+    if state.layout.pipeline > 1:
+        return train_pipeline(state, stage)
     mpu = state.mpu()
     config = ds_config(stage, GLOBAL_BATCH // state.layout.data)
     torch.manual_seed(0)
@@ -186,11 +213,14 @@ def main() -> None:
     for name in args.layouts:
         if args.check == "model":
             results[name] = check_model(name, tie=False)
-            if LAYOUTS[name][0] > 1:
+            if LAYOUTS[name].get("tensor", 1) > 1:
                 results[f"{name}-tied"] = check_model(name, tie=True)
         elif args.check == "engines":
             for stage in args.stages:
-                results[f"{name}-zero{stage}"] = train_engine(name, stage)
+                try:
+                    results[f"{name}-zero{stage}"] = train_engine(name, stage)
+                except ValueError as refused:  # a combination the model refuses (same on every rank)
+                    results[f"{name}-zero{stage}"] = {"refused": str(refused)}
     if args.check == "groups" or args.also_groups:
         results["groups"] = record_groups()
     path = os.path.join(args.out_dir, f"{args.check}-rank{dist.get_rank()}.json")

@@ -2,7 +2,8 @@
 
 Model level: initial weights, logits, loss and every gradient of TP2, TP2+SP and CP2 against the
 one-rank GPT built with the same seed. Engine level: 8 steps of real DeepSpeed engines (AdamW,
-gradient clipping) under ZeRO-1 and ZeRO-3; losses and DeepSpeed's gradient norms against the
+gradient clipping, activation checkpointing) under ZeRO-1 and ZeRO-3 (pipelines: DeepSpeed's
+pipeline engine, ZeRO-1; ZeRO-3 refused); losses and DeepSpeed's gradient norms against the
 one-rank engine of the same stage.
 """
 import pytest
@@ -59,3 +60,20 @@ def test_two_rank_engines_equal_one_rank(reference_engines, two_rank_engines, la
 def test_four_rank_engines_with_data_parallel_equal_one_rank(reference_engines, four_rank_engines,
                                                               layout, stage):
     _check_runs(four_rank_engines, reference_engines, [f"{layout}-zero{stage}"])
+
+
+@pytest.mark.slow
+def test_pipeline_engines_equal_one_rank_under_zero1(reference_engines, two_rank_engines,
+                                                     four_rank_engines):
+    _check_runs(two_rank_engines, reference_engines, ["pp2-zero1"])
+    _check_runs(four_rank_engines, reference_engines, ["pp2-tp2-zero1"])
+
+
+@pytest.mark.slow
+def test_pipeline_with_zero3_is_refused_naming_both_settings(two_rank_engines, four_rank_engines):
+    refusals = [results[key]["refused"] for results in two_rank_engines + four_rank_engines
+                for key in ("pp2-zero3", "pp2-tp2-zero3") if key in results]
+    assert len(refusals) == 2 + 4
+    for message in refusals:
+        assert "parallel.pipeline = 2 needs ZeRO stage 0 or 1" in message, message
+        assert "zero_optimization.stage <= 1" in message, message
