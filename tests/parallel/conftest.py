@@ -42,7 +42,8 @@ def two_rank_engines(tmp_path_factory) -> list[dict]:
 
 @pytest.fixture(scope="session")
 def four_rank_engines(tmp_path_factory) -> list[dict]:
-    """TP2 x DP2, CP2 x DP2 and PP2 x TP2 (the layouts' data size follows from 4 ranks), plus
-    the groups."""
+    """TP2 x DP2, CP2 x DP2 and PP2 x TP2 engines (the layouts' data size follows from 4 ranks),
+    the groups, and model-level checks of TP2 x CP2 with and without SP."""
     return launch(tmp_path_factory.mktemp("engines4"), 4,
-                  ["--check", "engines", "--layouts", "tp2", "cp2", "pp2-tp2", "--also-groups"])
+                  ["--check", "engines", "--layouts", "tp2", "cp2", "pp2-tp2", "--also-groups",
+                   "--also-model", "tp2-cp2", "tp2-sp-cp2"])

@@ -34,13 +34,15 @@ GLOBAL_BATCH, SEQ = 4, 16
 STEPS, LR, CLIP = 8, 1e-3, 0.5
 # name -> the layout's sizes; the data size follows from the world size.
 LAYOUTS = {"one": {}, "tp2": {"tensor": 2}, "tp2-sp": {"tensor": 2, "sequence_parallel": True},
-           "cp2": {"context": 2}, "pp2": {"pipeline": 2}, "pp2-tp2": {"pipeline": 2, "tensor": 2}}
+           "cp2": {"context": 2}, "pp2": {"pipeline": 2}, "pp2-tp2": {"pipeline": 2, "tensor": 2},
+           "tp2-cp2": {"tensor": 2, "context": 2},
+           "tp2-sp-cp2": {"tensor": 2, "context": 2, "sequence_parallel": True}}
 PIPELINE_MICRO_BATCHES = 2
 
 
-def model_config(tie: bool = False, activation_checkpointing: int = 0):
+def model_config(tie: bool = False, activation_checkpointing: int = 0, query_groups: int = 2):
     return get_preset("tiny-test", num_layers=2, tie_word_embeddings=tie, attention_backend="math",
-                      activation_checkpointing=activation_checkpointing)
+                      activation_checkpointing=activation_checkpointing, num_query_groups=query_groups)
 
 
 def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,7 +72,7 @@ def check_model(layout_name: str, tie: bool) -> dict[str, float]:
     """Largest relative differences of a parallel GPT against the one-rank GPT (same seed)."""
     state = ParallelState(make_layout(layout_name, dist.get_world_size()))
     t, c = state.layout.tensor, state.layout.context
-    config = model_config(tie)
+    config = model_config(tie, query_groups=max(2, t * c))  # every (tensor, context) rank: a group
     torch.manual_seed(0)
     reference = GPT(config)
     torch.manual_seed(0)
@@ -207,6 +209,7 @@ def main() -> None:
     parser.add_argument("--layouts", nargs="*", default=[])
     parser.add_argument("--stages", nargs="+", type=int, default=[1, 3])
     parser.add_argument("--also-groups", action="store_true", help="also record process groups")
+    parser.add_argument("--also-model", nargs="*", default=[], help="also model-level check these layouts")
     args = parser.parse_args()
     deepspeed.init_distributed(dist_backend="gloo")
     results: dict[str, object] = {}
@@ -221,6 +224,8 @@ def main() -> None:
                     results[f"{name}-zero{stage}"] = train_engine(name, stage)
                 except ValueError as refused:  # a combination the model refuses (same on every rank)
                     results[f"{name}-zero{stage}"] = {"refused": str(refused)}
+    for name in args.also_model:
+        results[f"model-{name}"] = check_model(name, tie=False)
     if args.check == "groups" or args.also_groups:
         results["groups"] = record_groups()
     path = os.path.join(args.out_dir, f"{args.check}-rank{dist.get_rank()}.json")

@@ -29,6 +29,17 @@ def test_parallel_model_equals_one_rank_model(model_checks, layout):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("layout", ["tp2-cp2", "tp2-sp-cp2"])
+def test_tensor_and_context_parallel_together_equal_one_rank_model(four_rank_engines, layout):
+    """Model level, 4 ranks, a tiny model with 4 kv groups (one per tensor x context rank)."""
+    for rank, results in enumerate(four_rank_engines):
+        diffs = results[f"model-{layout}"]
+        assert diffs["weights"] == 0.0, (rank, diffs)
+        for key in ("logits", "loss", "grads"):
+            assert diffs[key] < TOLERANCE, (rank, key, diffs)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", [1, 3])
 def test_reference_run_trains_and_clips(reference_engines, stage):
     """The comparison means something: the loss falls and clipping is active on every step."""
