@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from megatiny.model import GPT, get_preset
+from megatiny.model.generate import generate
 from megatiny.parallel.context_parallel import split_for_context
 from megatiny.parallel.state import ParallelLayout, ParallelState
 from megatiny.parallel.tensor_parallel import partition_dim, shard, shard_state_dict
@@ -100,8 +101,12 @@ def check_model(layout_name: str, tie: bool) -> dict[str, float]:
         dim = partition_dim(name)
         want = full if dim is None or t == 1 else shard(full, dim, state.tensor_rank, t)
         grads = max(grads, rel_diff(grad, want))
-    return {"weights": weights, "logits": logits, "loss": rel_diff(loss.detach(), ref_loss.detach()),
-            "grads": grads}
+    result = {"weights": weights, "logits": logits,
+              "loss": rel_diff(loss.detach(), ref_loss.detach()), "grads": grads}
+    if not state.sequence_parallel and c == 1:  # generation: tensor parallelism alone
+        prompt = inputs[:, :5]
+        result["same_generation"] = torch.equal(generate(model, prompt, 6), generate(reference, prompt, 6))
+    return result
 
 
 def split_for_context_logits(logits: torch.Tensor, rank: int, size: int) -> torch.Tensor:
