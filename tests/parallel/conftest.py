@@ -37,7 +37,8 @@ def reference_engines(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def two_rank_engines(tmp_path_factory) -> list[dict]:
     return launch(tmp_path_factory.mktemp("engines2"), 2,
-                  ["--check", "engines", "--layouts", "tp2", "tp2-sp", "cp2", "pp2"])
+                  ["--check", "engines", "--layouts", "tp2", "tp2-sp", "cp2", "pp2",
+                   "--also-bf16", "tp2-sp", "cp2", "pp2"])
 
 
 @pytest.fixture(scope="session")

@@ -113,8 +113,9 @@ def split_for_context_logits(logits: torch.Tensor, rank: int, size: int) -> torc
     return logits.chunk(size, dim=1)[rank]
 
 
-def ds_config(stage: int, micro_batch: int, accumulation: int = 1) -> dict:
+def ds_config(stage: int, micro_batch: int, accumulation: int = 1, bf16: bool = False) -> dict:
     return {
+        "bf16": {"enabled": bf16},
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": accumulation,
         "gradient_clipping": CLIP,
@@ -124,13 +125,13 @@ def ds_config(stage: int, micro_batch: int, accumulation: int = 1) -> dict:
     }
 
 
-def train_pipeline(state: ParallelState, stage: int) -> dict[str, list[float]]:
+def train_pipeline(state: ParallelState, stage: int, bf16: bool) -> dict[str, list[float]]:
     """As `train_engine`, with DeepSpeed's pipeline engine (PIPELINE_MICRO_BATCHES per step) and
     the one-rank GPT's initial weights."""
     from megatiny.parallel.pipeline import build_pipeline_model, load_full_state_dict
 
     micro = GLOBAL_BATCH // (state.layout.data * PIPELINE_MICRO_BATCHES)
-    config = ds_config(stage, micro, PIPELINE_MICRO_BATCHES)
+    config = ds_config(stage, micro, PIPELINE_MICRO_BATCHES, bf16)
     torch.manual_seed(0)
     full = GPT(model_config()).state_dict()
     module = build_pipeline_model(model_config(), state, stage, activation_checkpoint_interval=1)
@@ -149,13 +150,13 @@ def train_pipeline(state: ParallelState, stage: int) -> dict[str, list[float]]:
     return {"losses": losses, "grad_norms": norms}
 
 
-def train_engine(layout_name: str, stage: int) -> dict[str, list[float]]:
+def train_engine(layout_name: str, stage: int, bf16: bool = False) -> dict[str, list[float]]:
     """Global losses and gradient norms of STEPS DeepSpeed steps under this layout."""
     state = ParallelState(make_layout(layout_name, dist.get_world_size()))
     if state.layout.pipeline > 1:
-        return train_pipeline(state, stage)
+        return train_pipeline(state, stage, bf16)
     mpu = state.mpu()
-    config = ds_config(stage, GLOBAL_BATCH // state.layout.data)
+    config = ds_config(stage, GLOBAL_BATCH // state.layout.data, bf16=bf16)
     torch.manual_seed(0)
     with deepspeed.zero.Init(data_parallel_group=mpu.get_data_parallel_group(), mpu=mpu,
                              config_dict_or_path=config, enabled=stage == 3):
@@ -215,6 +216,7 @@ def main() -> None:
     parser.add_argument("--stages", nargs="+", type=int, default=[1, 3])
     parser.add_argument("--also-groups", action="store_true", help="also record process groups")
     parser.add_argument("--also-model", nargs="*", default=[], help="also model-level check these layouts")
+    parser.add_argument("--also-bf16", nargs="*", default=[], help="also train these in bf16, ZeRO-1")
     args = parser.parse_args()
     deepspeed.init_distributed(dist_backend="gloo")
     results: dict[str, object] = {}
@@ -229,6 +231,8 @@ def main() -> None:
                     results[f"{name}-zero{stage}"] = train_engine(name, stage)
                 except ValueError as refused:  # a combination the model refuses (same on every rank)
                     results[f"{name}-zero{stage}"] = {"refused": str(refused)}
+    for name in args.also_bf16:
+        results[f"{name}-zero1-bf16"] = train_engine(name, 1, bf16=True)
     for name in args.also_model:
         results[f"model-{name}"] = check_model(name, tie=False)
     if args.check == "groups" or args.also_groups:
