@@ -38,7 +38,7 @@ def reference_engines(tmp_path_factory) -> dict:
 def two_rank_engines(tmp_path_factory) -> list[dict]:
     return launch(tmp_path_factory.mktemp("engines2"), 2,
                   ["--check", "engines", "--layouts", "tp2", "tp2-sp", "cp2", "pp2",
-                   "--also-bf16", "tp2-sp", "cp2", "pp2"])
+                   "--also-bf16", "tp2-sp", "cp2", "pp2", "--also-deepspeed-sp"])
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ import torch.distributed as dist
 from megatiny.model import GPT, get_preset
 from megatiny.model.generate import generate
 from megatiny.parallel.context_parallel import split_for_context
-from megatiny.parallel.state import ParallelLayout, ParallelState
+from megatiny.parallel.state import DeepSpeedMPU, ParallelLayout, ParallelState
 from megatiny.parallel.tensor_parallel import partition_dim, shard, shard_state_dict
 from megatiny.training.engine import param_groups
 
@@ -178,6 +178,88 @@ def train_engine(layout_name: str, stage: int, bf16: bool = False) -> dict[str, 
     return {"losses": losses, "grad_norms": norms}
 
 
+class _DeepSpeedSequenceParallelMPU(DeepSpeedMPU):
+    """The route megatiny does NOT take: context ranks given to DeepSpeed as its own sequence-
+    parallel groups (data-parallel group = data ranks only)."""
+
+    def get_data_parallel_group(self):
+        return self._group("data")
+
+    def get_data_parallel_rank(self) -> int:
+        return self._rank_in("data")
+
+    def get_data_parallel_world_size(self) -> int:
+        return self._size("data")
+
+    def get_data_parallel_group_ranks(self) -> list[int]:
+        return list(self.state.group_members["data"])
+
+    def get_sequence_parallel_group(self):
+        return self._group("context")
+
+    def get_sequence_parallel_rank(self) -> int:
+        return self._rank_in("context")
+
+    def get_sequence_parallel_world_size(self) -> int:
+        return self._size("context")
+
+    def get_sequence_data_parallel_group(self):
+        return self._group("data_context")
+
+    def get_sequence_data_parallel_rank(self) -> int:
+        return self._rank_in("data_context")
+
+    def get_sequence_data_parallel_world_size(self) -> int:
+        return self._size("data_context")
+
+
+class _ShareOfMean(torch.autograd.Function):
+    """All-reduced loss value with an identity backward: each context rank's gradient is its share."""
+
+    @staticmethod
+    def forward(ctx, loss, group):
+        total = loss.detach().clone()
+        dist.all_reduce(total, group=group)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def deepspeed_sequence_parallel_norms() -> dict[str, float]:
+    """Step-0 gradient norms of CP2 through DeepSpeed's own sequence-parallel route, ZeRO-1 and 3.
+
+    With each rank's loss its share of the mean (so the correct gradient is the sum over context
+    ranks), ZeRO-1 gets the one-rank norm and ZeRO-3 half of it: DeepSpeed 0.19.8 sums over
+    sequence ranks in one and averages in the other, which is why `DeepSpeedMPU` presents context
+    ranks as data-parallel ranks instead."""
+    import megatiny.parallel.context_parallel as context_parallel
+
+    original = context_parallel.sum_loss_over_context
+    context_parallel.sum_loss_over_context = lambda loss, group: _ShareOfMean.apply(loss, group)
+    norms = {}
+    try:
+        for stage in (1, 3):
+            state = ParallelState(make_layout("cp2", dist.get_world_size()))
+            mpu = _DeepSpeedSequenceParallelMPU(state)
+            config = ds_config(stage, GLOBAL_BATCH // state.layout.data)
+            torch.manual_seed(0)
+            with deepspeed.zero.Init(data_parallel_group=mpu.get_sequence_data_parallel_group(), mpu=mpu,
+                                     config_dict_or_path=config, enabled=stage == 3):
+                model = GPT(model_config(), state)
+            optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=LR)
+            engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config, mpu=mpu)
+            inputs, labels = batch(0)
+            engine.backward(engine(local_batch(state, inputs), labels=local_batch(state, labels)))
+            engine.step()
+            norms[f"zero{stage}"] = float(engine.get_global_grad_norm())
+            engine.destroy()
+    finally:
+        context_parallel.sum_loss_over_context = original
+    return norms
+
+
 def record_groups() -> dict[str, dict]:
     """For layouts using every axis pair, this rank's group members and what its mpu reports."""
     world = dist.get_world_size()
@@ -217,6 +299,8 @@ def main() -> None:
     parser.add_argument("--also-groups", action="store_true", help="also record process groups")
     parser.add_argument("--also-model", nargs="*", default=[], help="also model-level check these layouts")
     parser.add_argument("--also-bf16", nargs="*", default=[], help="also train these in bf16, ZeRO-1")
+    parser.add_argument("--also-deepspeed-sp", action="store_true",
+                        help="also measure CP2 through DeepSpeed's own sequence-parallel groups")
     args = parser.parse_args()
     deepspeed.init_distributed(dist_backend="gloo")
     results: dict[str, object] = {}
@@ -233,6 +317,8 @@ def main() -> None:
                     results[f"{name}-zero{stage}"] = {"refused": str(refused)}
     for name in args.also_bf16:
         results[f"{name}-zero1-bf16"] = train_engine(name, 1, bf16=True)
+    if args.also_deepspeed_sp:
+        results["deepspeed-sp-cp2"] = deepspeed_sequence_parallel_norms()
     for name in args.also_model:
         results[f"model-{name}"] = check_model(name, tie=False)
     if args.check == "groups" or args.also_groups:
