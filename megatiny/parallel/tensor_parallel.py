@@ -275,9 +275,8 @@ def vocab_parallel_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tens
     """
     flat_labels = labels.reshape(-1)
     flat_mask = loss_mask.reshape(-1) if loss_mask is not None else None
-    size = dist.get_world_size(group=group)
-    full_shape = (hidden.shape[0], hidden.shape[1] * (size if sequence_parallel else 1), hidden.shape[-1])
-    if hidden.dim() != 3 or tuple(labels.shape) != full_shape[:2]:
+    shards = dist.get_world_size(group=group) if sequence_parallel else 1
+    if hidden.dim() != 3 or tuple(labels.shape) != (hidden.shape[0], hidden.shape[1] * shards):
         raise ValueError(f"hidden [B, S{'/T' if sequence_parallel else ''}, h] and labels [B, S] are "
                          f"needed, got {tuple(hidden.shape)} and {tuple(labels.shape)}")
     if loss_mask is not None and loss_mask.shape != labels.shape:
