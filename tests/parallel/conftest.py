@@ -6,16 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO_ROOT, free_port, run_command, venv_bin
+from tests.helpers import REPO_ROOT, free_port, run_command, timeout_s, venv_bin
 
 WORKER = "tests/parallel/parallel_worker.py"
 
 
-def launch(out: Path, ranks: int, args: list[str], timeout: float = 600) -> list[dict]:
+def launch(out: Path, ranks: int, args: list[str]) -> list[dict]:
+    """One launch of `ranks` processes; each trains up to ~16 tiny 8-step engines (seconds each)."""
     result = run_command(
         [venv_bin("deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port()), WORKER,
          "--out-dir", str(out), *args],
-        timeout=timeout, env={"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"})
+        timeout=timeout_s(steps=16 * 8, seconds_per_step=2), env={"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout[-6000:]
     check = args[args.index("--check") + 1]
     return [json.loads((out / f"{check}-rank{r}.json").read_text()) for r in range(ranks)]
