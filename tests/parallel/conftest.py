@@ -16,7 +16,8 @@ def launch(out: Path, ranks: int, args: list[str]) -> list[dict]:
     result = run_command(
         [venv_bin("deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port()), WORKER,
          "--out-dir", str(out), *args],
-        timeout=timeout_s(steps=16 * 8, seconds_per_step=2), env={"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"})
+        timeout=timeout_s(steps=16 * 8, seconds_per_step=2),
+        env={"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout[-6000:]
     check = args[args.index("--check") + 1]
     return [json.loads((out / f"{check}-rank{r}.json").read_text()) for r in range(ranks)]

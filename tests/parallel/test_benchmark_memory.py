@@ -13,7 +13,8 @@ def test_memory_benchmark_prints_ratios_and_sequence_parallel_halves_activations
     out = tmp_path / "memory.json"
     result = run_command([sys.executable, "benchmarks/bench_tensor_parallel_memory.py", "--preset",
                           "tiny-test", "--tensor-sizes", "2", "--seq", "64", "--json", str(out)],
-                         timeout=timeout_s(extra_s=120), env={"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"})
+                         timeout=timeout_s(extra_s=120),
+                         env={"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout[-3000:]
     assert "TP2+SP" in result.stdout and "ratio" in result.stdout
     rows = {row["layout"]: row for row in json.loads(out.read_text())["rows"]}
