@@ -1,0 +1,6 @@
+"""megatiny.parallel: model parallelism (tensor, sequence and context parallel) and its groups.
+
+`state` lays out ranks and builds the process groups (and DeepSpeed's `mpu`),
+`tensor_parallel` has the Megatron-style layers, `context_parallel` the Ulysses attention,
+`collectives` the differentiable communication they share.
+"""
