@@ -332,8 +332,9 @@ class GPT(nn.Module):
     def hidden_states(self, input_ids: torch.Tensor, *, kv_cache: KVCache | None = None) -> torch.Tensor:
         """Final hidden states (after the last RMSNorm, before the output projection).
 
-        input_ids Long[B, T] -> [B, T, hidden_size] in the model's dtype. With kv_cache the positions
-        continue after the cached ones and the cache is extended (see `megatiny.model.generate`).
+        input_ids Long[B, T] -> [B, T, hidden_size] in the model's dtype (sequence or context
+        parallel: this rank's part of the sequence). With kv_cache the positions continue after the
+        cached ones and the cache is extended (see `megatiny.model.generate`).
         """
         self._check_inputs(input_ids, None, None, kv_cache, False)
         return self.model(input_ids, kv_cache)
@@ -346,8 +347,13 @@ class GPT(nn.Module):
         Returns fp32 [N, vocab_size]: row i is log softmax of the logits at input_ids[rows[i],
         positions[i]], i.e. the distribution of the token after it. The output projection runs only
         at those N positions, which for a small model with a large vocabulary is most of the work
-        a full `forward` would do.
+        a full `forward` would do. On one rank or under tensor parallelism alone (the positions
+        index whole sequences).
         """
+        parallel = self.parallel
+        if parallel is not None and (parallel.sequence_parallel or parallel.layout.context > 1):
+            raise ValueError("next_token_log_probs needs whole sequences on every rank: not with "
+                             "parallel.sequence_parallel or parallel.context > 1")
         hidden = self.hidden_states(input_ids)
         return F.log_softmax(self.lm_head(hidden[rows, positions]), dim=-1)
 
