@@ -27,7 +27,7 @@ class Command:
 
 COMMANDS: dict[str, Command] = {
     "preprocess": Command("preprocess", "preprocess_data.py",
-                          "tokenize jsonl corpora into Megatron indexed datasets (.bin/.idx)"),
+                          "tokenize jsonl, parquet or arrow into Megatron indexed datasets"),
     "train-tokenizer": Command("train_tokenizer", "train_tokenizer.py",
                                "train a Llama-style sentencepiece tokenizer on local text"),
     "train": Command("train", "train.py", "pretrain a model (plain python, deepspeed or mpirun)"),
