@@ -29,6 +29,17 @@ def timeout_s(*, launches: int = 1, steps: int = 0, seconds_per_step: float = 1.
     return scale * (launches * LAUNCH_S + steps * seconds_per_step + extra_s)
 
 
+# What a rank started over ssh (or by mpirun) must see to behave like this process: where DeepSpeed's
+# ops are built, and the CPU instruction-set caps that decide `precision: auto` and the kernels.
+RANK_ENV_KEYS = ("TORCH_EXTENSIONS_DIR", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
+                 "MKL_ENABLE_INSTRUCTIONS")
+
+
+def rank_env() -> dict[str, str]:
+    """The RANK_ENV_KEYS set in this process, for launchers' environment files."""
+    return {key: os.environ[key] for key in RANK_ENV_KEYS if key in os.environ}
+
+
 def venv_bin(name: str) -> str:
     """Path of an executable installed beside the running interpreter (e.g. `deepspeed`)."""
     candidate = Path(sys.executable).parent / name

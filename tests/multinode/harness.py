@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from megatiny.process_env import path_with_interpreter_bin
-from tests.helpers import free_port
+from tests.helpers import free_port, rank_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IFNAME = "mt0"  # same interface name in both namespaces, so one GLOO_SOCKET_IFNAME fits every rank
@@ -251,6 +251,7 @@ class TwoHosts:
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
             "TOKENIZERS_PARALLELISM": "false",
             "HF_HUB_OFFLINE": "1",
+            **rank_env(),
             **self.extra_env,
         }
         self.deepspeed_env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))

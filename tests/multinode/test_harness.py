@@ -56,6 +56,9 @@ def test_teardown_kills_leftover_processes_and_removes_namespaces(tmp_path):
     names = [h.namespace for h in hosts.hosts]
     try:
         sleeper = hosts.popen_on(["sleep", "300"], host=1)
+        deadline = time.monotonic() + 10  # `ip netns exec` enters the namespace after it started
+        while sleeper.pid not in hosts.pids(1) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert sleeper.pid in hosts.pids(1)
         assert all(name in _namespaces() for name in names)
     finally:

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.helpers import free_port, run_command, timeout_s, venv_bin
+from tests.helpers import free_port, rank_env, run_command, timeout_s, venv_bin
 from tests.multinode.harness import TwoHosts
 
 pytestmark = [pytest.mark.slow, pytest.mark.multinode]
@@ -120,6 +120,7 @@ def runs(two_hosts, tmp_path_factory):
         out["mpirun"] = two_hosts.run_on(
             ["mpirun", "--allow-run-as-root", "-np", "2", "-H", slots,
              "-x", "PATH", "-x", "GLOO_SOCKET_IFNAME=mt0", "-x", "OMP_NUM_THREADS=1",
+             *[arg for key in rank_env() for arg in ("-x", key)],
              "--mca", "btl_tcp_if_include", "mt0", "--mca", "oob_tcp_if_include", "mt0",
              venv_bin("python"), TRAIN, "--config", str(root / "reference.yaml"),
              f"checkpoint.save_dir={root / 'mpirun'}", f"distributed.master_port={free_port()}"],

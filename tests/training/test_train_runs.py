@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 
 from megatiny.precision import detect_hardware, resolve_precision
-from tests.helpers import REPO_ROOT, free_port, run_command, timeout_s, venv_bin
+from tests.helpers import REPO_ROOT, free_port, rank_env, run_command, timeout_s, venv_bin
 from tests.training.conftest import write_run_config
 from tests.training.sshd import LocalSshd, missing_tools
 
 pytestmark = pytest.mark.slow
 
 TRAIN = str(REPO_ROOT / "tools" / "train.py")
-BASE_ENV = {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO_ROOT)}
+BASE_ENV = {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO_ROOT), **rank_env()}
 
 
 def _metrics(save_dir: Path) -> dict[int, dict]:
