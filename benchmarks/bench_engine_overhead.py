@@ -17,7 +17,7 @@ import torch
 
 from megatiny.model import GPT
 from megatiny.precision import PRECISIONS
-from megatiny.training import engine as ds_engine
+from megatiny.parallel import deepspeed as ds_engine
 from megatiny.training.config import load_config
 
 

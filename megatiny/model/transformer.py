@@ -1,6 +1,6 @@
 """A Llama-2-architecture decoder-only transformer, with Hugging Face parameter names.
 
-GPT(config)
+GPT(config, runtime)                      runtime: ModelRuntime (attention kernel, activation checkpointing)
   model.embed_tokens                      token embedding [V, h]
   model.layers[i]                         pre-norm block, i < num_layers
       input_layernorm -> self_attn        RMSNorm; q/k/v/o projections, RoPE, grouped-query attention
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from megatiny.model.attention import KVCache, causal_attention, check_installed, resolve_backend
-from megatiny.model.config import ModelConfig
+from megatiny.model.config import ModelConfig, ModelRuntime
 from megatiny.model.kernels import apply_rotary, rms_norm, rope_cos_sin
 from megatiny.model.loss import linear_cross_entropy
 
@@ -122,9 +122,10 @@ class Block(nn.Module):
 class Decoder(nn.Module):
     """Embedding, blocks and final norm (HF's `LlamaModel`): token ids -> final hidden states."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, runtime: ModelRuntime | None = None):
         super().__init__()
         self.config = config
+        self.runtime = runtime if runtime is not None else ModelRuntime()
         self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, config.init_std)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -136,8 +137,8 @@ class Decoder(nn.Module):
         start = kv_cache.length if kv_cache is not None else 0
         positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
         cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, x.dtype)
-        backend = resolve_backend(cfg.attention_backend, x.device, x.dtype)
-        every = cfg.activation_checkpointing
+        backend = resolve_backend(self.runtime.attention_backend, x.device, x.dtype)
+        every = self.runtime.activation_checkpointing
         recompute = every > 0 and kv_cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
             if recompute and i % every == 0:
@@ -173,11 +174,12 @@ class LMHead(nn.Module):
 class GPT(nn.Module):
     """Decoder-only language model. See the module docstring for the layout."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, runtime: ModelRuntime | None = None):
         super().__init__()
-        check_installed(config.attention_backend)  # fail at construction, not at the first forward
+        runtime = runtime if runtime is not None else ModelRuntime()
+        check_installed(runtime.attention_backend)  # fail at construction, not at the first forward
         self.config = config
-        self.model = Decoder(config)
+        self.model = Decoder(config, runtime)
         tied = self.model.embed_tokens.weight if config.tie_word_embeddings else None
         self.lm_head = LMHead(config, tied_weight=tied)
 

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from megatiny.precision import detect_hardware, resolve_precision
-from megatiny.training.engine import precision_section
+from megatiny.parallel.deepspeed import precision_section
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ import pytest
 from megatiny.model.config import get_preset
 from megatiny.precision import Precision
 from megatiny.training.config import BatchConfig, RunConfig, apply_overrides, load_config
-from megatiny.training.engine import build_ds_config, param_groups
+from megatiny.parallel.deepspeed import build_ds_config, param_groups
 from megatiny.training.flops import peak_tflops_for, throughput
 from megatiny.training.schedule import learning_rate
 from tests.helpers import REPO_ROOT
