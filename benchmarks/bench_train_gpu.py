@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from megatiny.precision import PRECISIONS
 from megatiny.parallel import deepspeed as ds_engine
+from megatiny.precision import PRECISIONS
 from megatiny.training.config import load_config
 from megatiny.training.flops import peak_tflops_for, throughput
 from megatiny.training.logging import memory_gb

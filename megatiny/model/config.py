@@ -112,10 +112,10 @@ class ModelRuntime:
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(f"attention_backend must be one of {ATTENTION_BACKENDS}, "
                              f"got {self.attention_backend!r}")
-        if isinstance(self.activation_checkpointing, bool) or not isinstance(self.activation_checkpointing, int) \
-                or self.activation_checkpointing < 0:
+        every = self.activation_checkpointing
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
             raise ValueError("activation_checkpointing must be an integer >= 0 "
-                             f"(0 none, 1 every block, k every k-th block), got {self.activation_checkpointing!r}")
+                             f"(0 none, 1 every block, k every k-th block), got {every!r}")
 
 
 RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(ModelRuntime))

@@ -10,8 +10,8 @@ import torch
 import torch.distributed as dist
 
 from megatiny.model import GPT, ModelRuntime, get_preset
-from megatiny.precision import detect_hardware, resolve_precision
 from megatiny.parallel.deepspeed import precision_section
+from megatiny.precision import detect_hardware, resolve_precision
 
 
 def _gathered_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:

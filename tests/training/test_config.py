@@ -3,9 +3,9 @@
 import pytest
 
 from megatiny.model.config import get_preset
+from megatiny.parallel.deepspeed import build_ds_config, param_groups
 from megatiny.precision import Precision
 from megatiny.training.config import BatchConfig, RunConfig, apply_overrides, load_config
-from megatiny.parallel.deepspeed import build_ds_config, param_groups
 from megatiny.training.flops import peak_tflops_for, throughput
 from megatiny.training.schedule import learning_rate
 from tests.helpers import REPO_ROOT
