@@ -128,7 +128,7 @@ def resolve_resume(resume: str, save_dir: str | os.PathLike | None) -> tuple[Pat
         return path, read_latest(path)
     if kind is DirKind.TAG_DIR and is_complete_tag(path):
         return path.parent, path.name
-    why = (f"the tag directory has no {METADATA_FILE} (its save never finished)" if kind is DirKind.TAG_DIR
+    why = (f"{METADATA_FILE} is missing: its save never finished" if kind is DirKind.TAG_DIR
            else f"it is a {kind.value}" if kind is not None else "nothing megatiny wrote")
     raise FileNotFoundError(f"checkpoint.resume={resume!r}: not a checkpoint root (no '{LATEST_FILE}' "
                             f"file) nor a complete tag directory ({why}); to start from weights only, "

@@ -74,11 +74,7 @@ class ModelSection:
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"model.preset: unknown preset {self.preset!r}; choose one of {sorted(PRESETS)} "
                              "or set preset: null and give every model field explicitly")
-        moved = sorted(set(self.overrides) & set(RUNTIME_FIELDS))
-        if moved:
-            raise ValueError(f"model.{moved[0]}: moved to runtime.{moved[0]} (it changes how the model "
-                             f"computes, not its weights); write `runtime: {{{moved[0]}: "
-                             f"{self.overrides[moved[0]]!r}}}` instead")
+        _refuse_runtime_keys(self.overrides)
         if self.preset is None:
             missing = [f.name for f in dataclasses.fields(ModelConfig) if f.name not in self.overrides]
             if missing:
@@ -96,6 +92,15 @@ class ModelSection:
             raise ValueError(f"model: {e}; known fields: {known}") from None
         except ValueError as e:
             raise ValueError(f"model: {e}") from None
+
+
+def _refuse_runtime_keys(model_values: dict[str, Any]) -> None:
+    """Run files from before the `runtime` section held these under `model`: say where they went."""
+    moved = sorted(set(model_values) & set(RUNTIME_FIELDS))
+    if moved:
+        raise ValueError(f"model.{moved[0]}: moved to runtime.{moved[0]} (it changes how the model "
+                         f"computes, not its weights); write `runtime: {{{moved[0]}: "
+                         f"{model_values[moved[0]]!r}}}` instead")
 
 
 @dataclass
@@ -441,6 +446,7 @@ def _model_section(value: Any, source: str) -> ModelSection:
     if not isinstance(value, dict):
         raise ValueError(f"{source}: section 'model' must be a mapping, got {value!r}")
     value = dict(value)
+    _refuse_runtime_keys(value)
     if value and "preset" not in value:
         raise ValueError(f"{source}: model.preset is required when the model section sets fields "
                          f"({sorted(value)}); name one of {sorted(PRESETS)} (or preset: null and give every "
