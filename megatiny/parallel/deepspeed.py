@@ -300,6 +300,10 @@ def all_reduce_sum_tensor(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def shutdown() -> None:
-    """Destroy the process group (without it gloo ranks abort at exit)."""
+    """Destroy the process group (without it gloo ranks abort at exit).
+
+    DeepSpeed caches a clone of the world group (`deepspeed.utils.groups._WORLD_GROUP`) that dies
+    with it; forgetting it lets one process train again (e.g. a resume in the same test)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    deepspeed.utils.groups._WORLD_GROUP = None
