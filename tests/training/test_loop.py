@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from megatiny.checkpoint.layout import read_latest
+from megatiny.checkpoint.manager import CheckpointManager
 from megatiny.checkpoint.metadata import read_metadata
+from megatiny.model.config import get_preset
 from megatiny.training.config import load_config
 from megatiny.training.loop import TrainCallbacks, train
 from tests.training.conftest import write_run_config
@@ -68,6 +70,11 @@ def test_nan_skip_then_sigterm_then_resume_in_process(tiny_data, tmp_path, resto
     assert (state.step, state.consumed_samples, state.skipped_steps) == (3, 24, 0)
     assert (state.world.world_size, state.world.zero_stage, state.world.precision) == (1, 1, "fp32")
 
+    # Another architecture is refused; another attention kernel is a runtime choice and resumes.
+    with pytest.raises(ValueError, match="model config differs"):
+        manager = CheckpointManager(save_dir, rank=0, world_size=1)
+        manager.find_resume("auto", get_preset("tiny-test", num_layers=3))
+    run = load_config(config, ["runtime.attention_backend=math"])
     second = train(run, Faults())
     assert "resumed from" in capsys.readouterr().out
     assert not second.stopped_by_signal and second.step == 5 and second.consumed_samples == 40
