@@ -199,7 +199,7 @@ class _Trainer:
         input_ids, labels = self._batch(train_ds, indices)
         loss = self.engine.loss(input_ids, labels)
         local = self.callbacks.micro_batch_loss(step, micro, self.rank, loss.detach().float())
-        stop_requested = torch.tensor(float(self.stop.signum is not None), device=local.device)
+        stop_requested = local.new_full((), float(self.stop.signum is not None))  # a fill, no copy
         total, stops = ds_engine.all_reduce_sum_tensor(torch.stack([local, stop_requested])).tolist()
         return loss, indices, local, total, stops > 0
 
