@@ -13,9 +13,10 @@ rank, and when no micro-batch of the step is finite the update is taken with lea
 
 Host syncs: the loop reads one collective per micro-batch, carrying [loss, stop requested]: the
 NaN agreement and the stop flag (SIGTERM/SIGINT on any rank) travel together, so a step costs
-`gradient_accumulation_steps` syncs (one with no accumulation) and nothing more. Fewer is not
-possible while a non-finite micro-batch is dropped: whether to run its backward pass (which under
-ZeRO is itself collective) must be agreed before it runs. Validation steps add one all-reduce.
+`gradient_accumulation_steps` of them (one without accumulation), plus reading the gradient norm
+DeepSpeed computed in its step (for the metrics). Fewer is not possible while a non-finite
+micro-batch is dropped: whether to run its backward pass (under ZeRO itself collective) must be
+agreed before it runs. Validation steps add one all-reduce.
 
 Faults are injected through `TrainCallbacks` (tests pass a subclass to `train`); the loop itself
 has no test switches.
