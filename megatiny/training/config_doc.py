@@ -38,10 +38,10 @@ SIGNALS = """\
 SIGTERM or SIGINT on any rank: all ranks finish the current step (the stop request travels in
 the same all-reduce as the step's micro-batch losses, so one signalled rank is enough; a signal
 that arrives after the step's last micro-batch, e.g. during validation, counts for the next
-step), save a checkpoint (when `save_dir` is set) and exit with status 0. The `deepspeed` launcher, when it is itself
-terminated, sends SIGTERM to its ranks and SIGKILLs them after 30 s: a save that takes longer is
-cut short, and `latest` then still names the previous complete checkpoint. For big models signal
-the ranks directly (e.g. Slurm `--signal`).
+step), save a checkpoint (when `save_dir` is set) and exit with status 0. The `deepspeed`
+launcher, when it is itself terminated, sends SIGTERM to its ranks and SIGKILLs them after 30 s:
+a save that takes longer is cut short, and `latest` then still names the previous complete
+checkpoint. For big models signal the ranks directly (e.g. Slurm `--signal`).
 
 ## Fault injection
 `megatiny.training.loop.train(run, callbacks)` takes a `TrainCallbacks` object whose methods the
