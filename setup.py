@@ -22,6 +22,7 @@ setup(
         "tqdm",
         "pyyaml",
         "zstandard",
+        "pyarrow>=16",     # parquet and Arrow (datasets save_to_disk) inputs of preprocessing
         "tokenizers",
         "psutil",
     ],
@@ -29,7 +30,8 @@ setup(
         "eval": ["lm-eval>=0.4.5", "accelerate", "matplotlib"],
         "mpi": ["mpi4py"],
         "gpu": ["flash-attn"],
-        "dev": ["pytest", "pytest-timeout", "ruff"],
+        # datasets: writes the save_to_disk fixtures of tests/data/test_sources.py
+        "dev": ["pytest", "pytest-timeout", "ruff", "datasets"],
     },
     entry_points={
         # lm-eval's CLI with megatiny's model registered: `megatiny-lm-eval --model megatiny ...`

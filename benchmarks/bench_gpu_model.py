@@ -38,7 +38,7 @@ def measure(backend: str, args: argparse.Namespace, device: torch.device, dtype:
     config = get_preset(args.preset)
     runtime = ModelRuntime(attention_backend=backend, activation_checkpointing=args.activation_checkpointing)
     torch.manual_seed(0)
-    model = GPT(config, runtime).to(device=device, dtype=dtype)
+    model = GPT(config, runtime=runtime).to(device=device, dtype=dtype)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     batch = torch.randint(0, config.vocab_size, (args.batch, args.seq + 1), device=device)
     if device.type == "cuda":

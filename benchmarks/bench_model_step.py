@@ -36,7 +36,7 @@ def _build(kind: str, args: argparse.Namespace) -> torch.nn.Module:
     config = get_preset(args.preset)
     torch.manual_seed(0)
     dtype = resolve_dtype(args.dtype, "cpu")
-    model = GPT(config, ModelRuntime(attention_backend=args.backend)).to(dtype)
+    model = GPT(config, runtime=ModelRuntime(attention_backend=args.backend)).to(dtype)
     if kind == "ours":
         return model
     hf = LlamaForCausalLM(LlamaConfig(**config_to_hf(config, torch.float32), attn_implementation="sdpa"))

@@ -2,10 +2,11 @@
 
     OMP_NUM_THREADS=1 python benchmarks/data/bench_sample_read.py [--tokens 200e6] [--seq-length 2048]
 
-Writes a synthetic uint16 dataset (documents of random length), builds a GPTDataset over it, then
-reads samples in the dataset's (shuffled) order. Baseline in the same run: slicing seq_length + 1
-tokens at the same start offsets straight from a numpy memmap of the .bin and converting to int64,
-i.e. the cost of the bytes alone. Ratio = dataset tokens/s / baseline tokens/s.
+Writes a synthetic uint16 dataset (documents of random length), builds a GPTDataset over it with
+each index layout (block, megatron), then reads samples in the dataset's (shuffled) order.
+Baseline in the same run: slicing seq_length + 1 tokens at as many random start offsets straight
+from a numpy memmap of the .bin and converting to int64, i.e. the cost of the bytes alone.
+Ratio = dataset tokens/s / baseline tokens/s.
 """
 from __future__ import annotations
 
@@ -43,13 +44,8 @@ def main(argv=None) -> None:
                 remaining -= int(lengths.sum())
         indexed = IndexedDataset(prefix)
         num_samples = min(args.reads, (indexed.num_tokens - 1) // L)
-        ds = GPTDataset(indexed, (0, len(indexed)), num_samples, L, seed=0, cache_dir=Path(tmp) / "cache")
-        start = time.perf_counter()
-        for i in range(num_samples):
-            ds[i]
-        t_ds = time.perf_counter() - start
         raw = np.memmap(indexed.bin_path, dtype=np.uint16, mode="r")
-        offsets = np.asarray(ds.shuffle_index[:num_samples], dtype=np.int64) * L
+        offsets = rng.integers(0, indexed.num_tokens - L - 1, size=num_samples)
         start = time.perf_counter()
         for o in offsets.tolist():
             raw[o:o + L + 1].astype(np.int64)
@@ -57,10 +53,17 @@ def main(argv=None) -> None:
         tok = num_samples * (L + 1)
         print(f"{indexed.num_documents:,} documents, {indexed.num_tokens / 1e6:.0f}M tokens; "
               f"{num_samples:,} random samples of {L + 1} tokens")
-        print(f"GPTDataset: {num_samples / t_ds:,.0f} samples/s, {tok / t_ds / 1e6:.1f}M tokens/s")
         print(f"baseline raw memmap slice: {num_samples / t_raw:,.0f} samples/s, "
               f"{tok / t_raw / 1e6:.1f}M tokens/s")
-        print(f"ratio GPTDataset / raw = {t_raw / t_ds:.2f}")
+        for index in ("block", "megatron"):
+            ds = GPTDataset(indexed, (0, len(indexed)), num_samples, L, seed=0, cache_dir=Path(tmp) / "cache",
+                            index=index)
+            start = time.perf_counter()
+            for i in range(num_samples):
+                ds[i]
+            t_ds = time.perf_counter() - start
+            print(f"GPTDataset index={index}: {num_samples / t_ds:,.0f} samples/s, "
+                  f"{tok / t_ds / 1e6:.1f}M tokens/s; ratio to raw = {t_raw / t_ds:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,23 +1,66 @@
-"""Weighted blend of datasets with Megatron's deterministic greedy interleaving.
+"""Weighted blend of datasets: Megatron's greedy arrays (`index: megatron`) or a formula (`index: block`).
 
-For output sample s the blend takes the next sample of the dataset i maximizing
+megatron: for output sample s the blend takes the next sample of the dataset i maximizing
 `weight[i] * max(s, 1) - taken[i]` (ties to the lowest index), so every prefix of the stream tracks
 the weights to within one sample. Dataset ids are stored as int32 (no 255-dataset limit). The two
-index arrays are cached as `.npy` like the GPT dataset's.
+index arrays (O(samples)) are cached as `.npy` like the GPT dataset's.
+
+block: `StrideBlend`, weighted round robin computed per sample in O(datasets^2) integer operations,
+no array: dataset i's j-th sample is due at time (j + 1/2) / weight[i], and the output stream is
+all datasets' samples in order of due time (ties to the lowest index). After s outputs dataset i
+has given within 1/2 + K/2 samples of weight[i] x s (K datasets), so every window of the stream
+is within 1 + K samples of its share. Weights are quantized to multiples of 2^-32.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from megatiny.data.gpt_dataset import atomic_save_npy
-from megatiny.fileio import atomic_write_text
+from megatiny.data.cache import IndexCache
 
 BLEND_INDEX_VERSION = 1
+WEIGHT_UNITS = 1 << 32
+
+
+class StrideBlend:
+    """Output sample s -> (dataset, sample of that dataset), computed on the fly (see module doc)."""
+
+    def __init__(self, weights: list[float]):
+        w = np.asarray(weights, dtype=np.float64)
+        if w.ndim != 1 or len(w) == 0 or (w <= 0).any():
+            raise ValueError(f"weights must be non-empty and positive: {weights}")
+        exact = w / w.sum() * WEIGHT_UNITS
+        units = np.maximum(np.floor(exact).astype(np.int64), 1)
+        for i in np.argsort(-(exact - np.floor(exact)), kind="stable")[:WEIGHT_UNITS - int(units.sum())]:
+            units[i] += 1           # largest remainders: the units sum to exactly WEIGHT_UNITS
+        self.units = [int(u) for u in units]
+
+    def taken_before(self, s: int) -> list[int]:
+        """Samples each dataset gave to outputs [0, s)."""
+        # F(t) = sum of _taken_at(t) lies in (t - K/2, t + K/2]: from t = s - ceil(K/2), at most K steps.
+        taken = self._taken_at(max(0, s - (len(self.units) + 1) // 2))
+        for _ in range(s - sum(taken)):
+            taken[self._next(taken)] += 1
+        return taken
+
+    def __getitem__(self, s: int) -> tuple[int, int]:
+        taken = self.taken_before(s)
+        i = self._next(taken)
+        return i, taken[i]
+
+    def _taken_at(self, t: int) -> list[int]:
+        """Samples of each dataset due at or before time t (time counts outputs)."""
+        return [(2 * a * t + WEIGHT_UNITS) // (2 * WEIGHT_UNITS) for a in self.units]
+
+    def _next(self, taken: list[int]) -> int:
+        """The dataset whose next sample is due first: min (2 taken + 1) / units, ties to the lowest."""
+        best = 0
+        for i in range(1, len(self.units)):
+            if (2 * taken[i] + 1) * self.units[best] < (2 * taken[best] + 1) * self.units[i]:
+                best = i
+        return best
 
 
 def build_blending_indices(weights: list[float] | np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -102,14 +145,15 @@ def _blend_two(w: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class BlendedDataset:
-    """`size` samples drawn from `datasets` in the greedy weighted order.
+    """`size` samples drawn from `datasets` in weighted order: StrideBlend (index "block") or
+    Megatron's greedy arrays (index "megatron"), see the module docstring.
 
     datasets: objects with len() and [] (each must hold at least its share of samples).
-    weights: relative weights, normalized by `build_blending_indices` (the one place that does).
+    weights: relative weights, normalized by `build_blending_indices` / `StrideBlend`.
     """
 
     def __init__(self, datasets: list, weights: list[float], size: int, cache_dir: str | Path,
-                 name: str = "train", description: dict[str, Any] | None = None):
+                 name: str = "train", description: dict[str, Any] | None = None, index: str = "block"):
         if len(datasets) != len(weights):
             raise ValueError(f"{len(datasets)} datasets but {len(weights)} weights")
         self.datasets = datasets
@@ -120,31 +164,28 @@ class BlendedDataset:
         parts = [d.describe() if hasattr(d, "describe") else {"len": len(d)} for d in datasets]
         self.key = {"index_version": BLEND_INDEX_VERSION, "kind": "BlendedDataset", "weights": self.weights,
                     "size": self.size, "datasets": [p.get("index_hash", p) for p in parts]}
-        self.hash = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:20]
+        self.index = index
         self._parts = parts
-        self.dataset_index, self.dataset_sample_index = self._load_or_build()
+        if index == "block":
+            self.key["index"] = "block"
+            self.stride = StrideBlend(self.weights)
+            self._check_sizes(self.stride.taken_before(self.size))
+        self.cache = IndexCache(self.cache_dir, f"blend-{self.name}", self.key)
+        self.hash = self.cache.hash
+        if index != "block":
+            arrays = self.cache.load_or_build(("dataset", "dataset_sample"), self._build,
+                                              lambda arrays: self.describe())
+            self.dataset_index, self.dataset_sample_index = arrays["dataset"], arrays["dataset_sample"]
 
-    def _load_or_build(self) -> tuple[np.ndarray, np.ndarray]:
-        base = self.cache_dir / f"blend-{self.name}-{self.hash}"
-        paths = [Path(f"{base}-dataset_index.npy"), Path(f"{base}-dataset_sample_index.npy")]
-        done = Path(f"{base}-description.json")
-        if done.is_file() and all(p.is_file() for p in paths):
-            return tuple(np.load(p, mmap_mode="r", allow_pickle=False) for p in paths)
-        arrays = build_blending_indices(self.weights, self.size)
+    def _build(self) -> dict[str, np.ndarray]:
+        dataset_index, sample_index = build_blending_indices(self.weights, self.size)
         # Checked once, when built: the cache key holds each dataset's index hash, so a cache that
         # loads was built (and checked) against datasets of the same sizes.
-        self._check_sizes(arrays[0])
-        self.dataset_index, self.dataset_sample_index = arrays
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        for p, a in zip(paths, arrays):
-            atomic_save_npy(p, a)
-        atomic_write_text(done, json.dumps(self.describe(), indent=2, sort_keys=True))
-        return arrays
+        self._check_sizes(np.bincount(dataset_index, minlength=len(self.datasets)).tolist()
+                          if self.size else [0] * len(self.datasets))
+        return {"dataset": dataset_index, "dataset_sample": sample_index}
 
-    def _check_sizes(self, dataset_index: np.ndarray) -> None:
-        if self.size == 0:
-            return
-        counts = np.bincount(dataset_index, minlength=len(self.datasets))
+    def _check_sizes(self, counts: list[int]) -> None:
         for i, (d, c) in enumerate(zip(self.datasets, counts)):
             if c > len(d):
                 raise ValueError(f"blend needs {c} samples from dataset {i} but it only has {len(d)}")
@@ -152,11 +193,19 @@ class BlendedDataset:
     def __len__(self) -> int:
         return self.size
 
-    def __getitem__(self, i: int) -> np.ndarray:
+    def source(self, i: int) -> tuple[int, int]:
+        """(dataset, sample of that dataset) of output sample i."""
         if not 0 <= i < self.size:
             raise IndexError(f"sample {i} out of range for the blended {self.name} dataset ({self.size})")
-        return self.datasets[int(self.dataset_index[i])][int(self.dataset_sample_index[i])]
+        if self.index == "block":
+            return self.stride[i]
+        return int(self.dataset_index[i]), int(self.dataset_sample_index[i])
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        dataset, sample = self.source(i)
+        return self.datasets[dataset][sample]
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "BlendedDataset", "name": self.name, "size": self.size, "weights": self.weights,
-                "index_hash": self.hash, "datasets": self._parts}
+        d = {"kind": "BlendedDataset", "name": self.name, "size": self.size, "weights": self.weights,
+             "index_hash": self.hash, "datasets": self._parts}
+        return d | ({"index": "block"} if self.index == "block" else {})

@@ -71,7 +71,11 @@ class DataConfig:
         `data_path` must be empty and `split` is ignored).
     cache_dir: where index `.npy` caches go (default: `megatiny_cache/` beside each dataset).
         Must be visible to all ranks of a node (rank 0 builds, the others load).
-    blend_surplus: extra fraction of samples each blended dataset builds, as Megatron does.
+    blend_surplus: extra fraction of samples each blended dataset builds, as Megatron does
+        (`index: megatron` only; the block index knows each dataset's exact share).
+    index: "block" (default; O(documents) memory, for any schedule size) or "megatron" (Megatron's
+        materialized O(samples) arrays, bit-compatible with megatiny's earlier builds and caches);
+        see docs/FORMAT.md.
 
     The tokenizer is not part of it: it is the run config's top-level `tokenizer`.
     """
@@ -83,6 +87,7 @@ class DataConfig:
     test_data_path: str | list = ""
     cache_dir: str | None = None
     blend_surplus: float = 0.005
+    index: str = "block"
 
     def __post_init__(self) -> None:
         blend = parse_blend(self.data_path, "data_path")
@@ -97,6 +102,8 @@ class DataConfig:
         parse_split(self.split)
         if not 0 <= self.blend_surplus < 1:
             raise ValueError(f"blend_surplus must be in [0, 1), got {self.blend_surplus}")
+        if self.index not in ("block", "megatron"):
+            raise ValueError(f"data.index must be 'block' or 'megatron', got {self.index!r}")
 
     @property
     def uses_split(self) -> bool:

@@ -1,4 +1,10 @@
-"""Fixed-length GPT training samples packed across documents (Megatron's GPTDataset maths, in numpy).
+"""Fixed-length GPT training samples packed across documents.
+
+Two index layouts, chosen by `DataConfig.index` (docs/FORMAT.md says which to use when):
+
+* "block" (default): block_index.py, Megatron's semantics with O(documents / 128) memory and no
+  O(samples) array, for TinyLlama-scale schedules.
+* "megatron": Megatron's GPTDataset maths, in numpy, bit-compatible with megatiny's earlier builds:
 
 Three index arrays, built vectorized and cached as `.npy`:
 
@@ -18,8 +24,6 @@ labels = ds[i][1:].
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from pathlib import Path
@@ -27,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from megatiny.data import block_index
+from megatiny.data.cache import IndexCache
 from megatiny.data.indexed_dataset import IndexedDataset
-from megatiny.fileio import atomic_output, atomic_write_text
 
 INDEX_VERSION = 1
 SEPARATE_LAST_EPOCH_THRESHOLD = 0.80
@@ -201,11 +206,6 @@ def build_indices(sizes: np.ndarray, sequence_range: tuple[int, int], num_sample
     return document_index, sample_index, shuffle_index
 
 
-def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    with atomic_output(path, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-
-
 def default_cache_dir(prefix: str | os.PathLike) -> Path:
     return Path(prefix).resolve().parent / "megatiny_cache"
 
@@ -222,20 +222,70 @@ def describe_indexed(indexed: IndexedDataset) -> dict[str, Any]:
     }
 
 
+INDEX_KINDS = ("block", "megatron")
+MEGATRON_ARRAYS = ("document", "sample", "shuffle")
+
+
+def count_tokens(sizes: np.ndarray, sequence_range: tuple[int, int], chunk: int = 1 << 24) -> int:
+    """Tokens in sequences [first, end) of `sizes`, summed in chunks (sizes may be a large memmap)."""
+    first, end = sequence_range
+    return sum(int(sizes[lo:min(lo + chunk, end)].sum(dtype=np.int64)) for lo in range(first, end, chunk))
+
+
+def build_block_indices(sizes: np.ndarray, sequence_range: tuple[int, int], num_samples: int,
+                        seq_length: int, seed: int, *,
+                        what: str = "the dataset split") -> tuple[dict[str, np.ndarray], int]:
+    """(arrays of the block index, samples available) for `num_samples` samples of sequences
+    [first, end) of `sizes`: the `index: block` counterpart of `build_indices`."""
+    tokens = count_tokens(sizes, sequence_range)
+    if tokens <= 0:
+        raise ValueError(f"{what} has no tokens (sequences {sequence_range[0]}..{sequence_range[1]}); it "
+                         f"cannot provide {num_samples} samples")
+    epochs = num_epochs_needed(tokens, seq_length, num_samples)
+    arrays = block_index.build_block_arrays(sizes, sequence_range, epochs, seed)
+    return arrays, block_index.epoch_sample_starts(tokens, epochs, seq_length)[-1]
+
+
+class MegatronSampleIndex:
+    """Random access to the samples described by Megatron's three arrays (`build_indices`)."""
+
+    def __init__(self, document_index: np.ndarray, sample_index: np.ndarray, shuffle_index: np.ndarray,
+                 sizes: np.ndarray):
+        self.document_index, self.sample_index = document_index, sample_index
+        self.shuffle_index, self.sizes = shuffle_index, sizes
+
+    def pieces(self, i: int) -> list[tuple[int, int, int]]:
+        """(sequence id, begin, end) token ranges of served sample i, in order."""
+        s = int(self.shuffle_index[i])
+        (doc0, off0), (doc1, off1) = self.sample_index[s:s + 2].tolist()
+        out = []
+        for j in range(doc0, doc1 + 1):
+            seq = int(self.document_index[j])
+            end = off1 + 1 if j == doc1 else int(self.sizes[seq])
+            out.append((seq, off0 if j == doc0 else 0, end))
+        return out
+
+
 class GPTDataset:
     """`num_samples` packed samples of seq_length + 1 tokens over one split of one indexed dataset.
 
     indexed: the tokens. sequence_range: (first, end) sequence ids of this split (the split is made
-    by document; see `split_document_ranges`). Indexes are loaded from `cache_dir` when present,
-    otherwise built and written there (temp name + rename, so concurrent ranks are safe).
+    by document; see `split_document_ranges`). index: "block" (block_index.py: O(documents / 128)
+    memory) or "megatron" (the three materialized arrays above). Indexes are loaded from
+    `cache_dir` when present, otherwise built and written there (cache.IndexCache).
+    token_limit: if given, every sample is checked to hold only ids below it (the model's vocab
+    size, for data without a PREFIX.json sidecar), failing with the dataset's name.
     """
 
     def __init__(self, indexed: IndexedDataset, sequence_range: tuple[int, int], num_samples: int,
-                 seq_length: int, seed: int, cache_dir: str | os.PathLike | None = None, name: str = "train"):
+                 seq_length: int, seed: int, cache_dir: str | os.PathLike | None = None, name: str = "train",
+                 index: str = "block", token_limit: int | None = None):
         if seq_length < 1:
             raise ValueError(f"seq_length must be >= 1, got {seq_length}")
         if num_samples < 0:
             raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+        if index not in INDEX_KINDS:
+            raise ValueError(f"index must be one of {INDEX_KINDS}, got {index!r}")
         first, end = sequence_range
         if not 0 <= first <= end <= len(indexed):
             raise ValueError(f"sequence_range {sequence_range} out of bounds for {indexed.prefix} "
@@ -245,6 +295,8 @@ class GPTDataset:
         self.seq_length = seq_length
         self.num_samples = num_samples
         self.seed = seed
+        self.index = index
+        self.token_limit = token_limit
         self.sequence_range = (int(first), int(end))
         self.sizes = indexed.sequence_lengths
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(indexed.prefix)
@@ -253,35 +305,34 @@ class GPTDataset:
             "sequence_range": list(self.sequence_range), "num_samples": num_samples,
             "seq_length": seq_length, "seed": seed,
         }
-        self.hash = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:20]
-        self.document_index, self.sample_index, self.shuffle_index = self._load_or_build()
+        if index == "block":     # megatron keeps today's key, so existing caches stay valid
+            self.key |= {"index": "block", "block_rows": block_index.ROWS}
+        self.cache = IndexCache(self.cache_dir, f"{Path(indexed.prefix).name}-{name}", self.key)
+        self.hash = self.cache.hash
+        names = MEGATRON_ARRAYS if index == "megatron" else block_index.ARRAY_NAMES
+        arrays = self.cache.load_or_build(names, self._build, lambda arrays: self.describe())
+        if index == "megatron":
+            self.document_index, self.sample_index, self.shuffle_index = (arrays[k] for k in names)
+            self.sample_lookup = MegatronSampleIndex(self.document_index, self.sample_index,
+                                                     self.shuffle_index, self.sizes)
+            self.num_available_samples = len(self.sample_index) - 1
+        else:
+            self.block_index = block_index.BlockSampleIndex(arrays, self.sizes, self.sequence_range,
+                                                            num_samples, seq_length, seed)
+            self.sample_lookup = self.block_index
+            self.num_available_samples = self.block_index.num_available_samples
 
-    def _paths(self) -> dict[str, Path]:
-        base = f"{Path(self.indexed.prefix).name}-{self.name}-{self.hash}"
-        return {k: self.cache_dir / f"{base}-{k}_index.npy" for k in ("document", "sample", "shuffle")} | {
-            "description": self.cache_dir / f"{base}-description.json"}
-
-    def _load_or_build(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        paths = self._paths()
-        if all(p.is_file() for p in paths.values()):
-            return tuple(np.load(paths[k], mmap_mode="r", allow_pickle=False)
-                         for k in ("document", "sample", "shuffle"))
-        arrays = self.build_indices()
-        self.document_index, self.sample_index, self.shuffle_index = arrays
-        try:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise OSError(f"cannot create the dataset index cache {self.cache_dir} ({e}); set "
-                          f"DataConfig.cache_dir to a directory all ranks of a node can write") from None
-        for k, array in zip(("document", "sample", "shuffle"), arrays):
-            atomic_save_npy(paths[k], array)
-        # Written last: its presence means the three arrays are complete.
-        atomic_write_text(paths["description"], json.dumps(self.describe(), indent=2, sort_keys=True))
+    def _build(self) -> dict[str, np.ndarray]:
+        what = f"{self.indexed.prefix}: the {self.name} split"
+        if self.index == "megatron":
+            arrays = build_indices(self.sizes, self.sequence_range, self.num_samples, self.seq_length,
+                                   self.seed, what=what)
+            self.document_index, self.sample_index, _ = arrays
+            self.num_available_samples = len(self.sample_index) - 1
+            return dict(zip(MEGATRON_ARRAYS, arrays))
+        arrays, self.num_available_samples = build_block_indices(
+            self.sizes, self.sequence_range, self.num_samples, self.seq_length, self.seed, what=what)
         return arrays
-
-    def build_indices(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return build_indices(self.sizes, self.sequence_range, self.num_samples, self.seq_length, self.seed,
-                             what=f"{self.indexed.prefix}: the {self.name} split")
 
     def __len__(self) -> int:
         return self.num_samples
@@ -289,32 +340,32 @@ class GPTDataset:
     def __getitem__(self, i: int) -> np.ndarray:
         if not 0 <= i < self.num_samples:
             raise IndexError(f"sample {i} out of range for {self.name} dataset of {self.num_samples} samples")
-        s = int(self.shuffle_index[i])
-        (doc0, off0), (doc1, off1) = self.sample_index[s:s + 2].tolist()
         tokens = self.indexed.tokens
         pointers, lengths, itemsize = self.indexed.sequence_pointers, self.sizes, self.indexed.dtype.itemsize
         out = np.empty(self.seq_length + 1, dtype=np.int64)
         filled = 0
-        for j in range(doc0, doc1 + 1):     # copy each piece straight into the int64 output
-            seq = int(self.document_index[j])
-            begin = off0 if j == doc0 else 0
-            end = off1 + 1 if j == doc1 else int(lengths[seq])
-            base = int(pointers[seq]) // itemsize
+        for seq, begin, end in self.sample_lookup.pieces(i):   # each piece straight into the int64 output
             n = end - begin
             if n < 0 or filled + n > len(out) or end > int(lengths[seq]):
                 break
+            base = int(pointers[seq]) // itemsize
             out[filled:filled + n] = tokens[base + begin:base + end]
             filled += n
         if filled != len(out):
             raise RuntimeError(f"{self.indexed.prefix}: sample {i} does not span {self.seq_length + 1} "
                                f"tokens; the index cache in {self.cache_dir} is stale or corrupt")
+        if self.token_limit is not None and int(out.max()) >= self.token_limit:
+            raise ValueError(f"{self.indexed.prefix}: sample {i} of the {self.name} split holds token id "
+                             f"{int(out.max())} but the model's vocab_size is {self.token_limit}; the data "
+                             f"was tokenized with a larger vocabulary than the model's")
         return out
 
     def describe(self) -> dict[str, Any]:
         """JSON-able description (for checkpoints): what was built and its index hash."""
-        return {**self.key, "index_hash": self.hash,
-                "num_documents_in_index": int(len(self.document_index)),
-                "num_available_samples": int(len(self.sample_index) - 1)}
+        d = {**self.key, "index_hash": self.hash, "num_available_samples": int(self.num_available_samples)}
+        if self.index == "megatron":
+            d["num_documents_in_index"] = int(len(self.document_index))
+        return d
 
 
 def split_document_ranges(num_documents: int, split: list[float]) -> list[tuple[int, int]]:

@@ -1,20 +1,22 @@
-"""Tokenize jsonl corpora into MMIDIDX datasets, in parallel, streaming, with ordered output.
+"""Tokenize corpora (jsonl family, parquet, datasets save_to_disk folders) into MMIDIDX datasets.
 
-`preprocess(...)` backs tools/preprocess_data.py. Lines are read as bytes in chunks, tokenized by a
-pool of worker processes (at most `2 * workers` chunks in flight, so memory does not grow with the
-input), and written in input order, so the output is byte-identical for any worker count. Each
-document is `[BOS] + tokens + [EOS]` when both `prepend_bos` and `append_eod` are set.
+`preprocess(...)` backs tools/preprocess_data.py. Records are read in chunks (megatiny.data.sources),
+tokenized by a pool of worker processes (at most `2 * workers` chunks in flight, so memory does not
+grow with the input), and written in input order, so the output is byte-identical for any worker
+count and for any source format holding the same texts. Each document is `[BOS] + tokens + [EOS]`
+when both `prepend_bos` and `append_eod` are set.
 
-Bad lines (invalid JSON, not an object, missing key, non-string value, invalid UTF-8, empty text)
-are counted, reported with file:line, and skipped; with `strict=True` the first one is fatal.
-Whitespace-only lines are not data and are skipped silently.
+Bad records (invalid JSON, not an object, missing key, null or non-string value, invalid UTF-8,
+empty text) are counted, reported with file:line (file:row N for tables), and skipped; with
+`strict=True` the first one is fatal. Whitespace-only jsonl lines are not data and are skipped
+silently. A run fails (and leaves no output) when it writes no document or when more than
+`max_bad_fraction` of its records are bad. Each output gets a PREFIX.json sidecar (sidecar.py).
+
+`num_shards` / `shard_index` tokenize one contiguous part of the input files; merging the parts'
+outputs in shard order (tools/merge_datasets.py) gives the bytes of one run over all files.
 """
 from __future__ import annotations
 
-import glob
-import gzip
-import io
-import json
 import multiprocessing as mp
 import os
 import sys
@@ -23,25 +25,37 @@ from collections import Counter, deque
 from collections.abc import Iterator
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from megatiny.data.indexed_dataset import IndexedDatasetBuilder, best_dtype
-from megatiny.data.tokenizer import load_tokenizer
+from megatiny.data.sidecar import DatasetSidecar, sidecar_path
+from megatiny.data.sources import (  # noqa: F401  (open_binary, parse_json_line, expand_inputs: re-exported)
+    RecordChunk,
+    expand_inputs,
+    open_binary,
+    parse_json_line,
+    parse_record,
+    read_chunks,
+    resolve_inputs,
+    shard_files,
+)
+from megatiny.data.tokenizer import load_tokenizer, tokenizer_fingerprint
 
-CHUNK_LINES = 512
-CHUNK_BYTES = 4 << 20
+DEFAULT_MAX_BAD_FRACTION = 0.01
 
 
 @dataclass
 class BadLine:
+    """One skipped record: `where` is "file:line" (jsonl) or "file:row N" (tables)."""
+
     file: str
     line: int
     reason: str
+    where: str = ""
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.reason}"
+        return f"{self.where or f'{self.file}:{self.line}'}: {self.reason}"
 
 
 @dataclass
@@ -54,6 +68,7 @@ class PreprocessStats:
     bad_reasons: Counter = field(default_factory=Counter)
     bad_examples: list[BadLine] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    max_token_ids: list[int] = field(default_factory=list)    # per output (json key); -1 if none
 
     def summary(self) -> str:
         s = max(self.seconds, 1e-9)
@@ -67,52 +82,8 @@ class BadLineError(ValueError):
     """Raised in strict mode at the first bad input line."""
 
 
-def expand_inputs(patterns: list[str]) -> list[Path]:
-    """Files named by paths or globs, in the order given (each glob sorted); error if one matches nothing."""
-    files: list[Path] = []
-    for pattern in patterns:
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        if not matches or not all(Path(m).is_file() for m in matches):
-            raise FileNotFoundError(f"input {pattern!r} matches no file")
-        files.extend(Path(m) for m in matches)
-    return files
-
-
-def open_binary(path: Path, raw: io.BufferedIOBase | None = None) -> io.BufferedIOBase:
-    """Open plain, .gz or .zst files for binary line reading (decompression streams).
-
-    `raw`: the already opened file to read from (lets the caller track bytes read from disk).
-    Closing the returned stream closes the file it opened itself (never a `raw` passed in).
-    """
-    owned = raw is None
-    if path.suffix == ".gz":
-        return gzip.open(path, "rb") if owned else gzip.GzipFile(fileobj=raw, mode="rb")
-    raw = open(path, "rb", buffering=1 << 20) if owned else raw
-    if path.suffix in (".zst", ".zstd"):
-        import zstandard
-
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=owned), 1 << 20)
-    return raw
-
-
-def read_chunks(files: list[Path]) -> Iterator[tuple[str, int, list[bytes], int]]:
-    """(file name, first line number, raw lines, file bytes read from disk for this chunk) chunks of
-    at most CHUNK_LINES lines / CHUNK_BYTES (decompressed) bytes."""
-    for path in files:
-        with open(path, "rb", buffering=1 << 20) as raw, open_binary(path, raw) as f:
-            lines: list[bytes] = []
-            size, first, disk = 0, 1, 0
-            for lineno, line in enumerate(f, start=1):
-                if not lines:
-                    first = lineno
-                lines.append(line)
-                size += len(line)
-                if len(lines) >= CHUNK_LINES or size >= CHUNK_BYTES:
-                    yield str(path), first, lines, raw.tell() - disk
-                    disk = raw.tell()
-                    lines, size = [], 0
-            if lines or disk < raw.tell():
-                yield str(path), first, lines, raw.tell() - disk
+class EmptyOutputError(ValueError):
+    """The run would write no document, or too many of its records are bad: nothing is written."""
 
 
 @dataclass
@@ -131,34 +102,8 @@ def _init_worker(options: EncodeOptions, tok=None) -> None:
     _worker.update(tokenizer=tok, options=options, dtype=best_dtype(tok.vocab_size))
 
 
-def parse_json_line(line: bytes, keys: tuple[str, ...]) -> tuple[list[str] | None, str | None]:
-    """(the string values of `keys`, None) for a good jsonl line, else (None, why it is bad)."""
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return None, f"invalid UTF-8 at byte {e.start}"
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        return None, f"invalid JSON ({e.msg} at column {e.colno})"
-    if not isinstance(obj, dict):
-        return None, f"not a JSON object (got {type(obj).__name__})"
-    values = []
-    for key in keys:
-        if key not in obj:
-            return None, f"missing key {key!r}"
-        value = obj[key]
-        if not isinstance(value, str):
-            return None, f"key {key!r} is {type(value).__name__}, not a string"
-        if not value.strip():
-            return None, f"key {key!r} is empty"
-        values.append(value)
-    return values, None
-
-
-def encode_chunk(chunk: tuple[str, int, list[bytes], int]):
-    """Worker: (per key (flat tokens, lengths), bad lines, bytes, documents, disk bytes) for one chunk."""
-    name, first, lines, disk_bytes = chunk
+def encode_chunk(chunk: RecordChunk):
+    """Worker: (per key (flat tokens, lengths), bad records, bytes, documents, disk bytes) for one chunk."""
     tok, opt, dtype = _worker["tokenizer"], _worker["options"], _worker["dtype"]
     prefix = [tok.bos_id] if opt.prepend_bos else []
     suffix = [tok.eos_id] if opt.append_eod else []
@@ -166,20 +111,24 @@ def encode_chunk(chunk: tuple[str, int, list[bytes], int]):
     lengths: list[list[int]] = [[] for _ in opt.json_keys]
     bad: list[BadLine] = []
     nbytes = 0
-    for offset, line in enumerate(lines):
-        nbytes += len(line)
-        if not line.strip():
-            continue
-        values, error = parse_json_line(line, opt.json_keys)
+    jsonl = chunk.kind == "jsonl"
+    for offset, record in enumerate(chunk.records):
+        if jsonl:
+            nbytes += len(record)
+            if not record.strip():
+                continue
+        values, error = parse_record(chunk.kind, record, opt.json_keys)
         if error is not None:
-            bad.append(BadLine(name, first + offset, error))
+            bad.append(BadLine(chunk.file, chunk.first_row + offset, error, chunk.location(offset)))
             continue
+        if not jsonl:
+            nbytes += sum(len(v.encode("utf-8")) for v in values)
         for k, value in enumerate(values):
             ids = prefix + tok.encode(value) + suffix
             flat[k].extend(ids)
             lengths[k].append(len(ids))
     arrays = [(np.array(f, dtype=dtype), np.array(n, dtype=np.int32)) for f, n in zip(flat, lengths)]
-    return arrays, bad, nbytes, len(lengths[0]) if lengths else 0, disk_bytes
+    return arrays, bad, nbytes, len(lengths[0]) if lengths else 0, chunk.disk_bytes
 
 
 def _ordered_results(chunks: Iterator, workers: int, options: EncodeOptions, tok=None) -> Iterator:
@@ -208,13 +157,19 @@ def output_prefix_for(output_prefix: str | os.PathLike, key: str) -> str:
 def preprocess(inputs: list[str], output_prefix: str | os.PathLike, tokenizer: str | os.PathLike, *,
                json_keys: tuple[str, ...] = ("text",), workers: int = 1, prepend_bos: bool = False,
                append_eod: bool = False, strict: bool = False, progress: bool = False,
-               max_bad_examples: int = 20,
+               max_bad_examples: int = 20, max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
+               num_shards: int = 1, shard_index: int = 0,
                bad_lines_file: str | os.PathLike | None = None) -> PreprocessStats:
-    """Tokenize jsonl `inputs` (paths/globs; plain, .gz, .zst) into `{output_prefix}_{key}_document`.
+    """Tokenize `inputs` (paths, globs, folders: jsonl/.gz/.zst, parquet, arrow, save_to_disk) into
+    `{output_prefix}_{key}_document.{bin,idx,json}`.
 
-    Every bad line is also written to `bad_lines_file` (one `file:line: reason` per line) if given.
+    Every bad record is also written to `bad_lines_file` (one `file:line: reason` per line) if given.
+    Raises EmptyOutputError (writing nothing) when no document is written or more than
+    `max_bad_fraction` of the records are bad.
     """
-    files = expand_inputs(inputs)
+    if not 0 <= max_bad_fraction <= 1:
+        raise ValueError(f"max_bad_fraction must be in [0, 1], got {max_bad_fraction}")
+    files = shard_files(resolve_inputs(inputs), num_shards, shard_index)
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     tok = load_tokenizer(tokenizer)
@@ -225,21 +180,23 @@ def preprocess(inputs: list[str], output_prefix: str | os.PathLike, tokenizer: s
     options = EncodeOptions(str(tokenizer), tuple(json_keys), prepend_bos, append_eod)
     dtype = best_dtype(tok.vocab_size)
     builders: list[IndexedDatasetBuilder] = []
-    stats = PreprocessStats()
-    total_bytes = sum(f.stat().st_size for f in files)
-    bar = _progress_bar(total_bytes, progress)
+    stats = PreprocessStats(max_token_ids=[-1] * len(json_keys))
+    bar = _progress_bar(sum(f.size for f in files), progress)
     start = time.perf_counter()
     stack = ExitStack()  # closes the worker pool promptly even when a bad line aborts the run
     try:
         for k in json_keys:     # inside the try: a failure aborts (removes) the ones already created
             builders.append(IndexedDatasetBuilder(output_prefix_for(output_prefix, k), dtype))
         bad_log = stack.enter_context(open(bad_lines_file, "w")) if bad_lines_file else None
-        results = stack.enter_context(closing(_ordered_results(read_chunks(files), workers, options, tok)))
+        chunks = read_chunks(files, tuple(json_keys))
+        results = stack.enter_context(closing(_ordered_results(chunks, workers, options, tok)))
         for arrays, bad, nbytes, ndocs, disk_bytes in results:
             if bad and strict:
                 raise BadLineError(f"{bad[0]} (run without --strict to skip and count bad lines)")
-            for builder, (tokens, lengths) in zip(builders, arrays):
+            for k, (builder, (tokens, lengths)) in enumerate(zip(builders, arrays)):
                 builder.add_items(tokens, lengths)
+                if len(tokens):
+                    stats.max_token_ids[k] = max(stats.max_token_ids[k], int(tokens.max()))
             stats.documents += ndocs
             stats.tokens += sum(len(t) for t, _ in arrays)
             stats.input_bytes += nbytes
@@ -253,8 +210,17 @@ def preprocess(inputs: list[str], output_prefix: str | os.PathLike, tokenizer: s
                 elapsed = max(time.perf_counter() - start, 1e-9)
                 bar.set_postfix(docs=stats.documents, tokens=stats.tokens, refresh=False)
                 bar.set_description(f"text {stats.input_bytes / 1e6 / elapsed:.1f} MB/s")
-        for builder in builders:
+        _check_enough_documents(stats, files, json_keys, max_bad_fraction)
+        sources = [str(f.path.resolve()) for f in files]
+        fingerprint = tokenizer_fingerprint(tok)
+        for k, (key, builder) in enumerate(zip(json_keys, builders)):
+            sidecar_path(builder.prefix).unlink(missing_ok=True)   # never leave a stale one beside new data
             builder.finalize()
+            meta = DatasetSidecar(
+                tokenizer=fingerprint, dtype=dtype.name, max_token_id=stats.max_token_ids[k],
+                num_documents=builder.num_documents, num_tokens=builder.num_tokens, json_key=key,
+                prepend_bos=prepend_bos, append_eod=append_eod, sources=sources)
+            meta.write(builder.prefix)
             stats.outputs.append(builder.prefix)
     except BaseException:
         for builder in builders:
@@ -266,6 +232,24 @@ def preprocess(inputs: list[str], output_prefix: str | os.PathLike, tokenizer: s
             bar.close()
     stats.seconds = time.perf_counter() - start
     return stats
+
+
+def _check_enough_documents(stats: PreprocessStats, files, json_keys, max_bad_fraction: float) -> None:
+    """EmptyOutputError when nothing was read, or more than max_bad_fraction of the records are bad."""
+    records = stats.documents + stats.bad_lines
+    first = "; ".join(str(b) for b in stats.bad_examples[:5])
+    names = ", ".join(str(f.path) for f in files[:3]) + (", ..." if len(files) > 3 else "")
+    if records == 0:
+        raise EmptyOutputError(f"{names}: no records (empty input); nothing written")
+    if stats.documents == 0:
+        raise EmptyOutputError(f"{names}: none of the {records} records has a usable "
+                               f"{'/'.join(map(repr, json_keys))} field ({first}); nothing written "
+                               f"(pick the text field with --json-keys)")
+    if stats.bad_lines > max_bad_fraction * records:
+        raise EmptyOutputError(f"{names}: {stats.bad_lines} of {records} records are bad "
+                               f"({stats.bad_lines / records:.2%} > --max-bad-fraction {max_bad_fraction}); "
+                               f"first ones: {first}; nothing written (fix the input or raise "
+                               f"--max-bad-fraction)")
 
 
 def _progress_bar(total_bytes: int, enabled: bool):

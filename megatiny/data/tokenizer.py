@@ -11,6 +11,7 @@ them explicitly, see docs/FORMAT.md), `decode(ids) -> str`, `vocab_size`, `bos_i
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -136,6 +137,23 @@ def load_tokenizer(path: str | os.PathLike) -> SentencePieceTokenizer | HFTokeni
     if p.suffix == ".json":
         return HFTokenizer(p)
     return SentencePieceTokenizer(p)
+
+
+def tokenizer_fingerprint(tok) -> dict[str, object]:
+    """What identifies a tokenizer's vocabulary: class, path, sha256 of its file(s), vocab size, BOS/EOS.
+
+    The hash covers the model file (sentencepiece), the tokenizer.json, or the tokenizer files of
+    an HF directory (tokenizer.json, tokenizer_config.json, special_tokens_map.json, *.model).
+    """
+    p = Path(tok.path)
+    names = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+    files = [p] if p.is_file() else sorted(f for f in p.iterdir()
+                                           if f.name in names or f.suffix == ".model")
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.name.encode() + b"\0" + f.read_bytes())
+    return {"class": type(tok).__name__, "path": str(p.resolve()), "sha256": digest.hexdigest(),
+            "vocab_size": int(tok.vocab_size), "bos_id": tok.bos_id, "eos_id": tok.eos_id}
 
 
 def train_sentencepiece(texts: Iterable[str], model_prefix: str | os.PathLike, vocab_size: int, *,

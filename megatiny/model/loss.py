@@ -11,6 +11,7 @@ incoming gradient: no logits are kept and nothing is recomputed.
 from __future__ import annotations
 
 import torch
+import torch.distributed
 
 IGNORE_INDEX = -100
 # Target number of logit elements per chunk (fp32: 32 MiB); the chunk is this over the vocab size.
@@ -22,27 +23,44 @@ def default_chunk_size(vocab_size: int) -> int:
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                         loss_mask: torch.Tensor | None = None, chunk_size: int | None = None
-                         ) -> torch.Tensor:
+                         loss_mask: torch.Tensor | None = None, chunk_size: int | None = None,
+                         count_group=None) -> torch.Tensor:
     """Mean cross entropy of softmax(hidden @ weight^T) against labels, over unmasked tokens.
 
     hidden [N, hidden] (any float dtype), weight [V, hidden], labels Long[N] (already the next
     tokens; IGNORE_INDEX = -100 also masks a token), loss_mask [N] (1 = counts, 0 = ignored) or
-    None. Returns the fp32 scalar sum(loss_i * mask_i) / max(sum(mask_i), 1).
+    None. Returns the fp32 scalar sum(loss_i * mask_i) / max(sum(mask_i), 1). With `count_group`
+    (a process group whose ranks hold slices of the same sequences: context parallelism) the
+    denominator counts the tokens of every rank in it, so the ranks' results add up to the mean.
     """
-    if hidden.dim() != 2 or labels.shape != hidden.shape[:1]:
-        raise ValueError(f"hidden must be [N, H] and labels [N], got {tuple(hidden.shape)} and "
-                         f"{tuple(labels.shape)}")
-    keep = (labels != IGNORE_INDEX).float()
-    if loss_mask is not None:
-        if loss_mask.shape != labels.shape:
-            raise ValueError(f"loss_mask shape {tuple(loss_mask.shape)} != labels {tuple(labels.shape)}")
-        keep = keep * loss_mask.float()
-    token_weights = keep / keep.sum().clamp(min=1.0)  # fp32 [N]: each token's share of the mean
+    check_loss_inputs(hidden, labels, loss_mask)
+    weights = token_weights(labels, loss_mask, count_group)
     safe_labels = labels.clamp(min=0)  # ignored positions gather index 0, weighted by 0
     chunk = chunk_size or default_chunk_size(weight.shape[0])
     compute_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    return _LinearCrossEntropy.apply(hidden, weight, safe_labels, token_weights, chunk, compute_grad)
+    return _LinearCrossEntropy.apply(hidden, weight, safe_labels, weights, chunk, compute_grad)
+
+
+def check_loss_inputs(hidden: torch.Tensor, labels: torch.Tensor,
+                      loss_mask: torch.Tensor | None) -> None:
+    if hidden.dim() != 2 or labels.shape != hidden.shape[:1]:
+        raise ValueError(f"hidden must be [N, H] and labels [N], got {tuple(hidden.shape)} and "
+                         f"{tuple(labels.shape)}")
+    if loss_mask is not None and loss_mask.shape != labels.shape:
+        raise ValueError(f"loss_mask shape {tuple(loss_mask.shape)} != labels {tuple(labels.shape)}")
+
+
+def token_weights(labels: torch.Tensor, loss_mask: torch.Tensor | None = None,
+                  count_group=None) -> torch.Tensor:
+    """fp32 [N]: each token's share of the mean (0 for ignored tokens), over the tokens of this
+    rank, or of every rank in `count_group` when given."""
+    keep = (labels != IGNORE_INDEX).float()
+    if loss_mask is not None:
+        keep = keep * loss_mask.float()
+    count = keep.sum()
+    if count_group is not None:
+        torch.distributed.all_reduce(count, group=count_group)
+    return keep / count.clamp(min=1.0)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -68,13 +86,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             # per-token weight w scales whole rows, so it is applied to the [n, h] operands instead.
             grad_logits = logprobs.exp_()
             grad_logits.scatter_add_(1, target, torch.full_like(w, -1.0))
-            grad_logits = grad_logits.to(hidden.dtype)
-            grad_hidden[start:start + chunk] = (grad_logits @ weight) * w
-            weighted_h = (h * w).to(h.dtype)
-            if weight.dtype == torch.float32:
-                grad_weight.addmm_(grad_logits.t(), weighted_h)
-            else:
-                grad_weight += (grad_logits.t() @ weighted_h).float()
+            grad_hidden[start:start + chunk] = add_chunk_gradients(grad_logits, h, w, weight,
+                                                                   grad_weight)
         if compute_grad:
             ctx.save_for_backward(grad_hidden, grad_weight)
             ctx.weight_dtype = weight.dtype
@@ -82,9 +95,29 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        return (grad_hidden * grad_loss.to(grad_hidden.dtype),
-                (grad_weight * grad_loss).to(ctx.weight_dtype), None, None, None, None)
+        return scaled_saved_gradients(ctx, grad_loss) + (None,) * 4
+
+
+def scaled_saved_gradients(ctx, grad_loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward of a fused loss that saved (grad_hidden, fp32 grad_weight) and ctx.weight_dtype:
+    both scaled by the incoming gradient of the scalar loss."""
+    grad_hidden, grad_weight = ctx.saved_tensors
+    return (grad_hidden * grad_loss.to(grad_hidden.dtype),
+            (grad_weight * grad_loss).to(ctx.weight_dtype))
+
+
+def add_chunk_gradients(grad_logits: torch.Tensor, h: torch.Tensor, w: torch.Tensor,
+                        weight: torch.Tensor, grad_weight: torch.Tensor) -> torch.Tensor:
+    """One chunk's gradients from its unweighted d loss / d logits (softmax - onehot, fp32 [n, V]):
+    adds the head weight's to `grad_weight` (fp32 [V, h]) and returns the hidden states' [n, h].
+    The per-token weights w [n, 1] scale whole rows, so they are applied to the [n, h] operands."""
+    grad_logits = grad_logits.to(h.dtype)
+    weighted_h = (h * w).to(h.dtype)
+    if weight.dtype == torch.float32:
+        grad_weight.addmm_(grad_logits.t(), weighted_h)
+    else:
+        grad_weight += (grad_logits.t() @ weighted_h).float()
+    return (grad_logits @ weight) * w
 
 
 def cross_entropy_reference(logits: torch.Tensor, labels: torch.Tensor,

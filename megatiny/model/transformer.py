@@ -1,6 +1,6 @@
 """A Llama-2-architecture decoder-only transformer, with Hugging Face parameter names.
 
-GPT(config, runtime)                      runtime: ModelRuntime (attention kernel, activation checkpointing)
+GPT(config, parallel, runtime=...)        runtime: ModelRuntime (attention kernel, activation checkpointing)
   model.embed_tokens                      token embedding [V, h]
   model.layers[i]                         pre-norm block, i < num_layers
       input_layernorm -> self_attn        RMSNorm; q/k/v/o projections, RoPE, grouped-query attention
@@ -11,6 +11,12 @@ GPT(config, runtime)                      runtime: ModelRuntime (attention kerne
 `state_dict()` keys are exactly `transformers.LlamaForCausalLM`'s and q/k use HF's rotate-half RoPE
 layout, so exporting to Hugging Face is a rename-free copy.
 
+Model parallelism is a runtime argument, not part of the architecture: `GPT(config, parallel)`
+with a `megatiny.parallel.state.ParallelState` uses Megatron tensor-parallel layers when
+`parallel.tensor` > 1 (optionally with sequence parallelism) and DeepSpeed-Ulysses attention when
+`parallel.context` > 1 (then every rank's inputs are its slice of the sequence). Parameter names
+stay the same; tensor-parallel ranks hold shards (see `megatiny.parallel.tensor_parallel`).
+
 ZeRO-3 friendly: weights are initialized inside each leaf module's own __init__ (where
 `deepspeed.zero.Init` still sees full tensors), RoPE tables are computed on the fly (no buffers),
 and every parameter is used only inside the forward of the module that owns it (DeepSpeed gathers
@@ -19,6 +25,7 @@ a module's parameters around its forward).
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -29,6 +36,12 @@ from megatiny.model.attention import KVCache, causal_attention, check_installed,
 from megatiny.model.config import ModelConfig, ModelRuntime
 from megatiny.model.kernels import apply_rotary, rms_norm, rope_cos_sin
 from megatiny.model.loss import linear_cross_entropy
+from megatiny.parallel import collectives
+from megatiny.parallel import context_parallel as cp
+from megatiny.parallel import tensor_parallel as tp
+
+if TYPE_CHECKING:
+    from megatiny.parallel.state import ParallelState
 
 
 class Linear(nn.Linear):
@@ -48,13 +61,59 @@ class Embedding(nn.Embedding):
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, hidden_size: int, eps: float):
+    """RMSNorm; with `sequence_parallel_group` each rank normalizes only its sequence shard, so the
+    weight's gradient is summed over that group."""
+
+    def __init__(self, hidden_size: int, eps: float, sequence_parallel_group=None):
         super().__init__()
         self.eps = eps
+        self.sequence_parallel_group = sequence_parallel_group
         self.weight = nn.Parameter(torch.ones(hidden_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)
+        weight = self.weight
+        if self.sequence_parallel_group is not None:
+            weight = collectives.copy_to_group(weight, self.sequence_parallel_group)
+        return rms_norm(x, weight, self.eps)
+
+
+def _tensor_size(parallel: ParallelState | None) -> int:
+    return 1 if parallel is None else parallel.layout.tensor
+
+
+def _context_size(parallel: ParallelState | None) -> int:
+    return 1 if parallel is None else parallel.layout.context
+
+
+def _sequence_parallel_group(parallel: ParallelState | None):
+    return parallel.tensor_group if parallel is not None and parallel.sequence_parallel else None
+
+
+def _column_linear(in_features: int, out_features: int, std: float,
+                   parallel: ParallelState | None) -> nn.Module:
+    if _tensor_size(parallel) == 1:
+        return Linear(in_features, out_features, std)
+    return tp.ColumnParallelLinear(in_features, out_features, std, parallel.tensor_group)
+
+
+def _row_linear(in_features: int, out_features: int, std: float,
+                parallel: ParallelState | None) -> nn.Module:
+    if _tensor_size(parallel) == 1:
+        return Linear(in_features, out_features, std)
+    return tp.RowParallelLinear(in_features, out_features, std, parallel.tensor_group,
+                                parallel.sequence_parallel)
+
+
+def _sequence_shard(x: torch.Tensor, parallel: ParallelState | None) -> tuple[torch.Tensor, ...]:
+    """(x,) under sequence parallelism, else (): the extra argument of column-parallel layers
+    that lets them keep only the shard for backward."""
+    return (x,) if parallel is not None and parallel.sequence_parallel else ()
+
+
+def _enter_tensor_parallel(x: torch.Tensor, parallel: ParallelState | None) -> torch.Tensor:
+    if _tensor_size(parallel) == 1:
+        return x
+    return tp.enter_tensor_parallel(x, parallel.tensor_group, parallel.sequence_parallel)
 
 
 def _output_std(config: ModelConfig) -> float:
@@ -63,55 +122,72 @@ def _output_std(config: ModelConfig) -> float:
 
 
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig, layer_index: int):
+    """Grouped-query attention; under tensor parallelism this rank's H/T heads and G/T groups."""
+
+    def __init__(self, config: ModelConfig, layer_index: int, parallel: ParallelState | None = None):
         super().__init__()
-        h, d = config.hidden_size, config.head_dim
+        h, d, heads, groups = (config.hidden_size, config.head_dim, config.num_attention_heads,
+                               config.num_query_groups)
         self.layer_index = layer_index
-        self.num_heads, self.num_groups, self.head_dim = (config.num_attention_heads,
-                                                          config.num_query_groups, d)
-        self.q_proj = Linear(h, self.num_heads * d, config.init_std)
-        self.k_proj = Linear(h, self.num_groups * d, config.init_std)
-        self.v_proj = Linear(h, self.num_groups * d, config.init_std)
-        self.o_proj = Linear(self.num_heads * d, h, _output_std(config))
+        self.parallel = parallel
+        t = _tensor_size(parallel)
+        self.num_heads, self.num_groups, self.head_dim = heads // t, groups // t, d
+        self.q_proj = _column_linear(h, heads * d, config.init_std, parallel)
+        self.k_proj = _column_linear(h, groups * d, config.init_std, parallel)
+        self.v_proj = _column_linear(h, groups * d, config.init_std, parallel)
+        self.o_proj = _row_linear(heads * d, h, _output_std(config), parallel)
+        self.ulysses = cp.UlyssesAttention(parallel.context_group) if _context_size(parallel) > 1 \
+            else None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: str,
                 kv_cache: KVCache | None = None) -> torch.Tensor:
-        """x [B, T, h], cos/sin [T, head_dim] (see `rope_cos_sin`) -> [B, T, h]."""
+        """x [B, T, h], cos/sin [T, head_dim] (see `rope_cos_sin`) -> [B, T, h].
+
+        Under sequence parallelism x and the output are this rank's [B, T/tensor, h] shard."""
+        shard = _sequence_shard(x, self.parallel)
+        x = _enter_tensor_parallel(x, self.parallel)
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(b, t, self.num_groups, self.head_dim)
-        v = self.v_proj(x).view(b, t, self.num_groups, self.head_dim)
+        q = self.q_proj(x, *shard).view(b, t, self.num_heads, self.head_dim)
+        k = self.k_proj(x, *shard).view(b, t, self.num_groups, self.head_dim)
+        v = self.v_proj(x, *shard).view(b, t, self.num_groups, self.head_dim)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_index, k, v)
-        out = causal_attention(q, k, v, backend)  # [B, T, H, D]
+        if self.ulysses is not None:
+            out = self.ulysses(q, k, v, backend)
+        else:
+            out = causal_attention(q, k, v, backend)  # [B, T, H, D]
         return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim))
 
 
 class MLP(nn.Module):
     """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, parallel: ParallelState | None = None):
         super().__init__()
         h, f = config.hidden_size, config.ffn_hidden_size
-        self.gate_proj = Linear(h, f, config.init_std)
-        self.up_proj = Linear(h, f, config.init_std)
-        self.down_proj = Linear(f, h, _output_std(config))
+        self.parallel = parallel
+        self.gate_proj = _column_linear(h, f, config.init_std, parallel)
+        self.up_proj = _column_linear(h, f, config.init_std, parallel)
+        self.down_proj = _row_linear(f, h, _output_std(config), parallel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        shard = _sequence_shard(x, self.parallel)
+        x = _enter_tensor_parallel(x, self.parallel)
+        return self.down_proj(F.silu(self.gate_proj(x, *shard)) * self.up_proj(x, *shard))
 
 
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then + mlp(norm(.))."""
 
-    def __init__(self, config: ModelConfig, layer_index: int):
+    def __init__(self, config: ModelConfig, layer_index: int, parallel: ParallelState | None = None):
         super().__init__()
         # Registration order = HF's state_dict order.
-        self.self_attn = Attention(config, layer_index)
-        self.mlp = MLP(config)
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer_index, parallel)
+        self.mlp = MLP(config, parallel)
+        sp_group = _sequence_parallel_group(parallel)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, sp_group)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, sp_group)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: str,
                 kv_cache: KVCache | None = None) -> torch.Tensor:
@@ -122,22 +198,28 @@ class Block(nn.Module):
 class Decoder(nn.Module):
     """Embedding, blocks and final norm (HF's `LlamaModel`): token ids -> final hidden states."""
 
-    def __init__(self, config: ModelConfig, runtime: ModelRuntime | None = None):
+    def __init__(self, config: ModelConfig, parallel: ParallelState | None = None,
+                 runtime: ModelRuntime | None = None):
         super().__init__()
         self.config = config
+        self.parallel = parallel
         self.runtime = runtime if runtime is not None else ModelRuntime()
-        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size, config.init_std)
-        self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.embed_tokens = token_embedding(config, parallel)
+        self.layers = nn.ModuleList(Block(config, i, parallel) for i in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, _sequence_parallel_group(parallel))
 
     def forward(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
-        """input_ids Long[B, T] -> hidden [B, T, h]; with a cache, positions continue after it."""
+        """input_ids Long[B, T] -> hidden [B, T, h]; with a cache, positions continue after it.
+
+        Sequence parallel: hidden is this rank's [B, T/tensor, h] shard. Context parallel:
+        input_ids is this rank's slice of the sequences, at positions context_rank x T onwards."""
         cfg = self.config
         x = self.embed_tokens(input_ids)
-        start = kv_cache.length if kv_cache is not None else 0
-        positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)
-        cos, sin = rope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, x.dtype)
-        backend = resolve_backend(self.runtime.attention_backend, x.device, x.dtype)
+        if kv_cache is not None:
+            start = kv_cache.length
+        else:
+            start = self.parallel.context_rank * input_ids.shape[1] if self.parallel is not None else 0
+        cos, sin, backend = rotary_tables(cfg, start, input_ids.shape[1], x, self.runtime.attention_backend)
         every = self.runtime.activation_checkpointing
         recompute = every > 0 and kv_cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
@@ -150,48 +232,94 @@ class Decoder(nn.Module):
         return self.norm(x)
 
 
+def token_embedding(config: ModelConfig, parallel: ParallelState | None) -> nn.Module:
+    """The token embedding: vocabulary-parallel under tensor parallelism."""
+    if _tensor_size(parallel) == 1:
+        return Embedding(config.vocab_size, config.hidden_size, config.init_std)
+    return tp.VocabParallelEmbedding(config.vocab_size, config.hidden_size, config.init_std,
+                                     parallel.tensor_group, parallel.sequence_parallel)
+
+
+def rotary_tables(config: ModelConfig, start: int, length: int, like: torch.Tensor,
+                  attention_backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor, str]:
+    """RoPE cos/sin [length, head_dim] for positions start.. in the dtype and device of `like`,
+    and `attention_backend` (ModelRuntime's) resolved for them."""
+    positions = torch.arange(start, start + length, device=like.device)
+    cos, sin = rope_cos_sin(positions, config.head_dim, config.rope_theta, like.dtype)
+    return cos, sin, resolve_backend(attention_backend, like.device, like.dtype)
+
+
 class LMHead(nn.Module):
     """Output projection [V, h]; given labels it returns the chunked, fused cross-entropy loss."""
 
-    def __init__(self, config: ModelConfig, tied_weight: nn.Parameter | None = None):
+    def __init__(self, config: ModelConfig, tied_weight: nn.Parameter | None = None,
+                 parallel: ParallelState | None = None):
         super().__init__()
+        self.parallel = parallel
         if tied_weight is not None:
             self.weight = tied_weight
+        elif _tensor_size(parallel) > 1:  # this rank's vocabulary rows
+            self.weight = tp.lm_head_shard(config.vocab_size, config.hidden_size, config.init_std,
+                                           parallel.tensor_group)
         else:
             self.weight = nn.Parameter(torch.empty(config.vocab_size, config.hidden_size))
             nn.init.normal_(self.weight, mean=0.0, std=config.init_std)
 
     def forward(self, hidden: torch.Tensor, labels: torch.Tensor | None = None,
                 loss_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """hidden [..., h] -> fp32 logits [..., V]; given labels (shape [...]) the fp32 mean loss."""
+        """hidden [..., h] -> fp32 logits [..., V]; given labels (shape [...]) the fp32 mean loss.
+
+        Tensor parallel: full logits are gathered from the vocabulary shards; the loss never
+        forms them. Context parallel: the loss is the mean over the whole sequences."""
+        parallel = self.parallel
+        tensor_parallel = _tensor_size(parallel) > 1
         if labels is None:
-            return F.linear(hidden, self.weight).float()
-        flat_mask = loss_mask.reshape(-1) if loss_mask is not None else None
-        return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), self.weight,
-                                    labels.reshape(-1), flat_mask)
+            logits = F.linear(_enter_tensor_parallel(hidden, parallel), self.weight).float()
+            return collectives.gather_last_dim(logits, parallel.tensor_group) if tensor_parallel \
+                else logits
+        context_group = parallel.context_group if _context_size(parallel) > 1 else None
+        if tensor_parallel:
+            if not parallel.sequence_parallel:  # (SP: the loss gathers the shards itself)
+                hidden = tp.enter_tensor_parallel(hidden, parallel.tensor_group, False)
+            loss = tp.vocab_parallel_linear_cross_entropy(hidden, self.weight, labels,
+                                                          parallel.tensor_group, loss_mask,
+                                                          count_group=context_group,
+                                                          sequence_parallel=parallel.sequence_parallel)
+        else:
+            flat_mask = loss_mask.reshape(-1) if loss_mask is not None else None
+            loss = linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), self.weight,
+                                        labels.reshape(-1), flat_mask, count_group=context_group)
+        return loss if context_group is None else cp.sum_loss_over_context(loss, context_group)
 
 
 class GPT(nn.Module):
     """Decoder-only language model. See the module docstring for the layout."""
 
-    def __init__(self, config: ModelConfig, runtime: ModelRuntime | None = None):
+    def __init__(self, config: ModelConfig, parallel: ParallelState | None = None, *,
+                 runtime: ModelRuntime | None = None):
         super().__init__()
         runtime = runtime if runtime is not None else ModelRuntime()
         check_installed(runtime.attention_backend)  # fail at construction, not at the first forward
+        if parallel is not None:
+            tp.check_tensor_parallel(config, parallel.layout)
+            cp.check_context_parallel(config, parallel.layout)
         self.config = config
-        self.model = Decoder(config, runtime)
+        self.parallel = parallel
+        self.model = Decoder(config, parallel, runtime)
         tied = self.model.embed_tokens.weight if config.tie_word_embeddings else None
-        self.lm_head = LMHead(config, tied_weight=tied)
+        self.lm_head = LMHead(config, tied_weight=tied, parallel=parallel)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
                 loss_mask: torch.Tensor | None = None, *, kv_cache: KVCache | None = None,
                 last_token_only: bool = False) -> torch.Tensor:
         """Logits or loss.
 
-        input_ids Long[B, T]. Without labels: fp32 logits [B, T, V] ([B, 1, V] with
-        last_token_only). With labels Long[B, T] (already shifted: labels[:, t] is the token after
-        input_ids[:, t]; -100 ignored) and optional loss_mask [B, T] (1 counts, 0 ignored): the fp32
-        scalar mean loss over counted tokens. kv_cache: see `megatiny.model.generate`.
+        input_ids Long[B, T] (context parallel: this rank's slice, see
+        `megatiny.parallel.context_parallel.split_for_context`). Without labels: fp32 logits
+        [B, T, V] ([B, 1, V] with last_token_only). With labels Long[B, T] (already shifted:
+        labels[:, t] is the token after input_ids[:, t]; -100 ignored) and optional loss_mask
+        [B, T] (1 counts, 0 ignored): the fp32 scalar mean loss over counted tokens.
+        kv_cache: see `megatiny.model.generate`.
         """
         self._check_inputs(input_ids, labels, loss_mask, kv_cache, last_token_only)
         hidden = self.model(input_ids, kv_cache)
@@ -203,7 +331,9 @@ class GPT(nn.Module):
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"input_ids must be an integer tensor [batch, seq], got "
                              f"{input_ids.dtype} {tuple(input_ids.shape)}")
-        end = input_ids.shape[1] + (kv_cache.length if kv_cache is not None else 0)
+        self._check_parallel_inputs(input_ids, kv_cache, last_token_only)
+        end = input_ids.shape[1] * _context_size(self.parallel) \
+            + (kv_cache.length if kv_cache is not None else 0)
         if end > self.config.max_position_embeddings:
             raise ValueError(f"sequence of {end} positions exceeds ModelConfig.max_position_embeddings "
                              f"({self.config.max_position_embeddings})")
@@ -216,13 +346,29 @@ class GPT(nn.Module):
         if last_token_only and labels is not None:
             raise ValueError("last_token_only is for inference; it cannot be combined with labels")
 
+    def _check_parallel_inputs(self, input_ids, kv_cache, last_token_only) -> None:
+        parallel = self.parallel
+        if parallel is None:
+            return
+        split = parallel.sequence_parallel or parallel.layout.context > 1
+        if split and (kv_cache is not None or last_token_only):
+            raise ValueError("kv_cache / last_token_only (generation) are not supported with "
+                             "parallel.sequence_parallel or parallel.context > 1; generate with "
+                             "tensor parallelism alone or on one rank")
+        if parallel.sequence_parallel and input_ids.shape[1] % parallel.layout.tensor:
+            raise ValueError(f"with parallel.sequence_parallel the sequence length "
+                             f"({input_ids.shape[1]}) must be divisible by parallel.tensor "
+                             f"({parallel.layout.tensor})")
+
     def num_parameters(self) -> int:
-        """Number of distinct parameters (full sizes, also when ZeRO-3 has partitioned them)."""
+        """Number of distinct parameters on this rank (full sizes, also when ZeRO-3 has
+        partitioned them; a tensor-parallel rank counts its shards)."""
         return sum(getattr(p, "ds_numel", p.numel()) for p in self.parameters())
 
     def new_kv_cache(self, batch_size: int, max_length: int) -> KVCache:
         """An empty KV cache for this model, in the dtype and device of its weights."""
         weight = self.model.embed_tokens.weight
         cfg = self.config
-        return KVCache(cfg.num_layers, batch_size, max_length, cfg.num_query_groups, cfg.head_dim,
+        return KVCache(cfg.num_layers, batch_size, max_length,
+                       cfg.num_query_groups // _tensor_size(self.parallel), cfg.head_dim,
                        weight.dtype, weight.device)

@@ -241,7 +241,7 @@ class TrainingEngine:
         self.run, self.model_config, self.ds_config, self.dist = run, model_config, ds_config, dist_info
         torch.manual_seed(run.seed)  # identical initial weights on every rank
         with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=zero_stage(ds_config) == 3):
-            model = GPT(model_config, run.runtime.model_runtime())
+            model = GPT(model_config, runtime=run.runtime.model_runtime())
         if init_weights:  # on every rank (collectives under ZeRO-3); only rank 0 has `init_state`
             _copy_weights(model, init_state, dist_info.rank)
         self.optimizer = _build_optimizer(run, model, ds_config)

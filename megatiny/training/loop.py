@@ -38,6 +38,7 @@ from megatiny.checkpoint.manager import CheckpointManager, ResumePoint
 from megatiny.checkpoint.metadata import TrainState, WorldLayout
 from megatiny.data import build_gpt_datasets, describe_datasets
 from megatiny.data.sampler import PretrainingSampler
+from megatiny.data.sidecar import check_data_vocab
 from megatiny.parallel import deepspeed as ds_engine
 from megatiny.precision import warn_if_emulated
 from megatiny.training.config import RunConfig
@@ -125,16 +126,22 @@ class _Trainer:
         self.skipped_steps = 0
 
     # ---------------------------------------------------------------- setup
-    def _build_data(self):
-        run = self.run
-        if run.data is None:
+    def _check_data(self) -> None:
+        """Before any engine starts: a run without data, or data tokenized with a larger vocabulary
+        than the model's, fails here."""
+        if self.run.data is None:
             raise ValueError("data: no training data; set data.data_path (e.g. '0.7 PREFIX_A 0.3 PREFIX_B') "
                              "or data.train_data_path")
+        check_data_vocab(self.run.data, self.model_config.vocab_size)
+
+    def _build_data(self):
+        run = self.run
         train_samples = run.schedule.train_steps * run.batch.global_batch_size
         valid_samples = (run.logging.eval_iters * run.batch.micro_batch_size * self.world
                          if run.logging.eval_interval else 0)
         build = lambda: build_gpt_datasets(run.data, run.batch.seq_length,  # noqa: E731
-                                           (train_samples, valid_samples, 0), run.seed)
+                                           (train_samples, valid_samples, 0), run.seed,
+                                           vocab_size=self.model_config.vocab_size)
         # Rank 0 builds and caches the sample indices; the others then load them from the cache.
         if self.rank == 0:
             datasets = build()
@@ -160,6 +167,7 @@ class _Trainer:
     def execute(self) -> TrainResult:
         run = self.run
         seed_everything(run.seed)
+        self._check_data()
         resume = self.checkpoints.find_resume(run.checkpoint.resume, self.model_config)
         ds_file = ds_engine.read_ds_file(run.distributed.deepspeed_config)
         self.precision = ds_engine.run_precision(run, self.dist.device)

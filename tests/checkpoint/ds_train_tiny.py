@@ -57,9 +57,9 @@ def train_and_save(save_dir: str, stage: int, tie: bool, steps: int, fp32: bool)
     torch.manual_seed(0)
     if stage == 3:
         with deepspeed.zero.Init(config_dict_or_path=ds_config):
-            model = GPT(config, MATH)
+            model = GPT(config, runtime=MATH)
     else:
-        model = GPT(config, MATH)
+        model = GPT(config, runtime=MATH)
     # Two parameter groups like megatiny training (weight decay on matrices only), so the ZeRO
     # flat buffers hold several groups.
     matrices = [p for p in model.parameters() if len(getattr(p, "ds_shape", p.shape)) >= 2]

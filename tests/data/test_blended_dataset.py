@@ -69,12 +69,12 @@ class Numbers:
 
 def test_blended_dataset_reads_within_each_dataset(tmp_path):
     parts = [Numbers(0, 705), Numbers(1, 302)]
-    ds = BlendedDataset(parts, [0.7, 0.3], 1000, tmp_path)
+    ds = BlendedDataset(parts, [0.7, 0.3], 1000, tmp_path, index="megatron")
     rows = np.stack([ds[i] for i in range(len(ds))])
     assert (rows[:, 1][rows[:, 0] == 0] < 705).all()
     assert np.bincount(rows[:, 0]).tolist() == [700, 300]
-    again = BlendedDataset(parts, [0.7, 0.3], 1000, tmp_path)
+    again = BlendedDataset(parts, [0.7, 0.3], 1000, tmp_path, index="megatron")
     assert isinstance(again.dataset_index, np.memmap)
     np.testing.assert_array_equal(again.dataset_index, ds.dataset_index)
     with pytest.raises(ValueError, match="only has 100"):
-        BlendedDataset([Numbers(0, 100), Numbers(1, 302)], [0.7, 0.3], 1000, tmp_path / "x")
+        BlendedDataset([Numbers(0, 100), Numbers(1, 302)], [0.7, 0.3], 1000, tmp_path / "x", index="megatron")

@@ -68,7 +68,8 @@ def test_blend_with_split(prefixes):
 
 def test_second_call_loads_from_cache(prefixes):
     (a, b), d = prefixes
-    cfg = DataConfig(data_path=f"0.7 {a} 0.3 {b}", split="90,10,0", cache_dir=str(d / "cache2"))
+    cfg = DataConfig(data_path=f"0.7 {a} 0.3 {b}", split="90,10,0", cache_dir=str(d / "cache2"),
+                     index="megatron")
     first = build_gpt_datasets(cfg, 16, (100, 0, 0), seed=1)[0]
     n_files = len(list((d / "cache2").iterdir()))
     again = build_gpt_datasets(cfg, 16, (100, 0, 0), seed=1)[0]

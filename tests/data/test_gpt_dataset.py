@@ -1,4 +1,4 @@
-"""Packed GPT samples: index maths against Megatron's loop, sample contents, caching, epochs."""
+"""Packed GPT samples, `index: megatron`: index maths against Megatron's loop, contents, caching, epochs."""
 import numpy as np
 import pytest
 
@@ -45,7 +45,7 @@ def expected_stream(ds, docs):
 def test_samples_are_windows_of_shuffled_document_stream(corpus):
     indexed, docs, d = corpus
     L = 16
-    ds = GPTDataset(indexed, (0, len(docs)), 200, L, seed=3, cache_dir=d / "cache")
+    ds = GPTDataset(indexed, (0, len(docs)), 200, L, seed=3, cache_dir=d / "cache", index="megatron")
     stream = expected_stream(ds, docs)
     assert len(ds) == 200
     seen = set()
@@ -61,7 +61,8 @@ def test_samples_are_windows_of_shuffled_document_stream(corpus):
 def test_multiple_epochs_each_document_once_per_epoch(corpus):
     indexed, docs, d = corpus
     tokens = sum(len(x) for x in docs)
-    ds = GPTDataset(indexed, (0, len(docs)), 3 * tokens // 8, 8, seed=1, cache_dir=d / "cache")
+    ds = GPTDataset(indexed, (0, len(docs)), 3 * tokens // 8, 8, seed=1, cache_dir=d / "cache",
+                    index="megatron")
     counts = np.bincount(np.asarray(ds.document_index), minlength=len(docs))
     assert len(set(counts.tolist())) == 1 and counts[0] >= 3
 
@@ -71,7 +72,8 @@ def test_separate_last_epoch_shuffle(corpus):
     tokens = sum(len(x) for x in docs)
     L = 4
     per_epoch = (tokens - 1) // L
-    ds = GPTDataset(indexed, (0, len(docs)), per_epoch + 5, L, seed=2, cache_dir=d / "cache")
+    ds = GPTDataset(indexed, (0, len(docs)), per_epoch + 5, L, seed=2, cache_dir=d / "cache",
+                    index="megatron")
     di = np.asarray(ds.document_index)
     assert sorted(di[:len(docs)].tolist()) == list(range(len(docs)))    # epoch 1 complete
     assert sorted(di[len(docs):].tolist()) == list(range(len(docs)))    # last epoch shuffled on its own
@@ -82,23 +84,23 @@ def test_separate_last_epoch_shuffle(corpus):
 
 def test_deterministic_and_cached(corpus):
     indexed, docs, d = corpus
-    a = GPTDataset(indexed, (0, 30), 50, 8, seed=5, cache_dir=d / "c2")
+    a = GPTDataset(indexed, (0, 30), 50, 8, seed=5, cache_dir=d / "c2", index="megatron")
     files = sorted(p.name for p in (d / "c2").iterdir())
     assert len(files) == 4 and not any(f.startswith(".") for f in files)
-    b = GPTDataset(indexed, (0, 30), 50, 8, seed=5, cache_dir=d / "c2")
+    b = GPTDataset(indexed, (0, 30), 50, 8, seed=5, cache_dir=d / "c2", index="megatron")
     assert isinstance(b.shuffle_index, np.memmap)                       # loaded, not rebuilt
-    fresh = GPTDataset(indexed, (0, 30), 50, 8, seed=5, cache_dir=d / "c3")
+    fresh = GPTDataset(indexed, (0, 30), 50, 8, seed=5, cache_dir=d / "c3", index="megatron")
     for i in range(50):
         np.testing.assert_array_equal(a[i], b[i])
         np.testing.assert_array_equal(a[i], fresh[i])
-    other = GPTDataset(indexed, (0, 30), 50, 8, seed=6, cache_dir=d / "c2")
+    other = GPTDataset(indexed, (0, 30), 50, 8, seed=6, cache_dir=d / "c2", index="megatron")
     assert other.hash != a.hash
     assert not all(np.array_equal(a[i], other[i]) for i in range(50))
 
 
 def test_split_range_only_reads_its_documents(corpus):
     indexed, docs, d = corpus
-    ds = GPTDataset(indexed, (10, 20), 30, 8, seed=0, cache_dir=d / "cache")
+    ds = GPTDataset(indexed, (10, 20), 30, 8, seed=0, cache_dir=d / "cache", index="megatron")
     di = np.asarray(ds.document_index)
     assert di.min() >= 10 and di.max() < 20
     for i in range(len(ds)):
@@ -107,7 +109,7 @@ def test_split_range_only_reads_its_documents(corpus):
 
 def test_out_of_range_sample(corpus):
     indexed, docs, d = corpus
-    ds = GPTDataset(indexed, (0, 40), 10, 8, seed=0, cache_dir=d / "cache")
+    ds = GPTDataset(indexed, (0, 40), 10, 8, seed=0, cache_dir=d / "cache", index="megatron")
     with pytest.raises(IndexError):
         ds[10]
 
@@ -137,7 +139,7 @@ def test_module_build_indices_is_what_the_dataset_and_the_benchmark_use(corpus, 
     from tests.helpers import REPO_ROOT, run_command, timeout_s
 
     ds, _, _ = corpus
-    g = GPTDataset(ds, (3, 37), num_samples=90, seq_length=16, seed=5, cache_dir=tmp_path)
+    g = GPTDataset(ds, (3, 37), num_samples=90, seq_length=16, seed=5, cache_dir=tmp_path, index="megatron")
     timings: dict = {}
     arrays = build_indices(ds.sequence_lengths, (3, 37), 90, 16, 5, timings=timings)
     for mine, cached in zip(arrays, (g.document_index, g.sample_index, g.shuffle_index)):

@@ -1,6 +1,7 @@
 """tools/preprocess_data.py and friends on a generated corpus with tokenizers trained here."""
 import gzip
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -197,3 +198,49 @@ def test_failure_creating_an_output_leaves_no_temporary_files(corpus, tmp_path):
     with pytest.raises(OSError):
         preprocess([str(d / "c.jsonl")], tmp_path / "o", model, json_keys=("text", "x/y"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o_x"]    # no .o_text_document.tmp-* left
+
+
+def test_megatron_deepspeed_command_runs_unchanged(corpus, processed, tmp_path):
+    """A Megatron-DeepSpeed preprocessing command line, flags as its README writes them."""
+    d, _, model = corpus
+    cmd = [sys.executable, "tools/preprocess_data.py", "--input", str(d / "c.jsonl"),
+           "--output-prefix", str(tmp_path / "meg"), "--tokenizer-type", "Llama2Tokenizer",
+           "--tokenizer-model", str(model), "--json-keys", "text", "--append-eod", "--workers", "2",
+           "--partitions", "2", "--dataset-impl", "mmap", "--log-interval", "1000", "--chunk-size", "25",
+           "--keep-sequential-samples"]
+    r = run_command(cmd, timeout=timeout_s(extra_s=30), env={"PYTHONPATH": str(REPO_ROOT)})
+    assert r.returncode == 0, r.stdout
+    assert "--partitions 2 ignored" in r.stdout and "starts with BOS" in r.stdout
+    for ext in ("bin", "idx"):      # Llama2Tokenizer adds BOS, as Megatron's does: same as --prepend-bos
+        assert (tmp_path / f"meg_text_document.{ext}").read_bytes() == \
+            (d / f"w1_text_document.{ext}").read_bytes()
+    wrong = run_command(cmd[:6] + ["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model",
+                                   str(model)], timeout=timeout_s(), env={"PYTHONPATH": str(REPO_ROOT)})
+    assert wrong.returncode == 1 and "does not match" in wrong.stdout
+    assert "sentencepiece model" in wrong.stdout
+    split = run_command(cmd + ["--split-sentences"], timeout=timeout_s(), env={"PYTHONPATH": str(REPO_ROOT)})
+    assert split.returncode == 1 and "--split-sentences is not supported" in split.stdout
+
+
+def test_sidecar_records_tokenizer_counts_and_sources(corpus, processed):
+    from megatiny.data.sidecar import DatasetSidecar
+    from megatiny.data.tokenizer import tokenizer_fingerprint
+
+    d, good, model = corpus
+    meta = DatasetSidecar.read(d / "w1_text_document")
+    ds = IndexedDataset(d / "w1_text_document")
+    assert meta.tokenizer == tokenizer_fingerprint(load_tokenizer(model))
+    assert meta.tokenizer["vocab_size"] == 500 and len(meta.tokenizer["sha256"]) == 64
+    assert (meta.num_documents, meta.num_tokens) == (ds.num_documents, ds.num_tokens)
+    assert meta.max_token_id == int(ds.tokens.max()) and meta.dtype == "uint16"
+    assert meta.sources == [str((d / "c.jsonl").resolve())] and meta.prepend_bos and meta.append_eod
+
+
+def test_megatron_huggingface_tokenizer_type(corpus, tmp_path, capsys):
+    d, good, _ = corpus
+    tj = make_hf_tokenizer_json(tmp_path / "tokenizer.json", good[:300])
+    args = ["--input", str(d / "c.jsonl"), "--output-prefix", str(tmp_path / "hf"), "--tokenizer-model",
+            str(tj), "--append-eod", "--no-progress"]
+    assert preprocess_tool.main(args + ["--tokenizer-type", "HuggingFaceTokenizer"]) == 0
+    assert preprocess_tool.main(args + ["--tokenizer-type", "GPTSentencePieceTokenizer"]) == 1
+    assert "is a Hugging Face tokenizer" in capsys.readouterr().err

@@ -25,7 +25,7 @@ def hf_copy(model: GPT, attn_implementation: str = "eager") -> LlamaForCausalLM:
 def random_gpt(config: ModelConfig, seed: int = 0, runtime: ModelRuntime | None = None) -> GPT:
     """GPT with random weights, norms included (ones would hide a wrong norm weight mapping)."""
     torch.manual_seed(seed)
-    model = GPT(config, runtime)
+    model = GPT(config, runtime=runtime)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("norm.weight"):

@@ -143,4 +143,4 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="last_token_only"):
         model(ids, labels=ids, last_token_only=True)
     with pytest.raises(RuntimeError, match="flash-attn"):
-        GPT(get_preset("tiny-test"), ModelRuntime(attention_backend="flash_attn"))
+        GPT(get_preset("tiny-test"), runtime=ModelRuntime(attention_backend="flash_attn"))

@@ -41,7 +41,7 @@ def main() -> None:
         "optimizer": {"type": "AdamW", "params": {"lr": 3e-3, "torch_adam": True}},
     }
     with deepspeed.zero.Init(config_dict_or_path=ds_config):
-        model = GPT(config, ModelRuntime(activation_checkpointing=1))
+        model = GPT(config, runtime=ModelRuntime(activation_checkpointing=1))
     # Partitioned: every parameter's local data is a shard, yet the logical sizes are all there.
     shard_numel = sum(p.ds_tensor.numel() for p in model.parameters())
     resident_numel = sum(p.numel() for p in model.parameters())  # gathered copies outside forward

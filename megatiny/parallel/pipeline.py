@@ -1,0 +1,155 @@
+"""Pipeline parallelism: the GPT as a DeepSpeed `PipelineModule` (1F1B by DeepSpeed's pipeline engine).
+
+Layers, in order (global layer index in brackets; state_dict keys are "<index>.<name>"):
+
+    [0]        EmbeddingPipe   embed_tokens                  Long[B, S] -> [B, S, h]
+    [1 .. L]   BlockPipe       one transformer block         [B, S, h] -> [B, S, h]
+    [L + 1]    FinalPipe       norm; lm_head (in the loss)   [B, S, h] -> normed [B, S, h]
+
+The loss function given to DeepSpeed is the last stage's fused LM head + cross entropy, so no
+logits tensor is formed here either. Stages are balanced by parameter count. Composable with
+tensor (and sequence) parallelism: DeepSpeed's `PipeModelDataParallelTopology` (axes pipe, data,
+model) numbers ranks as `megatiny.parallel.state` does when context is 1, so its "model" (slice)
+groups are our tensor groups. Not supported: context parallelism with pipelines, tied embeddings
+(they would need DeepSpeed's TiedLayerSpec), ZeRO stage 2 or 3 (DeepSpeed's pipeline engine
+asserts stage < 2). `check_pipeline` refuses those naming the settings.
+
+Initial weights: `load_full_state_dict` copies this stage's (and tensor rank's) part of a full
+Hugging Face named state dict, e.g. the one-rank GPT's; the pipeline model's own initialization
+is not the one-rank model's random stream (each stage builds only its layers).
+"""
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn as nn
+
+from megatiny.model.config import ModelConfig
+from megatiny.model.transformer import Block, LMHead, RMSNorm, rotary_tables, token_embedding
+from megatiny.parallel.tensor_parallel import check_tensor_parallel, partition_dim, shard
+
+if TYPE_CHECKING:
+    from megatiny.parallel.state import ParallelState
+
+BLOCK_CLASS = "BlockPipe"
+
+
+def check_pipeline(config: ModelConfig, state: ParallelState, zero_stage: int) -> None:
+    """Raise ValueError for the combinations the pipeline model does not support."""
+    layout = state.layout
+    if zero_stage >= 2:
+        raise ValueError(f"parallel.pipeline = {layout.pipeline} needs ZeRO stage 0 or 1 (DeepSpeed's "
+                         f"pipeline engine does not support stage {zero_stage}); set "
+                         "zero_optimization.stage <= 1 or parallel.pipeline: 1")
+    if layout.context > 1:
+        raise ValueError(f"parallel.pipeline = {layout.pipeline} with parallel.context = "
+                         f"{layout.context} is not supported; use one of them")
+    if config.tie_word_embeddings:
+        raise ValueError("ModelConfig.tie_word_embeddings is not supported with parallel.pipeline > 1 "
+                         "(the embedding and the head live on different stages)")
+    if config.num_layers + 2 < layout.pipeline:
+        raise ValueError(f"parallel.pipeline ({layout.pipeline}) exceeds the pipeline's layers "
+                         f"(ModelConfig.num_layers + 2 = {config.num_layers + 2})")
+    check_tensor_parallel(config, layout)
+
+
+class EmbeddingPipe(nn.Module):
+    def __init__(self, config: ModelConfig, parallel: ParallelState):
+        super().__init__()
+        self.embed_tokens = token_embedding(config, parallel)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embed_tokens(input_ids)
+
+
+class BlockPipe(Block):
+    """A transformer block that computes its own RoPE tables (only a tensor flows between layers)."""
+
+    def __init__(self, config: ModelConfig, layer_index: int, parallel: ParallelState,
+                 attention_backend: str = "auto"):
+        super().__init__(config, layer_index, parallel)
+        self.config, self.attention_backend = config, attention_backend
+        self.sequence_factor = parallel.layout.tensor if parallel.sequence_parallel else 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cos, sin, backend = rotary_tables(self.config, 0, x.shape[1] * self.sequence_factor, x,
+                                          self.attention_backend)
+        return super().forward(x, cos, sin, backend)
+
+
+class FinalPipe(nn.Module):
+    """Final norm; its LM head is applied by the pipeline's loss function."""
+
+    def __init__(self, config: ModelConfig, parallel: ParallelState):
+        super().__init__()
+        sp_group = parallel.tensor_group if parallel.sequence_parallel else None
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, sp_group)
+        self.lm_head = LMHead(config, parallel=parallel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x)
+
+
+class PipelineLoss:
+    """loss_fn(normed hidden, labels) -> the mean next-token loss, via the last stage's head."""
+
+    def __init__(self):
+        self.final: FinalPipe | None = None
+
+    def __call__(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.final is None:
+            raise RuntimeError("the pipeline loss runs on the last stage only")
+        return self.final.lm_head(hidden, labels)
+
+
+def build_pipeline_model(config: ModelConfig, state: ParallelState, zero_stage: int,
+                         activation_checkpoint_interval: int = 0, attention_backend: str = "auto"):
+    """The `deepspeed.pipe.PipelineModule` of this rank's stage (`attention_backend`: ModelRuntime's)."""
+    from deepspeed.pipe import LayerSpec, PipelineModule
+    from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
+
+    check_pipeline(config, state, zero_stage)
+    layout = state.layout
+    specs = ([LayerSpec(EmbeddingPipe, config, state)]
+             + [LayerSpec(BlockPipe, config, i, state, attention_backend) for i in range(config.num_layers)]
+             + [LayerSpec(FinalPipe, config, state)])
+    loss = PipelineLoss()
+    topology = PipeModelDataParallelTopology(num_pp=layout.pipeline, num_mp=layout.tensor,
+                                             num_dp=layout.data)
+    module = PipelineModule(layers=specs, topology=topology, loss_fn=loss,
+                            partition_method="parameters",
+                            activation_checkpoint_interval=activation_checkpoint_interval,
+                            checkpointable_layers=[BLOCK_CLASS])
+    finals = [m for m in module.forward_funcs if isinstance(m, FinalPipe)]
+    loss.final = finals[0] if finals else None
+    return module
+
+
+def hf_name(pipeline_name: str, num_layers: int) -> str:
+    """The Hugging Face name of a pipeline state_dict key ("<layer index>.<name>")."""
+    match = re.fullmatch(r"(\d+)\.(.+)", pipeline_name)
+    if match is None:
+        raise ValueError(f"not a pipeline parameter name: {pipeline_name!r}")
+    index, rest = int(match.group(1)), match.group(2)
+    if index == 0:
+        return f"model.{rest}"
+    if index <= num_layers:
+        return f"model.layers.{index - 1}.{rest}"
+    if index == num_layers + 1:
+        return rest if rest.startswith("lm_head.") else f"model.{rest}"
+    raise ValueError(f"pipeline layer index {index} is beyond {num_layers} blocks + 2")
+
+
+@torch.no_grad()
+def load_full_state_dict(module: nn.Module, full: dict[str, torch.Tensor], config: ModelConfig,
+                         state: ParallelState) -> None:
+    """Copy this stage's and tensor rank's part of `full` (HF names) into `module`."""
+    t, rank = state.layout.tensor, state.tensor_rank
+    for name, tensor in module.state_dict().items():
+        source = full[hf_name(name, config.num_layers)]
+        dim = partition_dim(hf_name(name, config.num_layers))
+        if dim is not None and t > 1:
+            source = shard(source, dim, rank, t)
+        tensor.copy_(source)

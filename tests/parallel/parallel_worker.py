@@ -1,0 +1,338 @@
+"""Launched by tests/parallel/test_exactness.py with the `deepspeed` launcher (gloo, CPU ranks).
+
+--check model: for each layout, a parallel GPT against the one-rank GPT built with the same seed,
+inside this process (no DeepSpeed engine): initial weights, logits, loss and every gradient.
+
+--check engines: for each layout and ZeRO stage, a real DeepSpeed engine
+(`deepspeed.initialize(model=..., mpu=...)`, under `deepspeed.zero.Init(data_parallel_group=...,
+mpu=...)` for ZeRO-3) trains 8 steps of AdamW with gradient clipping and activation checkpointing
+on fixed batches; the global losses and DeepSpeed's gradient norms are written out. Run with one
+rank and layout "one" it is the reference.
+
+--check groups (or --also-groups): this rank's process groups and mpu answers for layouts that
+use every pair of axes.
+
+Every rank writes OUT_DIR/<check>-rank<R>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import deepspeed
+import torch
+import torch.distributed as dist
+
+from megatiny.model import GPT, ModelRuntime, get_preset
+from megatiny.model.generate import generate
+from megatiny.parallel.context_parallel import split_for_context
+from megatiny.parallel.deepspeed import param_groups
+from megatiny.parallel.state import DeepSpeedMPU, ParallelLayout, ParallelState
+from megatiny.parallel.tensor_parallel import partition_dim, shard, shard_state_dict
+
+GLOBAL_BATCH, SEQ = 4, 16
+STEPS, LR, CLIP = 8, 1e-3, 0.5
+# name -> the layout's sizes; the data size follows from the world size.
+LAYOUTS = {"one": {}, "tp2": {"tensor": 2}, "tp2-sp": {"tensor": 2, "sequence_parallel": True},
+           "cp2": {"context": 2}, "pp2": {"pipeline": 2}, "pp2-tp2": {"pipeline": 2, "tensor": 2},
+           "tp2-cp2": {"tensor": 2, "context": 2},
+           "tp2-sp-cp2": {"tensor": 2, "context": 2, "sequence_parallel": True}}
+PIPELINE_MICRO_BATCHES = 2
+
+
+MATH = ModelRuntime(attention_backend="math")
+
+
+def model_config(tie: bool = False, query_groups: int = 2):
+    return get_preset("tiny-test", num_layers=2, tie_word_embeddings=tie, num_query_groups=query_groups)
+
+
+def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The global batch of `step` (two batches, alternating, to be memorized): inputs and
+    already-shifted labels, Long[GLOBAL_BATCH, SEQ]."""
+    tokens = torch.randint(0, 512, (GLOBAL_BATCH, SEQ + 1), generator=torch.Generator().manual_seed(step % 2))
+    return tokens[:, :-1], tokens[:, 1:]
+
+
+def local_batch(state: ParallelState, tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's rows (data rank) and sequence slice (context rank)."""
+    rows = tensor.chunk(state.layout.data, dim=0)[state.data_rank]
+    return split_for_context(rows, state.context_rank, state.layout.context)
+
+
+def make_layout(name: str, world: int) -> ParallelLayout:
+    return ParallelLayout.for_world(world, **LAYOUTS[name])
+
+
+def rel_diff(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    """max |ours - reference| / max |reference| (normwise relative difference)."""
+    scale = reference.abs().max().clamp(min=1e-30)
+    return float((ours.double() - reference.double()).abs().max() / scale)
+
+
+def check_model(layout_name: str, tie: bool) -> dict[str, float]:
+    """Largest relative differences of a parallel GPT against the one-rank GPT (same seed)."""
+    state = ParallelState(make_layout(layout_name, dist.get_world_size()))
+    t, c = state.layout.tensor, state.layout.context
+    config = model_config(tie, query_groups=max(2, t * c))  # every (tensor, context) rank: a group
+    torch.manual_seed(0)
+    reference = GPT(config, runtime=MATH)
+    torch.manual_seed(0)
+    model = GPT(config, state, runtime=MATH)
+    expected = shard_state_dict(reference.state_dict(), state.tensor_rank, t)
+    weights = max(rel_diff(v, expected[k]) for k, v in model.state_dict().items())
+    inputs, labels = batch(0)
+    my_inputs, my_labels = split_for_context(inputs, state.context_rank, c), \
+        split_for_context(labels, state.context_rank, c)
+    with torch.no_grad():
+        logits = rel_diff(model(my_inputs),
+                          split_for_context_logits(reference(inputs), state.context_rank, c))
+    ref_loss = reference(inputs, labels=labels)
+    ref_loss.backward()
+    loss = model(my_inputs, labels=my_labels)
+    loss.backward()
+    grads = 0.0
+    for name, param in model.named_parameters():
+        grad = param.grad
+        if c > 1:  # each context rank holds its slices' share, scaled by c (see context_parallel)
+            grad = grad.clone()
+            dist.all_reduce(grad, group=state.context_group)
+            grad /= c
+        full = dict(reference.named_parameters())[name].grad
+        dim = partition_dim(name)
+        want = full if dim is None or t == 1 else shard(full, dim, state.tensor_rank, t)
+        grads = max(grads, rel_diff(grad, want))
+    result = {"weights": weights, "logits": logits,
+              "loss": rel_diff(loss.detach(), ref_loss.detach()), "grads": grads}
+    if not state.sequence_parallel and c == 1:  # generation: tensor parallelism alone
+        prompt = inputs[:, :5]
+        result["same_generation"] = torch.equal(generate(model, prompt, 6), generate(reference, prompt, 6))
+    return result
+
+
+def split_for_context_logits(logits: torch.Tensor, rank: int, size: int) -> torch.Tensor:
+    return logits.chunk(size, dim=1)[rank]
+
+
+def ds_config(stage: int, micro_batch: int, accumulation: int = 1, bf16: bool = False) -> dict:
+    return {
+        "bf16": {"enabled": bf16},
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": accumulation,
+        "gradient_clipping": CLIP,
+        "zero_optimization": {"stage": stage},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**12,
+    }
+
+
+def train_pipeline(state: ParallelState, stage: int, bf16: bool) -> dict[str, list[float]]:
+    """As `train_engine`, with DeepSpeed's pipeline engine (PIPELINE_MICRO_BATCHES per step) and
+    the one-rank GPT's initial weights."""
+    from megatiny.parallel.pipeline import build_pipeline_model, load_full_state_dict
+
+    micro = GLOBAL_BATCH // (state.layout.data * PIPELINE_MICRO_BATCHES)
+    config = ds_config(stage, micro, PIPELINE_MICRO_BATCHES, bf16)
+    torch.manual_seed(0)
+    full = GPT(model_config(), runtime=MATH).state_dict()
+    module = build_pipeline_model(model_config(), state, stage, activation_checkpoint_interval=1,
+                                  attention_backend="math")
+    load_full_state_dict(module, full, model_config(), state)
+    optimizer = torch.optim.AdamW(param_groups(module, 0.1), lr=LR)
+    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=config)
+    losses, norms = [], []
+    for step in range(STEPS):
+        inputs, labels = batch(step)
+        rows = zip(local_batch(state, inputs).chunk(PIPELINE_MICRO_BATCHES),
+                   local_batch(state, labels).chunk(PIPELINE_MICRO_BATCHES))
+        loss = engine.train_batch(data_iter=iter(list(rows)))  # mean over micro-batches and replicas
+        losses.append(loss.item())
+        norms.append(float(engine.get_global_grad_norm()))
+    engine.destroy()
+    return {"losses": losses, "grad_norms": norms}
+
+
+def train_engine(layout_name: str, stage: int, bf16: bool = False) -> dict[str, list[float]]:
+    """Global losses and gradient norms of STEPS DeepSpeed steps under this layout."""
+    state = ParallelState(make_layout(layout_name, dist.get_world_size()))
+    if state.layout.pipeline > 1:
+        return train_pipeline(state, stage, bf16)
+    mpu = state.mpu()
+    config = ds_config(stage, GLOBAL_BATCH // state.layout.data, bf16=bf16)
+    torch.manual_seed(0)
+    with deepspeed.zero.Init(data_parallel_group=mpu.get_data_parallel_group(), mpu=mpu,
+                             config_dict_or_path=config, enabled=stage == 3):
+        # Activation checkpointing on every block: the recompute repeats the collectives.
+        model = GPT(model_config(), state,
+                    runtime=ModelRuntime(attention_backend="math", activation_checkpointing=1))
+    optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=LR)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config, mpu=mpu)
+    losses, norms = [], []
+    for step in range(STEPS):
+        inputs, labels = batch(step)
+        loss = engine(local_batch(state, inputs), labels=local_batch(state, labels))
+        engine.backward(loss)
+        engine.step()
+        replica_mean = loss.detach().clone()  # equal on the tensor/context ranks of a replica
+        dist.all_reduce(replica_mean, group=state.groups["data"])
+        losses.append(replica_mean.item() / state.layout.data)
+        norms.append(float(engine.get_global_grad_norm()))
+    engine.destroy()
+    return {"losses": losses, "grad_norms": norms}
+
+
+class _DeepSpeedSequenceParallelMPU(DeepSpeedMPU):
+    """The route megatiny does NOT take: context ranks given to DeepSpeed as its own sequence-
+    parallel groups (data-parallel group = data ranks only)."""
+
+    def get_data_parallel_group(self):
+        return self._group("data")
+
+    def get_data_parallel_rank(self) -> int:
+        return self._rank_in("data")
+
+    def get_data_parallel_world_size(self) -> int:
+        return self._size("data")
+
+    def get_data_parallel_group_ranks(self) -> list[int]:
+        return list(self.state.group_members["data"])
+
+    def get_sequence_parallel_group(self):
+        return self._group("context")
+
+    def get_sequence_parallel_rank(self) -> int:
+        return self._rank_in("context")
+
+    def get_sequence_parallel_world_size(self) -> int:
+        return self._size("context")
+
+    def get_sequence_data_parallel_group(self):
+        return self._group("data_context")
+
+    def get_sequence_data_parallel_rank(self) -> int:
+        return self._rank_in("data_context")
+
+    def get_sequence_data_parallel_world_size(self) -> int:
+        return self._size("data_context")
+
+
+class _ShareOfMean(torch.autograd.Function):
+    """All-reduced loss value with an identity backward: each context rank's gradient is its share."""
+
+    @staticmethod
+    def forward(ctx, loss, group):
+        total = loss.detach().clone()
+        dist.all_reduce(total, group=group)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def deepspeed_sequence_parallel_norms() -> dict[str, float]:
+    """Step-0 gradient norms of CP2 through DeepSpeed's own sequence-parallel route, ZeRO-1 and 3.
+
+    With each rank's loss its share of the mean (so the correct gradient is the sum over context
+    ranks), ZeRO-1 gets the one-rank norm and ZeRO-3 half of it: DeepSpeed 0.19.8 sums over
+    sequence ranks in one and averages in the other, which is why `DeepSpeedMPU` presents context
+    ranks as data-parallel ranks instead."""
+    import megatiny.parallel.context_parallel as context_parallel
+
+    original = context_parallel.sum_loss_over_context
+    context_parallel.sum_loss_over_context = lambda loss, group: _ShareOfMean.apply(loss, group)
+    norms = {}
+    try:
+        for stage in (1, 3):
+            state = ParallelState(make_layout("cp2", dist.get_world_size()))
+            mpu = _DeepSpeedSequenceParallelMPU(state)
+            config = ds_config(stage, GLOBAL_BATCH // state.layout.data)
+            torch.manual_seed(0)
+            with deepspeed.zero.Init(data_parallel_group=mpu.get_sequence_data_parallel_group(), mpu=mpu,
+                                     config_dict_or_path=config, enabled=stage == 3):
+                model = GPT(model_config(), state, runtime=MATH)
+            optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=LR)
+            engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config, mpu=mpu)
+            inputs, labels = batch(0)
+            engine.backward(engine(local_batch(state, inputs), labels=local_batch(state, labels)))
+            engine.step()
+            norms[f"zero{stage}"] = float(engine.get_global_grad_norm())
+            engine.destroy()
+    finally:
+        context_parallel.sum_loss_over_context = original
+    return norms
+
+
+def record_groups() -> dict[str, dict]:
+    """For layouts using every axis pair, this rank's group members and what its mpu reports."""
+    world = dist.get_world_size()
+    out = {}
+    for name, sizes in {"t2d2": dict(tensor=2), "t2c2": dict(tensor=2, context=2),
+                        "t2p2": dict(tensor=2, pipeline=2), "c2p2": dict(context=2, pipeline=2)}.items():
+        state = ParallelState(ParallelLayout.for_world(world, **sizes))
+        mpu = state.mpu()
+        out[name] = {
+            "members": state.group_members,
+            "mpu": {
+                "model": [mpu.get_model_parallel_rank(), mpu.get_model_parallel_world_size()],
+                "tensor": [mpu.get_tensor_model_parallel_rank(), mpu.get_tensor_model_parallel_world_size(),
+                           mpu.get_tensor_model_parallel_src_rank()],
+                "data": [mpu.get_data_parallel_rank(), mpu.get_data_parallel_world_size(),
+                         mpu.get_data_parallel_group_ranks()],
+                "pipeline": [mpu.get_pipeline_model_parallel_rank(),
+                             mpu.get_pipeline_model_parallel_world_size()],
+            },
+        }
+        # The groups really connect those ranks: sum each rank's id over each group.
+        out[name]["sums"] = {}
+        for group_name, members in state.group_members.items():
+            value = torch.tensor([float(dist.get_rank())])
+            dist.all_reduce(value, group=state.groups[group_name])
+            out[name]["sums"][group_name] = [value.item(), float(sum(members))]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--local_rank", type=int, default=-1)
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--check", choices=("model", "engines", "groups"), required=True)
+    parser.add_argument("--layouts", nargs="*", default=[])
+    parser.add_argument("--stages", nargs="+", type=int, default=[1, 3])
+    parser.add_argument("--also-groups", action="store_true", help="also record process groups")
+    parser.add_argument("--also-model", nargs="*", default=[], help="also model-level check these layouts")
+    parser.add_argument("--also-bf16", nargs="*", default=[], help="also train these in bf16, ZeRO-1")
+    parser.add_argument("--also-deepspeed-sp", action="store_true",
+                        help="also measure CP2 through DeepSpeed's own sequence-parallel groups")
+    args = parser.parse_args()
+    deepspeed.init_distributed(dist_backend="gloo")
+    results: dict[str, object] = {}
+    for name in args.layouts:
+        if args.check == "model":
+            results[name] = check_model(name, tie=False)
+            if LAYOUTS[name].get("tensor", 1) > 1:
+                results[f"{name}-tied"] = check_model(name, tie=True)
+        elif args.check == "engines":
+            for stage in args.stages:
+                try:
+                    results[f"{name}-zero{stage}"] = train_engine(name, stage)
+                except ValueError as refused:  # a combination the model refuses (same on every rank)
+                    results[f"{name}-zero{stage}"] = {"refused": str(refused)}
+    for name in args.also_bf16:
+        results[f"{name}-zero1-bf16"] = train_engine(name, 1, bf16=True)
+    if args.also_deepspeed_sp:
+        results["deepspeed-sp-cp2"] = deepspeed_sequence_parallel_norms()
+    for name in args.also_model:
+        results[f"model-{name}"] = check_model(name, tie=False)
+    if args.check == "groups" or args.also_groups:
+        results["groups"] = record_groups()
+    path = os.path.join(args.out_dir, f"{args.check}-rank{dist.get_rank()}.json")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=1)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
