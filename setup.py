@@ -34,7 +34,8 @@ setup(
         "dev": ["pytest", "pytest-timeout", "ruff", "datasets"],
     },
     entry_points={
-        # lm-eval's CLI with megatiny's model registered: `megatiny-lm-eval --model megatiny ...`
-        "console_scripts": ["megatiny-lm-eval=megatiny.eval.__main__:main"],
+        # `megatiny COMMAND ...` (megatiny/cli), and lm-eval's CLI with megatiny's model registered:
+        # `megatiny-lm-eval --model megatiny ...`
+        "console_scripts": ["megatiny=megatiny.cli:main", "megatiny-lm-eval=megatiny.eval.__main__:main"],
     },
 )

@@ -21,8 +21,8 @@ from safetensors.torch import save_file
 from megatiny.checkpoint import export_hf
 from megatiny.checkpoint.metadata import write_metadata
 from megatiny.data.tokenizer import load_tokenizer, train_sentencepiece
-from megatiny.eval.harness import BUNDLED_TASKS_DIR
 from megatiny.eval.lm_eval_adapter import MegatinyLM
+from megatiny.eval.tasks import BUNDLED_TASKS_DIR
 from megatiny.eval.tasks.local_data import read_jsonl
 from megatiny.model import GPT, get_preset
 

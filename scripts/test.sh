@@ -6,9 +6,8 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 bash scripts/setup.sh
 venv="${MEGATINY_VENV:-$repo/.venv}"
-# The venv's tools first: DeepSpeed JIT-builds ops with whichever `ninja` is on PATH, and a
-# different one from the cached build's makes every rank rebuild.
-export PATH="$venv/bin:$PATH"
+# The venv's bin/ goes first on PATH in tests/conftest.py (megatiny.process_env), for pytest and
+# every process it starts.
 echo "[test] ruff check"
 "$venv/bin/ruff" check .
 echo "[test] pytest"

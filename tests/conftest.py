@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from megatiny.process_env import put_interpreter_bin_first
+
 # Single-threaded math keeps CPU results deterministic and avoids oversubscribing 2-core CI.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -13,9 +15,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Every subprocess finds the venv's tools first (deepspeed, ninja): DeepSpeed's JIT op cache is
 # rebuilt, for minutes, whenever a process sees a different `ninja` than the one that built it.
-_venv_bin = str(Path(sys.executable).parent)
-if os.environ.get("PATH", "").split(os.pathsep)[:1] != [_venv_bin]:
-    os.environ["PATH"] = os.pathsep.join([_venv_bin, os.environ.get("PATH", "")])
+put_interpreter_bin_first()
 
 # DeepSpeed JIT-compiles small C++ ops (on CPU: its shared-memory allreduce at process-group start,
 # and CPUAdam for optimizer offload). The suite keeps them in a directory of its own and builds them

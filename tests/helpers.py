@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from megatiny.process_env import free_port as free_port  # re-exported: tests import it from here
+from megatiny.process_env import path_with_interpreter_bin
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,12 +35,6 @@ def venv_bin(name: str) -> str:
     return str(candidate) if candidate.exists() else name
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def output_tail(text: str, lines: int = 60) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
@@ -51,7 +47,7 @@ def run_command(cmd: list[str], timeout: float, cwd: Path | str = REPO_ROOT,
     the tail of what the child printed, so a slow or hung run says where it was."""
     full_env = dict(os.environ)
     full_env.setdefault("PYTHONUNBUFFERED", "1")
-    full_env["PATH"] = f"{Path(sys.executable).parent}:{full_env.get('PATH', '')}"
+    full_env["PATH"] = path_with_interpreter_bin(full_env.get("PATH"))
     if env:
         full_env.update(env)
     with subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

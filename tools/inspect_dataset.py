@@ -1,76 +1,11 @@
-"""Print what an indexed dataset holds, and decode documents with a tokenizer.
+"""Print what an indexed dataset holds.
 
-    python tools/inspect_dataset.py data/corpus_text_document
-    python tools/inspect_dataset.py data/corpus_text_document --tokenizer tok.model --document 0 5
+`python tools/inspect_dataset.py ARGS` is `megatiny inspect ARGS` (megatiny/cli/inspect.py); the tools/
+path is kept for Megatron-style scripts and launchers that take a script path.
 """
-from __future__ import annotations
-
-import argparse
-import json
 import sys
 
-import numpy as np
-
-from megatiny.data.indexed_dataset import IndexedDataset
-from megatiny.data.tokenizer import load_tokenizer
-
-
-def summarize(ds: IndexedDataset) -> dict:
-    lengths = ds.document_lengths()
-    return {
-        "prefix": ds.prefix, "dtype": ds.dtype.name, "sequences": len(ds), "documents": ds.num_documents,
-        "tokens": int(lengths.sum()), "bin_bytes": ds.bin_path.stat().st_size,
-        "doc_length_min": int(lengths.min()) if len(lengths) else 0,
-        "doc_length_mean": float(lengths.mean()) if len(lengths) else 0.0,
-        "doc_length_max": int(lengths.max()) if len(lengths) else 0,
-    }
-
-
-def max_token_id(ds: IndexedDataset, chunk: int = 1 << 26) -> int | None:
-    """Largest token id in the .bin (reads the whole file, chunk by chunk)."""
-    tokens = ds.tokens
-    if not len(tokens):
-        return None
-    return max(int(tokens[lo:lo + chunk].max()) for lo in range(0, len(tokens), chunk))
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("prefix", help="dataset prefix (without .bin/.idx)")
-    p.add_argument("--tokenizer", help="decode with this tokenizer (.model / tokenizer.json / HF dir)")
-    p.add_argument("--document", type=int, nargs="*", default=[], help="document numbers to show")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("--scan", action="store_true",
-                   help="read every token: report the largest id, check it fits the tokenizer's vocabulary")
-    args = p.parse_args(argv)
-    try:
-        ds = IndexedDataset(args.prefix)
-        tok = load_tokenizer(args.tokenizer) if args.tokenizer else None
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    info = summarize(ds)
-    if args.scan:
-        info["max_token_id"] = max_token_id(ds)
-    if args.json:
-        print(json.dumps(info, indent=2))
-    else:
-        for k, v in info.items():
-            print(f"{k:>16}: {v}")
-    if args.scan and tok is not None and info["max_token_id"] is not None \
-            and info["max_token_id"] >= tok.vocab_size:
-        print(f"error: token id {info['max_token_id']} >= the tokenizer's vocab_size {tok.vocab_size}: this "
-              f"dataset was made with a different tokenizer", file=sys.stderr)
-        return 1
-    for doc in args.document:
-        if not 0 <= doc < ds.num_documents:
-            print(f"error: document {doc} out of range (0..{ds.num_documents - 1})", file=sys.stderr)
-            return 1
-        ids = np.asarray(ds.get_document(doc)).tolist()
-        print(f"--- document {doc}: {len(ids)} tokens")
-        print(tok.decode(ids) if tok else ids)
-    return 0
-
+from megatiny.cli.inspect import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,64 +1,11 @@
-"""Merge several indexed datasets (same dtype) into one, in the order given.
+"""Merge several indexed datasets into one.
 
-Merging the parts written by `preprocess_data.py --num-shards K --shard-index I` in shard order gives
-the same .bin/.idx/.json bytes as one run over all inputs. The PREFIX.json sidecars are combined
-(same tokenizer required); when some input has none, the output gets none either.
-
-    python tools/merge_datasets.py --input data/a_text_document data/b_text_document --output-prefix data/ab
-    python tools/merge_datasets.py --input-dir data/shards --output-prefix data/all
+`python tools/merge_datasets.py ARGS` is `megatiny merge ARGS` (megatiny/cli/merge.py); the tools/
+path is kept for Megatron-style scripts and launchers that take a script path.
 """
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
 
-from megatiny.data.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
-from megatiny.data.sidecar import DatasetSidecar, merge_sidecars, sidecar_path
-
-
-def merge(prefixes: list[str], output_prefix: str) -> IndexedDataset:
-    if not prefixes:
-        raise ValueError("nothing to merge: no input prefixes")
-    first = IndexedDataset(prefixes[0])
-    metas = [DatasetSidecar.read(p) for p in prefixes]
-    merged = merge_sidecars(metas, prefixes) if all(m is not None for m in metas) else None
-    sidecar_path(output_prefix).unlink(missing_ok=True)
-    with IndexedDatasetBuilder(output_prefix, first.dtype) as builder:
-        for prefix in prefixes:
-            builder.add_index(prefix)
-    if merged is not None:
-        merged.write(output_prefix)
-    elif any(m is not None for m in metas):
-        print(f"warning: some inputs have no {sidecar_path('PREFIX')} sidecar, so {output_prefix} gets none",
-              file=sys.stderr)
-    return IndexedDataset(output_prefix)
-
-
-def prefixes_in(directory: str) -> list[str]:
-    return [str(p.with_suffix("")) for p in sorted(Path(directory).glob("*.idx"))]
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--input", nargs="+", help="dataset prefixes (without .bin/.idx)")
-    src.add_argument("--input-dir", help="merge every PREFIX.idx/.bin pair here (sorted by name)")
-    p.add_argument("--output-prefix", required=True)
-    args = p.parse_args(argv)
-    prefixes = args.input or prefixes_in(args.input_dir)
-    if str(args.output_prefix) in map(str, prefixes):
-        print(f"error: --output-prefix {args.output_prefix} is also an input", file=sys.stderr)
-        return 1
-    try:
-        out = merge(prefixes, args.output_prefix)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"merged {len(prefixes)} datasets into {args.output_prefix}: {out.num_documents} documents, "
-          f"{out.num_tokens} tokens, {out.dtype.name}")
-    return 0
-
+from megatiny.cli.merge import main
 
 if __name__ == "__main__":
     sys.exit(main())

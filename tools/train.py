@@ -1,44 +1,11 @@
-"""Pretrain a megatiny model: `python tools/train.py --config RUN.yaml [key=value ...]`.
+"""Pretrain a megatiny model (plain python, `deepspeed tools/train.py ...`, mpirun).
 
-Launch with any of:
-    python tools/train.py --config examples/tiny_cpu.yaml                  # one process
-    deepspeed --num_gpus 8 tools/train.py --config examples/tinyllama_1.1b.yaml
-    deepspeed --hostfile hostfile --master_addr node1 tools/train.py --config ...
-    mpirun -np 16 python tools/train.py --config ...
-Overrides are dotted keys, e.g. `batch.micro_batch_size=4 checkpoint.resume=none`.
-See docs/CONFIG.md for every key.
+`python tools/train.py ARGS` is `megatiny train ARGS` (megatiny/cli/train.py); the tools/
+path is kept for Megatron-style scripts and launchers that take a script path.
 """
-from __future__ import annotations
-
-import argparse
 import sys
 
-from megatiny.training.config import load_config
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="run config file (YAML or JSON)")
-    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
-    parser.add_argument("overrides", nargs="*", help="key=value overrides with dotted keys")
-    args = parser.parse_args(argv)
-    try:
-        run = load_config(args.config, args.overrides)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    from megatiny.training.loop import NonFiniteLoss, train
-    try:
-        train(run)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except NonFiniteLoss as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
+from megatiny.cli.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

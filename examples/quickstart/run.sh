@@ -4,6 +4,7 @@
 #   -> pretrain a ~1.8M-parameter Llama under `deepspeed` (ZeRO-3, precision auto; 2 CPU ranks, or every GPU)
 #   -> convert to Hugging Face -> generate text with transformers -> evaluate with lm-eval
 #   -> loss-curve PNG and validation loss vs. the unigram baseline.
+# Each stage is a `megatiny` subcommand (`megatiny X` = `python tools/X_script.py`, see `megatiny --help`).
 # Everything goes to runs/quickstart/ (MEGATINY_QUICKSTART_DIR), which is replaced on each run.
 # Extra arguments are training config overrides, e.g. `schedule.train_steps=100`. The run fails
 # unless the final validation loss is MEGATINY_QUICKSTART_MIN_GAIN (default 1.0) nats/token below
@@ -24,12 +25,12 @@ rm -rf "$run"
 mkdir -p "$run/data"
 
 stage "1/7 train a sentencepiece tokenizer (BPE, byte fallback, 4096 pieces) on the corpus"
-python tools/train_tokenizer.py --input "$corpus/natural_language.jsonl.gz" "$corpus/code.jsonl.zst" \
+megatiny train-tokenizer --input "$corpus/natural_language.jsonl.gz" "$corpus/code.jsonl.zst" \
   --output-prefix "$run/tokenizer" --vocab-size 4096
 
 stage "2/7 preprocess both sources into Megatron-format indexed datasets"
 for source in natural_language code; do
-  python tools/preprocess_data.py --input "$corpus/$source".jsonl.* --output-prefix "$run/data/$source" \
+  megatiny preprocess --input "$corpus/$source".jsonl.* --output-prefix "$run/data/$source" \
     --tokenizer "$run/tokenizer.model" --prepend-bos --append-eod --workers 2 --no-progress
 done
 
@@ -39,24 +40,24 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
 else
   devices=(--num_gpus 2)          # two CPU ranks
 fi
-deepspeed "${devices[@]}" --master_port "${MASTER_PORT:-29517}" tools/train.py \
+deepspeed "${devices[@]}" --master_port "${MASTER_PORT:-29517}" --module megatiny train \
   --config examples/quickstart/quickstart.yaml \
   tokenizer="$run/tokenizer.model" \
   "data.data_path=0.7 $run/data/natural_language_text_document 0.3 $run/data/code_text_document" \
   checkpoint.save_dir="$run/checkpoints" logging.tensorboard_dir="$run/tensorboard" "$@"
 
 stage "4/7 convert the DeepSpeed checkpoint to a Hugging Face LlamaForCausalLM"
-python tools/convert_checkpoint.py to-hf "$run/checkpoints" "$run/hf"
+megatiny convert to-hf "$run/checkpoints" "$run/hf"
 
 stage "5/7 generate with transformers from the exported model"
-python tools/generate.py --model "$run/hf" --max-new-tokens 40 \
+megatiny generate --model "$run/hf" --max-new-tokens 40 \
   --prompt "The Python tutorial" --prompt "def read_config(path):"
 
 stage "6/7 evaluate the exported model with lm-evaluation-harness (local task, zero-shot)"
-python tools/evaluate.py --checkpoint "$run/hf" --backend hf --suite local --output-dir "$run/eval"
+megatiny evaluate --checkpoint "$run/hf" --backend hf --suite local --output-dir "$run/eval"
 
 stage "7/7 loss curve and validation loss against the unigram baseline"
-python tools/report_run.py --checkpoint "$run/checkpoints" --tensorboard-dir "$run/tensorboard" \
+megatiny report --checkpoint "$run/checkpoints" --tensorboard-dir "$run/tensorboard" \
   --out-png "$run/loss_curve.png" --require-below-baseline "${MEGATINY_QUICKSTART_MIN_GAIN:-1.0}"
 
 stage "done: everything is in $run/ (hf/ is a Hugging Face model directory)"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from safetensors import safe_open
 
 from megatiny.checkpoint import consolidate, hf, layout
 from megatiny.checkpoint.metadata import METADATA_FILE, TrainState, read_metadata
@@ -100,8 +101,6 @@ class SafetensorsSource(_Base):
     def __init__(self, directory: Path, config: ModelConfig, metadata: dict[str, Any],
                  to_megatiny: dict[str, str] | None = None):
         super().__init__(directory, config, metadata)
-        from safetensors import safe_open
-
         self._file_of = _safetensors_files(directory)
         self._handles = {f: safe_open(str(f), framework="pt") for f in set(self._file_of.values())}
         # stored name -> megatiny name (HF names when reading an HF dir)
@@ -153,8 +152,6 @@ def _safetensors_files(directory: Path) -> dict[str, Path]:
         return files
     single = directory / SAFETENSORS_FILE
     if single.is_file():
-        from safetensors import safe_open
-
         with safe_open(str(single), framework="pt") as f:
             return {name: single for name in f.keys()}
     others = sorted(p.name for p in directory.glob("*.bin")) + sorted(p.name for p in directory.glob("*.pt"))

@@ -21,6 +21,10 @@ import re
 import shutil
 from pathlib import Path
 
+from sentencepiece import sentencepiece_model_pb2
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+from tokenizers.models import BPE, Unigram
+
 from megatiny.model.config import ModelConfig
 
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -57,8 +61,6 @@ def copy_hf_tokenizer_files(src: Path, dst: Path) -> None:
 
 
 def _export_tokenizer_json(path: Path, out_dir: Path, config: ModelConfig) -> None:
-    from tokenizers import Tokenizer
-
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception as e:
@@ -86,8 +88,6 @@ def _export_sentencepiece(path: Path, out_dir: Path, config: ModelConfig) -> Non
 
 
 def _read_sp_proto(path: Path):
-    from sentencepiece import sentencepiece_model_pb2
-
     proto = sentencepiece_model_pb2.ModelProto()
     try:
         proto.ParseFromString(path.read_bytes())
@@ -101,9 +101,6 @@ def _read_sp_proto(path: Path):
 
 def _sp_to_tokenizers(proto, path: Path):
     """An equivalent `tokenizers.Tokenizer` for a sentencepiece BPE or Unigram model proto."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
-    from tokenizers.models import BPE, Unigram
-
     spec, norm = proto.trainer_spec, proto.normalizer_spec
     pieces = list(proto.pieces)
     unk_piece = pieces[spec.unk_id].piece if spec.unk_id >= 0 else None
@@ -162,7 +159,8 @@ def _bpe_merges(pieces) -> list[tuple[str, str]]:
 def _save_fast(tok, out_dir: Path, config: ModelConfig, bos: str | None, eos: str | None,
                unk: str | None) -> None:
     """Save `tok` as a PreTrainedTokenizerFast (tokenizer.json + configs), BOS prepended like Llama."""
-    from tokenizers import processors
+    # Here, not at the top: transformers takes over a second to import, and every training rank
+    # imports this package (megatiny.checkpoint) without needing it.
     from transformers import PreTrainedTokenizerFast
 
     if bos is not None:

@@ -275,3 +275,36 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
         if f.kind != "jsonl":
             raise SourceError(f"{f.path}: {f.kind} input is not supported here (text and jsonl files only)")
     return [f.path for f in files]
+
+
+# --- documents as text, for tokenizer training ------------------------------------------------
+
+def is_json_input(path: Path) -> bool:
+    """foo.jsonl, foo.json, foo.jsonl.gz, foo.json.zst ... (the suffix before any compression suffix)."""
+    suffixes = [s for s in path.suffixes if s not in (".gz", ".zst", ".zstd")]
+    return bool(suffixes) and suffixes[-1] in (".json", ".jsonl")
+
+
+def iter_texts(patterns: list[str], json_key: str, max_documents: int | None,
+               bad: list[str] | None = None) -> Iterator[str]:
+    """Documents of the inputs; `bad` (if given) collects a `file:line: reason` per skipped jsonl line."""
+    count = 0
+    for path in expand_inputs(patterns):
+        is_json = is_json_input(path)
+        with open_binary(path) as f:
+            for lineno, raw in enumerate(f, start=1):
+                if not raw.strip():
+                    continue
+                if is_json:
+                    values, error = parse_json_line(raw, (json_key,))
+                    if error is not None:
+                        if bad is not None:
+                            bad.append(f"{path}:{lineno}: {error}")
+                        continue
+                    line = values[0]
+                else:
+                    line = raw.decode("utf-8", errors="replace")
+                yield line
+                count += 1
+                if max_documents is not None and count >= max_documents:
+                    return

@@ -6,7 +6,9 @@
     perplexity       loss / perplexity on held-out indexed data
     tasks/           the bundled offline lm-eval task megatiny_local_mc
     run_report       loss curves of a finished run
+    generation       prompts -> text from an HF export or any megatiny checkpoint (`megatiny generate`)
 
-Command lines: tools/evaluate.py, and `python -m megatiny.eval` (lm-eval's CLI with `megatiny`).
-Nothing heavy is imported here; import the submodules you need.
+Command lines: `megatiny evaluate` (= tools/evaluate.py), and `python -m megatiny.eval` (lm-eval's
+CLI with `megatiny`). Nothing heavy is imported here; import the submodules you need. Only
+lm_eval_adapter, harness and __main__ need lm-eval (megatiny[eval]).
 """

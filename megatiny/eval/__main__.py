@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import sys
 
-from megatiny.eval.harness import BUNDLED_TASKS_DIR
+from lm_eval.__main__ import cli_evaluate
+
+import megatiny.eval.lm_eval_adapter  # noqa: F401  (registers the `megatiny` model)
+from megatiny.eval.tasks import BUNDLED_TASKS_DIR
 
 
 def lm_eval_argv(argv: list[str]) -> list[str]:
@@ -26,10 +29,6 @@ def lm_eval_argv(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from lm_eval.__main__ import cli_evaluate
-
-    import megatiny.eval.lm_eval_adapter  # noqa: F401  (registers the `megatiny` model)
-
     argv = sys.argv[1:] if argv is None else argv
     sys.argv = ["megatiny-lm-eval", *lm_eval_argv(argv)]
     cli_evaluate()

@@ -16,15 +16,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import lm_eval
 import torch
+from lm_eval.api.registry import get_model
+from lm_eval.tasks import TaskManager
+from lm_eval.utils import handle_non_serializable
 
+from megatiny.eval.lm_eval_adapter import MegatinyLM
 from megatiny.eval.suites import Suite, adhoc_suite, get_suite, markdown_table, suite_scores
+from megatiny.eval.tasks import BUNDLED_TASKS_DIR
 from megatiny.fileio import atomic_write_text
 from megatiny.precision import DTYPE_NAMES, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
-BUNDLED_TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 BACKENDS = ("megatiny", "hf")
 
 
@@ -93,8 +98,6 @@ def task_manager(task_names: list[str], include_paths: list[str]):
     Indexing lm-eval's ~10k built-in task files takes tens of seconds, so the built-ins are only
     indexed when a task is not among our bundled and user-given YAMLs.
     """
-    from lm_eval.tasks import TaskManager
-
     paths = [str(BUNDLED_TASKS_DIR), *map(str, include_paths)]
     local = TaskManager(include_path=paths, include_defaults=False)
     if all(name in local.all_tasks for name in task_names):
@@ -114,13 +117,9 @@ def build_lm(config: LmEvalConfig):
     if not Path(config.checkpoint).exists():
         raise FileNotFoundError(f"{config.checkpoint}: checkpoint not found")
     if config.backend == "megatiny":
-        from megatiny.eval.lm_eval_adapter import MegatinyLM
-
         return MegatinyLM(checkpoint=config.checkpoint, tokenizer=config.tokenizer,
                           batch_size=config.batch_size, device=config.device, dtype=config.dtype,
                           add_bos_token=config.add_bos_token, seed=config.seed)
-    from lm_eval.api.registry import get_model
-
     # lm-eval's hf model defaults to cuda even on machines without it.
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     # Our "auto", not transformers' (which takes the export's bf16 even where bf16 is emulated).
@@ -139,8 +138,6 @@ def run_lm_eval(config: LmEvalConfig, lm=None, model_label: str | None = None) -
 
     Tasks are run in one `simple_evaluate` call per distinct few-shot count, all on one model.
     """
-    import lm_eval
-
     suite = config.build_suite()
     manager = task_manager(suite.task_names, config.include_paths)
     lm = lm if lm is not None else build_lm(config)
@@ -183,8 +180,6 @@ def _merge(into: dict[str, Any], output: dict[str, Any]) -> None:
 def write_outputs(output_dir: str | os.PathLike, results: dict[str, Any], table: str,
                   log_samples: bool) -> dict[str, str]:
     """results.json, results.md and (with log_samples) samples_TASK.jsonl, each written atomically."""
-    from lm_eval.utils import handle_non_serializable
-
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = {k: v for k, v in results.items() if k != "samples"}

@@ -33,8 +33,11 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.utils import normalize_gen_kwargs
 from tqdm import tqdm
 
+from megatiny.checkpoint import load_model
+from megatiny.data.tokenizer import load_tokenizer
 from megatiny.model import GPT
-from megatiny.model.generate import sample_next_token
+from megatiny.model.generate import generate
+from megatiny.parsing import parse_bool
 from megatiny.precision import resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -44,16 +47,6 @@ logger = logging.getLogger(__name__)
 TokenRequest = tuple[Any, list[int], list[int]]
 
 
-def _parse_bool(value: Any, name: str) -> bool | None:
-    """lm-eval passes `--model_args` values as strings or already-parsed Python values."""
-    if value is None or isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes"):
-        return True
-    if text in ("false", "0", "no"):
-        return False
-    raise ValueError(f"megatiny lm-eval model: {name} must be true or false, got {value!r}")
 
 
 def _parse_batch_size(value: Any) -> int:
@@ -81,9 +74,6 @@ def load_checkpoint_and_tokenizer(checkpoint: str | os.PathLike, tokenizer: Any,
     checkpoint's metadata, else the checkpoint directory itself (a Hugging Face export keeps its
     tokenizer files beside the weights).
     """
-    from megatiny.checkpoint import load_model
-    from megatiny.data.tokenizer import load_tokenizer
-
     model, metadata = load_model(checkpoint, dtype=dtype, device=device)
     if tokenizer is None:
         tokenizer = metadata.get("tokenizer") or checkpoint
@@ -152,7 +142,8 @@ class MegatinyLM(TemplateLM):
         self._max_length = self._resolve_max_length(max_length)
         self._max_gen_toks = int(max_gen_toks)
         bos = getattr(tokenizer, "bos_id", None)
-        add_bos = _parse_bool(add_bos_token, "add_bos_token")
+        # lm-eval passes `--model_args` values as strings or already-parsed Python values.
+        add_bos = parse_bool(add_bos_token, "megatiny lm-eval model: add_bos_token")
         self.add_bos_token = (bos is not None) if add_bos is None else add_bos
         if self.add_bos_token and bos is None:
             raise ValueError("megatiny lm-eval model: add_bos_token=true but the tokenizer has no BOS")
@@ -268,11 +259,11 @@ class MegatinyLM(TemplateLM):
             padded[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
         padded = padded.to(self._device)
         if isinstance(self.model, GPT):
-            hidden = self.model.model(padded)  # [B, T, h]
-            picked = torch.cat([hidden[row, len(ids) - span:len(ids)]
-                                for row, (ids, span) in enumerate(zip(inputs, spans))])
-            logits = self.model.lm_head(picked).float()  # [sum(spans), V]
-            return list(F.log_softmax(logits, dim=-1).split(spans))
+            rows = [row for row, span in enumerate(spans) for _ in range(span)]
+            positions = [p for ids, span in zip(inputs, spans) for p in range(len(ids) - span, len(ids))]
+            logprobs = self.model.next_token_log_probs(  # [sum(spans), V]
+                padded, torch.tensor(rows, device=self._device), torch.tensor(positions, device=self._device))
+            return list(logprobs.split(spans))
         logits = self._logits(padded)
         return [F.log_softmax(logits[row, len(ids) - span:len(ids)], dim=-1)
                 for row, (ids, span) in enumerate(zip(inputs, spans))]
@@ -305,8 +296,8 @@ class MegatinyLM(TemplateLM):
     def generate_until(self, requests: list[Instance], disable_tqdm: bool = False) -> list[str]:
         """Greedy (or sampled, if the task asks) continuations, cut at the first stop sequence.
 
-        Requests with the same generation settings are sorted longest first and batched; with a
-        KV-cache model a batch holds prompts of one length (see `generate_tokens`).
+        Requests with the same generation settings are sorted longest first and batched; a batch
+        holds prompts of one length (see `generate_tokens`).
         """
         results: list[str | None] = [None] * len(requests)
         groups: dict[str, list[int]] = {}
@@ -337,12 +328,11 @@ class MegatinyLM(TemplateLM):
         return results  # type: ignore[return-value]
 
     def _generation_batches(self, indices: list[int], lengths: list[int]) -> list[list[int]]:
-        """Consecutive runs of at most batch_size; one prompt length per run with a KV cache."""
-        one_length = hasattr(self.model, "new_kv_cache")
+        """Consecutive runs of at most batch_size prompts of one length (what `generate` takes)."""
         batches: list[list[int]] = []
         batch_length = -1
         for index, length in zip(indices, lengths):
-            if batches and len(batches[-1]) < self.batch_size and (not one_length or length == batch_length):
+            if batches and len(batches[-1]) < self.batch_size and length == batch_length:
                 batches[-1].append(index)
             else:
                 batches.append([index])
@@ -354,67 +344,36 @@ class MegatinyLM(TemplateLM):
         """Decoded continuation of each prompt, truncated before the first stop string in `until`.
 
         A row stops at EOS, once its text contains a stop string, or after `max_new_tokens`
-        tokens. A model with a KV cache (megatiny `GPT`) decodes prompts of equal length together,
-        one token per step; any other model re-runs the right-padded batch every step. `sampling`:
-        temperature (0 = greedy, the default), top_k, top_p.
+        tokens. Prompts of equal length are decoded together by `megatiny.model.generate.generate`
+        (with the KV cache of a megatiny `GPT`; any other model re-runs the sequence every step).
+        `sampling`: temperature (0 = greedy, the default), top_k, top_p.
         """
         sampling = {"temperature": 0.0, "top_k": None, "top_p": None, **(sampling or {})}
-        if not hasattr(self.model, "new_kv_cache"):
-            return self._generate_recompute(prompts, max_new_tokens, until, sampling)
+        if sampling["temperature"] <= 0:  # greedy: the sampling filters play no part
+            sampling = {"temperature": 0.0, "top_k": None, "top_p": None}
         texts: list[str] = [""] * len(prompts)
         by_length: dict[int, list[int]] = {}
         for row, prompt in enumerate(prompts):
             by_length.setdefault(len(prompt), []).append(row)
         for rows in by_length.values():
-            outputs = self._generate_cached([prompts[r] for r in rows], max_new_tokens, until, sampling)
+            outputs = self._generate_equal_length([prompts[r] for r in rows], max_new_tokens, until, sampling)
             for row, text in zip(rows, outputs):
                 texts[row] = text
         return texts
 
-    @torch.no_grad()
-    def _generate_cached(self, prompts: list[list[int]], max_new_tokens: int, until: list[str],
-                         sampling: dict[str, Any]) -> list[str]:
-        """Equal-length prompts, decoded with the model's KV cache."""
-        tokens = torch.tensor(prompts, dtype=torch.long, device=self._device)
-        cache = self.model.new_kv_cache(len(prompts), tokens.shape[1] + max_new_tokens)
+    def _generate_equal_length(self, prompts: list[list[int]], max_new_tokens: int, until: list[str],
+                               sampling: dict[str, Any]) -> list[str]:
+        """Equal-length prompts through the one generation loop; stop strings end rows early."""
         state = _Continuations(len(prompts), self.eot_token_id, until, self.tok_decode)
-        step_input = tokens
-        for _ in range(max_new_tokens):
-            logits = self.model(step_input, kv_cache=cache, last_token_only=True)[:, -1].float()
-            next_tokens = self._pick(logits, sampling)
-            state.add(range(len(prompts)), next_tokens.tolist())
-            if not state.active:
-                break
-            step_input = next_tokens.to(self._device)[:, None]
-        return state.texts()
 
-    @torch.no_grad()
-    def _generate_recompute(self, prompts: list[list[int]], max_new_tokens: int, until: list[str],
-                            sampling: dict[str, Any]) -> list[str]:
-        """Any lengths: rows right-padded in one buffer, the full forward re-run every step."""
-        lengths = [len(p) for p in prompts]
-        buffer = torch.zeros(len(prompts), max(lengths) + max_new_tokens, dtype=torch.long)
-        for row, prompt in enumerate(prompts):
-            buffer[row, :len(prompt)] = torch.tensor(prompt, dtype=torch.long)
-        state = _Continuations(len(prompts), self.eot_token_id, until, self.tok_decode)
-        for _ in range(max_new_tokens):
-            rows = state.active
-            if not rows:
-                break
-            logits = self._logits(buffer[rows, :max(lengths[r] for r in rows)])
-            last = torch.stack([logits[k, lengths[row] - 1] for k, row in enumerate(rows)])
-            next_tokens = self._pick(last, sampling).tolist()
-            for row, token in zip(rows, next_tokens):
-                buffer[row, lengths[row]] = token
-                lengths[row] += 1
-            state.add(rows, next_tokens)
-        return state.texts()
+        def stop(tokens: torch.Tensor) -> torch.Tensor:
+            state.add(range(len(prompts)), tokens[:, -1].tolist())
+            return torch.tensor(state.finished)
 
-    def _pick(self, logits: torch.Tensor, sampling: dict[str, Any]) -> torch.Tensor:
-        """Next token per row from float logits [B, V]: argmax, or a sample (on CPU, seeded)."""
-        if sampling["temperature"] <= 0:
-            return logits.argmax(dim=-1)
-        return sample_next_token(logits.cpu(), generator=self._generator, **sampling)
+        generate(self.model, torch.tensor(prompts, dtype=torch.long, device=self._device), max_new_tokens,
+                 eos_token_id=self.eot_token_id, use_cache=hasattr(self.model, "new_kv_cache"),
+                 generator=self._generator, stop=stop, **sampling)
+        return state.texts()
 
     def get_model_info(self) -> dict:
         info: dict[str, Any] = {"model_num_parameters": sum(p.numel() for p in self.model.parameters())}

@@ -18,10 +18,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from megatiny.checkpoint import load_model
 from megatiny.data.builder import build_gpt_datasets
 from megatiny.data.config import DataConfig, parse_blend
 from megatiny.data.gpt_dataset import split_document_ranges
 from megatiny.data.indexed_dataset import IndexedDataset
+from megatiny.model import GPT
+from megatiny.precision import resolve_device, resolve_dtype
 
 SPLITS = ("train", "valid", "test", "all")
 
@@ -134,8 +137,6 @@ def evaluate_perplexity(model: torch.nn.Module, dataset, batch_size: int = 8,
 
 def batch_loss_sum(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Summed fp32 cross entropy over every label of Long[B, T] inputs/labels."""
-    from megatiny.model import GPT
-
     if isinstance(model, GPT):
         return model(inputs, labels=labels).double() * labels.numel()
     output = model(inputs)
@@ -149,9 +150,6 @@ def run_perplexity(checkpoint: str | os.PathLike, data_path: str, seq_length: in
                    cache_dir: str | None = None) -> PerplexityResult:
     """Load `checkpoint` (anything `megatiny.checkpoint.load_model` reads) and evaluate it on every
     dataset of `data_path`; for a blend the result's `datasets` holds each one's numbers."""
-    from megatiny.checkpoint import load_model
-    from megatiny.precision import resolve_device, resolve_dtype
-
     torch_device = resolve_device(device)
     model, metadata = load_model(checkpoint, dtype=resolve_dtype(dtype, torch_device), device=torch_device)
     max_positions = metadata["model"].max_position_embeddings

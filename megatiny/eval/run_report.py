@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from megatiny.checkpoint.layout import resolve_tag_dir
 from megatiny.checkpoint.metadata import read_metadata
@@ -28,8 +29,6 @@ class ScalarSeries:
 
 def read_scalars(log_dir: str | os.PathLike) -> dict[str, ScalarSeries]:
     """Every scalar tag in the TensorBoard event files under `log_dir` (recursively)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     log_dir = Path(log_dir)
     event_dirs = sorted({p.parent for p in log_dir.rglob("events.out.tfevents.*")})
     if not event_dirs:
@@ -49,7 +48,7 @@ def read_scalars(log_dir: str | os.PathLike) -> dict[str, ScalarSeries]:
 def plot_loss_curves(scalars: dict[str, ScalarSeries], output_png: str | os.PathLike,
                      baseline: float | None = None, title: str = "megatiny training") -> Path:
     """Plot every tag whose name contains 'loss' against the step; write `output_png`."""
-    import matplotlib
+    import matplotlib  # optional (megatiny[eval]); the rest of this module works without it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -1,44 +1,71 @@
 """Autoregressive generation with a key/value cache: greedy, temperature, top-k and top-p sampling."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
+from megatiny.model.attention import KVCache
 from megatiny.model.transformer import GPT
+
+# stop(tokens Long[B, T + k]) -> Bool[B]: which rows are done after their k-th new token.
+StopCallback = Callable[[torch.Tensor], torch.Tensor]
 
 
 @torch.no_grad()
-def generate(model: GPT, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
+def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, eos_token_id: int | None = None,
-             use_cache: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+             use_cache: bool = True, generator: torch.Generator | None = None,
+             stop: StopCallback | None = None) -> torch.Tensor:
     """Extend each prompt by up to `max_new_tokens` tokens.
 
     input_ids Long[B, T] (equal-length prompts, no padding) -> Long[B, T + n], n <= max_new_tokens.
     temperature 0 is greedy (argmax); otherwise tokens are sampled from softmax(logits / temperature)
-    restricted to the top_k most likely and/or the smallest set with probability >= top_p. Once a
-    row emits eos_token_id it is padded with eos_token_id; generation stops early when every row
-    has. With use_cache the prompt is processed once and each step feeds only the newest token
-    (the cache keeps the kv groups' keys/values); without it every step re-runs the whole sequence.
+    restricted to the top_k most likely and/or the smallest set with probability >= top_p, with
+    `generator` (on its device; the logits are moved there). A row is finished once it emits
+    eos_token_id or once `stop` (called after every step with all tokens so far) returns True for
+    it; finished rows are padded with eos_token_id (when given) and generation ends early when
+    every row is finished. With use_cache the prompt is processed once and each step feeds only
+    the newest token (the cache keeps the kv groups' keys/values); without it every step re-runs
+    the whole sequence.
+
+    model: a megatiny `GPT`, or (with use_cache=False) any causal LM whose forward(input_ids)
+    returns logits [B, T, V] or an object with `.logits`.
     """
     _check_sampling_args(max_new_tokens, temperature, top_k, top_p)
     total = input_ids.shape[1] + max_new_tokens
-    if total > model.config.max_position_embeddings:
+    max_positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if max_positions is not None and total > max_positions:
         raise ValueError(f"prompt ({input_ids.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds "
-                         f"ModelConfig.max_position_embeddings ({model.config.max_position_embeddings})")
+                         f"ModelConfig.max_position_embeddings ({max_positions})")
     cache = model.new_kv_cache(input_ids.shape[0], total) if use_cache else None
     tokens = input_ids
     step_input = input_ids
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     for _ in range(max_new_tokens):
-        logits = model(step_input, kv_cache=cache, last_token_only=True)[:, -1]  # [B, V] fp32
-        next_token = sample_next_token(logits, temperature, top_k, top_p, generator)
+        logits = _next_token_logits(model, step_input, cache)  # [B, V] fp32
+        if temperature > 0 and generator is not None:
+            logits = logits.to(generator.device)
+        next_token = sample_next_token(logits, temperature, top_k, top_p, generator).to(input_ids.device)
         if eos_token_id is not None:
             next_token = torch.where(finished, torch.full_like(next_token, eos_token_id), next_token)
             finished |= next_token == eos_token_id
         tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+        if stop is not None:
+            finished |= stop(tokens).to(finished.device)
         step_input = next_token[:, None] if use_cache else tokens
-        if eos_token_id is not None and bool(finished.all()):
+        if (eos_token_id is not None or stop is not None) and bool(finished.all()):
             break
     return tokens
+
+
+def _next_token_logits(model: torch.nn.Module, step_input: torch.Tensor,
+                       cache: KVCache | None) -> torch.Tensor:
+    """fp32 logits [B, V] for the token after the last of Long[B, T] `step_input`."""
+    if isinstance(model, GPT):
+        return model(step_input, kv_cache=cache, last_token_only=True)[:, -1]
+    output = model(step_input)
+    return (output.logits if hasattr(output, "logits") else output)[:, -1].float()
 
 
 def sample_next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,

@@ -8,6 +8,12 @@ GPT(config, parallel, runtime=...)        runtime: ModelRuntime (attention kerne
   model.norm                              final RMSNorm
   lm_head                                 [V, h], fused with the loss when labels are given
 
+Inference API (evaluation and generation use only these, never the submodules):
+  forward(input_ids[, labels])            fp32 logits [B, T, V], or the fp32 mean loss
+  hidden_states(input_ids)                final hidden states [B, T, h]
+  next_token_log_probs(ids, rows, pos)    fp32 log-probabilities [N, V] at N chosen positions
+  new_kv_cache(batch, length)             a cache for `megatiny.model.generate.generate`
+
 `state_dict()` keys are exactly `transformers.LlamaForCausalLM`'s and q/k use HF's rotate-half RoPE
 layout, so exporting to Hugging Face is a rename-free copy.
 
@@ -326,6 +332,34 @@ class GPT(nn.Module):
         if last_token_only:
             hidden = hidden[:, -1:]
         return self.lm_head(hidden, labels, loss_mask)
+
+    def hidden_states(self, input_ids: torch.Tensor, *, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """Final hidden states (after the last RMSNorm, before the output projection).
+
+        input_ids Long[B, T] -> [B, T, hidden_size] in the model's dtype (sequence or context
+        parallel: this rank's part of the sequence). With kv_cache the positions continue after the
+        cached ones and the cache is extended (see `megatiny.model.generate`).
+        """
+        self._check_inputs(input_ids, None, None, kv_cache, False)
+        return self.model(input_ids, kv_cache)
+
+    def next_token_log_probs(self, input_ids: torch.Tensor, rows: torch.Tensor,
+                             positions: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities of the token that follows chosen positions.
+
+        input_ids Long[B, T]; rows and positions Long[N] pick the N positions (rows[i], positions[i]).
+        Returns fp32 [N, vocab_size]: row i is log softmax of the logits at input_ids[rows[i],
+        positions[i]], i.e. the distribution of the token after it. The output projection runs only
+        at those N positions, which for a small model with a large vocabulary is most of the work
+        a full `forward` would do. On one rank or under tensor parallelism alone (the positions
+        index whole sequences).
+        """
+        parallel = self.parallel
+        if parallel is not None and (parallel.sequence_parallel or parallel.layout.context > 1):
+            raise ValueError("next_token_log_probs needs whole sequences on every rank: not with "
+                             "parallel.sequence_parallel or parallel.context > 1")
+        hidden = self.hidden_states(input_ids)
+        return F.log_softmax(self.lm_head(hidden[rows, positions]), dim=-1)
 
     def _check_inputs(self, input_ids, labels, loss_mask, kv_cache, last_token_only) -> None:
         if input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):

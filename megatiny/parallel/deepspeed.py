@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -28,6 +26,7 @@ import torch.distributed as dist
 
 from megatiny.model.config import ModelConfig
 from megatiny.precision import Precision, detect_hardware, resolve_precision
+from megatiny.process_env import free_port, put_interpreter_bin_first
 from megatiny.training.config import DistributedConfig, RunConfig
 
 # DeepSpeed config keys that the run config owns, and where to set them instead.
@@ -62,33 +61,15 @@ def _mpi_launched() -> bool:
     return any(k in os.environ for k in keys)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _use_interpreter_ninja() -> None:
-    """Put the `ninja` installed beside this interpreter first on PATH.
-
-    DeepSpeed JIT-compiles small ops (on CPU: the shared-memory comm op, at process-group start)
-    into one shared cache. Ranks started over ssh often see a different system `ninja`, whose build
-    log format differs, so each kind of rank would rebuild the op (minutes) and wait on the others."""
-    bin_dir = str(Path(sys.executable).parent)
-    path = os.environ.get("PATH", "").split(os.pathsep)
-    if (Path(bin_dir) / "ninja").exists() and path[:1] != [bin_dir]:
-        os.environ["PATH"] = os.pathsep.join([bin_dir, *path])
-
-
 def init_distributed(cfg: DistributedConfig) -> DistInfo:
     """Join (or make) the process group. Returns this process's rank, world size and device."""
-    _use_interpreter_ninja()
+    put_interpreter_bin_first(if_it_has="ninja")  # one ninja for DeepSpeed's JIT ops (see process_env)
     launched = all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
     port = int(os.environ.get("MASTER_PORT", cfg.master_port))
     if not launched and not _mpi_launched():
         # Plain `python tools/train.py`: a group of one on this host.
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(os.environ.get("MASTER_PORT", _free_port())))
+                          MASTER_PORT=str(os.environ.get("MASTER_PORT", free_port())))
     os.environ.setdefault("LOCAL_RANK", "0")
     backend = cfg.backend
     if backend == "auto":

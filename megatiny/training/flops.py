@@ -1,6 +1,7 @@
 """Throughput accounting: model FLOPs utilisation (MFU) against a table of device peaks.
 
-FLOPs per token come from `ModelConfig.flops_per_token` (6N + attention, see DESIGN.md).
+FLOPs per token come from `ModelConfig.flops_per_token` (6N + attention; its docstring gives the
+convention).
 """
 from __future__ import annotations
 

@@ -8,9 +8,9 @@ import transformers
 from safetensors import safe_open
 
 from megatiny.checkpoint import export_hf, load_model, open_weights
+from megatiny.cli import convert as convert_checkpoint
 from megatiny.model.generate import generate
 from tests.checkpoint.conftest import sample_texts
-from tools import convert_checkpoint
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ from safetensors.torch import save_file
 
 from megatiny.checkpoint import export_hf, import_hf, load_model, save_model
 from megatiny.checkpoint.hf import config_from_hf, config_to_hf
+from megatiny.cli import convert as convert_checkpoint
 from megatiny.model import GPT, get_preset
-from tools import convert_checkpoint
 
 
 def tiny_config(**overrides):

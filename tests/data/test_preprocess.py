@@ -7,14 +7,17 @@ import numpy as np
 import pytest
 import zstandard
 
+from megatiny.cli import inspect as inspect_dataset
+from megatiny.cli import merge as merge_datasets
+from megatiny.cli import preprocess as preprocess_tool
+from megatiny.cli import train_tokenizer
 from megatiny.data.indexed_dataset import IndexedDataset
 from megatiny.data.preprocess import BadLineError, preprocess
+from megatiny.data.sources import iter_texts
 from megatiny.data.tokenizer import load_tokenizer, train_sentencepiece
 from tests.data.corpus import make_texts
 from tests.data.test_tokenizer import make_hf_tokenizer_json
 from tests.helpers import REPO_ROOT, run_command, timeout_s
-from tools import inspect_dataset, merge_datasets, train_tokenizer
-from tools import preprocess_data as preprocess_tool
 
 BAD_LINES = {  # line number (1-based) -> (raw line, reason fragment)
     5: (b'{"text": "unterminated\n', "invalid JSON"),
@@ -186,7 +189,7 @@ def test_train_tokenizer_inputs_use_the_preprocess_parser_and_close_their_files(
     # The file open_binary opened is closed with the stream, not left to the garbage collector.
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
     bad: list[str] = []
-    texts = list(train_tokenizer.iter_texts([str(d / "c.jsonl.gz")], "text", None, bad))
+    texts = list(iter_texts([str(d / "c.jsonl.gz")], "text", None, bad))
     assert texts == good
     assert [int(b.split(":")[1]) for b in bad] == sorted(BAD_LINES)
     assert "c.jsonl.gz:20: invalid UTF-8" in bad[3]

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from megatiny.checkpoint.metadata import TrainState, write_metadata
 from megatiny.data.tokenizer import load_tokenizer, train_sentencepiece
-from megatiny.eval.harness import BUNDLED_TASKS_DIR
+from megatiny.eval.tasks import BUNDLED_TASKS_DIR
 from megatiny.eval.tasks.local_data import read_jsonl
 from megatiny.model import GPT, get_preset
 

@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
+from megatiny.cli import evaluate as evaluate_tool
 from megatiny.eval.suites import SUITES, markdown_table, pick_metric, suite_scores
 from tests.helpers import free_port, run_command, timeout_s, venv_bin
-from tools import evaluate as evaluate_tool
 
 TASK = "megatiny_local_mc"
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections import Counter
 
 import numpy as np
@@ -10,10 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from megatiny.cli import evaluate as evaluate_tool
 from megatiny.data.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
 from megatiny.eval.perplexity import evaluate_perplexity, held_out_dataset, held_out_datasets, run_perplexity
 from tests.eval.conftest import training_texts
-from tools import evaluate as evaluate_tool
+from tests.helpers import REPO_ROOT, run_command
 
 SEQ = 32
 
@@ -128,3 +130,56 @@ def test_perplexity_tool_errors(prefix, weights_dir, capsys):
     assert "the valid split (split '100,0,0') holds fewer than 33 tokens" in capsys.readouterr().err
     assert evaluate_tool.main(args) == 2
     assert "--seq-length" in capsys.readouterr().err
+
+
+# Run in a fresh interpreter in which every `import lm_eval...` fails, as without megatiny[eval].
+_WITHOUT_LM_EVAL = """
+import importlib.abc, sys
+
+class _NoLmEval(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "lm_eval" or name.startswith("lm_eval."):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+        return None
+
+sys.meta_path.insert(0, _NoLmEval())
+"""
+
+
+def _run_without_lm_eval(code: str):
+    return run_command([sys.executable, "-c", _WITHOUT_LM_EVAL + code], timeout=120,
+                       env={"PYTHONPATH": str(REPO_ROOT)})
+
+
+def test_perplexity_library_runs_without_lm_eval(prefix, weights_dir, trained_model):
+    code = f"""
+import torch
+from megatiny.checkpoint import load_model
+from megatiny.eval.perplexity import evaluate_perplexity, held_out_dataset
+model, _ = load_model({str(weights_dir)!r})
+result = evaluate_perplexity(model, held_out_dataset({prefix!r}, {SEQ}, "all"), batch_size=4)
+assert "lm_eval" not in sys.modules
+try:
+    import lm_eval
+except ModuleNotFoundError:
+    pass
+else:
+    raise SystemExit("lm_eval was importable: the block does not work")
+print(f"LOSS {{result.loss!r}}")
+"""
+    result = _run_without_lm_eval(code)
+    assert result.returncode == 0, result.stdout[-3000:]
+    loss = float(result.stdout.split("LOSS ")[1].split()[0])
+    expected = evaluate_perplexity(trained_model, held_out_dataset(prefix, SEQ, "all"), batch_size=4).loss
+    assert loss == pytest.approx(expected, rel=1e-6)
+
+
+def test_perplexity_command_runs_without_lm_eval(prefix, weights_dir):
+    code = f"""
+from megatiny.cli import main
+sys.exit(main(["evaluate", "--perplexity", "--checkpoint", {str(weights_dir)!r}, "--data-path", {prefix!r},
+               "--seq-length", "{SEQ}", "--split-name", "all", "--device", "cpu", "--dtype", "float32"]))
+"""
+    result = _run_without_lm_eval(code)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "perplexity" in result.stdout

@@ -55,6 +55,38 @@ def test_eos_pads_finished_rows_and_stops(model):
     assert torch.equal(out[1, :ends[1]], free[1, :ends[1]])
 
 
+def test_stop_callback_ends_rows_and_sees_every_token(model):
+    prompt = torch.randint(0, CONFIG.vocab_size, (2, 4), generator=torch.Generator().manual_seed(2))
+    free = generate(model, prompt, max_new_tokens=12)
+    seen = []
+
+    def stop(tokens):  # row 0 after 3 new tokens, row 1 after 5
+        seen.append(tokens.clone())
+        new = tokens.shape[1] - prompt.shape[1]
+        return torch.tensor([new >= 3, new >= 5])
+
+    pad = CONFIG.vocab_size - 1
+    out = generate(model, prompt, max_new_tokens=12, eos_token_id=pad, stop=stop)
+    assert out.shape == (2, 9)  # ends after the step in which the last row stops
+    assert [t.shape[1] for t in seen] == list(range(5, 10))
+    assert torch.equal(seen[-1], out)
+    assert torch.equal(out[1], free[1, :9]) and torch.equal(out[0, :7], free[0, :7])
+    assert torch.all(out[0, 7:] == pad)  # a stopped row is padded like a row that emitted EOS
+
+
+def test_model_without_cache_api_generates_like_gpt(model):
+    class LogitsOnly(torch.nn.Module):  # any causal LM returning [B, T, V] logits
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, input_ids):
+            return self.inner(input_ids)
+
+    prompt = torch.randint(0, CONFIG.vocab_size, (2, 6), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(generate(LogitsOnly(), prompt, 10, use_cache=False), generate(model, prompt, 10))
+
+
 def test_sampling_filters():
     logits = torch.tensor([[0.0, 1.0, 2.0, 3.0, 4.0]]).repeat(2000, 1)
     gen = torch.Generator().manual_seed(0)

@@ -144,3 +144,19 @@ def test_bad_inputs_raise_clear_errors():
         model(ids, labels=ids, last_token_only=True)
     with pytest.raises(RuntimeError, match="flash-attn"):
         GPT(get_preset("tiny-test"), runtime=ModelRuntime(attention_backend="flash_attn"))
+
+
+def test_hidden_states_and_next_token_log_probs_match_forward():
+    model = random_gpt(CONFIGS["gqa"], seed=4).eval()
+    ids = torch.randint(0, 97, (3, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(ids)  # [3, 10, 97]
+        hidden = model.hidden_states(ids)
+        rows, positions = torch.tensor([0, 0, 2, 1]), torch.tensor([9, 3, 0, 5])
+        picked = model.next_token_log_probs(ids, rows, positions)
+    assert hidden.shape == (3, 10, 64)
+    torch.testing.assert_close(model.lm_head(hidden), logits)
+    assert picked.shape == (4, 97) and picked.dtype == torch.float32
+    torch.testing.assert_close(picked, torch.log_softmax(logits[rows, positions], dim=-1))
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        model.hidden_states(torch.zeros(1, 65, dtype=torch.long))

@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from megatiny.process_env import path_with_interpreter_bin
 from tests.helpers import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -243,7 +244,7 @@ class TwoHosts:
         env = {
             # Ranks started over ssh get the login PATH; the venv's tools must come first (DeepSpeed
             # JIT-builds ops with `ninja`, and a different ninja rebuilds them on every launch).
-            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            "PATH": path_with_interpreter_bin(os.environ.get("PATH", "/usr/bin:/bin")),
             # Without this, gloo advertises the hostname's address (127.0.0.1 here) to its peers.
             "GLOO_SOCKET_IFNAME": IFNAME,
             "NCCL_SOCKET_IFNAME": IFNAME,
@@ -273,8 +274,8 @@ class TwoHosts:
     def launch_env(self) -> dict[str, str]:
         """Environment for a `deepspeed --hostfile` launcher started on host A."""
         env = dict(os.environ)
-        venv_bin = str(Path(sys.executable).parent)
-        env["PATH"] = f"{self.workdir / 'bin'}:{venv_bin}:{env.get('PATH', '/usr/bin:/bin')}"
+        path = path_with_interpreter_bin(env.get("PATH", "/usr/bin:/bin"))
+        env["PATH"] = f"{self.workdir / 'bin'}{os.pathsep}{path}"
         env["PDSH_RCMD_TYPE"] = "ssh"
         env["PDSH_SSH_ARGS"] = f"-F {self.ssh_config} -l%u %h"
         # DeepSpeed joins this onto ~ and '.', and an absolute path wins the join: a private env

@@ -6,10 +6,10 @@ import getpass
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+from megatiny.process_env import path_with_interpreter_bin
 from tests.helpers import free_port
 
 
@@ -37,8 +37,9 @@ class LocalSshd:
         """Environment for the `deepspeed` launcher process. pdsh reads PDSH_SSH_ARGS; the
         launcher's own reachability probe runs a bare `ssh HOST hostname`, so an `ssh` wrapper that
         adds `-F ssh_config` comes first on PATH."""
+        path = path_with_interpreter_bin(os.environ.get("PATH"))
         return {"PDSH_RCMD_TYPE": "ssh", "PDSH_SSH_ARGS": f"-F {self.ssh_config} -l%u %h",
-                "PATH": f"{self.workdir / 'bin'}:{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+                "PATH": f"{self.workdir / 'bin'}{os.pathsep}{path}"}
 
     def __enter__(self) -> LocalSshd:
         self.workdir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,49 @@
+"""Process-environment helpers shared by the launcher code, the tools and the tests.
+
+    free_port()                  a TCP port on 127.0.0.1 that is free right now
+    path_with_interpreter_bin()  PATH with this interpreter's bin directory first
+    put_interpreter_bin_first()  the same, applied to os.environ (inherited by child processes)
+
+Why the interpreter's bin directory goes first: DeepSpeed JIT-compiles small ops (on CPU the
+shared-memory comm op, at process-group start) into one shared cache, and rebuilds it (minutes)
+whenever a process sees a different `ninja` than the one that built it. Ranks started over ssh,
+by mpirun or from a shell without the venv activated often find a system `ninja` first.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 now (another process may still take it later)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def interpreter_bin_dir() -> str:
+    """The directory of the running interpreter: a venv's bin/, where pip put `ninja` and `deepspeed`."""
+    return str(Path(sys.executable).parent)
+
+
+def path_with_interpreter_bin(path: str | None) -> str:
+    """`path` (a PATH value) with `interpreter_bin_dir()` first; unchanged if it already is."""
+    entries = path.split(os.pathsep) if path else []
+    first = interpreter_bin_dir()
+    if entries[:1] == [first]:
+        return os.pathsep.join(entries)
+    return os.pathsep.join([first, *entries])
+
+
+def put_interpreter_bin_first(if_it_has: str | None = None) -> None:
+    """Put `interpreter_bin_dir()` first on this process's PATH (and so on its children's).
+
+    With `if_it_has` (an executable's name) only when that executable is in the directory: a
+    training process under a system Python keeps its PATH order unless pip installed `ninja` there.
+    """
+    if if_it_has is not None and not (Path(interpreter_bin_dir()) / if_it_has).exists():
+        return
+    os.environ["PATH"] = path_with_interpreter_bin(os.environ.get("PATH"))
