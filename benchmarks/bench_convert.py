@@ -32,7 +32,8 @@ def build_zero3_checkpoint(root: Path, preset: str, ranks: int, sub_group_size: 
     from deepspeed.runtime.zero.config import ZeroStageEnum
 
     from megatiny.checkpoint.hf import weight_table
-    from megatiny.checkpoint.metadata import write_metadata
+    from megatiny.checkpoint.io import write_latest
+    from megatiny.checkpoint.metadata import TrainState, write_metadata
     from megatiny.model.config import get_preset
 
     config = get_preset(preset)
@@ -62,8 +63,8 @@ def build_zero3_checkpoint(root: Path, preset: str, ranks: int, sub_group_size: 
         states = {"module": module, "buffer_names": [], "param_shapes": [shapes], "frozen_param_shapes": {},
                   "shared_params": {}, "ds_version": "bench", "dp_world_size": ranks}
         torch.save(states, tag_dir / f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt")
-    write_metadata(tag_dir, config, step=1, extra={"benchmark": "synthetic ZeRO-3 layout"})
-    (root / "latest").write_text(tag_dir.name)
+    write_metadata(tag_dir, config, state=TrainState(step=1), notes={"benchmark": "synthetic ZeRO-3 layout"})
+    write_latest(root, tag_dir.name)
     return config.num_parameters()
 
 

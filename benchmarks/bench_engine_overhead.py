@@ -16,8 +16,8 @@ import time
 import torch
 
 from megatiny.model import GPT
+from megatiny.parallel import deepspeed as ds_engine
 from megatiny.precision import PRECISIONS
-from megatiny.training import engine as ds_engine
 from megatiny.training.config import load_config
 
 

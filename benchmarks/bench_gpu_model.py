@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from megatiny.model import GPT, get_preset
+from megatiny.model import GPT, ModelRuntime, get_preset
 from megatiny.model.attention import FLASH_ATTN_AVAILABLE
 from megatiny.precision import resolve_dtype
 from megatiny.training.flops import peak_tflops_for, throughput
@@ -35,10 +35,10 @@ def measure(backend: str, args: argparse.Namespace, device: torch.device, dtype:
             peak: float | None) -> dict:
     """Throughput (megatiny.training.flops.throughput: tokens/s, TFLOP/s, MFU when `peak` is known)
     and peak memory of args.steps timed steps for one attention backend."""
-    config = get_preset(args.preset, attention_backend=backend,
-                        activation_checkpointing=args.activation_checkpointing)
+    config = get_preset(args.preset)
+    runtime = ModelRuntime(attention_backend=backend, activation_checkpointing=args.activation_checkpointing)
     torch.manual_seed(0)
-    model = GPT(config).to(device=device, dtype=dtype)
+    model = GPT(config, runtime=runtime).to(device=device, dtype=dtype)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     batch = torch.randint(0, config.vocab_size, (args.batch, args.seq + 1), device=device)
     if device.type == "cuda":

@@ -21,7 +21,7 @@ import time
 import torch
 
 from megatiny.checkpoint.hf import config_to_hf
-from megatiny.model import GPT, get_preset
+from megatiny.model import GPT, ModelRuntime, get_preset
 from megatiny.precision import resolve_dtype
 
 
@@ -33,10 +33,10 @@ def _rss_mib() -> float:
 def _build(kind: str, args: argparse.Namespace) -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM  # imported by both kinds: same baseline
 
-    config = get_preset(args.preset, attention_backend=args.backend)
+    config = get_preset(args.preset)
     torch.manual_seed(0)
     dtype = resolve_dtype(args.dtype, "cpu")
-    model = GPT(config).to(dtype)
+    model = GPT(config, runtime=ModelRuntime(attention_backend=args.backend)).to(dtype)
     if kind == "ours":
         return model
     hf = LlamaForCausalLM(LlamaConfig(**config_to_hf(config, torch.float32), attn_implementation="sdpa"))

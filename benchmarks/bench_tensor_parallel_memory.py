@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from megatiny.model import GPT, get_preset
+from megatiny.model import GPT, ModelRuntime, get_preset
 from megatiny.parallel.state import ParallelLayout, ParallelState
 
 
@@ -63,13 +63,13 @@ def _measure(rank: int, tensor: int, sequence_parallel: bool, args: argparse.Nam
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=tensor)
-    config = get_preset(args.preset, num_layers=args.layers, attention_backend="sdpa")
+    config = get_preset(args.preset, num_layers=args.layers)
     parallel = None
     if tensor > 1:
         parallel = ParallelState(ParallelLayout.for_world(tensor, tensor=tensor,
                                                           sequence_parallel=sequence_parallel))
     torch.manual_seed(0)
-    model = GPT(config, parallel)
+    model = GPT(config, parallel, runtime=ModelRuntime(attention_backend="sdpa"))
     tokens = torch.randint(0, config.vocab_size, (args.batch, args.seq + 1),
                            generator=torch.Generator().manual_seed(1))
     saved = saved_activation_bytes(model, tokens[:, :-1], tokens[:, 1:])

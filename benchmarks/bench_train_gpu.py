@@ -16,8 +16,8 @@ import time
 
 import torch
 
+from megatiny.parallel import deepspeed as ds_engine
 from megatiny.precision import PRECISIONS
-from megatiny.training import engine as ds_engine
 from megatiny.training.config import load_config
 from megatiny.training.flops import peak_tflops_for, throughput
 from megatiny.training.logging import memory_gb
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     mbs, acc = args.micro_batch, args.accumulation
     run = load_config(None, [f"model.preset={args.preset}", f"batch.seq_length={args.seq}",
                              f"batch.micro_batch_size={mbs}", f"batch.global_batch_size={mbs * acc}",
-                             f"model.activation_checkpointing={args.activation_checkpointing}",
+                             f"runtime.activation_checkpointing={args.activation_checkpointing}",
                              f"distributed.deepspeed_config={args.ds_config}",
                              f"runtime.precision={args.precision}"])
     model_config = run.model_config()

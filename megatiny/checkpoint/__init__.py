@@ -4,6 +4,9 @@
     export_hf(src, out)                          -> Hugging Face LlamaForCausalLM directory
     export_megatiny(src, out) / import_hf(hf, out) -> megatiny weights directory
     save_model(model, out)                       in-memory GPT -> megatiny weights directory
+
+Training checkpoints: `layout` (what a directory is), `manager.CheckpointManager` (save, resume,
+init_from), `metadata` (megatiny.json and its TrainState), `io` (latest, rotation, RNG files).
 """
 from megatiny.checkpoint.convert import export_hf, export_megatiny, import_hf, save_model
 from megatiny.checkpoint.load import load_model

@@ -36,41 +36,9 @@ from pathlib import Path
 
 import torch
 
-from megatiny.checkpoint.io import LATEST_FILE, read_latest
+from megatiny.checkpoint.layout import MODEL_STATES_ZERO3, MODEL_STATES_ZERO12
 
-MODEL_STATES_ZERO3 = "zero_pp_rank_{rank}_mp_rank_00_model_states.pt"
-MODEL_STATES_ZERO12 = "mp_rank_00_model_states.pt"
 OPTIM_PATTERN = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_00_optim_states\.pt$")
-
-
-def resolve_tag_dir(path: str | os.PathLike, tag: str | None = None) -> Path:
-    """A DeepSpeed tag directory from a checkpoint root (+ optional tag; default `latest`) or a tag dir."""
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: checkpoint directory does not exist")
-    if tag is not None:
-        tag_dir = path / tag
-        if not tag_dir.is_dir():
-            tags = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-            raise FileNotFoundError(f"{tag_dir}: no such tag in {path}; available tags: {tags}")
-        return tag_dir
-    if _has_model_states(path):
-        return path
-    latest = read_latest(path)  # raises when `latest` names a missing tag
-    if latest is not None:
-        return path / latest
-    raise FileNotFoundError(
-        f"{path}: neither a DeepSpeed tag directory (no *_model_states.pt) nor a checkpoint root "
-        f"(no 'latest' file); pass the tag directory or --tag")
-
-
-def is_deepspeed_checkpoint(path: str | os.PathLike) -> bool:
-    path = Path(path)
-    return _has_model_states(path) or (path / LATEST_FILE).is_file()
-
-
-def _has_model_states(path: Path) -> bool:
-    return (path / MODEL_STATES_ZERO12).is_file() or (path / MODEL_STATES_ZERO3.format(rank=0)).is_file()
 
 
 def _load(path: Path) -> dict:

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from megatiny.checkpoint import hf, sources, tokenizer_export
-from megatiny.checkpoint.metadata import write_metadata
+from megatiny.checkpoint.metadata import TrainState, write_metadata
 from megatiny.checkpoint.writer import parse_size, plan_shards, write_safetensors
 
 
@@ -80,8 +80,8 @@ def save_model(model: torch.nn.Module, out: str | os.PathLike, *, tokenizer: str
                dtype: str | torch.dtype | None = None, step: int = 0, consumed_samples: int = 0,
                overwrite: bool = False) -> Path:
     """Save an in-memory GPT as a megatiny weights directory (megatiny.json + model.safetensors)."""
-    metadata = {"tokenizer": str(tokenizer) if tokenizer is not None else None, "step": step,
-                "consumed_samples": consumed_samples, "extra": {}}
+    metadata = {"tokenizer": str(tokenizer) if tokenizer is not None else None,
+                "train_state": TrainState(step=step, consumed_samples=consumed_samples), "notes": {}}
     source = sources.StateDictSource(model.state_dict(), model.config, metadata)
     return _write_megatiny(source, Path(out), dtype, None, overwrite)
 
@@ -104,11 +104,10 @@ def _write_megatiny(source, out: Path, dtype, tokenizer, overwrite: bool) -> Pat
             shutil.copy2(tokenizer_path, tmp / name)
             recorded = str(out.resolve() / name)
         meta = source.metadata
-        extra = dict(meta.get("extra") or {})
+        notes = dict(meta.get("notes") or {})
         if not isinstance(source, sources.StateDictSource):
-            extra["converted_from"] = str(source.path)
-        write_metadata(tmp, source.config, tokenizer=recorded, step=meta.get("step", 0),
-                       consumed_samples=meta.get("consumed_samples", 0), extra=extra)
+            notes["converted_from"] = str(source.path)
+        write_metadata(tmp, source.config, tokenizer=recorded, state=meta.get("train_state"), notes=notes)
     return out
 
 

@@ -1,23 +1,13 @@
-"""Training checkpoints on disk: tag names, the atomic `latest` pointer, rotation, RNG states.
+"""Writing and deleting training-checkpoint files: the atomic `latest` pointer, rotation, RNG states.
 
-Layout of a checkpoint root (SAVE_DIR)::
-
-    SAVE_DIR/
-      latest                  # names the newest COMPLETE tag; written (temp + rename) only after
-                              # every rank finished saving, so a crash mid-save leaves it untouched
-      step_00000100/          # DeepSpeed's files (mp_rank_00_model_states.pt, zero shards, ...)
-        megatiny.json         # model config, tokenizer, step, consumed samples, run config
-        rng_state_rank{R}.pt  # python/numpy/torch RNG states of data-parallel rank R
-      universal/step_00000100 # made on demand when resuming with a different number of ranks
-
-The DeepSpeed-specific saving and loading lives in `megatiny.training.engine`; this module only
-deals with files, so the checkpoint tools can use it without DeepSpeed.
+What the files are and how a directory is recognised: `megatiny.checkpoint.layout`. `latest` is
+written (temp + rename) only after every rank finished saving, so a crash mid-save leaves it on
+the previous complete checkpoint. The order of a save is `megatiny.checkpoint.manager`'s.
 """
 from __future__ import annotations
 
 import os
 import random
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -25,23 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from megatiny.checkpoint.layout import LATEST_FILE, list_tags, read_latest, step_of_tag, universal_dir
 from megatiny.checkpoint.metadata import METADATA_FILE
 from megatiny.fileio import atomic_output, atomic_write_text
-
-LATEST_FILE = "latest"
-TAG_PATTERN = re.compile(r"^step_(\d{8,})$")
-UNIVERSAL_DIR = "universal"
-
-
-def tag_for_step(step: int) -> str:
-    return f"step_{step:08d}"
-
-
-def step_of_tag(tag: str) -> int:
-    match = TAG_PATTERN.match(tag)
-    if not match:
-        raise ValueError(f"{tag!r} is not a megatiny checkpoint tag (expected step_NNNNNNNN)")
-    return int(match.group(1))
 
 
 def write_latest(save_dir: str | os.PathLike, tag: str) -> Path:
@@ -52,53 +28,11 @@ def write_latest(save_dir: str | os.PathLike, tag: str) -> Path:
     return atomic_write_text(save_dir / LATEST_FILE, tag)
 
 
-def read_latest(save_dir: str | os.PathLike) -> str | None:
-    """The tag named by SAVE_DIR/latest, or None when there is no complete checkpoint yet."""
-    path = Path(save_dir) / LATEST_FILE
-    if not path.is_file():
-        return None
-    tag = path.read_text().strip()
-    if not (Path(save_dir) / tag).is_dir():
-        raise FileNotFoundError(f"{path} names {tag!r} but {Path(save_dir) / tag} does not exist; "
-                                "the checkpoint directory was modified by hand: fix or delete 'latest'")
-    return tag
-
-
-def resolve_resume(resume: str, save_dir: str | os.PathLike | None) -> tuple[Path, str] | None:
-    """Which checkpoint `checkpoint.resume` selects, as (root, tag), or None to start fresh.
-
-    "auto": SAVE_DIR/latest if it exists; "none": never; otherwise a checkpoint root (with a
-    `latest` file) or a tag directory.
-    """
-    if resume == "none":
-        return None
-    if resume == "auto":
-        if save_dir is None or read_latest(save_dir) is None:
-            return None
-        return Path(save_dir), read_latest(save_dir)
-    path = Path(resume)
-    if (path / LATEST_FILE).is_file():
-        return path, read_latest(path)
-    if path.is_dir() and TAG_PATTERN.match(path.name) and (path / METADATA_FILE).is_file():
-        return path.parent, path.name
-    raise FileNotFoundError(f"checkpoint.resume={resume!r}: not a checkpoint root (no 'latest' file) nor a "
-                            "complete tag directory (step_NNNNNNNN with megatiny.json)")
-
-
-def list_tags(save_dir: str | os.PathLike) -> list[str]:
-    """All step_* directories under SAVE_DIR (complete or not), oldest first."""
-    save_dir = Path(save_dir)
-    if not save_dir.is_dir():
-        return []
-    tags = [p.name for p in save_dir.iterdir() if p.is_dir() and TAG_PATTERN.match(p.name)]
-    return sorted(tags, key=step_of_tag)
-
-
 def remove_tag(save_dir: str | os.PathLike, tag: str) -> None:
     """Delete a tag dir (and its universal conversion); renamed first so a crash never leaves a
     half-deleted directory that looks like a checkpoint."""
     save_dir = Path(save_dir)
-    for path in (save_dir / tag, save_dir / UNIVERSAL_DIR / tag):
+    for path in (save_dir / tag, universal_dir(save_dir, tag)):
         if path.is_dir():
             doomed = path.with_name(f".deleting.{path.name}")
             shutil.rmtree(doomed, ignore_errors=True)

@@ -20,8 +20,8 @@ from typing import Any, Protocol
 import torch
 from safetensors import safe_open
 
-from megatiny.checkpoint import consolidate, hf
-from megatiny.checkpoint.metadata import METADATA_FILE, read_metadata
+from megatiny.checkpoint import consolidate, hf, layout
+from megatiny.checkpoint.metadata import METADATA_FILE, TrainState, read_metadata
 from megatiny.checkpoint.tokenizer_export import has_tokenizer_files
 from megatiny.model.config import ModelConfig
 
@@ -77,10 +77,10 @@ class ModuleStatesSource(_Base):
 
     def __init__(self, tag_dir: Path, metadata: dict[str, Any]):
         super().__init__(tag_dir, metadata["model"], metadata)
-        path = tag_dir / consolidate.MODEL_STATES_ZERO12
+        path = tag_dir / layout.MODEL_STATES_ZERO12
         if not path.is_file():
             raise FileNotFoundError(
-                f"{tag_dir}: no {consolidate.MODEL_STATES_ZERO12}; ZeRO-3 saves its 16-bit weights "
+                f"{tag_dir}: no {layout.MODEL_STATES_ZERO12}; ZeRO-3 saves its 16-bit weights "
                 f"partitioned, so only the fp32 master weights (--weights master) can be read")
         module = consolidate._load(path).get("module")
         if not isinstance(module, dict):
@@ -175,17 +175,18 @@ def open_weights(path: str | os.PathLike, *, tag: str | None = None, weights: st
     if not path.is_dir():
         raise ValueError(f"{path}: expected a directory (DeepSpeed checkpoint root or tag, megatiny "
                          f"weights dir, or Hugging Face model dir), got a file")
-    if tag is not None or consolidate.is_deepspeed_checkpoint(path):
-        tag_dir = consolidate.resolve_tag_dir(path, tag)
+    kind = layout.kind_of(path)
+    if tag is not None or kind in (layout.DirKind.TAG_DIR, layout.DirKind.CHECKPOINT_ROOT):
+        tag_dir = layout.resolve_tag_dir(path, tag)
         metadata = read_metadata(tag_dir)
         has_optim = any(consolidate.OPTIM_PATTERN.match(p.name) for p in tag_dir.iterdir())
         if weights == "master" or (weights == "auto" and has_optim):
             return ZeroMasterSource(tag_dir, metadata)
         return ModuleStatesSource(tag_dir, metadata)
-    if (path / METADATA_FILE).is_file():
+    if kind is layout.DirKind.WEIGHTS_DIR:
         metadata = read_metadata(path)
         return SafetensorsSource(path, metadata["model"], metadata)
-    if (path / "config.json").is_file():
+    if kind is layout.DirKind.HF_DIR:
         return open_hf(path)
     raise FileNotFoundError(
         f"{path}: not a checkpoint megatiny can read: expected a DeepSpeed checkpoint root ('latest') "
@@ -203,5 +204,5 @@ def open_hf(path: Path) -> SafetensorsSource:
     config = hf.config_from_hf(hf_config, str(config_path))
     to_megatiny = {e.hf: e.megatiny for e in hf.weight_table(config)}
     metadata = {"model": config, "tokenizer": str(path) if has_tokenizer_files(path) else None,
-                "step": 0, "consumed_samples": 0, "extra": {"source": str(path)}}
+                "train_state": TrainState(), "step": 0, "consumed_samples": 0, "notes": {"source": str(path)}}
     return SafetensorsSource(path, config, metadata, to_megatiny)

@@ -11,9 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from megatiny.checkpoint.consolidate import resolve_tag_dir
-from megatiny.checkpoint.metadata import read_metadata
-from megatiny.eval.run_report import plot_loss_curves, read_scalars, unigram_baseline_for_run
+from megatiny.eval.run_report import (
+    plot_loss_curves,
+    read_scalars,
+    run_of_checkpoint,
+    unigram_baseline_for_run,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,10 +28,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="fail unless final validation loss <= baseline - NATS")
     args = parser.parse_args(argv)
 
-    metadata = read_metadata(resolve_tag_dir(args.checkpoint))  # megatiny.json only, no weights read
+    run, metadata = run_of_checkpoint(args.checkpoint)  # megatiny.json only, no weights read
     scalars = read_scalars(args.tensorboard_dir)
-    baseline = unigram_baseline_for_run(metadata["extra"]["run_config"],
-                                        metadata["model"].vocab_size)
+    baseline = unigram_baseline_for_run(run, metadata["model"].vocab_size)
     png = plot_loss_curves(scalars, args.out_png, baseline=baseline,
                            title=f"megatiny run: {metadata['step']} steps")
     print(f"loss curve: {png}")

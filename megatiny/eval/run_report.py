@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from megatiny.checkpoint.layout import resolve_tag_dir
+from megatiny.checkpoint.metadata import read_metadata
 from megatiny.data.builder import build_gpt_datasets
-from megatiny.data.config import DataConfig
 from megatiny.fileio import atomic_output
+from megatiny.training.config import RunConfig
 
 
 @dataclass
@@ -90,15 +92,26 @@ def unigram_cross_entropy(train_tokens: np.ndarray, eval_tokens: np.ndarray, voc
     return float(-log_probs[eval_tokens].mean())
 
 
-def unigram_baseline_for_run(run_config: dict, vocab_size: int, max_samples: int = 4096) -> float:
+def run_of_checkpoint(path: str | os.PathLike) -> tuple[RunConfig, dict]:
+    """The run config a training checkpoint (root or tag dir) was written by, and its metadata
+    (megatiny.json only; no weights are read)."""
+    tag_dir = resolve_tag_dir(path)
+    metadata = read_metadata(tag_dir)
+    stored = metadata["train_state"].run_config
+    if not stored:
+        raise ValueError(f"{tag_dir}: its megatiny.json records no run config (not written by megatiny "
+                         "training); point --checkpoint at a training checkpoint")
+    return RunConfig.from_dict(stored, source=f"{tag_dir} (train_state.run_config)"), metadata
+
+
+def unigram_baseline_for_run(run: RunConfig, vocab_size: int, max_samples: int = 4096) -> float:
     """Unigram cross entropy of the run's validation samples under its training samples' unigram
-    distribution, on the same blend, split and sequence length the run used (`run_config` is the
-    `run_config` dict a checkpoint's megatiny.json stores). Only predicted tokens count, as in
-    the model's loss: tokens 1.. of each seq_length + 1 sample."""
-    seq_length = int(run_config["batch"]["seq_length"])
-    train, valid, _ = build_gpt_datasets(DataConfig.from_dict(run_config["data"]), seq_length,
-                                         (max_samples, max_samples // 4, 0),
-                                         int(run_config.get("seed", 1234)))
+    distribution, on the same blend, split and sequence length the run used. Only predicted
+    tokens count, as in the model's loss: tokens 1.. of each seq_length + 1 sample."""
+    if run.data is None:
+        raise ValueError("the run has no data section")
+    train, valid, _ = build_gpt_datasets(run.data, run.batch.seq_length, (max_samples, max_samples // 4, 0),
+                                         run.seed)
     if valid is None:
         raise ValueError("the run has no validation split (data.split or valid_data_path)")
     train_tokens = np.concatenate([train[i][1:] for i in range(len(train))])

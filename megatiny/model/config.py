@@ -15,9 +15,10 @@ ATTENTION_BACKENDS = ("auto", "flash_attn", "sdpa", "math")
 
 @dataclass
 class ModelConfig:
-    """Shape and numerics of a megatiny GPT model.
+    """Shape and numerics of a megatiny GPT model: everything that determines its weights.
 
-    `activation_checkpointing`: 0 = none, 1 = every block, k = every k-th block.
+    How the model is computed (attention kernel, activation checkpointing) is a `ModelRuntime`,
+    so two configs describe the same architecture exactly when they are equal.
     """
 
     vocab_size: int = 32000
@@ -31,8 +32,6 @@ class ModelConfig:
     rope_theta: float = 10000.0
     tie_word_embeddings: bool = False
     init_std: float = 0.02
-    attention_backend: str = "auto"
-    activation_checkpointing: int = 0
     bos_token_id: int = 1
     eos_token_id: int = 2
 
@@ -52,13 +51,6 @@ class ModelConfig:
                 f"num_query_groups ({self.num_query_groups})")
         if self.head_dim % 2:
             raise ValueError(f"ModelConfig: head_dim ({self.head_dim}) must be even for RoPE")
-        if self.attention_backend not in ATTENTION_BACKENDS:
-            raise ValueError(
-                f"ModelConfig.attention_backend must be one of {ATTENTION_BACKENDS}, "
-                f"got {self.attention_backend!r}")
-        if self.activation_checkpointing < 0:
-            raise ValueError("ModelConfig.activation_checkpointing must be >= 0 "
-                             "(0 none, 1 every block, k every k-th block)")
         if self.rms_norm_eps <= 0 or self.rope_theta <= 0 or self.init_std <= 0:
             raise ValueError("ModelConfig.rms_norm_eps, rope_theta and init_std must be > 0")
 
@@ -93,12 +85,40 @@ class ModelConfig:
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
+        moved = sorted(set(unknown) & set(RUNTIME_FIELDS))
+        if moved:
+            raise ValueError(f"ModelConfig: {moved} are not architecture fields; they are runtime choices "
+                             f"(ModelRuntime; `runtime.{moved[0]}` in a run config)")
         if unknown:
             raise ValueError(f"ModelConfig: unknown field(s) {unknown}; known fields: {sorted(known)}")
         return cls(**values)
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class ModelRuntime:
+    """How a GPT computes, without changing its weights (so not part of `ModelConfig`).
+
+    `attention_backend`: auto | flash_attn | sdpa | math (see `megatiny.model.attention`).
+    `activation_checkpointing`: 0 = none, 1 = every block, k = every k-th block.
+    """
+
+    attention_backend: str = "auto"
+    activation_checkpointing: int = 0
+
+    def __post_init__(self) -> None:
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention_backend must be one of {ATTENTION_BACKENDS}, "
+                             f"got {self.attention_backend!r}")
+        every = self.activation_checkpointing
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+            raise ValueError("activation_checkpointing must be an integer >= 0 "
+                             f"(0 none, 1 every block, k every k-th block), got {every!r}")
+
+
+RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(ModelRuntime))
 
 
 PRESETS: dict[str, ModelConfig] = {

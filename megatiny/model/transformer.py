@@ -1,6 +1,6 @@
 """A Llama-2-architecture decoder-only transformer, with Hugging Face parameter names.
 
-GPT(config)
+GPT(config, parallel, runtime=...)        runtime: ModelRuntime (attention kernel, activation checkpointing)
   model.embed_tokens                      token embedding [V, h]
   model.layers[i]                         pre-norm block, i < num_layers
       input_layernorm -> self_attn        RMSNorm; q/k/v/o projections, RoPE, grouped-query attention
@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from megatiny.model.attention import KVCache, causal_attention, check_installed, resolve_backend
-from megatiny.model.config import ModelConfig
+from megatiny.model.config import ModelConfig, ModelRuntime
 from megatiny.model.kernels import apply_rotary, rms_norm, rope_cos_sin
 from megatiny.model.loss import linear_cross_entropy
 from megatiny.parallel import collectives
@@ -204,10 +204,12 @@ class Block(nn.Module):
 class Decoder(nn.Module):
     """Embedding, blocks and final norm (HF's `LlamaModel`): token ids -> final hidden states."""
 
-    def __init__(self, config: ModelConfig, parallel: ParallelState | None = None):
+    def __init__(self, config: ModelConfig, parallel: ParallelState | None = None,
+                 runtime: ModelRuntime | None = None):
         super().__init__()
         self.config = config
         self.parallel = parallel
+        self.runtime = runtime if runtime is not None else ModelRuntime()
         self.embed_tokens = token_embedding(config, parallel)
         self.layers = nn.ModuleList(Block(config, i, parallel) for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, _sequence_parallel_group(parallel))
@@ -223,8 +225,8 @@ class Decoder(nn.Module):
             start = kv_cache.length
         else:
             start = self.parallel.context_rank * input_ids.shape[1] if self.parallel is not None else 0
-        cos, sin, backend = rotary_tables(cfg, start, input_ids.shape[1], x)
-        every = cfg.activation_checkpointing
+        cos, sin, backend = rotary_tables(cfg, start, input_ids.shape[1], x, self.runtime.attention_backend)
+        every = self.runtime.activation_checkpointing
         recompute = every > 0 and kv_cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
             if recompute and i % every == 0:
@@ -244,13 +246,13 @@ def token_embedding(config: ModelConfig, parallel: ParallelState | None) -> nn.M
                                      parallel.tensor_group, parallel.sequence_parallel)
 
 
-def rotary_tables(config: ModelConfig, start: int, length: int, like: torch.Tensor
-                  ) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """RoPE cos/sin [length, head_dim] for positions start.. and the attention backend, in the
-    dtype and device of `like`."""
+def rotary_tables(config: ModelConfig, start: int, length: int, like: torch.Tensor,
+                  attention_backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor, str]:
+    """RoPE cos/sin [length, head_dim] for positions start.. in the dtype and device of `like`,
+    and `attention_backend` (ModelRuntime's) resolved for them."""
     positions = torch.arange(start, start + length, device=like.device)
     cos, sin = rope_cos_sin(positions, config.head_dim, config.rope_theta, like.dtype)
-    return cos, sin, resolve_backend(config.attention_backend, like.device, like.dtype)
+    return cos, sin, resolve_backend(attention_backend, like.device, like.dtype)
 
 
 class LMHead(nn.Module):
@@ -299,15 +301,17 @@ class LMHead(nn.Module):
 class GPT(nn.Module):
     """Decoder-only language model. See the module docstring for the layout."""
 
-    def __init__(self, config: ModelConfig, parallel: ParallelState | None = None):
+    def __init__(self, config: ModelConfig, parallel: ParallelState | None = None, *,
+                 runtime: ModelRuntime | None = None):
         super().__init__()
-        check_installed(config.attention_backend)  # fail at construction, not at the first forward
+        runtime = runtime if runtime is not None else ModelRuntime()
+        check_installed(runtime.attention_backend)  # fail at construction, not at the first forward
         if parallel is not None:
             tp.check_tensor_parallel(config, parallel.layout)
             cp.check_context_parallel(config, parallel.layout)
         self.config = config
         self.parallel = parallel
-        self.model = Decoder(config, parallel)
+        self.model = Decoder(config, parallel, runtime)
         tied = self.model.embed_tokens.weight if config.tie_word_embeddings else None
         self.lm_head = LMHead(config, tied_weight=tied, parallel=parallel)
 

@@ -67,13 +67,15 @@ class EmbeddingPipe(nn.Module):
 class BlockPipe(Block):
     """A transformer block that computes its own RoPE tables (only a tensor flows between layers)."""
 
-    def __init__(self, config: ModelConfig, layer_index: int, parallel: ParallelState):
+    def __init__(self, config: ModelConfig, layer_index: int, parallel: ParallelState,
+                 attention_backend: str = "auto"):
         super().__init__(config, layer_index, parallel)
-        self.config = config
+        self.config, self.attention_backend = config, attention_backend
         self.sequence_factor = parallel.layout.tensor if parallel.sequence_parallel else 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cos, sin, backend = rotary_tables(self.config, 0, x.shape[1] * self.sequence_factor, x)
+        cos, sin, backend = rotary_tables(self.config, 0, x.shape[1] * self.sequence_factor, x,
+                                          self.attention_backend)
         return super().forward(x, cos, sin, backend)
 
 
@@ -103,15 +105,15 @@ class PipelineLoss:
 
 
 def build_pipeline_model(config: ModelConfig, state: ParallelState, zero_stage: int,
-                         activation_checkpoint_interval: int = 0):
-    """The `deepspeed.pipe.PipelineModule` of this rank's stage."""
+                         activation_checkpoint_interval: int = 0, attention_backend: str = "auto"):
+    """The `deepspeed.pipe.PipelineModule` of this rank's stage (`attention_backend`: ModelRuntime's)."""
     from deepspeed.pipe import LayerSpec, PipelineModule
     from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 
     check_pipeline(config, state, zero_stage)
     layout = state.layout
     specs = ([LayerSpec(EmbeddingPipe, config, state)]
-             + [LayerSpec(BlockPipe, config, i, state) for i in range(config.num_layers)]
+             + [LayerSpec(BlockPipe, config, i, state, attention_backend) for i in range(config.num_layers)]
              + [LayerSpec(FinalPipe, config, state)])
     loss = PipelineLoss()
     topology = PipeModelDataParallelTopology(num_pp=layout.pipeline, num_mp=layout.tensor,

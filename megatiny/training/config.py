@@ -2,7 +2,7 @@
 
 A run file looks like (every section optional except what the run needs)::
 
-    model: {preset: tiny-test, activation_checkpointing: 1}   # preset + ModelConfig field overrides
+    model: {preset: tiny-test, num_layers: 4}   # preset + ModelConfig field overrides
     tokenizer: /data/tok.model
     data: {data_path: "0.7 /data/a_text_document 0.3 /data/b_text_document", split: "969,30,1"}
     batch: {seq_length: 2048, micro_batch_size: 8, global_batch_size: 1024}
@@ -11,7 +11,7 @@ A run file looks like (every section optional except what the run needs)::
     checkpoint: {save_dir: runs/tl, save_interval: 2000, keep_last: 3, resume: auto}
     logging: {log_interval: 10, eval_interval: 2000, eval_iters: 10}
     distributed: {deepspeed_config: ds_configs/zero3.json, timeout_s: 600}
-    runtime: {precision: auto}       # auto | bf16 | fp16 | fp32 (see megatiny.precision)
+    runtime: {precision: auto, activation_checkpointing: 1}   # how it computes, not what it learns
 
 Overrides use dotted keys: `batch.micro_batch_size=4 schedule.train_steps=100 model.preset=nano-2m`.
 Values are parsed as YAML scalars (`1e-4`, `true`, `null`, `[0.9, 0.95]`).
@@ -28,7 +28,8 @@ from typing import Any
 
 import yaml
 
-from megatiny.model.config import PRESETS, ModelConfig, get_preset
+from megatiny.data.config import DataConfig
+from megatiny.model.config import PRESETS, RUNTIME_FIELDS, ModelConfig, ModelRuntime, get_preset
 from megatiny.precision import PRECISIONS
 
 SCHEDULE_STYLES = ("cosine", "linear", "constant")
@@ -58,15 +59,27 @@ def _non_negative(section: str, name: str, value: Any) -> None:
 
 @dataclass
 class ModelSection:
-    """`preset` names a `megatiny.model.config.PRESETS` entry; `overrides` are ModelConfig fields."""
+    """The architecture: a named preset (`megatiny.model.config.PRESETS`) plus `ModelConfig` field
+    overrides, e.g. `model: {preset: nano-2m, num_layers: 2}`. `preset` is required whenever the
+    section has other keys; an absent or empty `model:` section means `preset: tiny-test`. With
+    `preset: null` every ModelConfig field must be given. How the model computes (attention kernel,
+    activation checkpointing) is the `runtime` section's, not the architecture's."""
 
     preset: str | None = "tiny-test"
+    """one of the presets below, or null (then give every ModelConfig field)"""
     overrides: dict[str, Any] = field(default_factory=dict)
+    """ModelConfig fields that replace the preset's (`hidden_size`, `num_layers`, `vocab_size`, ...)"""
 
     def __post_init__(self) -> None:
         if self.preset is not None and self.preset not in PRESETS:
             raise ValueError(f"model.preset: unknown preset {self.preset!r}; choose one of {sorted(PRESETS)} "
                              "or set preset: null and give every model field explicitly")
+        _refuse_runtime_keys(self.overrides)
+        if self.preset is None:
+            missing = [f.name for f in dataclasses.fields(ModelConfig) if f.name not in self.overrides]
+            if missing:
+                raise ValueError(f"model: preset is null, so every ModelConfig field must be given; missing "
+                                 f"{missing}. Or name a preset: {sorted(PRESETS)}")
         self.build()  # validates the fields now, naming the bad one
 
     def build(self) -> ModelConfig:
@@ -81,17 +94,27 @@ class ModelSection:
             raise ValueError(f"model: {e}") from None
 
 
+def _refuse_runtime_keys(model_values: dict[str, Any]) -> None:
+    """Run files from before the `runtime` section held these under `model`: say where they went."""
+    moved = sorted(set(model_values) & set(RUNTIME_FIELDS))
+    if moved:
+        raise ValueError(f"model.{moved[0]}: moved to runtime.{moved[0]} (it changes how the model "
+                         f"computes, not its weights); write `runtime: {{{moved[0]}: "
+                         f"{model_values[moved[0]]!r}}}` instead")
+
+
 @dataclass
 class BatchConfig:
-    """Tokens per sample = seq_length (the dataset returns seq_length + 1 tokens per sample).
-
-    global_batch_size = micro_batch_size x gradient accumulation steps x data-parallel size; the
-    accumulation steps are derived from the data-parallel size at launch (checked then).
-    """
+    """global_batch_size = micro_batch_size x gradient accumulation steps x data-parallel ranks; the
+    accumulation steps are derived from the number of ranks at launch (a size that does not divide
+    is an error then)."""
 
     seq_length: int = 64
+    """tokens per sample (each sample holds seq_length + 1 tokens: inputs and shifted labels)"""
     micro_batch_size: int = 4
+    """samples per rank per forward/backward"""
     global_batch_size: int = 8
+    """samples per optimizer step, all ranks together"""
 
     def __post_init__(self) -> None:
         for name in ("seq_length", "micro_batch_size", "global_batch_size"):
@@ -113,20 +136,25 @@ class BatchConfig:
 
 @dataclass
 class OptimizerConfig:
-    """AdamW. Weight decay applies to matrices only (not norm weights, not biases).
-
-    `cpu_adam`: with optimizer offload (ZeRO-Offload), use DeepSpeed's fused CPUAdam (fast; its
-    first use compiles a small C++ op) instead of torch.optim.AdamW running on CPU tensors.
-    """
+    """AdamW. Weight decay applies to matrices only (not norm weights, not biases)."""
 
     lr: float = 4e-4
+    """peak learning rate (after warmup)"""
     min_lr: float = 4e-5
+    """learning rate at the end of the decay"""
     beta1: float = 0.9
+    """Adam beta1"""
     beta2: float = 0.95
+    """Adam beta2"""
     eps: float = 1e-8
+    """Adam epsilon"""
     weight_decay: float = 0.1
+    """decoupled weight decay of the matrices"""
     grad_clip: float = 1.0
+    """global gradient-norm clipping (0: none)"""
     cpu_adam: bool = True
+    """with optimizer offload (ZeRO-Offload): DeepSpeed's fused CPUAdam (its first use compiles a small
+    C++ op); false = torch AdamW on the offloaded fp32 states"""
 
     def __post_init__(self) -> None:
         for name in ("lr", "min_lr", "eps", "weight_decay", "grad_clip"):
@@ -143,14 +171,17 @@ class OptimizerConfig:
 
 @dataclass
 class ScheduleConfig:
-    """Linear warmup over `warmup_steps` (step 0 uses optimizer.lr / warmup_steps, never 0) to
-    optimizer.lr, then `style` decay to optimizer.min_lr at `decay_steps` (default: train_steps),
-    constant after."""
+    """Linear warmup to optimizer.lr, then decay to optimizer.min_lr, constant after. The learning
+    rate is a pure function of the step, so resuming needs no scheduler state."""
 
     train_steps: int = 100
+    """optimizer steps of the whole run"""
     warmup_steps: int = 10
+    """linear warmup; step 0 uses optimizer.lr / warmup_steps, never 0"""
     decay_steps: int | None = None
+    """step at which min_lr is reached (null: train_steps)"""
     style: str = "cosine"
+    """decay shape: cosine | linear | constant"""
 
     def __post_init__(self) -> None:
         _positive_int("schedule", "train_steps", self.train_steps)
@@ -166,17 +197,35 @@ class ScheduleConfig:
 
 @dataclass
 class CheckpointConfig:
-    """`resume`: "auto" (newest complete checkpoint in save_dir if any), "none", or a path to a
-    checkpoint root or tag dir. `init_from`: weights for continued pretraining (any path
-    `megatiny.checkpoint.load_model` accepts), used only when not resuming; optimizer starts fresh.
-    `keep_last`: number of complete checkpoints kept (0 = keep all)."""
+    """A save writes `SAVE_DIR/step_NNNNNNNN/` on every rank (DeepSpeed shards +
+    `rng_state_rank{R}.pt`), then, after all ranks finished, `megatiny.json` and finally `latest`
+    (temp file + rename). A crash or SIGKILL mid-save leaves `latest` on the previous checkpoint;
+    the half-written directory is removed by the next save of that step or by rotation
+    (`megatiny.checkpoint.manager`).
+
+    **Resuming** restores weights, optimizer state, step, consumed samples (the sampler restarts
+    at that position) and each rank's RNG states: losses continue bitwise identically on CPU.
+    **With a different number of data-parallel ranks**, rank 0 first converts the checkpoint to
+    DeepSpeed's universal format (`SAVE_DIR/universal/step_N/`, once) and every rank loads that.
+    Kept: fp32 weights, Adam moments and step count, step, consumed samples (the data order is
+    global, so no sample is repeated or skipped). Lost: the RNG states of ranks that did not exist
+    before (they keep the seeded state; no model RNG is used in pretraining without dropout) and
+    bitwise reproducibility (reduction order changes; losses agree to bf16 precision). A
+    checkpoint whose model config differs from the run's is refused."""
 
     save_dir: str | None = None
+    """checkpoint root; also holds `metrics.jsonl` and `tensorboard/` by default"""
     save_interval: int = 0
+    """save every N steps (0: only at the end)"""
     keep_last: int = 0
+    """keep the newest K complete checkpoints (0: all)"""
     resume: str = "auto"
+    """`auto` (newest complete checkpoint in save_dir, else start fresh), `none`, or a root/tag path"""
     init_from: str | None = None
+    """weights for continued pretraining (DeepSpeed root or tag, megatiny weights dir, or Hugging Face
+    Llama dir); used only when not resuming; optimizer and step start fresh"""
     save_at_end: bool = True
+    """save after the last step"""
 
     def __post_init__(self) -> None:
         _positive_int("checkpoint", "save_interval", self.save_interval, allow_zero=True)
@@ -189,17 +238,24 @@ class CheckpointConfig:
 
 @dataclass
 class LoggingConfig:
-    """`peak_tflops`: per-device peak for MFU; null = look the device up in the table (GPUs),
-    on CPU MFU is omitted unless this is set. `tensorboard_dir` default: SAVE_DIR/tensorboard.
-    `metrics_file`: JSON lines of every step's metrics (rank 0); default SAVE_DIR/metrics.jsonl."""
+    """Console lines and TensorBoard scalars every `log_interval` steps; every step's metrics in
+    `metrics_file` (rank 0)."""
 
     log_interval: int = 10
+    """steps between console lines and TensorBoard scalars"""
     eval_interval: int = 0
+    """validation every N steps and at the end (0: never)"""
     eval_iters: int = 4
+    """validation micro-batches per rank (the same validation samples each time)"""
     tensorboard: bool = True
+    """write TensorBoard event files"""
     tensorboard_dir: str | None = None
+    """default: SAVE_DIR/tensorboard"""
     metrics_file: str | None = None
+    """JSON lines of every step's loss, lr, grad norm, consumed samples; default SAVE_DIR/metrics.jsonl"""
     peak_tflops: float | None = None
+    """per-device peak for MFU; null = look the GPU up in `megatiny.training.flops.PEAK_BF16_TFLOPS`
+    (on CPU MFU is omitted unless set)"""
 
     def __post_init__(self) -> None:
         _positive_int("logging", "log_interval", self.log_interval)
@@ -211,17 +267,23 @@ class LoggingConfig:
 
 @dataclass
 class DistributedConfig:
-    """`deepspeed_config`: a JSON file (see ds_configs/) with the ZeRO settings; batch sizes,
-    precision, optimizer, scheduler and clipping come from this run config and must not be in it.
-    `timeout_s`: torch.distributed collective timeout (a dead peer is noticed after this).
-    `backend`: "auto" = nccl with CUDA, gloo otherwise. `master_port` is used by mpirun
-    launches (the deepspeed launcher sets its own; a plain-python run of one rank takes $MASTER_PORT
-    or a free port)."""
+    """Shipped DeepSpeed files: `zero3.json` (default), `zero3_offload.json` (parameters and
+    optimizer on CPU), `zero2.json`, `zero1.json`."""
 
     deepspeed_config: str = "ds_configs/zero3.json"
+    """ZeRO stage, offload, buckets. It must NOT set `train_batch_size`, `train_micro_batch_size_per_gpu`,
+    `gradient_accumulation_steps`, `optimizer`, `scheduler`, `gradient_clipping`, `bf16`/`bfloat16`,
+    `amp` or `fp16.enabled`: those come from the run config (precision from `runtime.precision`), and
+    a DeepSpeed file that sets them is refused. Its `fp16` section may keep loss-scaling keys
+    (`initial_scale_power`, `loss_scale_window`, ...), used when fp16 is chosen"""
     backend: str = "auto"
+    """auto (nccl with CUDA, gloo otherwise) | nccl | gloo"""
     timeout_s: float = 600.0
+    """torch.distributed collective timeout: a dead peer is noticed after this long (use e.g. 30 to
+    fail fast; saving and universal conversion must fit in it)"""
     master_port: int = 29500
+    """rendezvous port for `mpirun` launches (the deepspeed launcher passes its own; plain `python`
+    uses `$MASTER_PORT` or a free port)"""
 
     def __post_init__(self) -> None:
         if self.backend not in ("auto", "nccl", "gloo"):
@@ -234,28 +296,59 @@ class DistributedConfig:
 
 @dataclass
 class RuntimeConfig:
-    """Choices that change how a run computes, not the weights it learns.
+    """Choices that change how a run computes, not the weights it learns: a checkpoint made with
+    one setting resumes with another.
 
-    `precision`: auto | bf16 | fp16 | fp32. `auto` is bf16 on GPUs that support it, fp16 with
-    DeepSpeed's dynamic loss scaling on older GPUs, bf16 on CPUs with native bf16 (AVX512-BF16 or
-    AMX), fp32 on other CPUs (where PyTorch emulates bf16, many times slower). The start-up line
-    says what was chosen and why; `megatiny.precision` has the rules.
-    """
+    | hardware | `precision: auto` gives | why |
+    |---|---|---|
+    | CUDA GPU with bf16 (A100, H100, RTX 30xx and newer) | bf16 | tensor cores, no loss scaling |
+    | CUDA GPU without bf16 (V100, T4) | fp16 | with DeepSpeed's dynamic loss scaling |
+    | CPU with native bf16 (`avx512_bf16`/`amx_bf16` flag; Arm `bf16`) | bf16 | in hardware (4.5x fp32 \
+on an AVX512-BF16 EPYC) |
+    | any other CPU (AVX2 only) | fp32 | PyTorch emulates bf16: a 512x512 matmul ~40-70x slower, \
+training ~7x |
+
+    The start-up line says which precision was chosen and why, e.g. `precision fp32 (auto: CPU
+    without native bf16 (no avx512_bf16/amx_bf16 CPU flag); ...)`, and each checkpoint's
+    `megatiny.json` records it (`train_state.world.precision`). Explicit `bf16` on a CPU without
+    native bf16 still runs, with a warning that it is emulated; `fp16` on a CPU and `bf16` on a
+    GPU without bf16 are refused. A CPU whose oneDNN is capped below bf16
+    (`ONEDNN_MAX_CPU_ISA=AVX2`) counts as one without native bf16: that is also how to make a bf16
+    machine behave like an AVX2-only one. Evaluation, generation, perplexity and the benchmarks
+    take `--dtype auto` by the same rule (`megatiny.precision`)."""
 
     precision: str = "auto"
+    """auto | bf16 | fp16 | fp32 (see the table)"""
+    attention_backend: str = "auto"
+    """auto (the `flash-attn` package on CUDA bf16/fp16 when installed, else PyTorch SDPA) | flash_attn |
+    sdpa | math (reference)"""
+    activation_checkpointing: int = 0
+    """recompute blocks in the backward pass: 0 none, 1 every block, k every k-th block"""
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"runtime.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        try:
+            self.model_runtime()
+        except ValueError as e:
+            raise ValueError(f"runtime.{e}") from None
+
+    def model_runtime(self) -> ModelRuntime:
+        return ModelRuntime(attention_backend=self.attention_backend,
+                            activation_checkpointing=self.activation_checkpointing)
 
 
 @dataclass
 class RunConfig:
-    """Everything a training run needs. `data` is the data library's DataConfig fields."""
+    """Everything a training run needs."""
 
     model: ModelSection = field(default_factory=ModelSection)
+    """the architecture (see `model` below)"""
     tokenizer: str | None = None
-    data: dict[str, Any] = field(default_factory=dict)
+    """tokenizer path (sentencepiece `.model`, HF dir or `tokenizer.json`); recorded in each
+    checkpoint's `megatiny.json`"""
+    data: DataConfig | None = None
+    """the training data (see `data` below); null only for runs that read no data (benchmarks)"""
     batch: BatchConfig = field(default_factory=BatchConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -264,7 +357,11 @@ class RunConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     seed: int = 1234
+    """model init (identical on every rank) and dataset shuffling"""
     nan_policy: str = "skip"
+    """non-finite loss: `skip` drops that micro-batch on every rank (a step with no finite micro-batch
+    is taken with LR 0: parameters unchanged, Adam moments decay one step); `stop` exits with status 1
+    naming the step and micro-batch"""
 
     def __post_init__(self) -> None:
         _positive_int("run", "seed", self.seed, allow_zero=True)
@@ -274,11 +371,8 @@ class RunConfig:
         if self.batch.seq_length > model_config.max_position_embeddings:
             raise ValueError(f"batch.seq_length ({self.batch.seq_length}) exceeds the model's "
                              f"max_position_embeddings ({model_config.max_position_embeddings})")
-        if not isinstance(self.data, dict):
-            raise ValueError(f"data must be a mapping of DataConfig fields, got {type(self.data).__name__}")
-        if self.data:  # checked now, before any process group or engine exists (empty: benchmarks)
-            from megatiny.data.config import DataConfig
-            DataConfig.from_dict(self.data)
+        if self.data is not None and not isinstance(self.data, DataConfig):
+            raise ValueError(f"data must be a DataConfig, got {type(self.data).__name__}")
 
     def model_config(self) -> ModelConfig:
         return self.model.build()
@@ -286,6 +380,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["model"] = {"preset": self.model.preset, **self.model.overrides}
+        out["data"] = self.data.to_dict() if self.data is not None else {}
         return out
 
     @classmethod
@@ -300,6 +395,8 @@ class RunConfig:
         for name, value in values.items():
             if name == "model":
                 kwargs[name] = _model_section(value, source)
+            elif name == "data":
+                kwargs[name] = _data_section(value, source)
             elif name in _SECTION_TYPES:
                 kwargs[name] = _section(_SECTION_TYPES[name], name, value, source)
             else:
@@ -331,13 +428,30 @@ def _section(section_type: type, name: str, value: Any, source: str) -> Any:
         raise ValueError(f"{source}: {e}") from None
 
 
+def _data_section(value: Any, source: str) -> DataConfig | None:
+    """The data section parsed once, when the config is read (empty: a run without data)."""
+    if value is None or value == {}:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError(f"{source}: data must be a mapping of DataConfig fields, got {type(value).__name__}")
+    try:
+        return DataConfig.from_dict(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{source}: data: {e}") from None
+
+
 def _model_section(value: Any, source: str) -> ModelSection:
     if value is None:
         value = {}
     if not isinstance(value, dict):
         raise ValueError(f"{source}: section 'model' must be a mapping, got {value!r}")
     value = dict(value)
-    preset = value.pop("preset", "tiny-test" if not value else None)
+    _refuse_runtime_keys(value)
+    if value and "preset" not in value:
+        raise ValueError(f"{source}: model.preset is required when the model section sets fields "
+                         f"({sorted(value)}); name one of {sorted(PRESETS)} (or preset: null and give every "
+                         "ModelConfig field)")
+    preset = value.pop("preset", "tiny-test")
     try:
         return ModelSection(preset=preset, overrides=value)
     except ValueError as e:

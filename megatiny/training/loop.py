@@ -3,41 +3,48 @@
 One optimizer step = `gradient_accumulation_steps` micro-batches on every data-parallel rank
 (`batch.global_batch_size` samples in all). The learning rate is a pure function of the step, and
 the data position is `consumed_samples`, so a resumed run continues exactly where it stopped.
+Saving and resuming are `megatiny.checkpoint.manager.CheckpointManager`'s.
 
 Non-finite loss (bf16 and fp32 have no loss scaler; fp16's skips overflowing steps itself):
 every micro-batch loss is summed across ranks before its backward pass, so all ranks agree.
 `nan_policy: stop` raises `NonFiniteLoss`; `skip` drops that micro-batch from the gradient on every
 rank, and when no micro-batch of the step is finite the update is taken with learning rate 0
 (parameters unchanged; Adam's moments decay one step).
+
+Host syncs: the loop reads one collective per micro-batch, carrying [loss, stop requested]: the
+NaN agreement and the stop flag (SIGTERM/SIGINT on any rank) travel together, so a step costs
+`gradient_accumulation_steps` of them (one without accumulation), plus reading the gradient norm
+DeepSpeed computed in its step (for the metrics). Fewer is not possible while a non-finite
+micro-batch is dropped: whether to run its backward pass (under ZeRO itself collective) must be
+agreed before it runs. Validation steps add one all-reduce.
+
+Faults are injected through `TrainCallbacks` (tests pass a subclass to `train`); the loop itself
+has no test switches.
 """
 from __future__ import annotations
 
 import math
-import os
 import random
 import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from megatiny.checkpoint import io as ckpt_io
-from megatiny.checkpoint.metadata import read_metadata, write_metadata
+from megatiny.checkpoint.manager import CheckpointManager, ResumePoint
+from megatiny.checkpoint.metadata import TrainState, WorldLayout
+from megatiny.data import build_gpt_datasets, describe_datasets
+from megatiny.data.sampler import PretrainingSampler
+from megatiny.data.sidecar import check_data_vocab
+from megatiny.parallel import deepspeed as ds_engine
 from megatiny.precision import warn_if_emulated
-from megatiny.training import engine as ds_engine
 from megatiny.training.config import RunConfig
 from megatiny.training.flops import peak_tflops_for, throughput
 from megatiny.training.logging import MetricsLogger, console_line, memory_gb
 from megatiny.training.schedule import learning_rate
-
-# Test hooks (integration tests of crash and NaN handling; never set them in real runs).
-KILL_AT_SAVE_ENV = "MEGATINY_TEST_KILL_RANK1_AT_SAVE"  # step whose save rank 1 dies in (SIGKILL)
-NAN_AT_STEP_ENV = "MEGATINY_TEST_NAN_AT_STEP"          # step whose losses are made NaN
-SIGTERM_AT_STEP_ENV = "MEGATINY_TEST_SIGTERM_AT_STEP"  # rank 0 sends itself SIGTERM after this step
 
 
 class NonFiniteLoss(RuntimeError):
@@ -53,8 +60,24 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
 
 
+class TrainCallbacks:
+    """Points where a caller can act inside the loop; every method does nothing here. Steps are
+    0-based in these calls (step s is logged as step s + 1). Tests subclass this to inject faults."""
+
+    def step_started(self, step: int, rank: int) -> None:
+        """Before the first micro-batch of `step`."""
+
+    def micro_batch_loss(self, step: int, micro: int, rank: int, loss: torch.Tensor) -> torch.Tensor:
+        """This rank's loss of a micro-batch (fp32 scalar, detached) as the ranks will compare it."""
+        return loss
+
+    def shards_written(self, step: int, rank: int) -> None:
+        """While saving after `step` steps (1-based here: the checkpoint's step): this rank's files
+        are written, the checkpoint is not yet marked complete."""
+
+
 class _StopFlag:
-    """SIGTERM/SIGINT set a flag; the loop checks it (agreed across ranks) after each step."""
+    """SIGTERM/SIGINT set a flag; the loop agrees on it across ranks within each step's collectives."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -70,33 +93,27 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def _same_architecture(a, b) -> bool:
-    """Model configs equal up to runtime-only choices (attention kernel, activation checkpointing)."""
-    runtime = ("attention_backend", "activation_checkpointing")
-    strip = lambda c: {k: v for k, v in c.to_dict().items() if k not in runtime}  # noqa: E731
-    return strip(a) == strip(b)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-def train(run: RunConfig) -> TrainResult:
+def train(run: RunConfig, callbacks: TrainCallbacks | None = None) -> TrainResult:
     """Run (or resume) training as configured. Every rank calls this; it returns on every rank."""
     dist_info = ds_engine.init_distributed(run.distributed)
     stop = _StopFlag()
     try:
-        return _Trainer(run, dist_info, stop).execute()
+        return _Trainer(run, dist_info, stop, callbacks or TrainCallbacks()).execute()
     finally:
         stop.restore()
         ds_engine.shutdown()
 
 
 class _Trainer:
-    def __init__(self, run: RunConfig, dist_info: ds_engine.DistInfo, stop: _StopFlag):
-        self.run, self.dist, self.stop = run, dist_info, stop
+    def __init__(self, run: RunConfig, dist_info: ds_engine.DistInfo, stop: _StopFlag,
+                 callbacks: TrainCallbacks):
+        self.run, self.dist, self.stop, self.callbacks = run, dist_info, stop, callbacks
         self.rank, self.world = dist_info.rank, dist_info.world_size
         self.model_config = run.model_config()
         save_dir = run.checkpoint.save_dir
@@ -104,42 +121,25 @@ class _Trainer:
         tb_dir = log.tensorboard_dir or (str(Path(save_dir) / "tensorboard") if save_dir else None)
         metrics_file = log.metrics_file or (str(Path(save_dir) / "metrics.jsonl") if save_dir else None)
         self.logger = MetricsLogger(self.rank, tb_dir if log.tensorboard else None, metrics_file)
+        self.checkpoints = CheckpointManager(save_dir, rank=self.rank, world_size=self.world,
+                                             keep_last=run.checkpoint.keep_last, log=self.logger.print)
         self.skipped_steps = 0
 
     # ---------------------------------------------------------------- setup
-    def _resume_point(self) -> tuple[Path, str, dict[str, Any]] | None:
-        found = ckpt_io.resolve_resume(self.run.checkpoint.resume, self.run.checkpoint.save_dir)
-        if found is None:
-            return None
-        root, tag = found
-        meta = read_metadata(root / tag)
-        if not _same_architecture(meta["model"], self.model_config):
-            raise ValueError(f"{root / tag}: the checkpoint's model config differs from this run's model "
-                             f"config:\n  checkpoint: {meta['model']}\n  run:        {self.model_config}")
-        return root, tag, meta
+    def _check_data(self) -> None:
+        """Before any engine starts: a run without data, or data tokenized with a larger vocabulary
+        than the model's, fails here."""
+        if self.run.data is None:
+            raise ValueError("data: no training data; set data.data_path (e.g. '0.7 PREFIX_A 0.3 PREFIX_B') "
+                             "or data.train_data_path")
+        check_data_vocab(self.run.data, self.model_config.vocab_size)
 
-    def _init_state(self) -> dict[str, torch.Tensor] | None:
-        path = self.run.checkpoint.init_from
-        if path is None or self.rank != 0:
-            return None
-        from megatiny.checkpoint import load_model
-        model, meta = load_model(path, dtype=torch.float32, device="cpu")
-        if not _same_architecture(meta["model"], self.model_config):
-            raise ValueError(f"checkpoint.init_from={path}: its model config differs from this run's:\n"
-                             f"  init_from: {meta['model']}\n  run:       {self.model_config}")
-        self.logger.print(f"[megatiny] initialised the weights from {path} (optimizer starts fresh)")
-        return {name: param.detach() for name, param in model.named_parameters()}
-
-    def _build_data(self, accumulation: int):
-        from megatiny.data import build_gpt_datasets
-        from megatiny.data.config import DataConfig
-
+    def _build_data(self):
         run = self.run
-        data_config = DataConfig.from_dict(run.data)
         train_samples = run.schedule.train_steps * run.batch.global_batch_size
         valid_samples = (run.logging.eval_iters * run.batch.micro_batch_size * self.world
                          if run.logging.eval_interval else 0)
-        build = lambda: build_gpt_datasets(data_config, run.batch.seq_length,  # noqa: E731
+        build = lambda: build_gpt_datasets(run.data, run.batch.seq_length,  # noqa: E731
                                            (train_samples, valid_samples, 0), run.seed,
                                            vocab_size=self.model_config.vocab_size)
         # Rank 0 builds and caches the sample indices; the others then load them from the cache.
@@ -150,6 +150,14 @@ class _Trainer:
             datasets = build()
         return datasets[0], datasets[1]
 
+    def _warn_if_data_changed(self, resume: ResumePoint | None, consumed: int) -> None:
+        saved = (resume.state.data or {}).get("train") if resume is not None else None
+        if saved is not None and saved != self.data_description["train"]:
+            self.logger.print("[megatiny] WARNING: the training data (blend, files, seq_length, seed or "
+                              "sample count, e.g. a changed schedule.train_steps) differs from the "
+                              f"checkpoint's; the data position ({consumed} samples) now indexes a "
+                              "different sample order")
+
     # ---------------------------------------------------------------- batches
     def _batch(self, dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         samples = torch.from_numpy(np.stack([dataset[i] for i in indices]))  # int64 samples
@@ -157,71 +165,55 @@ class _Trainer:
 
     # ---------------------------------------------------------------- main
     def execute(self) -> TrainResult:
-        run, rank = self.run, self.rank
+        run = self.run
         seed_everything(run.seed)
-        from megatiny.data.config import DataConfig
-        from megatiny.data.sidecar import check_data_vocab
-        # Before any engine starts: data tokenized with a larger vocabulary than the model's fails here.
-        check_data_vocab(DataConfig.from_dict(run.data), self.model_config.vocab_size)
-        resume = self._resume_point()
+        self._check_data()
+        resume = self.checkpoints.find_resume(run.checkpoint.resume, self.model_config)
         ds_file = ds_engine.read_ds_file(run.distributed.deepspeed_config)
-        load_root = None
-        universal = False
-        if resume is not None:
-            root, tag, meta = resume
-            universal = int(meta["extra"].get("world_size", self.world)) != self.world
-            load_root = root
-            if universal:
-                if rank == 0:
-                    self.logger.print(f"[megatiny] checkpoint {root / tag} was made with "
-                                      f"{meta['extra'].get('world_size')} ranks, this run has {self.world}: "
-                                      "converting it to DeepSpeed's universal format")
-                    ds_engine.convert_to_universal(root, tag)
-                ds_engine.barrier()
-                load_root = root / ckpt_io.UNIVERSAL_DIR
         self.precision = ds_engine.run_precision(run, self.dist.device)
         warn_if_emulated(self.precision, self.logger.print)
-        ds_config = ds_engine.build_ds_config(run, ds_file, self.world, self.precision,
-                                              load_universal=universal,
-                                              source=run.distributed.deepspeed_config)
-        self.ds_config = ds_config
+        self.ds_config = ds_engine.build_ds_config(run, ds_file, self.world, self.precision,
+                                                   load_universal=resume is not None and resume.universal,
+                                                   source=run.distributed.deepspeed_config)
         init_weights = resume is None and run.checkpoint.init_from is not None
-        self.engine = ds_engine.TrainingEngine(run, self.model_config, ds_config, self.dist,
-                                               init_state=self._init_state() if init_weights else None,
-                                               init_weights=init_weights)
+        init_state = (self.checkpoints.initial_weights(run.checkpoint.init_from, self.model_config)
+                      if init_weights else None)
+        self.engine = ds_engine.TrainingEngine(run, self.model_config, self.ds_config, self.dist,
+                                               init_state=init_state, init_weights=init_weights)
         step, consumed = 0, 0
         if resume is not None:
-            root, tag, meta = resume
-            self.engine.load(load_root, tag)
-            step, consumed = int(meta["step"]), int(meta["consumed_samples"])
-            self.skipped_steps = int(meta["extra"].get("skipped_steps", 0))
-            ckpt_io.load_rng_state(root / tag, rank)
-            self.logger.print(f"[megatiny] resumed from {root / tag}: step {step}, "
-                              f"{consumed} samples consumed")
+            state = self.checkpoints.load(self.engine.deepspeed_engine, resume)
+            step, consumed, self.skipped_steps = state.step, state.consumed_samples, state.skipped_steps
         accumulation = self.engine.gradient_accumulation_steps
-        train_ds, valid_ds = self._build_data(accumulation)
-        from megatiny.data import describe_datasets
+        train_ds, valid_ds = self._build_data()
         self.data_description = describe_datasets((train_ds, valid_ds, None))
-        if resume is not None and resume[2]["extra"].get("data", {}).get("train") not in (
-                None, self.data_description["train"]):
-            self.logger.print("[megatiny] WARNING: the training data (blend, files, seq_length, seed or "
-                              "sample count, e.g. a changed schedule.train_steps) differs from the "
-                              f"checkpoint's; the data position ({consumed} samples) now indexes a "
-                              "different sample order")
-        from megatiny.data.sampler import PretrainingSampler
+        self._warn_if_data_changed(resume, consumed)
         sampler = PretrainingSampler(total_samples=len(train_ds), consumed_samples=consumed,
-                                     micro_batch_size=run.batch.micro_batch_size, data_parallel_rank=rank,
-                                     data_parallel_size=self.world)
+                                     micro_batch_size=run.batch.micro_batch_size,
+                                     data_parallel_rank=self.rank, data_parallel_size=self.world)
         self.logger.print(
             f"[megatiny] {self.model_config.num_parameters() / 1e6:.2f}M parameters | {self.world} ranks | "
-            f"ZeRO-{ds_engine.zero_stage(ds_config)} | precision {self.precision.describe()}\n"
+            f"ZeRO-{ds_engine.zero_stage(self.ds_config)} | precision {self.precision.describe()}\n"
             f"[megatiny] global batch {run.batch.global_batch_size} = "
             f"{run.batch.micro_batch_size} micro x {accumulation} accumulation x {self.world} ranks | "
             f"seq {run.batch.seq_length} | {run.schedule.train_steps} steps")
         return self._loop(step, consumed, iter(sampler), train_ds, valid_ds)
 
+    def _micro_batch(self, step: int, micro: int, batches, train_ds) -> tuple[torch.Tensor, list[int],
+                                                                                torch.Tensor, float, bool]:
+        """Forward one micro-batch and agree on it: (loss, sample indices, this rank's loss as
+        compared, sum of the ranks' losses, whether any rank has a stop request). One collective,
+        one host sync."""
+        indices = next(batches)
+        input_ids, labels = self._batch(train_ds, indices)
+        loss = self.engine.loss(input_ids, labels)
+        local = self.callbacks.micro_batch_loss(step, micro, self.rank, loss.detach().float())
+        stop_requested = local.new_full((), float(self.stop.signum is not None))  # a fill, no copy
+        total, stops = ds_engine.all_reduce_sum_tensor(torch.stack([local, stop_requested])).tolist()
+        return loss, indices, local, total, stops > 0
+
     def _loop(self, step: int, consumed: int, batches, train_ds, valid_ds) -> TrainResult:
-        run, rank = self.run, self.rank
+        run = self.run
         total = run.schedule.train_steps
         accumulation = self.engine.gradient_accumulation_steps
         tokens_per_step = run.batch.global_batch_size * run.batch.seq_length
@@ -230,28 +222,22 @@ class _Trainer:
         result = TrainResult(step=step, consumed_samples=consumed)
         interval_time, interval_steps, step_times = 0.0, 0, deque(maxlen=50)
         last_saved = step if step > 0 else None
-        nan_step = int(os.environ.get(NAN_AT_STEP_ENV, -1))
-        sigterm_step = int(os.environ.get(SIGTERM_AT_STEP_ENV, -1))
         self.engine.train()
         while step < total:
             started = time.perf_counter()
+            self.callbacks.step_started(step, self.rank)
             lr = learning_rate(step, run.optimizer, run.schedule)
             self.engine.set_lr(lr)
-            loss_sum, finite_micro = 0.0, 0
+            loss_sum, finite_micro, stop_requested = 0.0, 0, False
             for micro in range(accumulation):
-                indices = next(batches)
-                input_ids, labels = self._batch(train_ds, indices)
-                loss = self.engine.loss(input_ids, labels)
-                local = loss.detach().float().item()
-                if step == nan_step:
-                    local = float("nan")
-                total_loss = ds_engine.all_reduce_sum([local], self.dist.device)[0]
+                loss, indices, local, total_loss, stop_now = self._micro_batch(step, micro, batches, train_ds)
+                stop_requested = stop_requested or stop_now
                 if math.isfinite(total_loss):
                     self.engine.backward(loss)
                     loss_sum += total_loss / self.world
                     finite_micro += 1
                 else:
-                    self._report_nonfinite(step, micro, indices, local)
+                    self._report_nonfinite(step, micro, indices, local.item())
                     if finite_micro == 0 and micro == accumulation - 1:
                         self.engine.set_lr(0.0)  # nothing finite this step: update with LR 0
                 self.engine.step()
@@ -274,12 +260,9 @@ class _Trainer:
                                    throughput(tokens_per_step * interval_steps, interval_time,
                                               flops_per_token, self.world, peak), step_times)
                 interval_time, interval_steps = 0.0, 0
-            if step == sigterm_step and rank == 0:
-                os.kill(os.getpid(), signal.SIGTERM)
             if run.logging.eval_interval and (step % run.logging.eval_interval == 0 or step == total):
                 self._evaluate(step, valid_ds)
-            # Any rank signalled -> all ranks stop together after this step.
-            if ds_engine.all_reduce_sum([float(self.stop.signum is not None)], self.dist.device)[0] > 0:
+            if stop_requested:  # some rank was signalled during this step: all stop together
                 self.logger.print(f"[megatiny] stop signal received: saving a checkpoint at step {step} and "
                                   "exiting")
                 if run.checkpoint.save_dir:
@@ -345,33 +328,10 @@ class _Trainer:
 
     # ---------------------------------------------------------------- checkpoints
     def _save(self, step: int, consumed: int) -> None:
-        """Save SAVE_DIR/step_N on every rank; mark it complete (megatiny.json, then `latest`) only
-        after all ranks are done; then rotate old checkpoints."""
-        run, rank = self.run, self.rank
-        save_dir = Path(run.checkpoint.save_dir)
-        tag = ckpt_io.tag_for_step(step)
-        started = time.perf_counter()
-        if rank == 0:
-            save_dir.mkdir(parents=True, exist_ok=True)
-            ckpt_io.prepare_tag_dir(save_dir, tag)
-        ds_engine.barrier()
-        client_state = {"megatiny": {"step": step, "consumed_samples": consumed, "world_size": self.world}}
-        self.engine.save(save_dir, tag, client_state)
-        ckpt_io.save_rng_state(save_dir / tag, rank)
-        if rank == 1 and int(os.environ.get(KILL_AT_SAVE_ENV, -1)) == step:
-            os.kill(os.getpid(), signal.SIGKILL)
-        ds_engine.barrier()
-        if rank == 0:
-            write_metadata(save_dir / tag, self.model_config, tokenizer=run.tokenizer, step=step,
-                           consumed_samples=consumed, extra={
-                               "run_config": run.to_dict(), "data_blend": run.data.get("data_path"),
-                               "data": self.data_description,
-                               "world_size": self.world, "zero_stage": ds_engine.zero_stage(self.ds_config),
-                               "precision": self.precision.name,
-                               "skipped_steps": self.skipped_steps})
-            ckpt_io.write_latest(save_dir, tag)
-            deleted = ckpt_io.rotate(save_dir, run.checkpoint.keep_last)
-            note = f" (removed {', '.join(deleted)})" if deleted else ""
-            seconds = time.perf_counter() - started
-            self.logger.print(f"[megatiny] saved {save_dir / tag} in {seconds:.1f}s{note}")
-        ds_engine.barrier()
+        world = WorldLayout(world_size=self.world, zero_stage=ds_engine.zero_stage(self.ds_config),
+                            precision=self.precision.name)
+        state = TrainState(step=step, consumed_samples=consumed, skipped_steps=self.skipped_steps,
+                           world=world, data=self.data_description, run_config=self.run.to_dict())
+        self.checkpoints.save(self.engine.deepspeed_engine, self.model_config, state,
+                              tokenizer=self.run.tokenizer,
+                              after_shards=lambda: self.callbacks.shards_written(step, self.rank))

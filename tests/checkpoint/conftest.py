@@ -70,3 +70,11 @@ def sp_models(tmp_path_factory) -> dict[str, Path]:
     texts = sample_texts(3000, seed=1)
     return {kind: train_sentencepiece(texts, root / kind, 400, model_type=kind)
             for kind in ("bpe", "unigram")}
+
+
+def write_dangling_latest(root: Path, tag: str) -> None:
+    """Corrupt a checkpoint root on purpose: `latest` names `tag`, which does not exist (as after
+    an edit by hand). The only place tests write `latest` themselves; everything else goes
+    through CheckpointManager / megatiny.checkpoint.io.write_latest."""
+    assert not (root / tag).exists()
+    (root / "latest").write_text(tag)

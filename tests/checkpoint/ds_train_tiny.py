@@ -1,7 +1,7 @@
 """Launched by tests/checkpoint: train a tiny GQA megatiny GPT under DeepSpeed and save checkpoints.
 
-The run saves two tags in the layout megatiny training uses (DeepSpeed files + megatiny.json per tag,
-`latest` naming the newest complete tag):
+The run saves two tags through `CheckpointManager`, as megatiny training does (DeepSpeed files, RNG
+states, then megatiny.json, then `latest` naming the newest complete tag):
   step_00000000  the initial weights (identical for every world size: same seed, and each rank
                  initialises the full tensors before ZeRO partitions them)
   step_{N:08d}   after N optimizer steps on random tokens
@@ -15,30 +15,26 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
-from megatiny.checkpoint.io import tag_for_step, write_latest
-from megatiny.checkpoint.metadata import write_metadata
-from megatiny.model import GPT, get_preset
+from megatiny.checkpoint.manager import CheckpointManager
+from megatiny.checkpoint.metadata import TrainState, WorldLayout
+from megatiny.model import GPT, ModelRuntime, get_preset
 
 GLOBAL_BATCH = 6  # divisible by 1, 2 and 3 ranks
 SEQ_LENGTH = 16
 
 
+MATH = ModelRuntime(attention_backend="math")
+
+
 def tiny_config(tie: bool):
     # GQA: 8 query heads share 2 KV groups (4 heads each).
-    return get_preset("tiny-test", tie_word_embeddings=tie, attention_backend="math")
+    return get_preset("tiny-test", tie_word_embeddings=tie)
 
 
-def save(engine, save_dir: str, step: int, config, world: int, stage: int) -> None:
-    tag = tag_for_step(step)
-    engine.save_checkpoint(save_dir, tag=tag, save_latest=False)
-    if dist.get_rank() == 0:
-        write_metadata(os.path.join(save_dir, tag), config, step=step,
-                       consumed_samples=step * GLOBAL_BATCH,
-                       extra={"world_size": world, "zero_stage": stage})
-    dist.barrier()
-    if dist.get_rank() == 0:
-        write_latest(save_dir, tag)
-    dist.barrier()
+def save(engine, save_dir: str, step: int, config, stage: int, precision: str) -> None:
+    world = WorldLayout(world_size=dist.get_world_size(), zero_stage=stage, precision=precision)
+    manager = CheckpointManager(save_dir, rank=dist.get_rank(), world_size=world.world_size)
+    manager.save(engine, config, TrainState(step=step, consumed_samples=step * GLOBAL_BATCH, world=world))
 
 
 def train_and_save(save_dir: str, stage: int, tie: bool, steps: int, fp32: bool) -> None:
@@ -46,6 +42,7 @@ def train_and_save(save_dir: str, stage: int, tie: bool, steps: int, fp32: bool)
 
     bf16 unless `fp32`: both checkpoint layouts are tested whatever this machine's `auto` is."""
     rank, world = dist.get_rank(), dist.get_world_size()
+    precision = "fp32" if fp32 else "bf16"
     micro = GLOBAL_BATCH // world
     ds_config = {
         "train_micro_batch_size_per_gpu": micro,
@@ -60,16 +57,16 @@ def train_and_save(save_dir: str, stage: int, tie: bool, steps: int, fp32: bool)
     torch.manual_seed(0)
     if stage == 3:
         with deepspeed.zero.Init(config_dict_or_path=ds_config):
-            model = GPT(config)
+            model = GPT(config, runtime=MATH)
     else:
-        model = GPT(config)
+        model = GPT(config, runtime=MATH)
     # Two parameter groups like megatiny training (weight decay on matrices only), so the ZeRO
     # flat buffers hold several groups.
     matrices = [p for p in model.parameters() if len(getattr(p, "ds_shape", p.shape)) >= 2]
     vectors = [p for p in model.parameters() if len(getattr(p, "ds_shape", p.shape)) < 2]
     groups = [{"params": matrices, "weight_decay": 0.1}, {"params": vectors, "weight_decay": 0.0}]
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config)
-    save(engine, save_dir, 0, config, world, stage)
+    save(engine, save_dir, 0, config, stage, precision)
     generator = torch.Generator().manual_seed(1234)
     for _ in range(steps):
         batch = torch.randint(0, config.vocab_size, (GLOBAL_BATCH, SEQ_LENGTH + 1), generator=generator)
@@ -77,7 +74,7 @@ def train_and_save(save_dir: str, stage: int, tie: bool, steps: int, fp32: bool)
         loss = engine(batch[:, :-1], labels=batch[:, 1:])
         engine.backward(loss)
         engine.step()
-    save(engine, save_dir, steps, config, world, stage)
+    save(engine, save_dir, steps, config, stage, precision)
     engine.destroy()
 
 

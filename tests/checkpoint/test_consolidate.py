@@ -7,8 +7,9 @@ import torch
 from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
 from megatiny.checkpoint import load_model, open_weights
-from megatiny.checkpoint.consolidate import ZeroCheckpoint, resolve_tag_dir
-from tests.checkpoint.conftest import STEPS
+from megatiny.checkpoint.consolidate import ZeroCheckpoint
+from megatiny.checkpoint.layout import resolve_tag_dir
+from tests.checkpoint.conftest import STEPS, write_dangling_latest
 from tests.checkpoint.ds_train_tiny import GLOBAL_BATCH
 
 pytestmark = pytest.mark.slow
@@ -122,7 +123,7 @@ def test_config_that_does_not_match_the_weights(z3_copy):
 
 
 def test_latest_naming_a_missing_tag(z3_copy):
-    (z3_copy / "latest").write_text("step_00000099")
+    write_dangling_latest(z3_copy, "step_00000099")
     with pytest.raises(FileNotFoundError, match="names 'step_00000099' but .*step_00000099 does not exist"):
         load_model(z3_copy)
     model, metadata = load_model(z3_copy, tag="step_00000000")

@@ -14,7 +14,7 @@ from megatiny.model import GPT, get_preset
 
 
 def tiny_config(**overrides):
-    return get_preset("tiny-test", attention_backend="math", **overrides)
+    return get_preset("tiny-test", **overrides)
 
 
 def read_safetensors_dir(directory) -> dict[str, torch.Tensor]:
@@ -70,7 +70,7 @@ def test_megatiny_to_hf_to_megatiny_is_bit_exact(tmp_path):
     assert len(list((tmp_path / "hf").glob("model-*-of-*.safetensors"))) > 1
     import_hf(tmp_path / "hf", tmp_path / "mt2")
     loaded, metadata = load_model(tmp_path / "mt2")
-    assert metadata["model"] == config.replace(attention_backend="auto")  # a runtime choice, not in HF
+    assert metadata["model"] == config
     original = model.state_dict()
     for name, tensor in loaded.state_dict().items():
         assert torch.equal(tensor, original[name]), name
@@ -90,7 +90,7 @@ def test_logits_match_transformers(tmp_path):
 def test_config_round_trip_through_transformers():
     config = get_preset("tinyllama-1.1b")
     hf = transformers.LlamaConfig(**config_to_hf(config, torch.bfloat16))
-    assert config_from_hf(hf.to_dict()) == config.replace(attention_backend="auto")
+    assert config_from_hf(hf.to_dict()) == config
     assert hf.num_key_value_heads == 4 and hf.head_dim == 64 and hf.intermediate_size == 5632
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from megatiny.checkpoint.metadata import write_metadata
+from megatiny.checkpoint.metadata import TrainState, write_metadata
 from megatiny.data.tokenizer import load_tokenizer, train_sentencepiece
 from megatiny.eval.tasks import BUNDLED_TASKS_DIR
 from megatiny.eval.tasks.local_data import read_jsonl
@@ -69,8 +69,8 @@ def weights_dir(tmp_path_factory, trained_model, tokenizer_path) -> Path:
     out = tmp_path_factory.mktemp("weights")
     state = {k: v.detach().clone().contiguous() for k, v in trained_model.state_dict().items()}
     save_file(state, str(out / "model.safetensors"))
-    write_metadata(out, trained_model.config, tokenizer=str(tokenizer_path), step=80,
-                   extra={"note": "tests/eval fixture"})
+    write_metadata(out, trained_model.config, tokenizer=str(tokenizer_path), state=TrainState(step=80),
+                   notes={"note": "tests/eval fixture"})
     return out
 
 

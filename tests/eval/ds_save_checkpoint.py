@@ -1,7 +1,7 @@
 """Launched by tests/eval: put given weights into a 2-rank ZeRO-3 engine and save a checkpoint root.
 
-The root gets the layout megatiny training writes (tag dir with DeepSpeed's files + megatiny.json,
-then an atomically written `latest`), so evaluation can be pointed at it like at a training run.
+The root is written by `CheckpointManager`, as megatiny training writes it, so evaluation can be
+pointed at it like at a training run.
 """
 import argparse
 import os
@@ -10,11 +10,11 @@ import deepspeed
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from megatiny.checkpoint.io import tag_for_step, write_latest
-from megatiny.checkpoint.metadata import read_metadata, write_metadata
+from megatiny.checkpoint.manager import CheckpointManager
+from megatiny.checkpoint.metadata import TrainState, WorldLayout, read_metadata
 from megatiny.model import GPT
 
-TAG = tag_for_step(80)
+STEP = 80
 
 
 def main() -> None:
@@ -32,12 +32,10 @@ def main() -> None:
                  "zero_optimization": {"stage": 3},
                  "optimizer": {"type": "AdamW", "params": {"lr": 1e-3, "torch_adam": True}}}
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
-    engine.save_checkpoint(args.save_dir, tag=TAG, save_latest=False)
-    if dist.get_rank() == 0:
-        write_metadata(os.path.join(args.save_dir, TAG), metadata["model"], tokenizer=metadata["tokenizer"],
-                       step=80, consumed_samples=80 * 16, extra={"world_size": dist.get_world_size()})
-        write_latest(args.save_dir, TAG)
-    dist.barrier()
+    world = WorldLayout(world_size=dist.get_world_size(), zero_stage=3, precision="fp32")
+    manager = CheckpointManager(args.save_dir, rank=dist.get_rank(), world_size=world.world_size)
+    manager.save(engine, metadata["model"], TrainState(step=STEP, consumed_samples=STEP * 16, world=world),
+                 tokenizer=metadata["tokenizer"])
     engine.destroy()
     dist.destroy_process_group()  # gloo ranks abort at exit without this
 

@@ -11,8 +11,8 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
+from megatiny.parallel.deepspeed import precision_section
 from megatiny.precision import detect_hardware, resolve_precision
-from megatiny.training.engine import precision_section
 
 
 def main() -> None:

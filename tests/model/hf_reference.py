@@ -5,7 +5,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from megatiny.checkpoint.hf import config_to_hf
-from megatiny.model import GPT, ModelConfig
+from megatiny.model import GPT, ModelConfig, ModelRuntime
 
 
 def llama_config(config: ModelConfig, attn_implementation: str = "eager") -> LlamaConfig:
@@ -22,10 +22,10 @@ def hf_copy(model: GPT, attn_implementation: str = "eager") -> LlamaForCausalLM:
     return hf.eval()
 
 
-def random_gpt(config: ModelConfig, seed: int = 0) -> GPT:
+def random_gpt(config: ModelConfig, seed: int = 0, runtime: ModelRuntime | None = None) -> GPT:
     """GPT with random weights, norms included (ones would hide a wrong norm weight mapping)."""
     torch.manual_seed(seed)
-    model = GPT(config)
+    model = GPT(config, runtime=runtime)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("norm.weight"):

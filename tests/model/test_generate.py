@@ -18,13 +18,13 @@ def model():
 
 @pytest.mark.parametrize("backend", ["math", "sdpa"])
 def test_greedy_with_cache_equals_without_cache(model, backend):
-    previous, model.config.attention_backend = model.config.attention_backend, backend
+    previous, model.model.runtime.attention_backend = model.model.runtime.attention_backend, backend
     try:
         prompt = torch.randint(0, CONFIG.vocab_size, (3, 7), generator=torch.Generator().manual_seed(0))
         cached = generate(model, prompt, max_new_tokens=20)
         uncached = generate(model, prompt, max_new_tokens=20, use_cache=False)
     finally:
-        model.config.attention_backend = previous
+        model.model.runtime.attention_backend = previous
     assert cached.shape == (3, 27) and torch.equal(cached[:, :7], prompt)
     assert torch.equal(cached, uncached)
 

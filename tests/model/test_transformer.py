@@ -3,7 +3,7 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from megatiny.model import GPT, ModelConfig, get_preset
+from megatiny.model import GPT, ModelConfig, ModelRuntime, get_preset
 from tests.model.hf_reference import hf_copy, llama_config, random_gpt
 
 # Small configs exercising GQA (8 heads / 2 groups), MHA, MQA, tying and a non-default rope_theta.
@@ -47,8 +47,8 @@ def test_init_std_and_scaled_output_projections():
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 @pytest.mark.parametrize("backend", ["math", "sdpa"])
 def test_logits_loss_and_grads_match_hf_llama(name, backend):
-    config = CONFIGS[name].replace(attention_backend=backend)
-    model = random_gpt(config, seed=1)
+    config = CONFIGS[name]
+    model = random_gpt(config, seed=1, runtime=ModelRuntime(attention_backend=backend))
     hf = hf_copy(model)
     torch.manual_seed(2)
     sample = torch.randint(0, config.vocab_size, (3, 25))
@@ -93,7 +93,7 @@ def test_changing_a_future_token_leaves_earlier_logits_unchanged():
     changed = ids.clone()
     changed[:, 12] = (ids[:, 12] + 1) % config.vocab_size
     for backend in ("math", "sdpa"):
-        model.config.attention_backend = backend
+        model.model.runtime.attention_backend = backend
         a, b = model(ids), model(changed)
         torch.testing.assert_close(a[:, :12], b[:, :12], atol=0, rtol=0)
         assert not torch.allclose(a[:, 12:], b[:, 12:])
@@ -103,7 +103,7 @@ def test_changing_a_future_token_leaves_earlier_logits_unchanged():
 def test_activation_checkpointing_gives_identical_loss_and_grads(every):
     base = get_preset("tiny-test", num_layers=4)
     plain = random_gpt(base, seed=3)
-    ckpt = random_gpt(base.replace(activation_checkpointing=every), seed=3)
+    ckpt = random_gpt(base, seed=3, runtime=ModelRuntime(activation_checkpointing=every))
     sample = torch.randint(0, base.vocab_size, (2, 33))
     results = []
     for model in (plain, ckpt):
@@ -143,7 +143,7 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="last_token_only"):
         model(ids, labels=ids, last_token_only=True)
     with pytest.raises(RuntimeError, match="flash-attn"):
-        GPT(get_preset("tiny-test", attention_backend="flash_attn"))
+        GPT(get_preset("tiny-test"), runtime=ModelRuntime(attention_backend="flash_attn"))
 
 
 def test_hidden_states_and_next_token_log_probs_match_forward():

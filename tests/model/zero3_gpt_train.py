@@ -9,9 +9,9 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
-from megatiny.model import GPT, get_preset
+from megatiny.model import GPT, ModelRuntime, get_preset
+from megatiny.parallel.deepspeed import precision_section
 from megatiny.precision import detect_hardware, resolve_precision
-from megatiny.training.engine import precision_section
 
 
 def _gathered_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -32,8 +32,7 @@ def main() -> None:
     deepspeed.init_distributed(dist_backend="gloo")
     rank = dist.get_rank()
     torch.manual_seed(0)
-    config = get_preset("tiny-test", activation_checkpointing=1, num_layers=3,
-                        tie_word_embeddings=args.tie)
+    config = get_preset("tiny-test", num_layers=3, tie_word_embeddings=args.tie)
     ds_config = {
         "train_micro_batch_size_per_gpu": 4,
         "gradient_accumulation_steps": 1,
@@ -42,7 +41,7 @@ def main() -> None:
         "optimizer": {"type": "AdamW", "params": {"lr": 3e-3, "torch_adam": True}},
     }
     with deepspeed.zero.Init(config_dict_or_path=ds_config):
-        model = GPT(config)
+        model = GPT(config, runtime=ModelRuntime(activation_checkpointing=1))
     # Partitioned: every parameter's local data is a shard, yet the logical sizes are all there.
     shard_numel = sum(p.ds_tensor.numel() for p in model.parameters())
     resident_numel = sum(p.numel() for p in model.parameters())  # gathered copies outside forward

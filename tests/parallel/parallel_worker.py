@@ -24,12 +24,12 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
-from megatiny.model import GPT, get_preset
+from megatiny.model import GPT, ModelRuntime, get_preset
 from megatiny.model.generate import generate
 from megatiny.parallel.context_parallel import split_for_context
+from megatiny.parallel.deepspeed import param_groups
 from megatiny.parallel.state import DeepSpeedMPU, ParallelLayout, ParallelState
 from megatiny.parallel.tensor_parallel import partition_dim, shard, shard_state_dict
-from megatiny.training.engine import param_groups
 
 GLOBAL_BATCH, SEQ = 4, 16
 STEPS, LR, CLIP = 8, 1e-3, 0.5
@@ -41,9 +41,11 @@ LAYOUTS = {"one": {}, "tp2": {"tensor": 2}, "tp2-sp": {"tensor": 2, "sequence_pa
 PIPELINE_MICRO_BATCHES = 2
 
 
-def model_config(tie: bool = False, activation_checkpointing: int = 0, query_groups: int = 2):
-    return get_preset("tiny-test", num_layers=2, tie_word_embeddings=tie, attention_backend="math",
-                      activation_checkpointing=activation_checkpointing, num_query_groups=query_groups)
+MATH = ModelRuntime(attention_backend="math")
+
+
+def model_config(tie: bool = False, query_groups: int = 2):
+    return get_preset("tiny-test", num_layers=2, tie_word_embeddings=tie, num_query_groups=query_groups)
 
 
 def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,9 +77,9 @@ def check_model(layout_name: str, tie: bool) -> dict[str, float]:
     t, c = state.layout.tensor, state.layout.context
     config = model_config(tie, query_groups=max(2, t * c))  # every (tensor, context) rank: a group
     torch.manual_seed(0)
-    reference = GPT(config)
+    reference = GPT(config, runtime=MATH)
     torch.manual_seed(0)
-    model = GPT(config, state)
+    model = GPT(config, state, runtime=MATH)
     expected = shard_state_dict(reference.state_dict(), state.tensor_rank, t)
     weights = max(rel_diff(v, expected[k]) for k, v in model.state_dict().items())
     inputs, labels = batch(0)
@@ -133,8 +135,9 @@ def train_pipeline(state: ParallelState, stage: int, bf16: bool) -> dict[str, li
     micro = GLOBAL_BATCH // (state.layout.data * PIPELINE_MICRO_BATCHES)
     config = ds_config(stage, micro, PIPELINE_MICRO_BATCHES, bf16)
     torch.manual_seed(0)
-    full = GPT(model_config()).state_dict()
-    module = build_pipeline_model(model_config(), state, stage, activation_checkpoint_interval=1)
+    full = GPT(model_config(), runtime=MATH).state_dict()
+    module = build_pipeline_model(model_config(), state, stage, activation_checkpoint_interval=1,
+                                  attention_backend="math")
     load_full_state_dict(module, full, model_config(), state)
     optimizer = torch.optim.AdamW(param_groups(module, 0.1), lr=LR)
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=config)
@@ -161,7 +164,8 @@ def train_engine(layout_name: str, stage: int, bf16: bool = False) -> dict[str, 
     with deepspeed.zero.Init(data_parallel_group=mpu.get_data_parallel_group(), mpu=mpu,
                              config_dict_or_path=config, enabled=stage == 3):
         # Activation checkpointing on every block: the recompute repeats the collectives.
-        model = GPT(model_config(activation_checkpointing=1), state)
+        model = GPT(model_config(), state,
+                    runtime=ModelRuntime(attention_backend="math", activation_checkpointing=1))
     optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=LR)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config, mpu=mpu)
     losses, norms = [], []
@@ -247,7 +251,7 @@ def deepspeed_sequence_parallel_norms() -> dict[str, float]:
             torch.manual_seed(0)
             with deepspeed.zero.Init(data_parallel_group=mpu.get_sequence_data_parallel_group(), mpu=mpu,
                                      config_dict_or_path=config, enabled=stage == 3):
-                model = GPT(model_config(), state)
+                model = GPT(model_config(), state, runtime=MATH)
             optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=LR)
             engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config, mpu=mpu)
             inputs, labels = batch(0)

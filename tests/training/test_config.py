@@ -2,10 +2,11 @@
 
 import pytest
 
-from megatiny.model.config import get_preset
+from megatiny.data.config import DataConfig
+from megatiny.model.config import ModelRuntime, get_preset
+from megatiny.parallel.deepspeed import build_ds_config, param_groups
 from megatiny.precision import Precision
 from megatiny.training.config import BatchConfig, RunConfig, apply_overrides, load_config
-from megatiny.training.engine import build_ds_config, param_groups
 from megatiny.training.flops import peak_tflops_for, throughput
 from megatiny.training.schedule import learning_rate
 from tests.helpers import REPO_ROOT
@@ -15,7 +16,7 @@ BF16, FP32, FP16 = (Precision(name, "test") for name in ("bf16", "fp32", "fp16")
 YAML = """
 model:
   preset: nano-2m
-  activation_checkpointing: 1
+runtime: {activation_checkpointing: 1, attention_backend: sdpa}
 data: {data_path: "0.7 /d/a 0.3 /d/b", split: "969,30,1"}
 batch: {seq_length: 128, micro_batch_size: 4, global_batch_size: 64}
 optimizer: {lr: 4e-4, min_lr: 4e-5}
@@ -31,8 +32,9 @@ def test_yaml_and_dotted_overrides(tmp_path):
     assert run.batch.micro_batch_size == 8 and run.batch.global_batch_size == 64
     assert run.optimizer.lr == 1e-3 and run.optimizer.min_lr == 4e-5  # "4e-5" is a float, not a string
     model = run.model_config()
-    assert model == get_preset("nano-2m", activation_checkpointing=1, num_layers=2)
-    assert run.data["data_path"] == "0.7 /d/a 0.3 /d/b"
+    assert model == get_preset("nano-2m", num_layers=2)
+    assert run.runtime.model_runtime() == ModelRuntime(attention_backend="sdpa", activation_checkpointing=1)
+    assert isinstance(run.data, DataConfig) and run.data.data_path == "0.7 /d/a 0.3 /d/b"
     assert run.checkpoint.save_dir == "/tmp/x" and run.logging.peak_tflops == 100
     # round trip through to_dict
     assert RunConfig.from_dict(run.to_dict()).to_dict() == run.to_dict()
@@ -54,7 +56,7 @@ def test_json_config_and_defaults(tmp_path):
     ("checkpoint.keep_last=-1", "checkpoint.keep_last"),
     ("distributed.timeout_s=0", "distributed.timeout_s"),
     ("batch.sizes=3", "batch.sizes"),
-    ("model.hidden_size=100", "hidden_size"),
+    ("model.preset=tiny-test model.hidden_size=100", "hidden_size"),
     ("model.preset=giant", "model.preset"),
     ("nan_policy=ignore", "nan_policy"),
     ("batch.seq_length=4096", "batch.seq_length"),
@@ -62,7 +64,7 @@ def test_json_config_and_defaults(tmp_path):
 ])
 def test_validation_errors_name_the_field(override, field):
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
-        load_config(None, [override])
+        load_config(None, override.split())
 
 
 def test_bad_yaml_names_file_and_line(tmp_path):
@@ -176,3 +178,25 @@ def test_data_section_is_validated_at_load(tmp_path):
         load_config(path)
     with pytest.raises(ValueError, match="data_path"):
         load_config(None, ["data.split=1,1,1"])  # no data_path: no training data
+
+
+def test_runtime_choices_left_the_model_section(tmp_path):
+    """A run file of the layout before runtime.attention_backend: a clear error naming the new key."""
+    for key, value in (("attention_backend", "math"), ("activation_checkpointing", 1)):
+        with pytest.raises(ValueError, match=rf"model\.{key}: moved to runtime\.{key}.*runtime: {{{key}: "):
+            load_config(None, [f"model.{key}={value}"])
+    with pytest.raises(ValueError, match=r"runtime\.attention_backend must be one of"):
+        load_config(None, ["runtime.attention_backend=xformers"])
+    with pytest.raises(ValueError, match=r"runtime\.activation_checkpointing must be an integer >= 0"):
+        load_config(None, ["runtime.activation_checkpointing=-1"])
+
+
+def test_model_section_needs_a_preset():
+    """Fields without a preset would silently start from TinyLlama's widths: refused."""
+    with pytest.raises(ValueError, match="model.preset is required"):
+        load_config(None, ["model.num_layers=2"])
+    with pytest.raises(ValueError, match=r"preset is null, so every ModelConfig field must be given"):
+        load_config(None, ["model.preset=null", "model.num_layers=2"])
+    explicit = {"preset": None, **get_preset("nano-2m").to_dict()}
+    assert RunConfig.from_dict({"model": explicit}).model_config() == get_preset("nano-2m")
+    assert load_config(None).model_config() == get_preset("tiny-test")  # no model section: the default

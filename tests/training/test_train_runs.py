@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from megatiny.checkpoint.io import write_latest
+from megatiny.checkpoint.metadata import read_metadata
 from megatiny.precision import detect_hardware, resolve_precision
 from tests.helpers import REPO_ROOT, free_port, rank_env, run_command, timeout_s, venv_bin
 from tests.training.conftest import write_run_config
@@ -24,6 +26,7 @@ from tests.training.sshd import LocalSshd, missing_tools
 pytestmark = pytest.mark.slow
 
 TRAIN = str(REPO_ROOT / "tools" / "train.py")
+FAULT_TRAIN = str(REPO_ROOT / "tests" / "training" / "fault_train.py")  # train.py with injected faults
 BASE_ENV = {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO_ROOT), **rank_env()}
 
 
@@ -41,9 +44,11 @@ def _metrics(save_dir: Path) -> dict[int, dict]:
 RUN_TIMEOUT_S = timeout_s(steps=16, seconds_per_step=4, extra_s=60)
 
 
-def _python_run(config: Path, *overrides: str, env: dict | None = None, timeout: float = RUN_TIMEOUT_S):
-    return run_command([venv_bin("python"), TRAIN, "--config", str(config), *overrides], timeout=timeout,
-                       env={**BASE_ENV, **(env or {})})
+def _python_run(config: Path, *overrides: str, faults: tuple[str, ...] = (), timeout: float = RUN_TIMEOUT_S):
+    """Plain `python` (one rank) of tools/train.py, or of fault_train.py when `faults` are given."""
+    script = [FAULT_TRAIN, *faults] if faults else [TRAIN]
+    return run_command([venv_bin("python"), *script, "--config", str(config), *overrides], timeout=timeout,
+                       env=BASE_ENV)
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +78,11 @@ def killed(reference, tiny_data, tmp_path_factory):
     save_dir = root / "ckpt"
     save_dir.mkdir()
     shutil.copytree(reference["save_dir"] / "step_00000008", save_dir / "step_00000008")
-    (save_dir / "latest").write_text("step_00000008")
+    write_latest(save_dir, "step_00000008")
     config = write_run_config(root / "run.yaml", tiny_data, save_dir)
     result = run_command(
-        [venv_bin("deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), TRAIN, "--config",
-         str(config)], timeout=RUN_TIMEOUT_S, env={**BASE_ENV, "MEGATINY_TEST_KILL_RANK1_AT_SAVE": "16"})
+        [venv_bin("deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), FAULT_TRAIN,
+         "--kill-rank1-at-save", "16", "--config", str(config)], timeout=RUN_TIMEOUT_S, env=BASE_ENV)
     return {"result": result, "save_dir": save_dir, "config": config}
 
 
@@ -96,16 +101,16 @@ def test_hostfile_launch_over_ssh_trains_and_logs(reference):
     assert len(losses) == 16
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 1.0, losses  # learnable corpus: loss falls
     assert (save_dir / "latest").read_text() == "step_00000016"
-    from megatiny.checkpoint.metadata import read_metadata
     meta = read_metadata(save_dir / "step_00000016")
-    assert (meta["step"], meta["consumed_samples"]) == (16, 128)
-    assert meta["extra"]["world_size"] == 2 and meta["tokenizer"].endswith(".model")
-    assert meta["extra"]["run_config"]["batch"]["global_batch_size"] == 8
+    state = meta["train_state"]
+    assert (state.step, state.consumed_samples, state.skipped_steps) == (16, 128, 0)
+    assert (state.world.world_size, state.world.zero_stage) == (2, 3) and meta["tokenizer"].endswith(".model")
+    assert state.run_config["batch"]["global_batch_size"] == 8 and state.data["train"] is not None
     # precision auto: bf16 on a CPU with native bf16, fp32 on others; said at start-up and recorded
     expected = resolve_precision("auto", detect_hardware("cpu"))
     assert f"precision {expected.describe()}" in result.stdout
-    assert meta["extra"]["precision"] == expected.name
-    assert meta["extra"]["run_config"]["runtime"]["precision"] == "auto"
+    assert state.world.precision == expected.name
+    assert state.run_config["runtime"]["precision"] == "auto"
     assert sorted(p.name for p in (save_dir / "step_00000016").glob("rng_state_rank*.pt")) == \
         ["rng_state_rank0.pt", "rng_state_rank1.pt"]
 
@@ -180,7 +185,7 @@ def test_mpirun_two_ranks_zero2(tiny_data, tmp_path):
 def test_single_process_zero1_stops_cleanly_on_sigterm(tiny_data, tmp_path):
     config = write_run_config(tmp_path / "run.yaml", tiny_data, tmp_path / "ckpt",
                               distributed={"deepspeed_config": "ds_configs/zero1.json"})
-    result = _python_run(config, "runtime.precision=fp32", env={"MEGATINY_TEST_SIGTERM_AT_STEP": "3"})
+    result = _python_run(config, "runtime.precision=fp32", faults=("--sigterm-at-step", "3"))
     assert result.returncode == 0, result.stdout[-5000:]
     assert "1 ranks | ZeRO-1 | precision fp32 (requested)" in result.stdout
     assert "stop signal received" in result.stdout
@@ -195,7 +200,7 @@ def test_offload_and_nan_skip(tiny_data, tmp_path):
                               schedule={"train_steps": 4}, logging={"log_interval": 1, "eval_interval": 0},
                               optimizer={"cpu_adam": True},
                               distributed={"deepspeed_config": "ds_configs/zero3_offload.json"})
-    result = _python_run(config, env={"MEGATINY_TEST_NAN_AT_STEP": "1"})
+    result = _python_run(config, faults=("--nan-at-step", "2"))
     assert result.returncode == 0, result.stdout[-5000:]
     assert "non-finite loss nan at step 2, micro-batch 0" in result.stdout
     metrics = _metrics(tmp_path / "ckpt")
@@ -211,7 +216,7 @@ def test_nan_stop_policy_exits_with_error(tiny_data, tmp_path):
                               schedule={"train_steps": 4}, logging={"eval_interval": 0},
                               distributed={"deepspeed_config": "ds_configs/zero2.json"},
                               runtime={"precision": "bf16"})
-    result = _python_run(config, env={"MEGATINY_TEST_NAN_AT_STEP": "1"})
+    result = _python_run(config, faults=("--nan-at-step", "2"))
     assert result.returncode == 1, result.stdout[-3000:]
     assert "precision bf16 (requested" in result.stdout
     emulated = not detect_hardware("cpu").native_bf16

@@ -1,4 +1,4 @@
-"""The one module that talks to DeepSpeed: process group, DeepSpeed config, engine, checkpoints.
+"""The one library module that imports DeepSpeed: process group, DeepSpeed config, engine.
 
 Responsibilities:
 - `init_distributed`: works under the `deepspeed` launcher (env vars), `mpirun` (mpi4py
@@ -8,16 +8,13 @@ Responsibilities:
   that also sets them is refused, naming the key.
 - `TrainingEngine`: the model under `deepspeed.zero.Init` for ZeRO-3 (so a model larger than one
   device can start), AdamW with no weight decay on norm weights and biases, `deepspeed.initialize`.
-- `save` / `load`: DeepSpeed checkpoints without DeepSpeed's own `latest` (see checkpoint.io), and
-  a conversion to DeepSpeed's universal format to resume with a different number of ranks.
+Saving and loading the engine's checkpoints (and their universal conversion) belong to
+`megatiny.checkpoint.manager.CheckpointManager`, which is handed `TrainingEngine.deepspeed_engine`.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -27,8 +24,6 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
-from megatiny.checkpoint import io as ckpt_io
-from megatiny.checkpoint.metadata import METADATA_FILE
 from megatiny.model.config import ModelConfig
 from megatiny.precision import Precision, detect_hardware, resolve_precision
 from megatiny.process_env import free_port, put_interpreter_bin_first
@@ -227,11 +222,16 @@ class TrainingEngine:
         self.run, self.model_config, self.ds_config, self.dist = run, model_config, ds_config, dist_info
         torch.manual_seed(run.seed)  # identical initial weights on every rank
         with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=zero_stage(ds_config) == 3):
-            model = GPT(model_config)
+            model = GPT(model_config, runtime=run.runtime.model_runtime())
         if init_weights:  # on every rank (collectives under ZeRO-3); only rank 0 has `init_state`
             _copy_weights(model, init_state, dist_info.rank)
         self.optimizer = _build_optimizer(run, model, ds_config)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=self.optimizer, config=ds_config)
+
+    @property
+    def deepspeed_engine(self) -> deepspeed.DeepSpeedEngine:
+        """The DeepSpeed engine itself (what `CheckpointManager` saves and loads)."""
+        return self.engine
 
     @property
     def gradient_accumulation_steps(self) -> int:
@@ -261,53 +261,30 @@ class TrainingEngine:
         norm = self.engine.get_global_grad_norm()
         return None if norm is None else float(norm)
 
-    def save(self, save_dir: str | os.PathLike, tag: str, client_state: dict[str, Any]) -> None:
-        """Every rank writes its shards to SAVE_DIR/TAG; no `latest` is written here."""
-        self.engine.save_checkpoint(str(save_dir), tag=tag, client_state=client_state, save_latest=False)
-
-    def load(self, root: str | os.PathLike, tag: str) -> None:
-        """Load model, optimizer and DeepSpeed state from ROOT/TAG (universal if configured)."""
-        path, _ = self.engine.load_checkpoint(str(root), tag=tag, load_optimizer_states=True,
-                                              load_lr_scheduler_states=False)
-        if path is None:
-            raise RuntimeError(f"DeepSpeed could not load the checkpoint {Path(root) / tag}")
-
-
-def convert_to_universal(root: str | os.PathLike, tag: str) -> Path:
-    """Convert ROOT/TAG to DeepSpeed's universal format at ROOT/universal/TAG (once; rank 0 only).
-
-    The universal format stores each parameter's fp32 weights and Adam moments whole, so a run
-    can continue on a different number of data-parallel ranks with its optimizer state."""
-    root = Path(root)
-    out = root / ckpt_io.UNIVERSAL_DIR / tag
-    if (out / METADATA_FILE).is_file():
-        return out
-    tmp = out.with_name(f".{tag}.converting")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(root / tag),
-           "--output_folder", str(tmp), "--num_extract_workers", "1", "--num_merge_workers", "1"]
-    result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"converting {root / tag} to a universal checkpoint failed:\n"
-                           f"{result.stdout[-3000:]}")
-    shutil.copy2(root / tag / METADATA_FILE, tmp / METADATA_FILE)
-    os.replace(tmp, out)
-    return out
-
 
 def barrier() -> None:
-    dist.barrier()
+    """All ranks wait here (nothing to wait for without a process group)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    """Element-wise sum over all ranks of `values` (float64 on `device`), read back on the host."""
+    return all_reduce_sum_tensor(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
+
+
+def all_reduce_sum_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise sum over all ranks of a device tensor (as float64); stays on the device."""
+    tensor = tensor.to(torch.float64)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor.tolist()
+    return tensor
 
 
 def shutdown() -> None:
-    """Destroy the process group (without it gloo ranks abort at exit)."""
+    """Destroy the process group (without it gloo ranks abort at exit).
+
+    DeepSpeed caches a clone of the world group (`deepspeed.utils.groups._WORLD_GROUP`) that dies
+    with it; forgetting it lets one process train again (e.g. a resume in the same test)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    deepspeed.utils.groups._WORLD_GROUP = None

@@ -1,0 +1,184 @@
+"""CheckpointManager: the one owner of saving, resuming and initialising from a checkpoint.
+
+A save (every rank calls `save`):
+  1. rank 0 removes leftovers of an earlier crashed save of the same tag;      barrier
+  2. every rank writes its DeepSpeed shards and `rng_state_rank{R}.pt`;       barrier
+  3. rank 0 writes `megatiny.json` (the TrainState), then `latest` (temp + rename), then rotates
+     (keep_last);                                                              barrier
+so a crash at any point leaves `latest` on the previous complete checkpoint.
+
+A resume (`find_resume`, then `load` once the engine exists): the tag `checkpoint.resume`
+selects (`megatiny.checkpoint.layout.resolve_resume`), its architecture checked against the
+run's (plain `ModelConfig` equality), and, when it was written by another number of ranks, its
+conversion to DeepSpeed's universal format (rank 0, once, under ROOT/universal/TAG); the
+DeepSpeed config must then say `checkpoint.load_universal` (`ResumePoint.universal`).
+
+The engine passed in is a DeepSpeed engine (`save_checkpoint` / `load_checkpoint`); the universal
+conversion runs DeepSpeed's converter as a subprocess.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from megatiny.checkpoint import io, layout
+from megatiny.checkpoint.load import load_model
+from megatiny.checkpoint.metadata import METADATA_FILE, TrainState, read_metadata, write_metadata
+from megatiny.model.config import ModelConfig
+from megatiny.parallel.deepspeed import barrier
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """A complete checkpoint to continue from. `load_root` is `root`, or ROOT/universal when the
+    checkpoint was converted for this run's number of ranks (`universal`)."""
+
+    root: Path
+    tag: str
+    metadata: dict[str, Any]
+    load_root: Path
+    universal: bool
+
+    @property
+    def state(self) -> TrainState:
+        return self.metadata["train_state"]
+
+    @property
+    def tag_dir(self) -> Path:
+        return self.root / self.tag
+
+
+def check_architecture(found: ModelConfig, expected: ModelConfig, where: str) -> None:
+    if found != expected:
+        raise ValueError(f"{where}: the checkpoint's model config differs from this run's model config:\n"
+                         f"  checkpoint: {found}\n  run:        {expected}")
+
+
+class CheckpointManager:
+    """Checkpoints of one run under `save_dir` (None: a run that never saves).
+
+    `rank` / `world_size`: this process in the job's process group. `log(text)` is called on
+    rank 0 only, with one line per event (saved, converted, resumed)."""
+
+    def __init__(self, save_dir: str | os.PathLike | None, *, rank: int, world_size: int, keep_last: int = 0,
+                 log: Callable[[str], None] = print):
+        self.save_dir = Path(save_dir) if save_dir is not None else None
+        self.rank, self.world_size, self.keep_last = rank, world_size, keep_last
+        self._log = log
+
+    def log(self, text: str) -> None:
+        if self.rank == 0:
+            self._log(text)
+
+    # ---------------------------------------------------------------- save
+    def save(self, engine: Any, model_config: ModelConfig, state: TrainState, *,
+             tokenizer: str | os.PathLike | None = None, notes: dict[str, Any] | None = None,
+             after_shards: Callable[[], None] | None = None) -> Path:
+        """Save SAVE_DIR/step_N (N = state.step) on every rank and mark it complete; returns the tag dir.
+
+        `after_shards` runs on every rank between writing its own files and the barrier that
+        precedes marking the checkpoint complete (fault-injection tests kill a rank there)."""
+        if self.save_dir is None:
+            raise ValueError("checkpoint.save_dir is not set: nowhere to save")
+        root, tag = self.save_dir, layout.tag_for_step(state.step)
+        started = time.perf_counter()
+        if self.rank == 0:
+            root.mkdir(parents=True, exist_ok=True)
+            io.prepare_tag_dir(root, tag)
+        barrier()
+        client_state = {"megatiny": {"step": state.step, "consumed_samples": state.consumed_samples,
+                                     "world_size": self.world_size}}
+        engine.save_checkpoint(str(root), tag=tag, client_state=client_state, save_latest=False)
+        io.save_rng_state(root / tag, self.rank)
+        if after_shards is not None:
+            after_shards()
+        barrier()
+        if self.rank == 0:
+            write_metadata(root / tag, model_config, tokenizer=tokenizer, state=state, notes=notes)
+            io.write_latest(root, tag)
+            deleted = io.rotate(root, self.keep_last)
+            note = f" (removed {', '.join(deleted)})" if deleted else ""
+            self.log(f"[megatiny] saved {root / tag} in {time.perf_counter() - started:.1f}s{note}")
+        barrier()
+        return root / tag
+
+    # ---------------------------------------------------------------- resume
+    def find_resume(self, resume: str, model_config: ModelConfig) -> ResumePoint | None:
+        """The checkpoint `resume` selects ("auto" | "none" | a root or tag path), checked against
+        `model_config`; converted to the universal format (rank 0; all ranks wait) when it was
+        written by another number of ranks. None: start fresh. Every rank calls this."""
+        found = layout.resolve_resume(resume, self.save_dir)
+        if found is None:
+            return None
+        root, tag = found
+        metadata = read_metadata(root / tag)
+        check_architecture(metadata["model"], model_config, str(root / tag))
+        world = metadata["train_state"].world
+        saved_ranks = world.world_size if world is not None else self.world_size
+        universal = saved_ranks != self.world_size
+        if universal:
+            self.log(f"[megatiny] checkpoint {root / tag} was made with {saved_ranks} ranks, this run has "
+                     f"{self.world_size}: converting it to DeepSpeed's universal format")
+            if self.rank == 0:
+                convert_to_universal(root, tag)
+            barrier()
+        load_root = root / layout.UNIVERSAL_DIR if universal else root
+        return ResumePoint(root, tag, metadata, load_root, universal)
+
+    def load(self, engine: Any, point: ResumePoint) -> TrainState:
+        """Load weights, optimizer and DeepSpeed state of `point` into `engine` (built with
+        `checkpoint.load_universal = point.universal`) and this rank's RNG states."""
+        path, _ = engine.load_checkpoint(str(point.load_root), tag=point.tag, load_optimizer_states=True,
+                                         load_lr_scheduler_states=False)
+        if path is None:
+            raise RuntimeError(f"DeepSpeed could not load the checkpoint {point.load_root / point.tag}")
+        io.load_rng_state(point.tag_dir, self.rank)  # False (kept seeded) for ranks it did not have
+        state = point.state
+        self.log(f"[megatiny] resumed from {point.tag_dir}: step {state.step}, "
+                 f"{state.consumed_samples} samples consumed")
+        return state
+
+    # ---------------------------------------------------------------- init_from
+    def initial_weights(self, path: str | os.PathLike,
+                        model_config: ModelConfig) -> dict[str, torch.Tensor] | None:
+        """`checkpoint.init_from`: full fp32 tensors of the model at `path` (any format
+        `megatiny.checkpoint.load_model` reads), on rank 0; None on the other ranks."""
+        if self.rank != 0:
+            return None
+        model, metadata = load_model(path, dtype=torch.float32, device="cpu")
+        check_architecture(metadata["model"], model_config, f"checkpoint.init_from={path}")
+        self.log(f"[megatiny] initialised the weights from {path} (optimizer starts fresh)")
+        return {name: param.detach() for name, param in model.named_parameters()}
+
+
+def convert_to_universal(root: str | os.PathLike, tag: str) -> Path:
+    """Convert ROOT/TAG to DeepSpeed's universal format at ROOT/universal/TAG (once; rank 0 only).
+
+    The universal format stores each parameter's fp32 weights and Adam moments whole, so a run
+    can continue on a different number of data-parallel ranks with its optimizer state."""
+    root = Path(root)
+    out = layout.universal_dir(root, tag)
+    if (out / METADATA_FILE).is_file():
+        return out
+    tmp = out.with_name(f".{tag}.converting")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(root / tag),
+           "--output_folder", str(tmp), "--num_extract_workers", "1", "--num_merge_workers", "1"]
+    result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"converting {root / tag} to a universal checkpoint failed:\n"
+                           f"{result.stdout[-3000:]}")
+    shutil.copy2(root / tag / METADATA_FILE, tmp / METADATA_FILE)
+    os.replace(tmp, out)
+    return out
