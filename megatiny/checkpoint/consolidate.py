@@ -36,9 +36,10 @@ from pathlib import Path
 
 import torch
 
-from megatiny.checkpoint.layout import MODEL_STATES_ZERO3, MODEL_STATES_ZERO12
+from megatiny.checkpoint.layout import MODEL_STATES_ZERO3_MP, MODEL_STATES_ZERO12_MP
 
-OPTIM_PATTERN = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_00_optim_states\.pt$")
+# group 1: the data-parallel rank, group 2: the model-parallel (tensor-parallel) rank
+OPTIM_PATTERN = re.compile(r"^(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt$")
 
 
 def _load(path: Path) -> dict:
@@ -65,10 +66,13 @@ class ZeroCheckpoint:
 
     `shapes` maps each stored parameter name (the module's parameter names) to its full shape, in
     storage order. `shared` maps tied names that are not stored to the name holding their data.
+    `model_parallel_rank` picks one tensor-parallel rank's files (`mp_rank_{MP:02d}`) of a
+    checkpoint written with an `mpu`; the shapes are then that rank's shards.
     """
 
-    def __init__(self, tag_dir: str | os.PathLike):
+    def __init__(self, tag_dir: str | os.PathLike, model_parallel_rank: int = 0):
         self.tag_dir = Path(tag_dir)
+        self.model_parallel_rank = model_parallel_rank
         model_states = self._model_states_file()
         states = _load(model_states)
         for key in ("param_shapes", "shared_params"):
@@ -108,17 +112,19 @@ class ZeroCheckpoint:
     # -- discovery --------------------------------------------------------------------------------
 
     def _model_states_file(self) -> Path:
-        for name in (MODEL_STATES_ZERO3.format(rank=0), MODEL_STATES_ZERO12):
+        mp = self.model_parallel_rank
+        names = (MODEL_STATES_ZERO3_MP.format(rank=0, mp=mp), MODEL_STATES_ZERO12_MP.format(mp=mp))
+        for name in names:
             if (self.tag_dir / name).is_file():
                 return self.tag_dir / name
-        raise FileNotFoundError(f"{self.tag_dir}: no {MODEL_STATES_ZERO3.format(rank=0)} or "
-                                f"{MODEL_STATES_ZERO12}; not a DeepSpeed checkpoint tag directory")
+        raise FileNotFoundError(f"{self.tag_dir}: no {names[0]} or {names[1]}; not a DeepSpeed checkpoint "
+                                "tag directory (or not of this many tensor-parallel ranks)")
 
     def _find_optim_files(self) -> list[Path]:
         found = {}
         for path in self.tag_dir.iterdir():
             match = OPTIM_PATTERN.match(path.name)
-            if match:
+            if match and int(match.group(2)) == self.model_parallel_rank:
                 found[int(match.group(1))] = path
         if not found:
             raise FileNotFoundError(

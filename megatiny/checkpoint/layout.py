@@ -28,6 +28,9 @@ UNIVERSAL_DIR = "universal"
 TAG_PATTERN = re.compile(r"^step_(\d{8,})$")
 MODEL_STATES_ZERO3 = "zero_pp_rank_{rank}_mp_rank_00_model_states.pt"
 MODEL_STATES_ZERO12 = "mp_rank_00_model_states.pt"
+# The same per model-parallel (tensor x pipeline) rank `mp`; rank 00 is the only one without it.
+MODEL_STATES_ZERO3_MP = "zero_pp_rank_{rank}_mp_rank_{mp:02d}_model_states.pt"
+MODEL_STATES_ZERO12_MP = "mp_rank_{mp:02d}_model_states.pt"
 HF_CONFIG_FILE = "config.json"
 
 

@@ -32,9 +32,10 @@ import torch
 
 from megatiny.checkpoint import io, layout
 from megatiny.checkpoint.load import load_model
-from megatiny.checkpoint.metadata import METADATA_FILE, TrainState, read_metadata, write_metadata
+from megatiny.checkpoint.metadata import METADATA_FILE, TrainState, WorldLayout, read_metadata, write_metadata
 from megatiny.model.config import ModelConfig
 from megatiny.parallel.deepspeed import barrier
+from megatiny.parallel.state import ParallelLayout
 
 
 @dataclass(frozen=True)
@@ -63,16 +64,44 @@ def check_architecture(found: ModelConfig, expected: ModelConfig, where: str) ->
                          f"  checkpoint: {found}\n  run:        {expected}")
 
 
+def check_resume_layout(saved: WorldLayout | None, run: ParallelLayout, where: str) -> None:
+    """ValueError naming both layouts unless a checkpoint written by `saved` (None: data
+    parallelism, from before layouts were recorded) can resume on `run`.
+
+    Supported: the same layout, and (plain data parallelism on both sides) another number of data
+    ranks, through DeepSpeed's universal checkpoint. Refused: another tensor, pipeline or context
+    size, or another data size when the model is split (the universal conversion of tensor-parallel
+    shards is not wired in)."""
+    if saved is None:
+        return
+    current = WorldLayout(world_size=run.world_size, tensor_parallel_size=run.tensor,
+                          pipeline_parallel_size=run.pipeline, context_parallel_size=run.context)
+    same_split = saved.model_parallel_sizes == current.model_parallel_sizes
+    model_parallel = current.model_parallel_sizes != (1, 1, 1)
+    if same_split and (saved.world_size == current.world_size or not model_parallel):
+        return
+    raise ValueError(
+        f"{where}: the checkpoint was written by {saved.describe()}, this run is {current.describe()}; "
+        "resuming on another model-parallel layout (or, with tensor/pipeline/context > 1, another number "
+        "of ranks) is not supported yet. Resume with the checkpoint's parallel.tensor / parallel.pipeline / "
+        "parallel.context and number of ranks, or start from its weights with checkpoint.init_from "
+        "(fresh optimizer) on the new layout")
+
+
 class CheckpointManager:
     """Checkpoints of one run under `save_dir` (None: a run that never saves).
 
     `rank` / `world_size`: this process in the job's process group. `log(text)` is called on
-    rank 0 only, with one line per event (saved, converted, resumed)."""
+    rank 0 only, with one line per event (saved, converted, resumed). `parallel`: the run's
+    model-parallel layout (default: data parallelism over `world_size` ranks); a checkpoint
+    resumes only on the same tensor / pipeline / context sizes, and with tensor, pipeline or
+    context > 1 only on the same number of ranks (`check_resume_layout`)."""
 
     def __init__(self, save_dir: str | os.PathLike | None, *, rank: int, world_size: int, keep_last: int = 0,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, parallel: ParallelLayout | None = None):
         self.save_dir = Path(save_dir) if save_dir is not None else None
         self.rank, self.world_size, self.keep_last = rank, world_size, keep_last
+        self.parallel = parallel if parallel is not None else ParallelLayout(data=world_size)
         self._log = log
 
     def log(self, text: str) -> None:
@@ -124,6 +153,7 @@ class CheckpointManager:
         check_architecture(metadata["model"], model_config, str(root / tag))
         world = metadata["train_state"].world
         saved_ranks = world.world_size if world is not None else self.world_size
+        check_resume_layout(world, self.parallel, str(root / tag))
         universal = saved_ranks != self.world_size
         if universal:
             self.log(f"[megatiny] checkpoint {root / tag} was made with {saved_ranks} ranks, this run has "

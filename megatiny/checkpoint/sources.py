@@ -4,6 +4,8 @@
   - a DeepSpeed checkpoint root (uses its `latest` tag) or one tag directory (`megatiny.json`
     + DeepSpeed files): fp32 master weights from the ZeRO optimizer shards, or the 16-bit module
     weights where DeepSpeed saved them whole (ZeRO-0/1/2);
+    tensor-parallel ones (`train_state.world.tensor_parallel_size` > 1) from every tensor rank's
+    master weights, merged into full tensors;
   - a megatiny weights directory (`megatiny.json` + `model.safetensors`);
   - a Hugging Face Llama directory (`config.json` + `model.safetensors` or sharded safetensors).
 Every source lists its tensors by megatiny name, checked against `hf.weight_table(config)` before
@@ -24,6 +26,7 @@ from megatiny.checkpoint import consolidate, hf, layout
 from megatiny.checkpoint.metadata import METADATA_FILE, TrainState, read_metadata
 from megatiny.checkpoint.tokenizer_export import has_tokenizer_files
 from megatiny.model.config import ModelConfig
+from megatiny.parallel.tensor_parallel import merge_state_dicts, partition_dim
 
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -55,21 +58,48 @@ class _Base:
         return {e.megatiny: e.shape for e in hf.weight_table(self.config)}
 
 
+def _stored_shapes(zero: consolidate.ZeroCheckpoint, config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of what `zero` stores, plus tied names other than the expected tied head
+    (so that check_entries reports them as unexpected)."""
+    found = {name: tuple(shape) for name, shape in zero.shapes.items()}
+    for tied, target in zero.shared.items():
+        if not (config.tie_word_embeddings and (tied, target) == (hf.TIED_HEAD, hf.TIED_TO)):
+            found[tied] = tuple(zero.shape(tied))
+    return found
+
+
 class ZeroMasterSource(_Base):
     """fp32 master weights of a ZeRO-1/2/3 checkpoint tag directory."""
 
     def __init__(self, tag_dir: Path, metadata: dict[str, Any]):
         super().__init__(tag_dir, metadata["model"], metadata)
         self.zero = consolidate.ZeroCheckpoint(tag_dir)
-        found = {name: tuple(shape) for name, shape in self.zero.shapes.items()}
-        for tied, target in self.zero.shared.items():
-            if not (self.config.tie_word_embeddings and (tied, target) == (hf.TIED_HEAD, hf.TIED_TO)):
-                found[tied] = tuple(self.zero.shape(tied))  # reported as unexpected
-        hf.check_entries(found, self.expected_shapes(), f"{tag_dir} (megatiny.json model config)",
-                         "parameter")
+        hf.check_entries(_stored_shapes(self.zero, self.config), self.expected_shapes(),
+                         f"{tag_dir} (megatiny.json model config)", "parameter")
 
     def tensor(self, name: str) -> torch.Tensor:
         return self.zero.tensor(name)
+
+
+class TensorParallelMasterSource(_Base):
+    """fp32 master weights of a tensor-parallel ZeRO-1/2/3 checkpoint (written with an `mpu`):
+    each tensor rank's shard is assembled from its `mp_rank_{T:02d}` files, and the shards are
+    merged by `megatiny.parallel.tensor_parallel.merge_state_dicts` (q/k/v rows head-major, so
+    the kv groups come back in order; replicated norm weights checked equal)."""
+
+    def __init__(self, tag_dir: Path, metadata: dict[str, Any], tensor_size: int):
+        super().__init__(tag_dir, metadata["model"], metadata)
+        self.ranks = [consolidate.ZeroCheckpoint(tag_dir, model_parallel_rank=r) for r in range(tensor_size)]
+        found = {}
+        for name, shape in _stored_shapes(self.ranks[0], self.config).items():
+            dim = partition_dim(name)
+            found[name] = shape if dim is None else (*shape[:dim], shape[dim] * tensor_size, *shape[dim + 1:])
+        hf.check_entries(found, self.expected_shapes(),
+                         f"{tag_dir} (megatiny.json model config, tensor_parallel_size {tensor_size})",
+                         "parameter")
+
+    def tensor(self, name: str) -> torch.Tensor:
+        return merge_state_dicts([{name: rank.tensor(name)} for rank in self.ranks])[name]
 
 
 class ModuleStatesSource(_Base):
@@ -180,6 +210,17 @@ def open_weights(path: str | os.PathLike, *, tag: str | None = None, weights: st
         tag_dir = layout.resolve_tag_dir(path, tag)
         metadata = read_metadata(tag_dir)
         has_optim = any(consolidate.OPTIM_PATTERN.match(p.name) for p in tag_dir.iterdir())
+        world = metadata["train_state"].world
+        if world is not None and world.pipeline_parallel_size > 1:
+            raise ValueError(f"{tag_dir}: a pipeline-parallel checkpoint (pipeline_parallel_size "
+                             f"{world.pipeline_parallel_size}); converting those is not supported yet")
+        tensor_size = world.tensor_parallel_size if world is not None else 1
+        if tensor_size > 1:
+            if weights == "module" or not has_optim:
+                raise ValueError(f"{tag_dir}: a tensor-parallel checkpoint (tensor_parallel_size "
+                                 f"{tensor_size}) converts from its fp32 master weights only "
+                                 "(--weights master, the optimizer shards)")
+            return TensorParallelMasterSource(tag_dir, metadata, tensor_size)
         if weights == "master" or (weights == "auto" and has_optim):
             return ZeroMasterSource(tag_dir, metadata)
         return ModuleStatesSource(tag_dir, metadata)

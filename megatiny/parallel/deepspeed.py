@@ -25,6 +25,8 @@ import torch
 import torch.distributed as dist
 
 from megatiny.model.config import ModelConfig
+from megatiny.parallel.context_parallel import split_for_context
+from megatiny.parallel.state import ParallelState
 from megatiny.precision import Precision, detect_hardware, resolve_precision
 from megatiny.process_env import free_port, put_interpreter_bin_first
 from megatiny.training.config import DistributedConfig, RunConfig
@@ -125,9 +127,14 @@ def precision_section(precision: Precision, ds_file: dict[str, Any]) -> dict[str
 
 def build_ds_config(run: RunConfig, ds_file: dict[str, Any], data_parallel_size: int,
                     precision: Precision, *, source: str = "deepspeed config",
-                    load_universal: bool = False) -> dict[str, Any]:
+                    load_universal: bool = False, context_parallel_size: int = 1) -> dict[str, Any]:
     """The DeepSpeed config for this run: `ds_file` plus what the run config owns (batch sizes,
     clipping, and `precision`, the resolved runtime.precision).
+
+    `data_parallel_size` is the number of replicas reading different samples. Context ranks appear
+    to DeepSpeed as data-parallel ranks (`megatiny.parallel.state.DeepSpeedMPU`), so its
+    `train_batch_size` counts micro_batch x accumulation x data x context "samples" (sequence
+    slices): `batch.global_batch_size` x `context_parallel_size`.
 
     Raises ValueError when `ds_file` sets a key owned by the run config (the message says where
     to set it instead) or the batch sizes do not divide.
@@ -144,7 +151,7 @@ def build_ds_config(run: RunConfig, ds_file: dict[str, Any], data_parallel_size:
     config = {k: v for k, v in json.loads(json.dumps(ds_file)).items() if k != "fp16"}
     config.update(precision_section(precision, ds_file))
     config.update({
-        "train_batch_size": run.batch.global_batch_size,
+        "train_batch_size": run.batch.global_batch_size * context_parallel_size,
         "train_micro_batch_size_per_gpu": run.batch.micro_batch_size,
         "gradient_accumulation_steps": accumulation,
         "gradient_clipping": run.optimizer.grad_clip,
@@ -212,21 +219,31 @@ def _copy_weights(model: torch.nn.Module, state: dict[str, torch.Tensor] | None,
 
 
 class TrainingEngine:
-    """A DeepSpeed engine with the few operations the loop needs."""
+    """A DeepSpeed engine with the few operations the loop needs.
+
+    With `parallel` (a `ParallelState`; None on plain data parallelism) the model is built with
+    its tensor / context parallel layers, and DeepSpeed (`zero.Init` and `initialize`) is given
+    its `mpu`, so ZeRO partitions and averages over the data x context ranks and gradient clipping
+    counts tensor-parallel shards once."""
 
     def __init__(self, run: RunConfig, model_config: ModelConfig, ds_config: dict[str, Any],
                  dist_info: DistInfo, init_state: dict[str, torch.Tensor] | None = None,
-                 init_weights: bool = False):
+                 init_weights: bool = False, parallel: ParallelState | None = None):
         from megatiny.model import GPT
 
         self.run, self.model_config, self.ds_config, self.dist = run, model_config, ds_config, dist_info
-        torch.manual_seed(run.seed)  # identical initial weights on every rank
-        with deepspeed.zero.Init(config_dict_or_path=ds_config, enabled=zero_stage(ds_config) == 3):
-            model = GPT(model_config, runtime=run.runtime.model_runtime())
+        self.parallel = parallel
+        mpu = parallel.mpu() if parallel is not None else None
+        group = mpu.get_data_parallel_group() if mpu is not None else None
+        torch.manual_seed(run.seed)  # identical initial weights on every rank (TP: shards of them)
+        with deepspeed.zero.Init(data_parallel_group=group, mpu=mpu, config_dict_or_path=ds_config,
+                                 enabled=zero_stage(ds_config) == 3):
+            model = GPT(model_config, parallel, runtime=run.runtime.model_runtime())
         if init_weights:  # on every rank (collectives under ZeRO-3); only rank 0 has `init_state`
             _copy_weights(model, init_state, dist_info.rank)
         self.optimizer = _build_optimizer(run, model, ds_config)
-        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=self.optimizer, config=ds_config)
+        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=self.optimizer, config=ds_config,
+                                                    mpu=mpu)
 
     @property
     def deepspeed_engine(self) -> deepspeed.DeepSpeedEngine:
@@ -245,8 +262,14 @@ class TrainingEngine:
         self.engine.train(mode)
 
     def loss(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean next-token loss (fp32 scalar) of a micro-batch; input_ids, labels Long[B, T]."""
+        """Mean next-token loss (fp32 scalar) of a micro-batch; input_ids, labels Long[B, T] (whole,
+        already shifted sequences: under context parallelism this rank's slice is taken here, and
+        every context rank returns the mean over the whole sequences)."""
         device = self.dist.device
+        if self.parallel is not None and self.parallel.layout.context > 1:
+            rank, size = self.parallel.context_rank, self.parallel.layout.context
+            input_ids = split_for_context(input_ids, rank, size)
+            labels = split_for_context(labels, rank, size)
         return self.engine(input_ids.to(device), labels=labels.to(device))
 
     def backward(self, loss: torch.Tensor) -> None:

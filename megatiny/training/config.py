@@ -12,6 +12,7 @@ A run file looks like (every section optional except what the run needs)::
     logging: {log_interval: 10, eval_interval: 2000, eval_iters: 10}
     distributed: {deepspeed_config: ds_configs/zero3.json, timeout_s: 600}
     runtime: {precision: auto, activation_checkpointing: 1}   # how it computes, not what it learns
+    parallel: {tensor: 2, context: 1, sequence_parallel: true}  # model parallelism (data = the rest)
 
 Overrides use dotted keys: `batch.micro_batch_size=4 schedule.train_steps=100 model.preset=nano-2m`.
 Values are parsed as YAML scalars (`1e-4`, `true`, `null`, `[0.9, 0.95]`).
@@ -24,13 +25,16 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from megatiny.data.config import DataConfig
 from megatiny.model.config import PRESETS, RUNTIME_FIELDS, ModelConfig, ModelRuntime, get_preset
 from megatiny.precision import PRECISIONS
+
+if TYPE_CHECKING:
+    from megatiny.parallel.state import ParallelLayout
 
 SCHEDULE_STYLES = ("cosine", "linear", "constant")
 
@@ -339,6 +343,73 @@ training ~7x |
 
 
 @dataclass
+class ParallelConfig:
+    """Model parallelism (`docs/PARALLELISM.md`). The data-parallel size is what is left:
+    ranks / (tensor x pipeline x context); `batch.global_batch_size` counts whole sequences and is
+    split over the data-parallel ranks only (the tensor and context ranks of one replica read the
+    same samples; context ranks then take their slice of each sequence). Checkpoints resume only
+    on the same tensor / pipeline / context sizes."""
+
+    tensor: int = 1
+    """Megatron tensor parallelism: ranks that split every layer (must divide the model's
+    `num_query_groups`, `ffn_hidden_size` and `vocab_size`)"""
+    pipeline: int = 1
+    """pipeline stages (DeepSpeed's pipeline engine); not wired into training yet: values > 1 are
+    refused at start-up"""
+    context: int = 1
+    """DeepSpeed-Ulysses context parallelism: ranks that split every sequence (must divide
+    `batch.seq_length` and the kv groups per tensor rank)"""
+    sequence_parallel: bool = False
+    """Megatron sequence parallelism over the tensor ranks (needs tensor > 1; `batch.seq_length` /
+    context must divide by tensor)"""
+
+    def __post_init__(self) -> None:
+        if not self._is_default():  # (the default needs no check, nor torch imported)
+            self._sizes_only()  # validates the fields, naming them
+
+    def _is_default(self) -> bool:
+        sizes = (self.tensor, self.pipeline, self.context)
+        return self.sequence_parallel is False and all(type(v) is int and v == 1 for v in sizes)
+
+    def _sizes_only(self) -> ParallelLayout:
+        """The layout with one data-parallel replica (for checks that do not need the world size)."""
+        from megatiny.parallel.state import ParallelLayout  # torch: imported when a config is checked
+
+        return ParallelLayout(tensor=self.tensor, pipeline=self.pipeline, context=self.context,
+                              sequence_parallel=self.sequence_parallel)
+
+    def layout(self, world_size: int) -> ParallelLayout:
+        """The layout of a run on `world_size` ranks (ValueError when the sizes do not divide it)."""
+        from megatiny.parallel.state import ParallelLayout
+
+        return ParallelLayout.for_world(world_size, tensor=self.tensor, pipeline=self.pipeline,
+                                        context=self.context, sequence_parallel=self.sequence_parallel)
+
+    @property
+    def model_parallel(self) -> bool:
+        """True when the model itself is split (tensor, pipeline or context > 1)."""
+        return self.tensor * self.pipeline * self.context > 1
+
+    def check_model(self, config: ModelConfig, seq_length: int) -> None:
+        """ValueError unless `config` and `seq_length` can be split this way."""
+        if self._is_default():
+            return
+        from megatiny.parallel.context_parallel import check_context_parallel
+        from megatiny.parallel.tensor_parallel import check_tensor_parallel
+
+        layout = self._sizes_only()
+        check_tensor_parallel(config, layout)
+        check_context_parallel(config, layout)
+        per_context_rank, remainder = divmod(seq_length, self.context)
+        if remainder:
+            raise ValueError(f"batch.seq_length ({seq_length}) must be divisible by parallel.context "
+                             f"({self.context}): every context rank holds an equal slice")
+        if self.sequence_parallel and per_context_rank % self.tensor:
+            raise ValueError(f"with parallel.sequence_parallel, batch.seq_length / parallel.context "
+                             f"({per_context_rank}) must be divisible by parallel.tensor ({self.tensor})")
+
+
+@dataclass
 class RunConfig:
     """Everything a training run needs."""
 
@@ -356,6 +427,7 @@ class RunConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     seed: int = 1234
     """model init (identical on every rank) and dataset shuffling"""
     nan_policy: str = "skip"
@@ -371,6 +443,7 @@ class RunConfig:
         if self.batch.seq_length > model_config.max_position_embeddings:
             raise ValueError(f"batch.seq_length ({self.batch.seq_length}) exceeds the model's "
                              f"max_position_embeddings ({model_config.max_position_embeddings})")
+        self.parallel.check_model(model_config, self.batch.seq_length)
         if self.data is not None and not isinstance(self.data, DataConfig):
             raise ValueError(f"data must be a DataConfig, got {type(self.data).__name__}")
 
@@ -409,7 +482,8 @@ class RunConfig:
 
 _SECTION_TYPES = {"batch": BatchConfig, "optimizer": OptimizerConfig, "schedule": ScheduleConfig,
                   "checkpoint": CheckpointConfig, "logging": LoggingConfig,
-                  "distributed": DistributedConfig, "runtime": RuntimeConfig}
+                  "distributed": DistributedConfig, "runtime": RuntimeConfig,
+                  "parallel": ParallelConfig}
 
 
 def _section(section_type: type, name: str, value: Any, source: str) -> Any:

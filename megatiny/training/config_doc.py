@@ -50,7 +50,8 @@ of a checkpoint. The tests inject faults with it (`tests/training/fault_train.py
 a step, SIGTERM during a step, rank 1 killed in the middle of a save); the loop has no test
 switches of its own."""
 
-SECTIONS = ("batch", "optimizer", "schedule", "checkpoint", "logging", "distributed", "runtime")
+SECTIONS = ("batch", "optimizer", "schedule", "checkpoint", "logging", "distributed", "runtime",
+            "parallel")
 
 
 def field_docs(cls: type) -> dict[str, str]:

@@ -1,8 +1,11 @@
 """The pretraining loop: data -> DeepSpeed engine -> logs and checkpoints, with exact resume.
 
 One optimizer step = `gradient_accumulation_steps` micro-batches on every data-parallel rank
-(`batch.global_batch_size` samples in all). The learning rate is a pure function of the step, and
-the data position is `consumed_samples`, so a resumed run continues exactly where it stopped.
+(`batch.global_batch_size` samples in all). With model parallelism (`parallel:` section) the
+data-parallel ranks are the replicas (`ParallelLayout.data`): the tensor and context ranks of one
+replica read the same samples, and every rank's loss is its replica's mean. The learning rate
+is a pure function of the step, and the data position is `consumed_samples`, so a resumed run
+continues exactly where it stopped.
 Saving and resuming are `megatiny.checkpoint.manager.CheckpointManager`'s.
 
 Non-finite loss (bf16 and fp32 have no loss scaler; fp16's skips overflowing steps itself):
@@ -35,11 +38,13 @@ import numpy as np
 import torch
 
 from megatiny.checkpoint.manager import CheckpointManager, ResumePoint
-from megatiny.checkpoint.metadata import TrainState, WorldLayout
+from megatiny.checkpoint.metadata import TrainState, WorldLayout, describe_parallel_sizes
 from megatiny.data import build_gpt_datasets, describe_datasets
 from megatiny.data.sampler import PretrainingSampler
 from megatiny.data.sidecar import check_data_vocab
 from megatiny.parallel import deepspeed as ds_engine
+from megatiny.parallel.pipeline import check_pipeline
+from megatiny.parallel.state import ParallelLayout, ParallelState
 from megatiny.precision import warn_if_emulated
 from megatiny.training.config import RunConfig
 from megatiny.training.flops import peak_tflops_for, throughput
@@ -93,6 +98,12 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+def describe_layout(layout: ParallelLayout) -> str:
+    """e.g. "tensor 2 x context 1 x pipeline 1 x data 2, sequence parallel"."""
+    sizes = describe_parallel_sizes(layout.tensor, layout.context, layout.pipeline, layout.data)
+    return sizes + (", sequence parallel" if layout.sequence_parallel else "")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -116,13 +127,17 @@ class _Trainer:
         self.run, self.dist, self.stop, self.callbacks = run, dist_info, stop, callbacks
         self.rank, self.world = dist_info.rank, dist_info.world_size
         self.model_config = run.model_config()
+        # Sizes only (no process groups yet); data = the replicas that read different samples.
+        self.layout = run.parallel.layout(self.world)
+        self.data_rank = self.layout.coordinates(self.rank).data
         save_dir = run.checkpoint.save_dir
         log = run.logging
         tb_dir = log.tensorboard_dir or (str(Path(save_dir) / "tensorboard") if save_dir else None)
         metrics_file = log.metrics_file or (str(Path(save_dir) / "metrics.jsonl") if save_dir else None)
         self.logger = MetricsLogger(self.rank, tb_dir if log.tensorboard else None, metrics_file)
         self.checkpoints = CheckpointManager(save_dir, rank=self.rank, world_size=self.world,
-                                             keep_last=run.checkpoint.keep_last, log=self.logger.print)
+                                             keep_last=run.checkpoint.keep_last, log=self.logger.print,
+                                             parallel=self.layout)
         self.skipped_steps = 0
 
     # ---------------------------------------------------------------- setup
@@ -137,7 +152,7 @@ class _Trainer:
     def _build_data(self):
         run = self.run
         train_samples = run.schedule.train_steps * run.batch.global_batch_size
-        valid_samples = (run.logging.eval_iters * run.batch.micro_batch_size * self.world
+        valid_samples = (run.logging.eval_iters * run.batch.micro_batch_size * self.layout.data
                          if run.logging.eval_interval else 0)
         build = lambda: build_gpt_datasets(run.data, run.batch.seq_length,  # noqa: E731
                                            (train_samples, valid_samples, 0), run.seed,
@@ -163,23 +178,44 @@ class _Trainer:
         samples = torch.from_numpy(np.stack([dataset[i] for i in indices]))  # int64 samples
         return samples[:, :-1], samples[:, 1:]
 
+    def _parallel_state(self, ds_file: dict) -> ParallelState | None:
+        """The process groups of the model-parallel layout (None for data parallelism alone);
+        refuses what training does not support yet, before any engine starts."""
+        run = self.run
+        if not run.parallel.model_parallel:
+            return None
+        state = ParallelState(self.layout)
+        if self.layout.pipeline > 1:
+            check_pipeline(self.model_config, state, ds_engine.zero_stage(ds_file))  # ZeRO-2/3 named
+            raise ValueError(f"parallel.pipeline = {self.layout.pipeline}: pipeline parallelism is not wired "
+                             "into training yet (the model level is: megatiny.parallel.pipeline); set "
+                             "parallel.pipeline: 1")
+        if self.layout.tensor > 1 and run.checkpoint.init_from is not None:
+            raise ValueError(f"checkpoint.init_from with parallel.tensor = {self.layout.tensor} is not "
+                             "supported yet (the weights would have to be sharded); start from it with "
+                             "parallel.tensor: 1, or resume a checkpoint of this layout")
+        return state
+
     # ---------------------------------------------------------------- main
     def execute(self) -> TrainResult:
         run = self.run
         seed_everything(run.seed)
         self._check_data()
-        resume = self.checkpoints.find_resume(run.checkpoint.resume, self.model_config)
         ds_file = ds_engine.read_ds_file(run.distributed.deepspeed_config)
+        parallel = self._parallel_state(ds_file)
+        resume = self.checkpoints.find_resume(run.checkpoint.resume, self.model_config)
         self.precision = ds_engine.run_precision(run, self.dist.device)
         warn_if_emulated(self.precision, self.logger.print)
-        self.ds_config = ds_engine.build_ds_config(run, ds_file, self.world, self.precision,
+        self.ds_config = ds_engine.build_ds_config(run, ds_file, self.layout.data, self.precision,
                                                    load_universal=resume is not None and resume.universal,
-                                                   source=run.distributed.deepspeed_config)
+                                                   source=run.distributed.deepspeed_config,
+                                                   context_parallel_size=self.layout.context)
         init_weights = resume is None and run.checkpoint.init_from is not None
         init_state = (self.checkpoints.initial_weights(run.checkpoint.init_from, self.model_config)
                       if init_weights else None)
         self.engine = ds_engine.TrainingEngine(run, self.model_config, self.ds_config, self.dist,
-                                               init_state=init_state, init_weights=init_weights)
+                                               init_state=init_state, init_weights=init_weights,
+                                               parallel=parallel)
         step, consumed = 0, 0
         if resume is not None:
             state = self.checkpoints.load(self.engine.deepspeed_engine, resume)
@@ -190,12 +226,14 @@ class _Trainer:
         self._warn_if_data_changed(resume, consumed)
         sampler = PretrainingSampler(total_samples=len(train_ds), consumed_samples=consumed,
                                      micro_batch_size=run.batch.micro_batch_size,
-                                     data_parallel_rank=self.rank, data_parallel_size=self.world)
+                                     data_parallel_rank=self.data_rank,
+                                     data_parallel_size=self.layout.data)
         self.logger.print(
             f"[megatiny] {self.model_config.num_parameters() / 1e6:.2f}M parameters | {self.world} ranks | "
             f"ZeRO-{ds_engine.zero_stage(self.ds_config)} | precision {self.precision.describe()}\n"
             f"[megatiny] global batch {run.batch.global_batch_size} = "
-            f"{run.batch.micro_batch_size} micro x {accumulation} accumulation x {self.world} ranks | "
+            f"{run.batch.micro_batch_size} micro x {accumulation} accumulation x {self.layout.data} "
+            f"data-parallel ranks | {describe_layout(self.layout)} | "
             f"seq {run.batch.seq_length} | {run.schedule.train_steps} steps")
         return self._loop(step, consumed, iter(sampler), train_ds, valid_ds)
 
@@ -313,8 +351,8 @@ class _Trainer:
         mbs, iters = self.run.batch.micro_batch_size, self.run.logging.eval_iters
         self.engine.train(False)
         total = 0.0
-        for it in range(iters):
-            start = (it * self.world + self.rank) * mbs
+        for it in range(iters):  # the tensor / context ranks of a replica read the same rows
+            start = (it * self.layout.data + self.data_rank) * mbs
             indices = list(range(start, start + mbs))  # the valid split was sized for exactly these
             input_ids, labels = self._batch(valid_ds, indices)
             total += self.engine.loss(input_ids, labels).float().item()
@@ -329,7 +367,9 @@ class _Trainer:
     # ---------------------------------------------------------------- checkpoints
     def _save(self, step: int, consumed: int) -> None:
         world = WorldLayout(world_size=self.world, zero_stage=ds_engine.zero_stage(self.ds_config),
-                            precision=self.precision.name)
+                            precision=self.precision.name, tensor_parallel_size=self.layout.tensor,
+                            pipeline_parallel_size=self.layout.pipeline,
+                            context_parallel_size=self.layout.context)
         state = TrainState(step=step, consumed_samples=consumed, skipped_steps=self.skipped_steps,
                            world=world, data=self.data_description, run_config=self.run.to_dict())
         self.checkpoints.save(self.engine.deepspeed_engine, self.model_config, state,

@@ -4,8 +4,9 @@ import shutil
 import pytest
 
 from megatiny.checkpoint.layout import is_complete_tag, read_latest, universal_dir
-from megatiny.checkpoint.manager import CheckpointManager
+from megatiny.checkpoint.manager import CheckpointManager, check_resume_layout
 from megatiny.checkpoint.metadata import WorldLayout, read_metadata
+from megatiny.parallel.state import ParallelLayout
 from tests.checkpoint.conftest import STEPS
 from tests.checkpoint.ds_train_tiny import GLOBAL_BATCH, tiny_config
 
@@ -37,3 +38,16 @@ def test_resume_on_other_ranks_converts_to_universal_once(ds_two_ranks, tmp_path
     assert "made with 2 ranks, this run has 1" in lines[0]
     with pytest.raises(ValueError, match="model config differs"):
         fewer.find_resume(str(root), tiny_config(tie=True))
+
+
+def test_resume_layout_must_match_when_the_model_is_split():
+    tp2 = WorldLayout(world_size=4, tensor_parallel_size=2)
+    check_resume_layout(tp2, ParallelLayout(tensor=2, data=2), "ckpt")  # same layout
+    check_resume_layout(WorldLayout(world_size=2), ParallelLayout(data=4), "ckpt")  # DP: universal
+    check_resume_layout(None, ParallelLayout(data=2), "ckpt")  # written before layouts were recorded
+    for run in (ParallelLayout(data=4), ParallelLayout(tensor=2, data=1), ParallelLayout(context=2, data=2)):
+        with pytest.raises(ValueError, match="tensor 2 x context 1 x pipeline 1 x data 2 \\(4 ranks\\), "
+                                             "this run is tensor"):
+            check_resume_layout(tp2, run, "ckpt")
+    with pytest.raises(ValueError, match="written by tensor 1 x context 1 x pipeline 1 x data 2"):
+        check_resume_layout(WorldLayout(world_size=2), ParallelLayout(tensor=2), "ckpt")

@@ -200,3 +200,39 @@ def test_model_section_needs_a_preset():
     explicit = {"preset": None, **get_preset("nano-2m").to_dict()}
     assert RunConfig.from_dict({"model": explicit}).model_config() == get_preset("nano-2m")
     assert load_config(None).model_config() == get_preset("tiny-test")  # no model section: the default
+
+
+def test_parallel_section_is_validated_naming_the_fields():
+    run = load_config(None, ["parallel.tensor=2", "parallel.sequence_parallel=true"])
+    layout = run.parallel.layout(4)
+    assert (layout.tensor, layout.context, layout.data, layout.sequence_parallel) == (2, 1, 2, True)
+    assert load_config(None).parallel.layout(3).data == 3  # default: data parallelism alone
+    refused = {
+        "parallel.tensor=4": r"parallel.tensor \(4\) must divide ModelConfig.num_query_groups \(2\)",
+        "parallel.tensor=0": "parallel.tensor must be a positive integer",
+        "parallel.sequence_parallel=true": "needs parallel.tensor > 1",
+        "parallel.context=3": r"parallel.context \(3\) must divide the key/value groups",
+        "parallel.data=2": r"unknown key\(s\) \['parallel.data'\]",
+    }
+    for override, message in refused.items():
+        with pytest.raises(ValueError, match=message):
+            load_config(None, [override])
+    with pytest.raises(ValueError, match=r"batch.seq_length \(63\) must be divisible by parallel.context"):
+        load_config(None, ["parallel.context=2", "batch.seq_length=63"])
+    with pytest.raises(ValueError, match=r"seq_length / parallel.context \(31\) must be divisible by "
+                                         r"parallel.tensor \(2\)"):
+        load_config(None, ["parallel.context=2", "parallel.tensor=2", "model.preset=tiny-test",
+                           "model.num_query_groups=4",
+                           "model.num_attention_heads=8", "parallel.sequence_parallel=true",
+                           "batch.seq_length=62"])
+    with pytest.raises(ValueError, match=r"world size 3 is not divisible by parallel.tensor"):
+        run.parallel.layout(3)
+
+
+def test_ds_batch_accounting_with_model_parallelism():
+    """Tensor ranks do not count as replicas; context ranks count as DeepSpeed data ranks, so its
+    train_batch_size is the global batch x context (see megatiny.parallel.state.DeepSpeedMPU)."""
+    run = load_config(None, ["batch.micro_batch_size=2", "batch.global_batch_size=16"])
+    config = build_ds_config(run, {}, data_parallel_size=2, precision=FP32, context_parallel_size=2)
+    assert config["gradient_accumulation_steps"] == 4 and config["train_batch_size"] == 32
+    assert config["train_micro_batch_size_per_gpu"] == 2

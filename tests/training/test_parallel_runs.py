@@ -1,0 +1,132 @@
+"""Training runs with model parallelism (`parallel:` section): real `deepspeed --num_gpus 2` launches of
+tools/train.py on CPU (gloo), tiny-test model in fp32, against the one-rank run of the same config.
+
+  one    plain `python`, 1 rank, ZeRO-3: 4 steps, saves 2 and 4 (the reference)
+  tp2    2 ranks, parallel.tensor=2 (data-parallel size 1): the same 4 steps, saves 2 and 4
+  tp2-resumed  2 ranks, tensor 2, resumes tp2's step 2 and trains to 4
+  cp2    2 ranks, parallel.context=2 (Ulysses), the same 4 steps, no saves
+The same samples reach every run in the same order (tensor and context ranks of one replica read
+the same rows), so the losses agree to fp32 rounding of the reordered sums.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from megatiny.checkpoint import export_hf
+from megatiny.checkpoint.metadata import read_metadata
+from megatiny.cli import convert as convert_checkpoint
+from tests.helpers import REPO_ROOT, free_port, rank_env, run_command, timeout_s, venv_bin
+from tests.training.conftest import write_run_config
+
+pytestmark = pytest.mark.slow
+
+TRAIN = str(REPO_ROOT / "tools" / "train.py")
+ENV = {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO_ROOT), **rank_env()}
+STEPS = 4
+RUN_TIMEOUT_S = timeout_s(steps=STEPS, seconds_per_step=4, extra_s=30)
+SECTIONS = dict(schedule={"train_steps": STEPS, "warmup_steps": 2},
+                checkpoint={"save_interval": 2},
+                logging={"log_interval": 1, "eval_interval": 0},
+                runtime={"precision": "fp32", "attention_backend": "math"})
+
+
+def _losses(save_dir: Path) -> dict[int, tuple[float, float]]:
+    """step -> (loss, grad_norm) from metrics.jsonl (the last record of a step wins)."""
+    out = {}
+    for line in (save_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "loss" in record:
+            out[record["step"]] = (record["loss"], record["grad_norm"])
+    return out
+
+
+def _train(root: Path, tiny_data, *overrides: str, ranks: int, save_dir: Path | None = None, **sections):
+    save_dir = save_dir or root / "ckpt"
+    config = write_run_config(root / "run.yaml", tiny_data, save_dir, **{**SECTIONS, **sections})
+    if ranks == 1:
+        cmd = [venv_bin("python"), TRAIN]
+    else:
+        cmd = [venv_bin("deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port()), TRAIN]
+    result = run_command([*cmd, "--config", str(config), *overrides], timeout=RUN_TIMEOUT_S, env=ENV)
+    assert result.returncode == 0, result.stdout[-5000:]
+    return result, save_dir
+
+
+@pytest.fixture(scope="module")
+def one(tiny_data, tmp_path_factory):
+    return _train(tmp_path_factory.mktemp("one"), tiny_data, ranks=1)
+
+
+@pytest.fixture(scope="module")
+def tp2(tiny_data, tmp_path_factory):
+    return _train(tmp_path_factory.mktemp("tp2"), tiny_data, "parallel.tensor=2", ranks=2)
+
+
+def _assert_close(ours: dict, reference: dict, steps, rel: float = 1e-5) -> None:
+    for step in steps:
+        (loss, norm), (ref_loss, ref_norm) = ours[step], reference[step]
+        assert loss == pytest.approx(ref_loss, rel=rel), (step, loss, ref_loss)
+        assert norm == pytest.approx(ref_norm, rel=rel), (step, norm, ref_norm)
+
+
+def test_tensor_parallel_run_matches_one_rank(one, tp2):
+    result, save_dir = tp2
+    assert "2 ranks | ZeRO-3" in result.stdout
+    assert "x 1 data-parallel ranks | tensor 2 x context 1 x pipeline 1 x data 1" in result.stdout
+    _assert_close(_losses(save_dir), _losses(one[1]), range(1, STEPS + 1))
+    world = read_metadata(save_dir / "step_00000004")["train_state"].world
+    assert (world.world_size, world.tensor_parallel_size, world.context_parallel_size) == (2, 2, 1)
+    names = {p.name for p in (save_dir / "step_00000004").iterdir()}
+    assert {"zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_0_mp_rank_01_optim_states.pt"} <= names
+
+
+def test_tensor_parallel_resume_is_bitwise(tp2, tiny_data, tmp_path):
+    _, reference_dir = tp2
+    save_dir = tmp_path / "ckpt"
+    save_dir.mkdir()
+    shutil.copytree(reference_dir / "step_00000002", save_dir / "step_00000002")
+    (save_dir / "latest").write_text("step_00000002")
+    result, _ = _train(tmp_path, tiny_data, "parallel.tensor=2", ranks=2, save_dir=save_dir)
+    assert "resumed from" in result.stdout
+    resumed, expected = _losses(save_dir), _losses(reference_dir)
+    assert sorted(resumed) == [3, 4]
+    for step in (3, 4):
+        assert resumed[step] == expected[step], step  # bitwise: same layout, same reductions
+
+
+def test_tensor_parallel_checkpoint_exports_like_one_rank(one, tp2, tmp_path):
+    """`megatiny convert to-hf` merges the two tensor ranks' ZeRO-3 shards (GQA-correctly); the HF
+    model's logits match the one-rank run's export."""
+    out_tp = tmp_path / "tp2-hf"
+    code = convert_checkpoint.main(["to-hf", str(tp2[1]), str(out_tp), "--dtype", "fp32", "--no-tokenizer"])
+    assert code == 0
+    out_one = export_hf(one[1], tmp_path / "one-hf", dtype="fp32", include_tokenizer=False)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(out_tp, dtype=torch.float32)
+    reference = transformers.AutoModelForCausalLM.from_pretrained(out_one, dtype=torch.float32)
+    x = torch.randint(3, 320, (2, 24), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        logits, expected = theirs(x).logits, reference(x).logits
+    assert float((logits - expected).abs().max() / expected.abs().max()) < 1e-5
+
+
+def test_context_parallel_run_matches_one_rank(one, tiny_data, tmp_path):
+    # (all 4 steps: schedule.train_steps sizes the dataset, and so its sample order)
+    result, save_dir = _train(tmp_path, tiny_data, "parallel.context=2", "checkpoint.save_interval=0",
+                              "checkpoint.save_at_end=false", ranks=2)
+    assert "tensor 1 x context 2 x pipeline 1 x data 1" in result.stdout
+    _assert_close(_losses(save_dir), _losses(one[1]), range(1, STEPS + 1))
+
+
+def test_pipeline_with_zero3_is_refused_naming_both(tiny_data, tmp_path):
+    config = write_run_config(tmp_path / "run.yaml", tiny_data, tmp_path / "ckpt", **SECTIONS)
+    result = run_command([venv_bin("deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), TRAIN,
+                          "--config", str(config), "parallel.pipeline=2"], timeout=RUN_TIMEOUT_S, env=ENV)
+    assert result.returncode != 0
+    assert "parallel.pipeline = 2 needs ZeRO stage 0 or 1" in result.stdout
+    assert "zero_optimization.stage" in result.stdout and "Traceback" not in result.stdout
