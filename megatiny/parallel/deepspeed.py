@@ -218,6 +218,21 @@ def _copy_weights(model: torch.nn.Module, state: dict[str, torch.Tensor] | None,
                 param.data.copy_(state[name].to(param.dtype))
 
 
+def _pipeline_module(run: RunConfig, model_config: ModelConfig, parallel: ParallelState, stage: int):
+    """This rank's pipeline stage, holding its part of the one-rank GPT's initial weights (seeded
+    by the caller), so a pipeline run starts where a one-rank run does."""
+    from megatiny.model import GPT
+    from megatiny.parallel.pipeline import build_pipeline_model, load_full_state_dict
+
+    runtime = run.runtime.model_runtime()
+    full = GPT(model_config, runtime=runtime).state_dict()
+    module = build_pipeline_model(model_config, parallel, stage,
+                                  activation_checkpoint_interval=runtime.activation_checkpointing,
+                                  attention_backend=runtime.attention_backend)
+    load_full_state_dict(module, full, model_config, parallel)
+    return module
+
+
 class TrainingEngine:
     """A DeepSpeed engine with the few operations the loop needs.
 
@@ -233,12 +248,16 @@ class TrainingEngine:
 
         self.run, self.model_config, self.ds_config, self.dist = run, model_config, ds_config, dist_info
         self.parallel = parallel
-        mpu = parallel.mpu() if parallel is not None else None
+        self.pipelined = parallel is not None and parallel.layout.pipeline > 1
+        mpu = parallel.mpu() if parallel is not None and not self.pipelined else None
         group = mpu.get_data_parallel_group() if mpu is not None else None
         torch.manual_seed(run.seed)  # identical initial weights on every rank (TP: shards of them)
-        with deepspeed.zero.Init(data_parallel_group=group, mpu=mpu, config_dict_or_path=ds_config,
-                                 enabled=zero_stage(ds_config) == 3):
-            model = GPT(model_config, parallel, runtime=run.runtime.model_runtime())
+        if self.pipelined:  # the PipelineModule carries its own topology (no mpu)
+            model = _pipeline_module(run, model_config, parallel, zero_stage(ds_config))
+        else:
+            with deepspeed.zero.Init(data_parallel_group=group, mpu=mpu, config_dict_or_path=ds_config,
+                                     enabled=zero_stage(ds_config) == 3):
+                model = GPT(model_config, parallel, runtime=run.runtime.model_runtime())
         if init_weights:  # on every rank (collectives under ZeRO-3); only rank 0 has `init_state`
             _copy_weights(model, init_state, dist_info.rank)
         self.optimizer = _build_optimizer(run, model, ds_config)
@@ -266,11 +285,22 @@ class TrainingEngine:
         already shifted sequences: under context parallelism this rank's slice is taken here, and
         every context rank returns the mean over the whole sequences)."""
         device = self.dist.device
+        if self.pipelined:  # (evaluation only: training steps go through train_batch)
+            return self.engine.eval_batch(iter([(input_ids.to(device), labels.to(device))]),
+                                          num_micro_batches=1)
         if self.parallel is not None and self.parallel.layout.context > 1:
             rank, size = self.parallel.context_rank, self.parallel.layout.context
             input_ids = split_for_context(input_ids, rank, size)
             labels = split_for_context(labels, rank, size)
         return self.engine(input_ids.to(device), labels=labels.to(device))
+
+    def train_batch(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Pipeline parallelism: forward, backward and update over all `micro_batches` ((input_ids,
+        labels) Long[B, T] each) with DeepSpeed's 1F1B schedule; the mean loss (fp32 scalar,
+        averaged over micro-batches and data-parallel replicas, on every stage)."""
+        device = self.dist.device
+        data = [(ids.to(device), labels.to(device)) for ids, labels in micro_batches]
+        return self.engine.train_batch(data_iter=iter(data)).detach()
 
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)

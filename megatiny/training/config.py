@@ -354,8 +354,8 @@ class ParallelConfig:
     """Megatron tensor parallelism: ranks that split every layer (must divide the model's
     `num_query_groups`, `ffn_hidden_size` and `vocab_size`)"""
     pipeline: int = 1
-    """pipeline stages (DeepSpeed's pipeline engine); not wired into training yet: values > 1 are
-    refused at start-up"""
+    """pipeline stages (DeepSpeed's pipeline engine, 1F1B over the accumulation micro-batches);
+    needs ZeRO stage <= 1, `nan_policy: stop`, untied embeddings and no context parallelism"""
     context: int = 1
     """DeepSpeed-Ulysses context parallelism: ranks that split every sequence (must divide
     `batch.seq_length` and the kv groups per tensor rank)"""

@@ -187,9 +187,12 @@ class _Trainer:
         state = ParallelState(self.layout)
         if self.layout.pipeline > 1:
             check_pipeline(self.model_config, state, ds_engine.zero_stage(ds_file))  # ZeRO-2/3 named
-            raise ValueError(f"parallel.pipeline = {self.layout.pipeline}: pipeline parallelism is not wired "
-                             "into training yet (the model level is: megatiny.parallel.pipeline); set "
-                             "parallel.pipeline: 1")
+            if run.nan_policy != "stop":
+                raise ValueError("parallel.pipeline > 1 needs nan_policy: stop (DeepSpeed's pipeline engine "
+                                 "applies the step before the loss is known, so a micro-batch cannot be "
+                                 "skipped); set nan_policy: stop")
+            if run.checkpoint.init_from is not None:
+                raise ValueError("checkpoint.init_from with parallel.pipeline > 1 is not supported yet")
         if self.layout.tensor > 1 and run.checkpoint.init_from is not None:
             raise ValueError(f"checkpoint.init_from with parallel.tensor = {self.layout.tensor} is not "
                              "supported yet (the weights would have to be sharded); start from it with "
@@ -250,6 +253,36 @@ class _Trainer:
         total, stops = ds_engine.all_reduce_sum_tensor(torch.stack([local, stop_requested])).tolist()
         return loss, indices, local, total, stops > 0
 
+    def _accumulate(self, step: int, accumulation: int, batches, train_ds) -> tuple[float, int, bool]:
+        """One optimizer step of `accumulation` micro-batches: (sum of the finite micro-batches' mean
+        losses, how many were finite, whether any rank has a stop request)."""
+        loss_sum, finite_micro, stop_requested = 0.0, 0, False
+        for micro in range(accumulation):
+            loss, indices, local, total_loss, stop_now = self._micro_batch(step, micro, batches, train_ds)
+            stop_requested = stop_requested or stop_now
+            if math.isfinite(total_loss):
+                self.engine.backward(loss)
+                loss_sum += total_loss / self.world
+                finite_micro += 1
+            else:
+                self._report_nonfinite(step, micro, indices, local.item())
+                if finite_micro == 0 and micro == accumulation - 1:
+                    self.engine.set_lr(0.0)  # nothing finite this step: update with LR 0
+            self.engine.step()
+        return loss_sum, finite_micro, stop_requested
+
+    def _pipeline_step(self, step: int, accumulation: int, batches, train_ds) -> tuple[float, int, bool]:
+        """One optimizer step through DeepSpeed's pipeline engine (1F1B over `accumulation`
+        micro-batches; every stage of a replica reads the same samples). The engine applies the
+        update before the loss is known, so a non-finite loss stops the run (nan_policy: stop)."""
+        micro_batches = [self._batch(train_ds, next(batches)) for _ in range(accumulation)]
+        loss = self.engine.train_batch(micro_batches)  # the global mean, on every stage
+        stop_flag = loss.new_full((), float(self.stop.signum is not None))
+        total, stops = ds_engine.all_reduce_sum_tensor(torch.stack([loss.float(), stop_flag])).tolist()
+        if not math.isfinite(total):
+            self._report_nonfinite(step, 0, [], total)
+        return total / self.world * accumulation, accumulation, stops > 0
+
     def _loop(self, step: int, consumed: int, batches, train_ds, valid_ds) -> TrainResult:
         run = self.run
         total = run.schedule.train_steps
@@ -266,19 +299,12 @@ class _Trainer:
             self.callbacks.step_started(step, self.rank)
             lr = learning_rate(step, run.optimizer, run.schedule)
             self.engine.set_lr(lr)
-            loss_sum, finite_micro, stop_requested = 0.0, 0, False
-            for micro in range(accumulation):
-                loss, indices, local, total_loss, stop_now = self._micro_batch(step, micro, batches, train_ds)
-                stop_requested = stop_requested or stop_now
-                if math.isfinite(total_loss):
-                    self.engine.backward(loss)
-                    loss_sum += total_loss / self.world
-                    finite_micro += 1
-                else:
-                    self._report_nonfinite(step, micro, indices, local.item())
-                    if finite_micro == 0 and micro == accumulation - 1:
-                        self.engine.set_lr(0.0)  # nothing finite this step: update with LR 0
-                self.engine.step()
+            if self.engine.pipelined:
+                loss_sum, finite_micro, stop_requested = self._pipeline_step(step, accumulation, batches,
+                                                                             train_ds)
+            else:
+                loss_sum, finite_micro, stop_requested = self._accumulate(step, accumulation, batches,
+                                                                          train_ds)
             consumed += run.batch.global_batch_size
             step += 1
             if finite_micro == 0:

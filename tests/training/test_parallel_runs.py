@@ -3,8 +3,10 @@ tools/train.py on CPU (gloo), tiny-test model in fp32, against the one-rank run 
 
   one    plain `python`, 1 rank, ZeRO-3: 4 steps, saves 2 and 4 (the reference)
   tp2    2 ranks, parallel.tensor=2 (data-parallel size 1): the same 4 steps, saves 2 and 4
-  tp2-resumed  2 ranks, tensor 2, resumes tp2's step 2 and trains to 4
-  cp2    2 ranks, parallel.context=2 (Ulysses), the same 4 steps, no saves
+  cp2    2 ranks, parallel.context=2 (Ulysses): the same 4 steps, saves 2 and 4
+  tp2-resumed, cp2-resumed  resume step 2 on the same layout and train to 4 (bitwise)
+  tp2-sp 2 ranks, tensor 2 with sequence parallelism, the same 4 steps, no saves
+  pp2    2 ranks, parallel.pipeline=2 (ZeRO-1, nan_policy stop): the same 4 steps
 The same samples reach every run in the same order (tensor and context ranks of one replica read
 the same rows), so the losses agree to fp32 rounding of the reordered sums.
 """
@@ -86,18 +88,23 @@ def test_tensor_parallel_run_matches_one_rank(one, tp2):
     assert {"zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_0_mp_rank_01_optim_states.pt"} <= names
 
 
-def test_tensor_parallel_resume_is_bitwise(tp2, tiny_data, tmp_path):
-    _, reference_dir = tp2
+def _resume_from_step_2(reference_dir: Path, tiny_data, tmp_path: Path, *overrides: str) -> None:
+    """Resume a copy of `reference_dir`'s step-2 checkpoint with `overrides` (its layout) to step 4:
+    the same losses and gradient norms, bitwise."""
     save_dir = tmp_path / "ckpt"
     save_dir.mkdir()
     shutil.copytree(reference_dir / "step_00000002", save_dir / "step_00000002")
     (save_dir / "latest").write_text("step_00000002")
-    result, _ = _train(tmp_path, tiny_data, "parallel.tensor=2", ranks=2, save_dir=save_dir)
+    result, _ = _train(tmp_path, tiny_data, *overrides, ranks=2, save_dir=save_dir)
     assert "resumed from" in result.stdout
     resumed, expected = _losses(save_dir), _losses(reference_dir)
     assert sorted(resumed) == [3, 4]
     for step in (3, 4):
         assert resumed[step] == expected[step], step  # bitwise: same layout, same reductions
+
+
+def test_tensor_parallel_resume_is_bitwise(tp2, tiny_data, tmp_path):
+    _resume_from_step_2(tp2[1], tiny_data, tmp_path, "parallel.tensor=2")
 
 
 def test_tensor_parallel_checkpoint_exports_like_one_rank(one, tp2, tmp_path):
@@ -115,12 +122,21 @@ def test_tensor_parallel_checkpoint_exports_like_one_rank(one, tp2, tmp_path):
     assert float((logits - expected).abs().max() / expected.abs().max()) < 1e-5
 
 
-def test_context_parallel_run_matches_one_rank(one, tiny_data, tmp_path):
-    # (all 4 steps: schedule.train_steps sizes the dataset, and so its sample order)
-    result, save_dir = _train(tmp_path, tiny_data, "parallel.context=2", "checkpoint.save_interval=0",
-                              "checkpoint.save_at_end=false", ranks=2)
+@pytest.fixture(scope="module")
+def cp2(tiny_data, tmp_path_factory):
+    return _train(tmp_path_factory.mktemp("cp2"), tiny_data, "parallel.context=2", ranks=2)
+
+
+def test_context_parallel_run_matches_one_rank(one, cp2):
+    result, save_dir = cp2
     assert "tensor 1 x context 2 x pipeline 1 x data 1" in result.stdout
     _assert_close(_losses(save_dir), _losses(one[1]), range(1, STEPS + 1))
+    world = read_metadata(save_dir / "step_00000004")["train_state"].world
+    assert (world.world_size, world.tensor_parallel_size, world.context_parallel_size) == (2, 1, 2)
+
+
+def test_context_parallel_resume_is_bitwise(cp2, tiny_data, tmp_path):
+    _resume_from_step_2(cp2[1], tiny_data, tmp_path, "parallel.context=2")
 
 
 def test_pipeline_with_zero3_is_refused_naming_both(tiny_data, tmp_path):
@@ -130,3 +146,22 @@ def test_pipeline_with_zero3_is_refused_naming_both(tiny_data, tmp_path):
     assert result.returncode != 0
     assert "parallel.pipeline = 2 needs ZeRO stage 0 or 1" in result.stdout
     assert "zero_optimization.stage" in result.stdout and "Traceback" not in result.stdout
+
+
+def test_pipeline_run_matches_one_rank(one, tiny_data, tmp_path):
+    """parallel.pipeline=2 through DeepSpeed's pipeline engine (ZeRO-1, 1F1B over the 4 micro-batches
+    of a step), starting from the one-rank model's initial weights; its checkpoint records the layout."""
+    result, save_dir = _train(tmp_path, tiny_data, "parallel.pipeline=2", "nan_policy=stop",
+                              "distributed.deepspeed_config=ds_configs/zero1.json",
+                              "checkpoint.save_interval=0", ranks=2)
+    assert "tensor 1 x context 1 x pipeline 2 x data 1" in result.stdout
+    _assert_close(_losses(save_dir), _losses(one[1]), range(1, STEPS + 1))
+    world = read_metadata(save_dir / "step_00000004")["train_state"].world
+    assert world.pipeline_parallel_size == 2
+
+
+def test_sequence_parallel_run_matches_one_rank(one, tiny_data, tmp_path):
+    result, save_dir = _train(tmp_path, tiny_data, "parallel.tensor=2", "parallel.sequence_parallel=true",
+                              "checkpoint.save_interval=0", "checkpoint.save_at_end=false", ranks=2)
+    assert "tensor 2 x context 1 x pipeline 1 x data 1, sequence parallel" in result.stdout
+    _assert_close(_losses(save_dir), _losses(one[1]), range(1, STEPS + 1))
