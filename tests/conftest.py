@@ -1,6 +1,7 @@
 """Suite-wide pytest configuration."""
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,21 @@ def deepspeed_ops_built(request):
     from tests.helpers import run_command, timeout_s
     result = run_command([sys.executable, "-c", _BUILD_OPS], timeout=timeout_s(extra_s=300))
     assert result.returncode == 0, f"building DeepSpeed's ops failed:\n{result.stdout[-4000:]}"
+
+
+_SESSION_STARTED = time.time()
+
+
+@pytest.fixture(autouse=True)
+def remove_deepspeed_shm_buffers():
+    """DeepSpeed's CPU shared-memory allreduce leaves a ~66 MB /dev/shm file per rank of every
+    launch (megatiny's own shutdown removes its rank's; the test scripts that drive DeepSpeed
+    directly do not). After each test its launches have finished: remove what this run created,
+    or a whole suite would hold gigabytes of RAM in /dev/shm."""
+    yield
+    for path in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*"):
+        try:
+            if path.stat().st_mtime >= _SESSION_STARTED:
+                path.unlink()
+        except FileNotFoundError:
+            pass

@@ -333,11 +333,25 @@ def all_reduce_sum_tensor(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def shm_allreduce_buffer(rank: int, environ: dict[str, str] | None = None) -> Path:
+    """The /dev/shm file of `rank`'s buffer in DeepSpeed's CPU shared-memory allreduce.
+
+    DeepSpeed creates one per rank and launch (~66 MB, named by user id, MASTER_ADDR and
+    MASTER_PORT) and never removes it, so every CPU launch would leave its buffers in RAM."""
+    environ = os.environ if environ is None else environ
+    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{environ.get('MASTER_ADDR', '')}_"
+            f"{environ.get('MASTER_PORT', '')}_{rank}")
+    return Path("/dev/shm") / name
+
+
 def shutdown() -> None:
-    """Destroy the process group (without it gloo ranks abort at exit).
+    """Destroy the process group (without it gloo ranks abort at exit) and remove this rank's
+    shared-memory allreduce buffer (every peer mapped it at start-up, so the name can go).
 
     DeepSpeed caches a clone of the world group (`deepspeed.utils.groups._WORLD_GROUP`) that dies
     with it; forgetting it lets one process train again (e.g. a resume in the same test)."""
     if dist.is_available() and dist.is_initialized():
+        rank = dist.get_rank()
         dist.destroy_process_group()
+        shm_allreduce_buffer(rank).unlink(missing_ok=True)
     deepspeed.utils.groups._WORLD_GROUP = None

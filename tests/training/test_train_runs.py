@@ -63,12 +63,13 @@ def reference(tiny_data, tmp_path_factory):
     hostfile.write_text("localhost slots=2\n")
     env_file = root / "deepspeed_env"  # variables for the ranks started over ssh
     env_file.write_text("".join(f"{k}={v}\n" for k, v in BASE_ENV.items()))
+    port = free_port()
     with LocalSshd(root / "sshd") as sshd:
         result = run_command(
             [venv_bin("deepspeed"), "--hostfile", str(hostfile), "--master_addr", "127.0.0.1",
-             "--master_port", str(free_port()), "--launcher", "pdsh", TRAIN, "--config", str(config)],
+             "--master_port", str(port), "--launcher", "pdsh", TRAIN, "--config", str(config)],
             timeout=RUN_TIMEOUT_S, env={**BASE_ENV, **sshd.env(), "DS_ENV_FILE": str(env_file)})
-    return {"result": result, "save_dir": save_dir, "config": config}
+    return {"result": result, "save_dir": save_dir, "config": config, "port": port}
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +112,8 @@ def test_hostfile_launch_over_ssh_trains_and_logs(reference):
     assert f"precision {expected.describe()}" in result.stdout
     assert state.world.precision == expected.name
     assert state.run_config["runtime"]["precision"] == "auto"
+    # DeepSpeed's CPU allreduce buffers (/dev/shm, ~66 MB a rank) are removed at shutdown
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{reference['port']}_*"))
     assert sorted(p.name for p in (save_dir / "step_00000016").glob("rng_state_rank*.pt")) == \
         ["rng_state_rank0.pt", "rng_state_rank1.pt"]
 
