@@ -14,11 +14,26 @@ import argparse
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import torch
 
 from megatiny.precision import detect_hardware, resolve_precision
 
 BENCH = Path(__file__).resolve().parent / "bench_train_gpu.py"
+
+
+def matmul_gflops(dtype: torch.dtype, size: int = 512, repeats: int = 5) -> float:
+    """One thread, [size, size] @ [size, size] in `dtype`: GFLOP/s (the bf16-emulation telltale)."""
+    torch.set_num_threads(1)
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
 
 
 def tokens_per_second(precision: str, args: argparse.Namespace) -> float:
@@ -43,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precisions", nargs="+", default=["fp32", "auto", "bf16"])
     args = parser.parse_args(argv)
     chosen = resolve_precision("auto", detect_hardware())
+    fp32, bf16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)
+    print(f"512x512 matmul, 1 thread: fp32 {fp32:.1f} GFLOP/s, bf16 {bf16:.1f} GFLOP/s "
+          f"({bf16 / fp32:.2f}x fp32)")
     print(f"{args.preset} seq {args.seq} micro-batch {args.micro_batch}; auto = {chosen.describe()}")
     speeds = {p: tokens_per_second(p, args) for p in args.precisions}
     baseline = speeds.get("fp32")

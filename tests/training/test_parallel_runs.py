@@ -21,6 +21,7 @@ import torch
 import transformers
 
 from megatiny.checkpoint import export_hf
+from megatiny.checkpoint.io import write_latest
 from megatiny.checkpoint.metadata import read_metadata
 from megatiny.cli import convert as convert_checkpoint
 from tests.helpers import REPO_ROOT, free_port, rank_env, run_command, timeout_s, venv_bin
@@ -94,7 +95,7 @@ def _resume_from_step_2(reference_dir: Path, tiny_data, tmp_path: Path, *overrid
     save_dir = tmp_path / "ckpt"
     save_dir.mkdir()
     shutil.copytree(reference_dir / "step_00000002", save_dir / "step_00000002")
-    (save_dir / "latest").write_text("step_00000002")
+    write_latest(save_dir, "step_00000002")
     result, _ = _train(tmp_path, tiny_data, *overrides, ranks=2, save_dir=save_dir)
     assert "resumed from" in result.stdout
     resumed, expected = _losses(save_dir), _losses(reference_dir)

@@ -268,3 +268,15 @@ def test_gpu_benchmark_runs_on_cpu():
                           "--warmup", "1"], timeout=timeout_s(steps=3, seconds_per_step=5), env=BASE_ENV)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "tokens/s/device" in result.stdout and "MFU n/a" in result.stdout
+
+
+def test_precision_benchmark_prints_ratios_to_fp32():
+    result = run_command([venv_bin("python"), str(REPO_ROOT / "benchmarks" / "bench_precision.py"),
+                          "--preset", "tiny-test", "--seq", "32", "--micro-batch", "2", "--steps", "1",
+                          "--warmup", "1", "--precisions", "fp32", "auto"],
+                         timeout=timeout_s(launches=2, extra_s=30), env=BASE_ENV)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "512x512 matmul, 1 thread: fp32" in result.stdout
+    expected = resolve_precision("auto", detect_hardware("cpu"))
+    assert f"auto = {expected.describe()}" in result.stdout
+    assert "1.00x fp32" in result.stdout and "auto " in result.stdout
