@@ -25,6 +25,7 @@ import torch
 from megatiny.checkpoint import hf, sources, tokenizer_export
 from megatiny.checkpoint.metadata import TrainState, write_metadata
 from megatiny.checkpoint.writer import parse_size, plan_shards, write_safetensors
+from megatiny.precision import parse_dtype
 
 
 def export_hf(src: str | os.PathLike, out: str | os.PathLike, *, tag: str | None = None,
@@ -38,7 +39,7 @@ def export_hf(src: str | os.PathLike, out: str | os.PathLike, *, tag: str | None
     `include_tokenizer=False` (the export is then weights + config only).
     """
     source = sources.open_weights(src, tag=tag, weights=weights)
-    dtype = hf.parse_dtype(dtype)
+    dtype = parse_dtype(dtype)
     tokenizer_path = _tokenizer_for(source, tokenizer, include_tokenizer)
     config = source.config
     table = hf.weight_table(config)
@@ -90,7 +91,7 @@ def _write_megatiny(source, out: Path, dtype, tokenizer, overwrite: bool) -> Pat
     items = [(e.megatiny, e.shape) for e in hf.weight_table(source.config)]
     if dtype is None:
         dtype = source.tensor(items[0][0]).dtype
-    dtype = hf.parse_dtype(dtype)
+    dtype = parse_dtype(dtype)
     tokenizer_path = tokenizer if tokenizer is not None else source.metadata.get("tokenizer")
     with _atomic_dir(out, overwrite) as tmp:
         write_safetensors(tmp / sources.SAFETENSORS_FILE, items, dtype, source.tensor)

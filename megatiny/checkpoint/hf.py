@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from megatiny.model.config import ModelConfig
-from megatiny.precision import DTYPE_NAMES, DTYPES, parse_dtype  # noqa: F401 (re-exported)
+from megatiny.precision import DTYPE_NAMES, parse_dtype
 
 HF_ARCHITECTURE = "LlamaForCausalLM"
 HF_MODEL_TYPE = "llama"
