@@ -88,6 +88,8 @@ class ZeroCheckpoint:
         del states
         self._optim_files = self._find_optim_files()
         self._flat: list[list[torch.Tensor]] = []
+        self._optim: list[dict] = []  # each rank's optimizer_state_dict (memory-mapped)
+        self._state_flat: dict[str, list[list[torch.Tensor]]] = {}  # Adam moments, read on demand
         self.stage = -1
         for rank, path in enumerate(self._optim_files):
             optim = _load(path).get("optimizer_state_dict")
@@ -105,6 +107,7 @@ class ZeroCheckpoint:
             if key not in optim:
                 raise ValueError(f"{path}: field optimizer_state_dict.{key} missing (ZeRO stage {stage})")
             self._flat.append([t.detach() for t in optim[key]])
+            self._optim.append(optim)
         self._releasable = {id(t) for rank, groups in enumerate(self._flat) for t in groups
                             if _is_mapped_from(t, self._optim_files[rank])}
         self._pieces = self._layout()
@@ -200,18 +203,62 @@ class ZeroCheckpoint:
 
     # -- reading ----------------------------------------------------------------------------------
 
-    def tensor(self, name: str) -> torch.Tensor:
-        """The full fp32 master weight `name` (a tied name resolves to its stored tensor)."""
+    def _base_optimizer_state(self, rank: int) -> dict:
+        """Rank `rank`'s state_dict of the wrapped (torch) optimizer: {"state": {group: {...}}, ...}."""
+        optim = self._optim[rank]
+        key = "optimizer_state_dict" if self.stage == 3 else "base_optimizer_state"
+        base = optim.get(key)
+        if not isinstance(base, dict) or not isinstance(base.get("state"), dict):
+            raise ValueError(f"{self._optim_files[rank]}: field optimizer_state_dict.{key}.state missing or "
+                             "not a dict; this checkpoint's optimizer state cannot be read (saved with an "
+                             "elastic checkpoint or without optimizer state?)")
+        return base
+
+    def _flat_buffers(self, state_key: str | None) -> list[list[torch.Tensor]]:
+        """Per rank, per group: the flat buffer of the fp32 weights (None) or of optimizer state
+        `state_key` ("exp_avg", "exp_avg_sq"), which are laid out exactly like the weights."""
+        if state_key is None:
+            return self._flat
+        if state_key not in self._state_flat:
+            buffers = []
+            for rank, weights in enumerate(self._flat):
+                state = self._base_optimizer_state(rank)["state"]
+                groups = []
+                for group, weight in enumerate(weights):
+                    found = state.get(group, {}).get(state_key)
+                    if found is None or found.numel() != weight.numel():
+                        raise ValueError(f"{self._optim_files[rank]}: optimizer state {state_key!r} of group "
+                                         f"{group} is missing or not shaped like its fp32 weights "
+                                         "(not an Adam optimizer?)")
+                    groups.append(found.detach())
+                    if _is_mapped_from(found, self._optim_files[rank]):
+                        self._releasable.add(id(groups[-1]))
+                buffers.append(groups)
+            self._state_flat[state_key] = buffers
+        return self._state_flat[state_key]
+
+    def optimizer_step(self) -> int:
+        """The optimizer's step count (Adam's bias correction), as saved by rank 0."""
+        state = self._base_optimizer_state(0)["state"]
+        steps = {int(float(s["step"])) for s in state.values() if "step" in s}
+        if len(steps) != 1:
+            raise ValueError(f"{self._optim_files[0]}: optimizer step counts {sorted(steps)} (expected one)")
+        return steps.pop()
+
+    def tensor(self, name: str, state_key: str | None = None) -> torch.Tensor:
+        """The full fp32 master weight `name` (a tied name resolves to its stored tensor), or, with
+        `state_key` ("exp_avg" / "exp_avg_sq"), that optimizer state of it."""
         name = self.shared.get(name, name)
         if name not in self._pieces:
             raise KeyError(f"{self.tag_dir}: no parameter {name!r} in this checkpoint")
+        flat = self._flat_buffers(state_key)
         shape = self.shapes[name]
         out = torch.empty(sum(p.numel for p in self._pieces[name]), dtype=torch.float32)
         at = 0
         for p in self._pieces[name]:
-            src = self._flat[p.rank][p.group].narrow(0, p.start, p.numel)
+            src = flat[p.rank][p.group].narrow(0, p.start, p.numel)
             out.narrow(0, at, p.numel).copy_(src)
-            if id(self._flat[p.rank][p.group]) in self._releasable:
+            if id(flat[p.rank][p.group]) in self._releasable:
                 release_pages(src)
             at += p.numel
         return out[: shape.numel()].view(shape)

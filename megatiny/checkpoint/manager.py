@@ -9,9 +9,11 @@ so a crash at any point leaves `latest` on the previous complete checkpoint.
 
 A resume (`find_resume`, then `load` once the engine exists): the tag `checkpoint.resume`
 selects (`megatiny.checkpoint.layout.resolve_resume`), its architecture checked against the
-run's (plain `ModelConfig` equality), and, when it was written by another number of ranks, its
-conversion to DeepSpeed's universal format (rank 0, once, under ROOT/universal/TAG); the
-DeepSpeed config must then say `checkpoint.load_universal` (`ResumePoint.universal`).
+run's (plain `ModelConfig` equality), then one of (`megatiny.checkpoint.reshard.resume_mode`):
+DeepSpeed's own load (same layout); for plain data parallelism on another number of ranks, the
+conversion to DeepSpeed's universal format (rank 0, once, under ROOT/universal/TAG; the DeepSpeed
+config must then say `checkpoint.load_universal`, `ResumePoint.universal`); for another tensor /
+pipeline layout or ZeRO stage, megatiny's resharding of the full weights and Adam state.
 
 The engine passed in is a DeepSpeed engine (`save_checkpoint` / `load_checkpoint`); the universal
 conversion runs DeepSpeed's converter as a subprocess.
@@ -32,7 +34,8 @@ import torch
 
 from megatiny.checkpoint import io, layout
 from megatiny.checkpoint.load import load_model
-from megatiny.checkpoint.metadata import METADATA_FILE, TrainState, WorldLayout, read_metadata, write_metadata
+from megatiny.checkpoint.metadata import METADATA_FILE, TrainState, read_metadata, write_metadata
+from megatiny.checkpoint.reshard import ResumeMode, load_resharded, open_checkpoint, resume_mode, world_of
 from megatiny.model.config import ModelConfig
 from megatiny.parallel.deepspeed import barrier
 from megatiny.parallel.state import ParallelLayout
@@ -40,14 +43,20 @@ from megatiny.parallel.state import ParallelLayout
 
 @dataclass(frozen=True)
 class ResumePoint:
-    """A complete checkpoint to continue from. `load_root` is `root`, or ROOT/universal when the
-    checkpoint was converted for this run's number of ranks (`universal`)."""
+    """A complete checkpoint to continue from, and how (`mode`, see `megatiny.checkpoint.reshard`).
+    `load_root` is `root`, or ROOT/universal when the checkpoint was converted for this run's
+    number of ranks (`universal`)."""
 
     root: Path
     tag: str
     metadata: dict[str, Any]
     load_root: Path
-    universal: bool
+    mode: ResumeMode = ResumeMode.SAME
+
+    @property
+    def universal(self) -> bool:
+        """Loaded from DeepSpeed's universal format (the DeepSpeed config must say so)."""
+        return self.mode is ResumeMode.UNIVERSAL
 
     @property
     def state(self) -> TrainState:
@@ -64,38 +73,13 @@ def check_architecture(found: ModelConfig, expected: ModelConfig, where: str) ->
                          f"  checkpoint: {found}\n  run:        {expected}")
 
 
-def check_resume_layout(saved: WorldLayout | None, run: ParallelLayout, where: str) -> None:
-    """ValueError naming both layouts unless a checkpoint written by `saved` (None: data
-    parallelism, from before layouts were recorded) can resume on `run`.
-
-    Supported: the same layout, and (plain data parallelism on both sides) another number of data
-    ranks, through DeepSpeed's universal checkpoint. Refused: another tensor, pipeline or context
-    size, or another data size when the model is split (the universal conversion of tensor-parallel
-    shards is not wired in)."""
-    if saved is None:
-        return
-    current = WorldLayout(world_size=run.world_size, tensor_parallel_size=run.tensor,
-                          pipeline_parallel_size=run.pipeline, context_parallel_size=run.context)
-    same_split = saved.model_parallel_sizes == current.model_parallel_sizes
-    model_parallel = current.model_parallel_sizes != (1, 1, 1)
-    if same_split and (saved.world_size == current.world_size or not model_parallel):
-        return
-    raise ValueError(
-        f"{where}: the checkpoint was written by {saved.describe()}, this run is {current.describe()}; "
-        "resuming on another model-parallel layout (or, with tensor/pipeline/context > 1, another number "
-        "of ranks) is not supported yet. Resume with the checkpoint's parallel.tensor / parallel.pipeline / "
-        "parallel.context and number of ranks, or start from its weights with checkpoint.init_from "
-        "(fresh optimizer) on the new layout")
-
-
 class CheckpointManager:
     """Checkpoints of one run under `save_dir` (None: a run that never saves).
 
     `rank` / `world_size`: this process in the job's process group. `log(text)` is called on
     rank 0 only, with one line per event (saved, converted, resumed). `parallel`: the run's
-    model-parallel layout (default: data parallelism over `world_size` ranks); a checkpoint
-    resumes only on the same tensor / pipeline / context sizes, and with tensor, pipeline or
-    context > 1 only on the same number of ranks (`check_resume_layout`)."""
+    model-parallel layout (default: data parallelism over `world_size` ranks); a checkpoint of
+    any layout resumes on it (`megatiny.checkpoint.reshard.resume_mode`)."""
 
     def __init__(self, save_dir: str | os.PathLike | None, *, rank: int, world_size: int, keep_last: int = 0,
                  log: Callable[[str], None] = print, parallel: ParallelLayout | None = None):
@@ -141,10 +125,12 @@ class CheckpointManager:
         return root / tag
 
     # ---------------------------------------------------------------- resume
-    def find_resume(self, resume: str, model_config: ModelConfig) -> ResumePoint | None:
+    def find_resume(self, resume: str, model_config: ModelConfig, zero_stage: int | None = None
+                    ) -> ResumePoint | None:
         """The checkpoint `resume` selects ("auto" | "none" | a root or tag path), checked against
-        `model_config`; converted to the universal format (rank 0; all ranks wait) when it was
-        written by another number of ranks. None: start fresh. Every rank calls this."""
+        `model_config`, and how it continues on this run's layout and ZeRO stage `zero_stage`;
+        converted to the universal format (rank 0; all ranks wait) when DeepSpeed's universal
+        checkpoint is the way. None: start fresh. Every rank calls this."""
         found = layout.resolve_resume(resume, self.save_dir)
         if found is None:
             return None
@@ -152,26 +138,38 @@ class CheckpointManager:
         metadata = read_metadata(root / tag)
         check_architecture(metadata["model"], model_config, str(root / tag))
         world = metadata["train_state"].world
-        saved_ranks = world.world_size if world is not None else self.world_size
-        check_resume_layout(world, self.parallel, str(root / tag))
-        universal = saved_ranks != self.world_size
-        if universal:
-            self.log(f"[megatiny] checkpoint {root / tag} was made with {saved_ranks} ranks, this run has "
-                     f"{self.world_size}: converting it to DeepSpeed's universal format")
+        mode = resume_mode(world, self.parallel, zero_stage)
+        if mode is ResumeMode.UNIVERSAL:
+            self.log(f"[megatiny] checkpoint {root / tag} was made with {world.world_size} ranks, this run "
+                     f"has {self.world_size}: converting it to DeepSpeed's universal format")
             if self.rank == 0:
                 convert_to_universal(root, tag)
             barrier()
-        load_root = root / layout.UNIVERSAL_DIR if universal else root
-        return ResumePoint(root, tag, metadata, load_root, universal)
+        elif mode is ResumeMode.RESHARD:
+            self.log(f"[megatiny] checkpoint {root / tag} was written by {world.describe()}, ZeRO-"
+                     f"{world.zero_stage}; this run is {world_of(self.parallel).describe()}, "
+                     f"ZeRO-{zero_stage}: resharding its weights and optimizer state")
+        load_root = root / layout.UNIVERSAL_DIR if mode is ResumeMode.UNIVERSAL else root
+        return ResumePoint(root, tag, metadata, load_root, mode)
 
     def load(self, engine: Any, point: ResumePoint) -> TrainState:
         """Load weights, optimizer and DeepSpeed state of `point` into `engine` (built with
-        `checkpoint.load_universal = point.universal`) and this rank's RNG states."""
-        path, _ = engine.load_checkpoint(str(point.load_root), tag=point.tag, load_optimizer_states=True,
-                                         load_lr_scheduler_states=False)
-        if path is None:
-            raise RuntimeError(f"DeepSpeed could not load the checkpoint {point.load_root / point.tag}")
-        io.load_rng_state(point.tag_dir, self.rank)  # False (kept seeded) for ranks it did not have
+        `checkpoint.load_universal = point.universal`) and this rank's RNG states. A resharded
+        resume (another layout) restores weights and Adam state; RNG streams stay seeded (ranks
+        have other roles now)."""
+        if point.mode is ResumeMode.RESHARD:
+            model = point.metadata["model"]
+            source = open_checkpoint(point.tag_dir, point.state.world, model.num_layers)
+            load_resharded(engine, source, tensor_rank=self.parallel.coordinates(self.rank).tensor,
+                           tensor_size=self.parallel.tensor, pipelined=self.parallel.pipeline > 1,
+                           num_layers=model.num_layers)
+            barrier()
+        else:
+            path, _ = engine.load_checkpoint(str(point.load_root), tag=point.tag, load_optimizer_states=True,
+                                             load_lr_scheduler_states=False)
+            if path is None:
+                raise RuntimeError(f"DeepSpeed could not load the checkpoint {point.load_root / point.tag}")
+            io.load_rng_state(point.tag_dir, self.rank)  # False (kept seeded) for ranks it did not have
         state = point.state
         self.log(f"[megatiny] resumed from {point.tag_dir}: step {state.step}, "
                  f"{state.consumed_samples} samples consumed")

@@ -4,7 +4,7 @@
   - a DeepSpeed checkpoint root (uses its `latest` tag) or one tag directory (`megatiny.json`
     + DeepSpeed files): fp32 master weights from the ZeRO optimizer shards, or the 16-bit module
     weights where DeepSpeed saved them whole (ZeRO-0/1/2);
-    tensor-parallel ones (`train_state.world.tensor_parallel_size` > 1) from every tensor rank's
+    tensor- and pipeline-parallel ones (`train_state.world`) from every model-parallel rank's
     master weights, merged into full tensors;
   - a megatiny weights directory (`megatiny.json` + `model.safetensors`);
   - a Hugging Face Llama directory (`config.json` + `model.safetensors` or sharded safetensors).
@@ -24,9 +24,9 @@ from safetensors import safe_open
 
 from megatiny.checkpoint import consolidate, hf, layout
 from megatiny.checkpoint.metadata import METADATA_FILE, TrainState, read_metadata
+from megatiny.checkpoint.model_parallel import ModelParallelCheckpoint
 from megatiny.checkpoint.tokenizer_export import has_tokenizer_files
 from megatiny.model.config import ModelConfig
-from megatiny.parallel.tensor_parallel import merge_state_dicts, partition_dim
 
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -81,25 +81,23 @@ class ZeroMasterSource(_Base):
         return self.zero.tensor(name)
 
 
-class TensorParallelMasterSource(_Base):
-    """fp32 master weights of a tensor-parallel ZeRO-1/2/3 checkpoint (written with an `mpu`):
-    each tensor rank's shard is assembled from its `mp_rank_{T:02d}` files, and the shards are
-    merged by `megatiny.parallel.tensor_parallel.merge_state_dicts` (q/k/v rows head-major, so
-    the kv groups come back in order; replicated norm weights checked equal)."""
+class ModelParallelMasterSource(_Base):
+    """fp32 master weights of a tensor- and/or pipeline-parallel ZeRO-1/2/3 checkpoint: every
+    model-parallel rank's ZeRO shards assembled and the tensor ranks' shards concatenated
+    (`megatiny.checkpoint.model_parallel.ModelParallelCheckpoint`; q/k/v rows are head-major, so
+    the kv groups come back in order), pipeline layer names mapped to Hugging Face ones."""
 
-    def __init__(self, tag_dir: Path, metadata: dict[str, Any], tensor_size: int):
+    def __init__(self, tag_dir: Path, metadata: dict[str, Any], tensor_size: int, pipeline_size: int):
         super().__init__(tag_dir, metadata["model"], metadata)
-        self.ranks = [consolidate.ZeroCheckpoint(tag_dir, model_parallel_rank=r) for r in range(tensor_size)]
-        found = {}
-        for name, shape in _stored_shapes(self.ranks[0], self.config).items():
-            dim = partition_dim(name)
-            found[name] = shape if dim is None else (*shape[:dim], shape[dim] * tensor_size, *shape[dim + 1:])
+        self.checkpoint = ModelParallelCheckpoint(tag_dir, tensor_size, pipeline_size, self.config.num_layers)
+        found = {name: tuple(self.checkpoint.shape(name)) for name in self.checkpoint.names()
+                 if not (self.config.tie_word_embeddings and name == hf.TIED_HEAD)}
         hf.check_entries(found, self.expected_shapes(),
-                         f"{tag_dir} (megatiny.json model config, tensor_parallel_size {tensor_size})",
-                         "parameter")
+                         f"{tag_dir} (megatiny.json model config, tensor_parallel_size {tensor_size}, "
+                         f"pipeline_parallel_size {pipeline_size})", "parameter")
 
     def tensor(self, name: str) -> torch.Tensor:
-        return merge_state_dicts([{name: rank.tensor(name)} for rank in self.ranks])[name]
+        return self.checkpoint.tensor(name)
 
 
 class ModuleStatesSource(_Base):
@@ -211,16 +209,14 @@ def open_weights(path: str | os.PathLike, *, tag: str | None = None, weights: st
         metadata = read_metadata(tag_dir)
         has_optim = any(consolidate.OPTIM_PATTERN.match(p.name) for p in tag_dir.iterdir())
         world = metadata["train_state"].world
-        if world is not None and world.pipeline_parallel_size > 1:
-            raise ValueError(f"{tag_dir}: a pipeline-parallel checkpoint (pipeline_parallel_size "
-                             f"{world.pipeline_parallel_size}); converting those is not supported yet")
         tensor_size = world.tensor_parallel_size if world is not None else 1
-        if tensor_size > 1:
+        pipeline_size = world.pipeline_parallel_size if world is not None else 1
+        if tensor_size > 1 or pipeline_size > 1:
             if weights == "module" or not has_optim:
-                raise ValueError(f"{tag_dir}: a tensor-parallel checkpoint (tensor_parallel_size "
-                                 f"{tensor_size}) converts from its fp32 master weights only "
-                                 "(--weights master, the optimizer shards)")
-            return TensorParallelMasterSource(tag_dir, metadata, tensor_size)
+                raise ValueError(f"{tag_dir}: a model-parallel checkpoint (tensor_parallel_size "
+                                 f"{tensor_size}, pipeline_parallel_size {pipeline_size}) converts from its "
+                                 "fp32 master weights only (--weights master, the optimizer shards)")
+            return ModelParallelMasterSource(tag_dir, metadata, tensor_size, pipeline_size)
         if weights == "master" or (weights == "auto" and has_optim):
             return ZeroMasterSource(tag_dir, metadata)
         return ModuleStatesSource(tag_dir, metadata)

@@ -209,13 +209,16 @@ class CheckpointConfig:
 
     **Resuming** restores weights, optimizer state, step, consumed samples (the sampler restarts
     at that position) and each rank's RNG states: losses continue bitwise identically on CPU.
-    **With a different number of data-parallel ranks**, rank 0 first converts the checkpoint to
-    DeepSpeed's universal format (`SAVE_DIR/universal/step_N/`, once) and every rank loads that.
-    Kept: fp32 weights, Adam moments and step count, step, consumed samples (the data order is
-    global, so no sample is repeated or skipped). Lost: the RNG states of ranks that did not exist
-    before (they keep the seeded state; no model RNG is used in pretraining without dropout) and
-    bitwise reproducibility (reduction order changes; losses agree to bf16 precision). A
-    checkpoint whose model config differs from the run's is refused."""
+    **On another layout** (number of ranks, `parallel.tensor` / `pipeline` / `context`, ZeRO
+    stage) it resumes too: a ZeRO-3 data-parallel checkpoint on another number of ranks through
+    DeepSpeed's universal format (rank 0 converts it once to `SAVE_DIR/universal/step_N/`), every
+    other change through megatiny's resharding (the full fp32 weights and Adam moments of the old
+    layout, cut for each rank of the new one; `megatiny.checkpoint.reshard`). Kept: fp32 weights,
+    Adam moments and step count, step, consumed samples (the data order is global, so no sample
+    is repeated or skipped). Lost: RNG states of ranks whose role changed (they keep the seeded
+    state; no model RNG is used in pretraining without dropout) and bitwise reproducibility
+    (reduction order changes; fp32 losses agree within 1e-5). A checkpoint whose model config
+    differs from the run's is refused."""
 
     save_dir: str | None = None
     """checkpoint root; also holds `metrics.jsonl` and `tensorboard/` by default"""
@@ -347,8 +350,8 @@ class ParallelConfig:
     """Model parallelism (`docs/PARALLELISM.md`). The data-parallel size is what is left:
     ranks / (tensor x pipeline x context); `batch.global_batch_size` counts whole sequences and is
     split over the data-parallel ranks only (the tensor and context ranks of one replica read the
-    same samples; context ranks then take their slice of each sequence). Checkpoints resume only
-    on the same tensor / pipeline / context sizes."""
+    same samples; context ranks then take their slice of each sequence). Checkpoints of any
+    layout resume on any other (see `checkpoint`)."""
 
     tensor: int = 1
     """Megatron tensor parallelism: ranks that split every layer (must divide the model's

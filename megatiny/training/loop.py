@@ -206,7 +206,8 @@ class _Trainer:
         self._check_data()
         ds_file = ds_engine.read_ds_file(run.distributed.deepspeed_config)
         parallel = self._parallel_state(ds_file)
-        resume = self.checkpoints.find_resume(run.checkpoint.resume, self.model_config)
+        resume = self.checkpoints.find_resume(run.checkpoint.resume, self.model_config,
+                                              zero_stage=ds_engine.zero_stage(ds_file))
         self.precision = ds_engine.run_precision(run, self.dist.device)
         warn_if_emulated(self.precision, self.logger.print)
         self.ds_config = ds_engine.build_ds_config(run, ds_file, self.layout.data, self.precision,

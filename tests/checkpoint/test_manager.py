@@ -4,8 +4,9 @@ import shutil
 import pytest
 
 from megatiny.checkpoint.layout import is_complete_tag, read_latest, universal_dir
-from megatiny.checkpoint.manager import CheckpointManager, check_resume_layout
+from megatiny.checkpoint.manager import CheckpointManager
 from megatiny.checkpoint.metadata import WorldLayout, read_metadata
+from megatiny.checkpoint.reshard import ResumeMode, resume_mode
 from megatiny.parallel.state import ParallelLayout
 from tests.checkpoint.conftest import STEPS
 from tests.checkpoint.ds_train_tiny import GLOBAL_BATCH, tiny_config
@@ -40,14 +41,25 @@ def test_resume_on_other_ranks_converts_to_universal_once(ds_two_ranks, tmp_path
         fewer.find_resume(str(root), tiny_config(tie=True))
 
 
-def test_resume_layout_must_match_when_the_model_is_split():
-    tp2 = WorldLayout(world_size=4, tensor_parallel_size=2)
-    check_resume_layout(tp2, ParallelLayout(tensor=2, data=2), "ckpt")  # same layout
-    check_resume_layout(WorldLayout(world_size=2), ParallelLayout(data=4), "ckpt")  # DP: universal
-    check_resume_layout(None, ParallelLayout(data=2), "ckpt")  # written before layouts were recorded
-    for run in (ParallelLayout(data=4), ParallelLayout(tensor=2, data=1), ParallelLayout(context=2, data=2)):
-        with pytest.raises(ValueError, match="tensor 2 x context 1 x pipeline 1 x data 2 \\(4 ranks\\), "
-                                             "this run is tensor"):
-            check_resume_layout(tp2, run, "ckpt")
-    with pytest.raises(ValueError, match="written by tensor 1 x context 1 x pipeline 1 x data 2"):
-        check_resume_layout(WorldLayout(world_size=2), ParallelLayout(tensor=2), "ckpt")
+def test_resume_mode_for_each_change_of_layout():
+    """Same split and ranks: DeepSpeed's own load; data parallelism on another number of ranks:
+    universal; another tensor / pipeline split or ZeRO stage: megatiny's resharding."""
+    tp2 = WorldLayout(world_size=4, zero_stage=3, tensor_parallel_size=2)
+    dp2 = WorldLayout(world_size=2, zero_stage=3)
+    cases = [
+        (tp2, ParallelLayout(tensor=2, data=2), 3, ResumeMode.SAME),
+        (tp2, ParallelLayout(tensor=2, data=2), None, ResumeMode.SAME),  # stage not known: not checked
+        (dp2, ParallelLayout(data=4), 3, ResumeMode.UNIVERSAL),
+        (dp2, ParallelLayout(context=2, data=1), 3, ResumeMode.SAME),  # to DeepSpeed: data ranks
+        (WorldLayout(world_size=2, context_parallel_size=2), ParallelLayout(data=1), 3, ResumeMode.UNIVERSAL),
+        (None, ParallelLayout(data=2), 3, ResumeMode.SAME),  # written before layouts were recorded
+        (tp2, ParallelLayout(data=4), 3, ResumeMode.RESHARD),
+        (tp2, ParallelLayout(tensor=2, data=1), 3, ResumeMode.RESHARD),
+        (dp2, ParallelLayout(tensor=2), 3, ResumeMode.RESHARD),
+        (WorldLayout(world_size=2, zero_stage=1, pipeline_parallel_size=2), ParallelLayout(data=1), 3,
+         ResumeMode.RESHARD),
+        (dp2, ParallelLayout(data=2), 1, ResumeMode.RESHARD),  # ZeRO-3 -> ZeRO-1
+        (WorldLayout(world_size=2, zero_stage=1), ParallelLayout(data=1), 1, ResumeMode.RESHARD),
+    ]
+    for saved, run, stage, expected in cases:
+        assert resume_mode(saved, run, stage) is expected, (saved, run, stage)

@@ -16,14 +16,14 @@ def _tag(tmp_path, world: WorldLayout, *files: str):
     return tag
 
 
-def test_pipeline_checkpoints_are_refused(tmp_path):
+def test_pipeline_module_weights_are_refused(tmp_path):
     tag = _tag(tmp_path, WorldLayout(world_size=2, zero_stage=1, pipeline_parallel_size=2))
-    with pytest.raises(ValueError, match="a pipeline-parallel checkpoint .pipeline_parallel_size 2."):
-        open_weights(tag)
+    with pytest.raises(ValueError, match=r"pipeline_parallel_size 2\) converts from its fp32 master weights"):
+        open_weights(tag, weights="module")
 
 
 def test_tensor_parallel_module_weights_are_refused(tmp_path):
     tag = _tag(tmp_path, WorldLayout(world_size=2, zero_stage=1, tensor_parallel_size=2),
                layout.MODEL_STATES_ZERO12_MP.format(mp=1))
-    with pytest.raises(ValueError, match=r"tensor_parallel_size 2\) converts from its fp32 master weights"):
+    with pytest.raises(ValueError, match=r"tensor_parallel_size 2, pipeline_parallel_size 1\) converts from"):
         open_weights(tag, weights="module")

@@ -1,14 +1,18 @@
-"""Training runs with model parallelism (`parallel:` section): real `deepspeed --num_gpus 2` launches of
+"""Training runs with model parallelism (`parallel:` section): real `deepspeed --num_gpus N` launches of
 tools/train.py on CPU (gloo), tiny-test model in fp32, against the one-rank run of the same config.
 
   one    plain `python`, 1 rank, ZeRO-3: 4 steps, saves 2 and 4 (the reference)
   tp2    2 ranks, parallel.tensor=2 (data-parallel size 1): the same 4 steps, saves 2 and 4
   cp2    2 ranks, parallel.context=2 (Ulysses): the same 4 steps, saves 2 and 4
+  pp2    2 ranks, parallel.pipeline=2 (ZeRO-1, nan_policy stop): the same 4 steps, saves 2 and 4
   tp2-resumed, cp2-resumed  resume step 2 on the same layout and train to 4 (bitwise)
+  tp2 -> data 2, pp2 -> one rank (ZeRO-3)  resume step 2 on another layout (resharded) to step 4
   tp2-sp 2 ranks, tensor 2 with sequence parallelism, the same 4 steps, no saves
-  pp2    2 ranks, parallel.pipeline=2 (ZeRO-1, nan_policy stop): the same 4 steps
+  4 ranks (slow even among these): tp2 x dp2 (saves 2 and 4) and its step 2 resumed on data 4;
+         tp2 x pp2; cp2 x dp2
 The same samples reach every run in the same order (tensor and context ranks of one replica read
-the same rows), so the losses agree to fp32 rounding of the reordered sums.
+the same rows), so the losses agree to fp32 rounding of the reordered sums. Every layout's last
+checkpoint exports to a Hugging Face model with the one-rank export's logits.
 """
 from __future__ import annotations
 
@@ -51,6 +55,7 @@ def _losses(save_dir: Path) -> dict[int, tuple[float, float]]:
 
 def _train(root: Path, tiny_data, *overrides: str, ranks: int, save_dir: Path | None = None, **sections):
     save_dir = save_dir or root / "ckpt"
+    root.mkdir(parents=True, exist_ok=True)
     config = write_run_config(root / "run.yaml", tiny_data, save_dir, **{**SECTIONS, **sections})
     if ranks == 1:
         cmd = [venv_bin("python"), TRAIN]
@@ -108,19 +113,46 @@ def test_tensor_parallel_resume_is_bitwise(tp2, tiny_data, tmp_path):
     _resume_from_step_2(tp2[1], tiny_data, tmp_path, "parallel.tensor=2")
 
 
-def test_tensor_parallel_checkpoint_exports_like_one_rank(one, tp2, tmp_path):
-    """`megatiny convert to-hf` merges the two tensor ranks' ZeRO-3 shards (GQA-correctly); the HF
-    model's logits match the one-rank run's export."""
-    out_tp = tmp_path / "tp2-hf"
-    code = convert_checkpoint.main(["to-hf", str(tp2[1]), str(out_tp), "--dtype", "fp32", "--no-tokenizer"])
+def _assert_exports_like_one_rank(save_dir: Path, one_dir: Path, tmp_path: Path) -> None:
+    """`megatiny convert to-hf` of `save_dir` (any layout: tensor / pipeline / ZeRO shards merged,
+    GQA-correctly) gives a Hugging Face model whose logits match the one-rank run's export."""
+    out = tmp_path / "layout-hf"
+    code = convert_checkpoint.main(["to-hf", str(save_dir), str(out), "--dtype", "fp32", "--no-tokenizer"])
     assert code == 0
-    out_one = export_hf(one[1], tmp_path / "one-hf", dtype="fp32", include_tokenizer=False)
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(out_tp, dtype=torch.float32)
+    out_one = tmp_path / "one-hf"
+    if not out_one.exists():
+        export_hf(one_dir, out_one, dtype="fp32", include_tokenizer=False)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     reference = transformers.AutoModelForCausalLM.from_pretrained(out_one, dtype=torch.float32)
     x = torch.randint(3, 320, (2, 24), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         logits, expected = theirs(x).logits, reference(x).logits
     assert float((logits - expected).abs().max() / expected.abs().max()) < 1e-5
+
+
+def test_tensor_parallel_checkpoint_exports_like_one_rank(one, tp2, tmp_path):
+    _assert_exports_like_one_rank(tp2[1], one[1], tmp_path)
+
+
+def _resume_on_other_layout(source_dir: Path, tiny_data, tmp_path: Path, *overrides: str, ranks: int,
+                            reference_dir: Path, saved: str) -> None:
+    """Resume a copy of `source_dir`'s step-2 checkpoint with `overrides` (another layout) on `ranks`
+    ranks: resharded, steps 3-4 match the uninterrupted one-rank run within 1e-5."""
+    save_dir = tmp_path / "ckpt"
+    save_dir.mkdir(parents=True)
+    shutil.copytree(source_dir / "step_00000002", save_dir / "step_00000002")
+    write_latest(save_dir, "step_00000002")
+    result, _ = _train(tmp_path, tiny_data, *overrides, ranks=ranks, save_dir=save_dir)
+    assert f"written by {saved}" in result.stdout
+    assert "resharding its weights and optimizer state" in result.stdout
+    resumed = _losses(save_dir)
+    assert sorted(resumed) == [3, 4]
+    _assert_close(resumed, _losses(reference_dir), (3, 4))
+
+
+def test_tensor_parallel_checkpoint_resumes_on_data_parallel_ranks(one, tp2, tiny_data, tmp_path):
+    _resume_on_other_layout(tp2[1], tiny_data, tmp_path, ranks=2, reference_dir=one[1],
+                            saved="tensor 2 x context 1 x pipeline 1 x data 1 (2 ranks), ZeRO-3")
 
 
 @pytest.fixture(scope="module")
@@ -149,16 +181,30 @@ def test_pipeline_with_zero3_is_refused_naming_both(tiny_data, tmp_path):
     assert "zero_optimization.stage" in result.stdout and "Traceback" not in result.stdout
 
 
-def test_pipeline_run_matches_one_rank(one, tiny_data, tmp_path):
+@pytest.fixture(scope="module")
+def pp2(tiny_data, tmp_path_factory):
     """parallel.pipeline=2 through DeepSpeed's pipeline engine (ZeRO-1, 1F1B over the 4 micro-batches
-    of a step), starting from the one-rank model's initial weights; its checkpoint records the layout."""
-    result, save_dir = _train(tmp_path, tiny_data, "parallel.pipeline=2", "nan_policy=stop",
-                              "distributed.deepspeed_config=ds_configs/zero1.json",
-                              "checkpoint.save_interval=0", ranks=2)
+    of a step), starting from the one-rank model's initial weights."""
+    return _train(tmp_path_factory.mktemp("pp2"), tiny_data, "parallel.pipeline=2", "nan_policy=stop",
+                  "distributed.deepspeed_config=ds_configs/zero1.json", ranks=2)
+
+
+def test_pipeline_run_matches_one_rank(one, pp2):
+    result, save_dir = pp2
     assert "tensor 1 x context 1 x pipeline 2 x data 1" in result.stdout
     _assert_close(_losses(save_dir), _losses(one[1]), range(1, STEPS + 1))
     world = read_metadata(save_dir / "step_00000004")["train_state"].world
-    assert world.pipeline_parallel_size == 2
+    assert (world.pipeline_parallel_size, world.zero_stage) == (2, 1)
+
+
+def test_pipeline_checkpoint_exports_like_one_rank(one, pp2, tmp_path):
+    _assert_exports_like_one_rank(pp2[1], one[1], tmp_path)
+
+
+def test_pipeline_checkpoint_resumes_on_one_rank_under_zero3(one, pp2, tiny_data, tmp_path):
+    """Pipeline 2 (ZeRO-1) -> no pipeline, one rank, ZeRO-3: layers, stages and ZeRO stage change."""
+    _resume_on_other_layout(pp2[1], tiny_data, tmp_path, ranks=1, reference_dir=one[1],
+                            saved="tensor 1 x context 1 x pipeline 2 x data 1 (2 ranks), ZeRO-1")
 
 
 def test_sequence_parallel_run_matches_one_rank(one, tiny_data, tmp_path):
@@ -166,3 +212,50 @@ def test_sequence_parallel_run_matches_one_rank(one, tiny_data, tmp_path):
                               "checkpoint.save_interval=0", "checkpoint.save_at_end=false", ranks=2)
     assert "tensor 2 x context 1 x pipeline 1 x data 1, sequence parallel" in result.stdout
     _assert_close(_losses(save_dir), _losses(one[1]), range(1, STEPS + 1))
+
+
+def test_zero1_checkpoint_resumes_on_fewer_data_ranks(one, tiny_data, tmp_path):
+    """Plain data parallelism, ZeRO-1, 2 ranks -> 1: resharded (DeepSpeed's universal converter
+    refuses ZeRO-1/2 checkpoints without Megatron-DeepSpeed's universal_checkpoint_info)."""
+    zero1 = "distributed.deepspeed_config=ds_configs/zero1.json"
+    _, save_dir = _train(tmp_path / "dp2", tiny_data, zero1, "checkpoint.save_at_end=false", ranks=2)
+    _assert_close(_losses(save_dir), _losses(one[1]), range(1, STEPS + 1))
+    _resume_on_other_layout(save_dir, tiny_data, tmp_path / "dp1", zero1, ranks=1, reference_dir=one[1],
+                            saved="tensor 1 x context 1 x pipeline 1 x data 2 (2 ranks), ZeRO-1")
+
+
+# ------------------------------------------------------------------------------- four ranks
+@pytest.fixture(scope="module")
+def tp2_dp2(tiny_data, tmp_path_factory):
+    return _train(tmp_path_factory.mktemp("tp2dp2"), tiny_data, "parallel.tensor=2", ranks=4)
+
+
+def test_tensor_by_data_parallel_run_matches_one_rank(one, tp2_dp2, tmp_path):
+    result, save_dir = tp2_dp2
+    assert "2 micro x 2 accumulation x 2 data-parallel ranks | tensor 2 x context 1 x pipeline 1 x data 2" \
+        in result.stdout
+    _assert_close(_losses(save_dir), _losses(one[1]), range(1, STEPS + 1))
+    _assert_exports_like_one_rank(save_dir, one[1], tmp_path)
+
+
+def test_tensor_by_data_checkpoint_resumes_on_four_data_ranks(one, tp2_dp2, tiny_data, tmp_path):
+    """The issue's example: tensor 2 x data 2 -> tensor 1 x data 4 (ZeRO-3 partitions 2 -> 4 ways)."""
+    _resume_on_other_layout(tp2_dp2[1], tiny_data, tmp_path, ranks=4, reference_dir=one[1],
+                            saved="tensor 2 x context 1 x pipeline 1 x data 2 (4 ranks), ZeRO-3")
+
+
+def test_tensor_by_pipeline_run_matches_one_rank(one, tiny_data, tmp_path):
+    result, save_dir = _train(tmp_path, tiny_data, "parallel.tensor=2", "parallel.pipeline=2",
+                              "nan_policy=stop", "distributed.deepspeed_config=ds_configs/zero1.json",
+                              "checkpoint.save_interval=0", ranks=4)
+    assert "tensor 2 x context 1 x pipeline 2 x data 1" in result.stdout
+    _assert_close(_losses(save_dir), _losses(one[1]), range(1, STEPS + 1))
+    _assert_exports_like_one_rank(save_dir, one[1], tmp_path)
+
+
+def test_context_by_data_parallel_run_matches_one_rank(one, tiny_data, tmp_path):
+    result, save_dir = _train(tmp_path, tiny_data, "parallel.context=2", "checkpoint.save_interval=0",
+                              ranks=4)
+    assert "tensor 1 x context 2 x pipeline 1 x data 2" in result.stdout
+    _assert_close(_losses(save_dir), _losses(one[1]), range(1, STEPS + 1))
+    _assert_exports_like_one_rank(save_dir, one[1], tmp_path)
