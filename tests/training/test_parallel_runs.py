@@ -7,8 +7,12 @@ tools/train.py on CPU (gloo), tiny-test model in fp32, against the one-rank run 
   tp2-resumed, cp2-resumed  resume step 2 on the same layout and train to 4 (bitwise)
   tp2-sp 2 ranks, tensor 2 with sequence parallelism, the same 4 steps, no saves
   pp2    2 ranks, parallel.pipeline=2 (ZeRO-1, nan_policy stop): the same 4 steps
+Every run validates after steps 2 and 4 (2 micro-batches per data-parallel rank).
 The same samples reach every run in the same order (tensor and context ranks of one replica read
 the same rows), so the losses agree to fp32 rounding of the reordered sums.
+
+  one-init, tp2-init, pp2-init  2 steps from `one`'s step-4 weights (checkpoint.init_from,
+         fresh optimizer) on 1 rank, tensor 2 and pipeline 2: the same losses
 """
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ STEPS = 4
 RUN_TIMEOUT_S = timeout_s(steps=STEPS, seconds_per_step=4, extra_s=30)
 SECTIONS = dict(schedule={"train_steps": STEPS, "warmup_steps": 2},
                 checkpoint={"save_interval": 2},
-                logging={"log_interval": 1, "eval_interval": 0},
+                logging={"log_interval": 1, "eval_interval": 2, "eval_iters": 2},
                 runtime={"precision": "fp32", "attention_backend": "math"})
 
 
@@ -47,6 +51,12 @@ def _losses(save_dir: Path) -> dict[int, tuple[float, float]]:
         if "loss" in record:
             out[record["step"]] = (record["loss"], record["grad_norm"])
     return out
+
+
+def _valid_losses(save_dir: Path) -> dict[int, float]:
+    """step -> validation loss from metrics.jsonl."""
+    records = [json.loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["valid_loss"] for r in records if "valid_loss" in r}
 
 
 def _train(root: Path, tiny_data, *overrides: str, ranks: int, save_dir: Path | None = None, **sections):
@@ -71,18 +81,26 @@ def tp2(tiny_data, tmp_path_factory):
     return _train(tmp_path_factory.mktemp("tp2"), tiny_data, "parallel.tensor=2", ranks=2)
 
 
-def _assert_close(ours: dict, reference: dict, steps, rel: float = 1e-5) -> None:
-    for step in steps:
+def _assert_close(save_dir: Path, reference_dir: Path, steps: int = STEPS, rel: float = 1e-5) -> None:
+    """Training losses and gradient norms of steps 1..`steps`, and the validation losses (after
+    every second step), of the run in `save_dir` within `rel` of `reference_dir`'s."""
+    ours, reference = _losses(save_dir), _losses(reference_dir)
+    assert sorted(ours) == list(range(1, steps + 1)) == sorted(reference)
+    for step in range(1, steps + 1):
         (loss, norm), (ref_loss, ref_norm) = ours[step], reference[step]
         assert loss == pytest.approx(ref_loss, rel=rel), (step, loss, ref_loss)
         assert norm == pytest.approx(ref_norm, rel=rel), (step, norm, ref_norm)
+    valid, ref_valid = _valid_losses(save_dir), _valid_losses(reference_dir)
+    assert sorted(valid) == list(range(2, steps + 1, 2)) == sorted(ref_valid)
+    for step, loss in valid.items():
+        assert loss == pytest.approx(ref_valid[step], rel=rel), (step, loss, ref_valid[step])
 
 
 def test_tensor_parallel_run_matches_one_rank(one, tp2):
     result, save_dir = tp2
     assert "2 ranks | ZeRO-3" in result.stdout
     assert "x 1 data-parallel ranks | tensor 2 x context 1 x pipeline 1 x data 1" in result.stdout
-    _assert_close(_losses(save_dir), _losses(one[1]), range(1, STEPS + 1))
+    _assert_close(save_dir, one[1])
     world = read_metadata(save_dir / "step_00000004")["train_state"].world
     assert (world.world_size, world.tensor_parallel_size, world.context_parallel_size) == (2, 2, 1)
     names = {p.name for p in (save_dir / "step_00000004").iterdir()}
@@ -102,6 +120,7 @@ def _resume_from_step_2(reference_dir: Path, tiny_data, tmp_path: Path, *overrid
     assert sorted(resumed) == [3, 4]
     for step in (3, 4):
         assert resumed[step] == expected[step], step  # bitwise: same layout, same reductions
+    assert _valid_losses(save_dir) == {4: _valid_losses(reference_dir)[4]}
 
 
 def test_tensor_parallel_resume_is_bitwise(tp2, tiny_data, tmp_path):
@@ -131,7 +150,7 @@ def cp2(tiny_data, tmp_path_factory):
 def test_context_parallel_run_matches_one_rank(one, cp2):
     result, save_dir = cp2
     assert "tensor 1 x context 2 x pipeline 1 x data 1" in result.stdout
-    _assert_close(_losses(save_dir), _losses(one[1]), range(1, STEPS + 1))
+    _assert_close(save_dir, one[1])
     world = read_metadata(save_dir / "step_00000004")["train_state"].world
     assert (world.world_size, world.tensor_parallel_size, world.context_parallel_size) == (2, 1, 2)
 
@@ -156,7 +175,7 @@ def test_pipeline_run_matches_one_rank(one, tiny_data, tmp_path):
                               "distributed.deepspeed_config=ds_configs/zero1.json",
                               "checkpoint.save_interval=0", ranks=2)
     assert "tensor 1 x context 1 x pipeline 2 x data 1" in result.stdout
-    _assert_close(_losses(save_dir), _losses(one[1]), range(1, STEPS + 1))
+    _assert_close(save_dir, one[1])
     world = read_metadata(save_dir / "step_00000004")["train_state"].world
     assert world.pipeline_parallel_size == 2
 
@@ -165,4 +184,37 @@ def test_sequence_parallel_run_matches_one_rank(one, tiny_data, tmp_path):
     result, save_dir = _train(tmp_path, tiny_data, "parallel.tensor=2", "parallel.sequence_parallel=true",
                               "checkpoint.save_interval=0", "checkpoint.save_at_end=false", ranks=2)
     assert "tensor 2 x context 1 x pipeline 1 x data 1, sequence parallel" in result.stdout
-    _assert_close(_losses(save_dir), _losses(one[1]), range(1, STEPS + 1))
+    _assert_close(save_dir, one[1])
+
+
+INIT_STEPS = 2  # runs from `one`'s final weights: fresh optimizer, no checkpoints written
+
+
+def _train_from_one(one, tiny_data, root: Path, *overrides: str, ranks: int) -> tuple:
+    return _train(root, tiny_data, *overrides, f"checkpoint.init_from={one[1]}",
+                  f"schedule.train_steps={INIT_STEPS}", "checkpoint.save_interval=0",
+                  "checkpoint.save_at_end=false", ranks=ranks)
+
+
+@pytest.fixture(scope="module")
+def one_init(one, tiny_data, tmp_path_factory):
+    return _train_from_one(one, tiny_data, tmp_path_factory.mktemp("one-init"), ranks=1)
+
+
+def test_init_from_with_tensor_parallel_matches_one_rank(one, one_init, tiny_data, tmp_path):
+    """Every rank reads the one-rank checkpoint and keeps its tensor shard (under ZeRO-3, copied
+    into its partitions); the first steps and validations equal the one-rank run's from it."""
+    result, save_dir = _train_from_one(one, tiny_data, tmp_path, "parallel.tensor=2", ranks=2)
+    assert "initialised the weights from" in result.stdout
+    assert "tensor 2 x context 1 x pipeline 1 x data 1" in result.stdout
+    _assert_close(save_dir, one_init[1], steps=INIT_STEPS)
+    assert _losses(save_dir)[1][0] < _losses(one[1])[1][0] - 0.3  # trained weights, not fresh ones
+
+
+def test_init_from_with_pipeline_matches_one_rank(one, one_init, tiny_data, tmp_path):
+    """Each pipeline stage takes its layers of the one-rank checkpoint (`load_full_state_dict`)."""
+    result, save_dir = _train_from_one(one, tiny_data, tmp_path, "parallel.pipeline=2", "nan_policy=stop",
+                                       "distributed.deepspeed_config=ds_configs/zero1.json", ranks=2)
+    assert "initialised the weights from" in result.stdout
+    assert "tensor 1 x context 1 x pipeline 2 x data 1" in result.stdout
+    _assert_close(save_dir, one_init[1], steps=INIT_STEPS)
