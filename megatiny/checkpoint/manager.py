@@ -176,11 +176,12 @@ class CheckpointManager:
         return state
 
     # ---------------------------------------------------------------- init_from
-    def initial_weights(self, path: str | os.PathLike,
-                        model_config: ModelConfig) -> dict[str, torch.Tensor] | None:
+    def initial_weights(self, path: str | os.PathLike, model_config: ModelConfig, *,
+                        every_rank: bool = False) -> dict[str, torch.Tensor] | None:
         """`checkpoint.init_from`: full fp32 tensors of the model at `path` (any format
-        `megatiny.checkpoint.load_model` reads), on rank 0; None on the other ranks."""
-        if self.rank != 0:
+        `megatiny.checkpoint.load_model` reads), on rank 0; None on the other ranks unless
+        `every_rank` (a split model: each rank then takes its own part)."""
+        if self.rank != 0 and not every_rank:
             return None
         model, metadata = load_model(path, dtype=torch.float32, device="cpu")
         check_architecture(metadata["model"], model_config, f"checkpoint.init_from={path}")

@@ -26,7 +26,8 @@ import torch.distributed as dist
 
 from megatiny.model.config import ModelConfig
 from megatiny.parallel.context_parallel import split_for_context
-from megatiny.parallel.state import ParallelState
+from megatiny.parallel.state import ParallelLayout, ParallelState
+from megatiny.parallel.tensor_parallel import shard_state_dict
 from megatiny.precision import Precision, detect_hardware, resolve_precision
 from megatiny.process_env import free_port, put_interpreter_bin_first
 from megatiny.training.config import DistributedConfig, RunConfig
@@ -194,43 +195,68 @@ def _build_optimizer(run: RunConfig, model: torch.nn.Module, ds_config: dict[str
     return torch.optim.AdamW(groups, **kwargs)
 
 
-def _copy_weights(model: torch.nn.Module, state: dict[str, torch.Tensor] | None, rank: int) -> None:
-    """Copy full tensors `state` (rank 0's; None elsewhere) into `model`, ZeRO-3 partitioned or not.
+def _check_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """ValueError unless `state` has exactly `model`'s parameter names and (this rank's) shapes."""
+    names = {n for n, _ in model.named_parameters()}
+    missing, unexpected = sorted(names - set(state)), sorted(set(state) - names)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint.init_from: weights do not match the model: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    for name, param in model.named_parameters():
+        expected = tuple(getattr(param, "ds_shape", param.shape))
+        if tuple(state[name].shape) != expected:
+            raise ValueError(f"checkpoint.init_from: {name} has shape {tuple(state[name].shape)}, "
+                             f"the model expects {expected}")
 
-    Every rank must call this: under ZeRO-3 each parameter is gathered (a collective) and rank 0's
-    copy is scattered back. Rank 0 checks names and shapes before the first collective."""
-    if rank == 0:
-        if state is None:
-            raise ValueError("checkpoint.init_from: rank 0 has no weights to copy")
-        names = {n for n, _ in model.named_parameters()}
-        missing, unexpected = sorted(names - set(state)), sorted(set(state) - names)
-        if missing or unexpected:
-            raise ValueError(f"checkpoint.init_from: weights do not match the model: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}")
-        for name, param in model.named_parameters():
-            expected = tuple(getattr(param, "ds_shape", param.shape))
-            if tuple(state[name].shape) != expected:
-                raise ValueError(f"checkpoint.init_from: {name} has shape {tuple(state[name].shape)}, "
-                                 f"the model expects {expected}")
+
+def _copy_weights(model: torch.nn.Module, state: dict[str, torch.Tensor] | None) -> None:
+    """Copy `state` (this rank's tensors, full-shaped per parameter: a tensor rank's shards under
+    tensor parallelism; None on ranks that only receive) into `model`, ZeRO-3 partitioned or not.
+
+    Every rank must call this: under ZeRO-3 each parameter is gathered over its partition group
+    (data x context ranks, which hold the same weights) and that group's first rank's copy is
+    scattered back; without ZeRO-3 `deepspeed.initialize` broadcasts the data-parallel group's
+    first rank's parameters. So the first rank of every such group must hold `state`
+    (`modifier_rank=None` would not do: ZeRO-3 then discards what was written)."""
+    if state is not None:
+        _check_weights(model, state)  # before the first collective
     for name, param in model.named_parameters():
         with deepspeed.zero.GatheredParameters([param], modifier_rank=0):
-            if rank == 0:
+            if state is not None:
                 param.data.copy_(state[name].to(param.dtype))
 
 
-def _pipeline_module(run: RunConfig, model_config: ModelConfig, parallel: ParallelState, stage: int):
-    """This rank's pipeline stage, holding its part of the one-rank GPT's initial weights (seeded
-    by the caller), so a pipeline run starts where a one-rank run does."""
+def _pipeline_module(run: RunConfig, model_config: ModelConfig, parallel: ParallelState, zero: int,
+                     full: dict[str, torch.Tensor] | None = None):
+    """This rank's pipeline stage, holding its part of `full` (full Hugging Face named weights,
+    e.g. `checkpoint.init_from`'s) or, when None, of the one-rank GPT's initial weights (seeded by
+    the caller), so a pipeline run starts where a one-rank run does."""
     from megatiny.model import GPT
     from megatiny.parallel.pipeline import build_pipeline_model, load_full_state_dict
 
     runtime = run.runtime.model_runtime()
-    full = GPT(model_config, runtime=runtime).state_dict()
-    module = build_pipeline_model(model_config, parallel, stage,
+    if full is None:
+        full = GPT(model_config, runtime=runtime).state_dict()
+    module = build_pipeline_model(model_config, parallel, zero,
                                   activation_checkpoint_interval=runtime.activation_checkpointing,
                                   attention_backend=runtime.attention_backend)
     load_full_state_dict(module, full, model_config, parallel)
     return module
+
+
+def init_weights_on_every_rank(layout: ParallelLayout | None) -> bool:
+    """Whether every rank needs `checkpoint.init_from`'s full weights, to take its part of a split
+    model (tensor or pipeline > 1); otherwise rank 0's copy reaches the others (see `_copy_weights`)."""
+    return layout is not None and layout.tensor * layout.pipeline > 1
+
+
+def _tensor_shard(full: dict[str, torch.Tensor] | None, parallel: ParallelState | None
+                  ) -> dict[str, torch.Tensor] | None:
+    """This tensor rank's part of full (Hugging Face named) weights; `full` itself without
+    tensor parallelism."""
+    if full is None or parallel is None or parallel.layout.tensor == 1:
+        return full
+    return shard_state_dict(full, parallel.tensor_rank, parallel.layout.tensor)
 
 
 class TrainingEngine:
@@ -239,7 +265,11 @@ class TrainingEngine:
     With `parallel` (a `ParallelState`; None on plain data parallelism) the model is built with
     its tensor / context parallel layers, and DeepSpeed (`zero.Init` and `initialize`) is given
     its `mpu`, so ZeRO partitions and averages over the data x context ranks and gradient clipping
-    counts tensor-parallel shards once."""
+    counts tensor-parallel shards once.
+
+    `init_weights`: start from `init_state`, full (Hugging Face named) fp32 weights such as
+    `checkpoint.init_from`'s, held by rank 0, or by every rank where `init_weights_on_every_rank`;
+    each rank copies its tensor shard / pipeline stage of them."""
 
     def __init__(self, run: RunConfig, model_config: ModelConfig, ds_config: dict[str, Any],
                  dist_info: DistInfo, init_state: dict[str, torch.Tensor] | None = None,
@@ -252,14 +282,18 @@ class TrainingEngine:
         mpu = parallel.mpu() if parallel is not None and not self.pipelined else None
         group = mpu.get_data_parallel_group() if mpu is not None else None
         torch.manual_seed(run.seed)  # identical initial weights on every rank (TP: shards of them)
+        needs_state = dist_info.rank == 0 or init_weights_on_every_rank(parallel and parallel.layout)
+        if init_weights and init_state is None and needs_state:
+            raise ValueError(f"checkpoint.init_from: rank {dist_info.rank} has no weights to copy")
         if self.pipelined:  # the PipelineModule carries its own topology (no mpu)
-            model = _pipeline_module(run, model_config, parallel, zero_stage(ds_config))
+            model = _pipeline_module(run, model_config, parallel, zero_stage(ds_config),
+                                     full=init_state if init_weights else None)
         else:
             with deepspeed.zero.Init(data_parallel_group=group, mpu=mpu, config_dict_or_path=ds_config,
                                      enabled=zero_stage(ds_config) == 3):
                 model = GPT(model_config, parallel, runtime=run.runtime.model_runtime())
-        if init_weights:  # on every rank (collectives under ZeRO-3); only rank 0 has `init_state`
-            _copy_weights(model, init_state, dist_info.rank)
+            if init_weights:  # on every rank (collectives under ZeRO-3)
+                _copy_weights(model, _tensor_shard(init_state, parallel))
         self.optimizer = _build_optimizer(run, model, ds_config)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=self.optimizer, config=ds_config,
                                                     mpu=mpu)

@@ -253,7 +253,8 @@ class LoggingConfig:
     eval_interval: int = 0
     """validation every N steps and at the end (0: never)"""
     eval_iters: int = 4
-    """validation micro-batches per rank (the same validation samples each time)"""
+    """validation micro-batches per data-parallel rank (the same validation samples each time; the
+    tensor, context and pipeline ranks of a replica read the same ones)"""
     tensorboard: bool = True
     """write TensorBoard event files"""
     tensorboard_dir: str | None = None

@@ -191,12 +191,6 @@ class _Trainer:
                 raise ValueError("parallel.pipeline > 1 needs nan_policy: stop (DeepSpeed's pipeline engine "
                                  "applies the step before the loss is known, so a micro-batch cannot be "
                                  "skipped); set nan_policy: stop")
-            if run.checkpoint.init_from is not None:
-                raise ValueError("checkpoint.init_from with parallel.pipeline > 1 is not supported yet")
-        if self.layout.tensor > 1 and run.checkpoint.init_from is not None:
-            raise ValueError(f"checkpoint.init_from with parallel.tensor = {self.layout.tensor} is not "
-                             "supported yet (the weights would have to be sharded); start from it with "
-                             "parallel.tensor: 1, or resume a checkpoint of this layout")
         return state
 
     # ---------------------------------------------------------------- main
@@ -215,7 +209,9 @@ class _Trainer:
                                                    source=run.distributed.deepspeed_config,
                                                    context_parallel_size=self.layout.context)
         init_weights = resume is None and run.checkpoint.init_from is not None
-        init_state = (self.checkpoints.initial_weights(run.checkpoint.init_from, self.model_config)
+        every_rank = ds_engine.init_weights_on_every_rank(self.layout)  # each takes its part
+        init_state = (self.checkpoints.initial_weights(run.checkpoint.init_from, self.model_config,
+                                                       every_rank=every_rank)
                       if init_weights else None)
         self.engine = ds_engine.TrainingEngine(run, self.model_config, self.ds_config, self.dist,
                                                init_state=init_state, init_weights=init_weights,

@@ -10,9 +10,13 @@ tools/train.py on CPU (gloo), tiny-test model in fp32, against the one-rank run 
   tp2-sp 2 ranks, tensor 2 with sequence parallelism, the same 4 steps, no saves
   4 ranks (slow even among these): tp2 x dp2 (saves 2 and 4) and its step 2 resumed on data 4;
          tp2 x pp2; cp2 x dp2
+Every run validates after steps 2 and 4 (2 micro-batches per data-parallel rank).
 The same samples reach every run in the same order (tensor and context ranks of one replica read
 the same rows), so the losses agree to fp32 rounding of the reordered sums. Every layout's last
 checkpoint exports to a Hugging Face model with the one-rank export's logits.
+
+  one-init, tp2-init, pp2-init  2 steps from `one`'s step-4 weights (checkpoint.init_from,
+         fresh optimizer) on 1 rank, tensor 2 and pipeline 2: the same losses
 """
 from __future__ import annotations
 
@@ -37,9 +41,12 @@ TRAIN = str(REPO_ROOT / "tools" / "train.py")
 ENV = {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO_ROOT), **rank_env()}
 STEPS = 4
 RUN_TIMEOUT_S = timeout_s(steps=STEPS, seconds_per_step=4, extra_s=30)
+# `logging.eval_iters` counts micro-batches per data-parallel rank: runs with 2 data-parallel ranks
+# validate the one-rank run's 4 samples with 1 (EVAL_DP2), 4 ranks cannot (EVAL_OFF).
+EVAL_DP2, EVAL_OFF = "logging.eval_iters=1", "logging.eval_interval=0"
 SECTIONS = dict(schedule={"train_steps": STEPS, "warmup_steps": 2},
                 checkpoint={"save_interval": 2},
-                logging={"log_interval": 1, "eval_interval": 0},
+                logging={"log_interval": 1, "eval_interval": 2, "eval_iters": 2},
                 runtime={"precision": "fp32", "attention_backend": "math"})
 
 
@@ -51,6 +58,12 @@ def _losses(save_dir: Path) -> dict[int, tuple[float, float]]:
         if "loss" in record:
             out[record["step"]] = (record["loss"], record["grad_norm"])
     return out
+
+
+def _valid_losses(save_dir: Path) -> dict[int, float]:
+    """step -> validation loss from metrics.jsonl."""
+    records = [json.loads(line) for line in (save_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["valid_loss"] for r in records if "valid_loss" in r}
 
 
 def _train(root: Path, tiny_data, *overrides: str, ranks: int, save_dir: Path | None = None, **sections):
@@ -76,18 +89,30 @@ def tp2(tiny_data, tmp_path_factory):
     return _train(tmp_path_factory.mktemp("tp2"), tiny_data, "parallel.tensor=2", ranks=2)
 
 
-def _assert_close(ours: dict, reference: dict, steps, rel: float = 1e-5) -> None:
-    for step in steps:
+def _assert_close(save_dir: Path, reference_dir: Path, first: int = 1, last: int = STEPS,
+                  rel: float = 1e-5, validated: bool = True) -> None:
+    """Training losses and gradient norms of steps `first`..`last`, and the validation losses
+    (after every second step, unless not `validated`), of the run in `save_dir` within `rel` of
+    `reference_dir`'s."""
+    ours, reference = _losses(save_dir), _losses(reference_dir)
+    assert sorted(ours) == list(range(first, last + 1)), sorted(ours)
+    for step in range(first, last + 1):
         (loss, norm), (ref_loss, ref_norm) = ours[step], reference[step]
         assert loss == pytest.approx(ref_loss, rel=rel), (step, loss, ref_loss)
         assert norm == pytest.approx(ref_norm, rel=rel), (step, norm, ref_norm)
+    if not validated:
+        return
+    valid, ref_valid = _valid_losses(save_dir), _valid_losses(reference_dir)
+    assert sorted(valid) == [step for step in range(first, last + 1) if step % 2 == 0], sorted(valid)
+    for step, loss in valid.items():
+        assert loss == pytest.approx(ref_valid[step], rel=rel), (step, loss, ref_valid[step])
 
 
 def test_tensor_parallel_run_matches_one_rank(one, tp2):
     result, save_dir = tp2
     assert "2 ranks | ZeRO-3" in result.stdout
     assert "x 1 data-parallel ranks | tensor 2 x context 1 x pipeline 1 x data 1" in result.stdout
-    _assert_close(_losses(save_dir), _losses(one[1]), range(1, STEPS + 1))
+    _assert_close(save_dir, one[1])
     world = read_metadata(save_dir / "step_00000004")["train_state"].world
     assert (world.world_size, world.tensor_parallel_size, world.context_parallel_size) == (2, 2, 1)
     names = {p.name for p in (save_dir / "step_00000004").iterdir()}
@@ -107,6 +132,7 @@ def _resume_from_step_2(reference_dir: Path, tiny_data, tmp_path: Path, *overrid
     assert sorted(resumed) == [3, 4]
     for step in (3, 4):
         assert resumed[step] == expected[step], step  # bitwise: same layout, same reductions
+    assert _valid_losses(save_dir) == {4: _valid_losses(reference_dir)[4]}
 
 
 def test_tensor_parallel_resume_is_bitwise(tp2, tiny_data, tmp_path):
@@ -145,13 +171,11 @@ def _resume_on_other_layout(source_dir: Path, tiny_data, tmp_path: Path, *overri
     result, _ = _train(tmp_path, tiny_data, *overrides, ranks=ranks, save_dir=save_dir)
     assert f"written by {saved}" in result.stdout
     assert "resharding its weights and optimizer state" in result.stdout
-    resumed = _losses(save_dir)
-    assert sorted(resumed) == [3, 4]
-    _assert_close(resumed, _losses(reference_dir), (3, 4))
+    _assert_close(save_dir, reference_dir, first=3, validated=EVAL_OFF not in overrides)
 
 
 def test_tensor_parallel_checkpoint_resumes_on_data_parallel_ranks(one, tp2, tiny_data, tmp_path):
-    _resume_on_other_layout(tp2[1], tiny_data, tmp_path, ranks=2, reference_dir=one[1],
+    _resume_on_other_layout(tp2[1], tiny_data, tmp_path, EVAL_DP2, ranks=2, reference_dir=one[1],
                             saved="tensor 2 x context 1 x pipeline 1 x data 1 (2 ranks), ZeRO-3")
 
 
@@ -163,7 +187,7 @@ def cp2(tiny_data, tmp_path_factory):
 def test_context_parallel_run_matches_one_rank(one, cp2):
     result, save_dir = cp2
     assert "tensor 1 x context 2 x pipeline 1 x data 1" in result.stdout
-    _assert_close(_losses(save_dir), _losses(one[1]), range(1, STEPS + 1))
+    _assert_close(save_dir, one[1])
     world = read_metadata(save_dir / "step_00000004")["train_state"].world
     assert (world.world_size, world.tensor_parallel_size, world.context_parallel_size) == (2, 1, 2)
 
@@ -192,7 +216,7 @@ def pp2(tiny_data, tmp_path_factory):
 def test_pipeline_run_matches_one_rank(one, pp2):
     result, save_dir = pp2
     assert "tensor 1 x context 1 x pipeline 2 x data 1" in result.stdout
-    _assert_close(_losses(save_dir), _losses(one[1]), range(1, STEPS + 1))
+    _assert_close(save_dir, one[1])
     world = read_metadata(save_dir / "step_00000004")["train_state"].world
     assert (world.pipeline_parallel_size, world.zero_stage) == (2, 1)
 
@@ -211,15 +235,51 @@ def test_sequence_parallel_run_matches_one_rank(one, tiny_data, tmp_path):
     result, save_dir = _train(tmp_path, tiny_data, "parallel.tensor=2", "parallel.sequence_parallel=true",
                               "checkpoint.save_interval=0", "checkpoint.save_at_end=false", ranks=2)
     assert "tensor 2 x context 1 x pipeline 1 x data 1, sequence parallel" in result.stdout
-    _assert_close(_losses(save_dir), _losses(one[1]), range(1, STEPS + 1))
+    _assert_close(save_dir, one[1])
+
+
+INIT_STEPS = 2  # runs from `one`'s final weights: fresh optimizer, no checkpoints written
+
+
+def _train_from_one(one, tiny_data, root: Path, *overrides: str, ranks: int) -> tuple:
+    return _train(root, tiny_data, *overrides, f"checkpoint.init_from={one[1]}",
+                  f"schedule.train_steps={INIT_STEPS}", "checkpoint.save_interval=0",
+                  "checkpoint.save_at_end=false", ranks=ranks)
+
+
+@pytest.fixture(scope="module")
+def one_init(one, tiny_data, tmp_path_factory):
+    return _train_from_one(one, tiny_data, tmp_path_factory.mktemp("one-init"), ranks=1)
+
+
+def test_init_from_with_tensor_parallel_matches_one_rank(one, one_init, tiny_data, tmp_path):
+    """Every rank reads the one-rank checkpoint and keeps its tensor shard (under ZeRO-3, copied
+    into its partitions); the first steps and validations equal the one-rank run's from it."""
+    result, save_dir = _train_from_one(one, tiny_data, tmp_path, "parallel.tensor=2", ranks=2)
+    assert "initialised the weights from" in result.stdout
+    assert "tensor 2 x context 1 x pipeline 1 x data 1" in result.stdout
+    _assert_close(save_dir, one_init[1], last=INIT_STEPS)
+    assert _losses(save_dir)[1][0] < _losses(one[1])[1][0] - 0.3  # trained weights, not fresh ones
+
+
+def test_init_from_with_pipeline_matches_one_rank(one, one_init, tiny_data, tmp_path):
+    """Each pipeline stage takes its layers of the one-rank checkpoint (`load_full_state_dict`)."""
+    result, save_dir = _train_from_one(one, tiny_data, tmp_path, "parallel.pipeline=2", "nan_policy=stop",
+                                       "distributed.deepspeed_config=ds_configs/zero1.json", ranks=2)
+    assert "initialised the weights from" in result.stdout
+    assert "tensor 1 x context 1 x pipeline 2 x data 1" in result.stdout
+    _assert_close(save_dir, one_init[1], last=INIT_STEPS)
+
+
 
 
 def test_zero1_checkpoint_resumes_on_fewer_data_ranks(one, tiny_data, tmp_path):
     """Plain data parallelism, ZeRO-1, 2 ranks -> 1: resharded (DeepSpeed's universal converter
     refuses ZeRO-1/2 checkpoints without Megatron-DeepSpeed's universal_checkpoint_info)."""
     zero1 = "distributed.deepspeed_config=ds_configs/zero1.json"
-    _, save_dir = _train(tmp_path / "dp2", tiny_data, zero1, "checkpoint.save_at_end=false", ranks=2)
-    _assert_close(_losses(save_dir), _losses(one[1]), range(1, STEPS + 1))
+    _, save_dir = _train(tmp_path / "dp2", tiny_data, zero1, EVAL_DP2, "checkpoint.save_at_end=false",
+                         ranks=2)
+    _assert_close(save_dir, one[1])
     _resume_on_other_layout(save_dir, tiny_data, tmp_path / "dp1", zero1, ranks=1, reference_dir=one[1],
                             saved="tensor 1 x context 1 x pipeline 1 x data 2 (2 ranks), ZeRO-1")
 
@@ -227,20 +287,20 @@ def test_zero1_checkpoint_resumes_on_fewer_data_ranks(one, tiny_data, tmp_path):
 # ------------------------------------------------------------------------------- four ranks
 @pytest.fixture(scope="module")
 def tp2_dp2(tiny_data, tmp_path_factory):
-    return _train(tmp_path_factory.mktemp("tp2dp2"), tiny_data, "parallel.tensor=2", ranks=4)
+    return _train(tmp_path_factory.mktemp("tp2dp2"), tiny_data, "parallel.tensor=2", EVAL_DP2, ranks=4)
 
 
 def test_tensor_by_data_parallel_run_matches_one_rank(one, tp2_dp2, tmp_path):
     result, save_dir = tp2_dp2
     assert "2 micro x 2 accumulation x 2 data-parallel ranks | tensor 2 x context 1 x pipeline 1 x data 2" \
         in result.stdout
-    _assert_close(_losses(save_dir), _losses(one[1]), range(1, STEPS + 1))
+    _assert_close(save_dir, one[1])
     _assert_exports_like_one_rank(save_dir, one[1], tmp_path)
 
 
 def test_tensor_by_data_checkpoint_resumes_on_four_data_ranks(one, tp2_dp2, tiny_data, tmp_path):
     """The issue's example: tensor 2 x data 2 -> tensor 1 x data 4 (ZeRO-3 partitions 2 -> 4 ways)."""
-    _resume_on_other_layout(tp2_dp2[1], tiny_data, tmp_path, ranks=4, reference_dir=one[1],
+    _resume_on_other_layout(tp2_dp2[1], tiny_data, tmp_path, EVAL_OFF, ranks=4, reference_dir=one[1],
                             saved="tensor 2 x context 1 x pipeline 1 x data 2 (4 ranks), ZeRO-3")
 
 
@@ -249,13 +309,13 @@ def test_tensor_by_pipeline_run_matches_one_rank(one, tiny_data, tmp_path):
                               "nan_policy=stop", "distributed.deepspeed_config=ds_configs/zero1.json",
                               "checkpoint.save_interval=0", ranks=4)
     assert "tensor 2 x context 1 x pipeline 2 x data 1" in result.stdout
-    _assert_close(_losses(save_dir), _losses(one[1]), range(1, STEPS + 1))
+    _assert_close(save_dir, one[1])
     _assert_exports_like_one_rank(save_dir, one[1], tmp_path)
 
 
 def test_context_by_data_parallel_run_matches_one_rank(one, tiny_data, tmp_path):
     result, save_dir = _train(tmp_path, tiny_data, "parallel.context=2", "checkpoint.save_interval=0",
-                              ranks=4)
+                              EVAL_DP2, ranks=4)
     assert "tensor 1 x context 2 x pipeline 1 x data 2" in result.stdout
-    _assert_close(_losses(save_dir), _losses(one[1]), range(1, STEPS + 1))
+    _assert_close(save_dir, one[1])
     _assert_exports_like_one_rank(save_dir, one[1], tmp_path)
