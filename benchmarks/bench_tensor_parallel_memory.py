@@ -30,8 +30,9 @@ Computed from those (printed as a second table, labelled computed):
 - ZeRO stage z over D = --gpus / TP data-parallel ranks: stage >= 1 divides master + moments by D,
   stage >= 2 the gradients, stage 3 the parameters.
 
-    python benchmarks/bench_tensor_parallel_memory.py --seq 2048
-    python benchmarks/bench_tensor_parallel_memory.py --preset tiny-test --query-groups 4 --seq 2048
+    python benchmarks/bench_tensor_parallel_memory.py --seq 2048 --dtype bf16   # docs/PARALLELISM.md
+    python benchmarks/bench_tensor_parallel_memory.py --preset tiny-test --query-groups 4 --seq 128 \
+        --dtype bf16
 """
 from __future__ import annotations
 
