@@ -299,7 +299,7 @@ def main() -> None:
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--check", choices=("model", "engines", "groups"), required=True)
     parser.add_argument("--layouts", nargs="*", default=[])
-    parser.add_argument("--stages", nargs="+", type=int, default=[1, 3])
+    parser.add_argument("--stages", nargs="+", type=int, default=[1, 2, 3])
     parser.add_argument("--also-groups", action="store_true", help="also record process groups")
     parser.add_argument("--also-model", nargs="*", default=[], help="also model-level check these layouts")
     parser.add_argument("--also-bf16", nargs="*", default=[], help="also train these in bf16, ZeRO-1")

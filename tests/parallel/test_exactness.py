@@ -2,8 +2,8 @@
 
 Model level: initial weights, logits, loss and every gradient of TP2, TP2+SP and CP2 against the
 one-rank GPT built with the same seed. Engine level: 8 steps of real DeepSpeed engines (AdamW,
-gradient clipping, activation checkpointing) under ZeRO-1 and ZeRO-3 (pipelines: DeepSpeed's
-pipeline engine, ZeRO-1; ZeRO-3 refused); losses and DeepSpeed's gradient norms against the
+gradient clipping, activation checkpointing) under ZeRO-1, 2 and 3 (pipelines: DeepSpeed's
+pipeline engine, ZeRO-1; ZeRO-2/3 refused); losses and DeepSpeed's gradient norms against the
 one-rank engine of the same stage. bf16 (ZeRO-1): losses within 2% of fp32.
 """
 import pytest
@@ -42,7 +42,7 @@ def test_tensor_and_context_parallel_together_equal_one_rank_model(four_rank_eng
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [1, 3])
+@pytest.mark.parametrize("stage", [1, 2, 3])
 def test_reference_run_trains_and_clips(reference_engines, stage):
     """The comparison means something: the loss falls and clipping is active on every step."""
     run = reference_engines[f"one-zero{stage}"]
@@ -61,14 +61,14 @@ def _check_runs(per_rank: list[dict], reference: dict, keys: list[str]) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [1, 3])
+@pytest.mark.parametrize("stage", [1, 2, 3])
 @pytest.mark.parametrize("layout", ["tp2", "tp2-sp", "cp2"])
 def test_two_rank_engines_equal_one_rank(reference_engines, two_rank_engines, layout, stage):
     _check_runs(two_rank_engines, reference_engines, [f"{layout}-zero{stage}"])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", [1, 3])
+@pytest.mark.parametrize("stage", [1, 2, 3])
 @pytest.mark.parametrize("layout", ["tp2", "cp2"])  # x DP2 on four ranks
 def test_four_rank_engines_with_data_parallel_equal_one_rank(reference_engines, four_rank_engines,
                                                               layout, stage):
@@ -83,10 +83,10 @@ def test_pipeline_engines_equal_one_rank_under_zero1(reference_engines, two_rank
 
 
 @pytest.mark.slow
-def test_pipeline_with_zero3_is_refused_naming_both_settings(two_rank_engines, four_rank_engines):
+def test_pipeline_with_zero2_or_3_is_refused_naming_both_settings(two_rank_engines, four_rank_engines):
     refusals = [results[key]["refused"] for results in two_rank_engines + four_rank_engines
-                for key in ("pp2-zero3", "pp2-tp2-zero3") if key in results]
-    assert len(refusals) == 2 + 4
+                for key in ("pp2-zero2", "pp2-zero3", "pp2-tp2-zero2", "pp2-tp2-zero3") if key in results]
+    assert len(refusals) == 2 * (2 + 4)
     for message in refusals:
         assert "parallel.pipeline = 2 needs ZeRO stage 0 or 1" in message, message
         assert "zero_optimization.stage <= 1" in message, message
