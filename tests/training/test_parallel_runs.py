@@ -7,7 +7,7 @@ tools/train.py on CPU (gloo), tiny-test model in fp32, against the one-rank run 
   pp2    2 ranks, parallel.pipeline=2 (ZeRO-1, nan_policy stop): the same 4 steps, saves 2 and 4
   tp2-resumed, cp2-resumed  resume step 2 on the same layout and train to 4 (bitwise)
   tp2 -> data 2, pp2 -> one rank (ZeRO-3)  resume step 2 on another layout (resharded) to step 4
-  tp2-sp 2 ranks, tensor 2 with sequence parallelism, the same 4 steps, no saves
+  tp2-sp 2 ranks, tensor 2 with sequence parallelism, the same 4 steps, saves 4
   4 ranks (slow even among these): tp2 x dp2 (saves 2 and 4) and its step 2 resumed on data 4;
          tp2 x pp2; cp2 x dp2
 Every run validates after steps 2 and 4 (2 micro-batches per data-parallel rank).
@@ -233,9 +233,10 @@ def test_pipeline_checkpoint_resumes_on_one_rank_under_zero3(one, pp2, tiny_data
 
 def test_sequence_parallel_run_matches_one_rank(one, tiny_data, tmp_path):
     result, save_dir = _train(tmp_path, tiny_data, "parallel.tensor=2", "parallel.sequence_parallel=true",
-                              "checkpoint.save_interval=0", "checkpoint.save_at_end=false", ranks=2)
+                              "checkpoint.save_interval=0", ranks=2)
     assert "tensor 2 x context 1 x pipeline 1 x data 1, sequence parallel" in result.stdout
     _assert_close(save_dir, one[1])
+    _assert_exports_like_one_rank(save_dir, one[1], tmp_path)
 
 
 INIT_STEPS = 2  # runs from `one`'s final weights: fresh optimizer, no checkpoints written
