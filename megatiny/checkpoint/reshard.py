@@ -59,8 +59,8 @@ def resume_mode(saved: WorldLayout | None, run: ParallelLayout, zero_stage: int 
     """How a checkpoint written by `saved` (None: plain data parallelism on this many ranks,
     written before layouts were recorded) resumes on `run` with ZeRO stage `zero_stage`
     (None: not checked)."""
-    if saved is None:
-        return ResumeMode.SAME
+    if saved is None:  # from before layouts were recorded: plain data parallelism, these ranks
+        saved = WorldLayout(world_size=run.world_size)
     stage_changed = None not in (zero_stage, saved.zero_stage) and zero_stage != saved.zero_stage
     same_split = (saved.tensor_parallel_size, saved.pipeline_parallel_size) == (run.tensor, run.pipeline)
     if same_split and saved.world_size == run.world_size and not stage_changed:

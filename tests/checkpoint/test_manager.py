@@ -53,6 +53,7 @@ def test_resume_mode_for_each_change_of_layout():
         (dp2, ParallelLayout(context=2, data=1), 3, ResumeMode.SAME),  # to DeepSpeed: data ranks
         (WorldLayout(world_size=2, context_parallel_size=2), ParallelLayout(data=1), 3, ResumeMode.UNIVERSAL),
         (None, ParallelLayout(data=2), 3, ResumeMode.SAME),  # written before layouts were recorded
+        (None, ParallelLayout(tensor=2), 3, ResumeMode.RESHARD),
         (tp2, ParallelLayout(data=4), 3, ResumeMode.RESHARD),
         (tp2, ParallelLayout(tensor=2, data=1), 3, ResumeMode.RESHARD),
         (dp2, ParallelLayout(tensor=2), 3, ResumeMode.RESHARD),

@@ -9,7 +9,7 @@ tools/train.py on CPU (gloo), tiny-test model in fp32, against the one-rank run 
   tp2 -> data 2, pp2 -> one rank (ZeRO-3)  resume step 2 on another layout (resharded) to step 4
   tp2-sp 2 ranks, tensor 2 with sequence parallelism, the same 4 steps, saves 4
   4 ranks (slow even among these): tp2 x dp2 (saves 2 and 4) and its step 2 resumed on data 4;
-         tp2 x pp2; cp2 x dp2
+         tp2 x pp2; cp2 x dp2; tp2 x cp2 + sp (a 4-kv-group model, against its own one-rank run)
 Every run validates after steps 2 and 4 (2 micro-batches per data-parallel rank).
 The same samples reach every run in the same order (tensor and context ranks of one replica read
 the same rows), so the losses agree to fp32 rounding of the reordered sums. Every layout's last
@@ -320,3 +320,16 @@ def test_context_by_data_parallel_run_matches_one_rank(one, tiny_data, tmp_path)
     assert "tensor 1 x context 2 x pipeline 1 x data 2" in result.stdout
     _assert_close(save_dir, one[1])
     _assert_exports_like_one_rank(save_dir, one[1], tmp_path)
+
+
+def test_tensor_by_context_parallel_run_matches_one_rank(tiny_data, tmp_path):
+    """TP2 x CP2 with sequence parallelism (4 ranks): the context ranks need whole kv groups per
+    tensor rank, so this model has 4 (tiny-test has 2) and its own one-rank reference."""
+    groups = "model.num_query_groups=4"
+    _, reference_dir = _train(tmp_path / "one", tiny_data, groups, "checkpoint.save_interval=0", ranks=1)
+    result, save_dir = _train(tmp_path / "tp2cp2", tiny_data, groups, "parallel.tensor=2",
+                              "parallel.context=2", "parallel.sequence_parallel=true",
+                              "checkpoint.save_interval=0", ranks=4)
+    assert "tensor 2 x context 2 x pipeline 1 x data 1, sequence parallel" in result.stdout
+    _assert_close(save_dir, reference_dir)
+    _assert_exports_like_one_rank(save_dir, reference_dir, tmp_path)
