@@ -34,8 +34,8 @@ import torch
 
 from megatiny.checkpoint import io, layout
 from megatiny.checkpoint.load import load_model
-from megatiny.checkpoint.metadata import METADATA_FILE, TrainState, read_metadata, write_metadata
-from megatiny.checkpoint.reshard import ResumeMode, load_resharded, open_checkpoint, resume_mode, world_of
+from megatiny.checkpoint.metadata import METADATA_FILE, TrainState, WorldLayout, read_metadata, write_metadata
+from megatiny.checkpoint.reshard import ResumeMode, load_resharded, open_checkpoint, resume_mode
 from megatiny.model.config import ModelConfig
 from megatiny.parallel.deepspeed import barrier
 from megatiny.parallel.state import ParallelLayout
@@ -147,7 +147,7 @@ class CheckpointManager:
             barrier()
         elif mode is ResumeMode.RESHARD:
             self.log(f"[megatiny] checkpoint {root / tag} was written by {world.describe()}, ZeRO-"
-                     f"{world.zero_stage}; this run is {world_of(self.parallel).describe()}, "
+                     f"{world.zero_stage}; this run is {WorldLayout.of_run(self.parallel).describe()}, "
                      f"ZeRO-{zero_stage}: resharding its weights and optimizer state")
         load_root = root / layout.UNIVERSAL_DIR if mode is ResumeMode.UNIVERSAL else root
         return ResumePoint(root, tag, metadata, load_root, mode)

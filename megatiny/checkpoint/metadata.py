@@ -56,6 +56,13 @@ class WorldLayout:
             raise ValueError(f"world.world_size ({self.world_size}) is not a multiple of tensor x pipeline x "
                              f"context parallel sizes ({model_parallel})")
 
+    @classmethod
+    def of_run(cls, layout: Any, zero_stage: int | None = None, precision: str | None = None) -> WorldLayout:
+        """What a run of `layout` (a `megatiny.parallel.state.ParallelLayout`) records."""
+        return cls(world_size=layout.world_size, zero_stage=zero_stage, precision=precision,
+                   tensor_parallel_size=layout.tensor, pipeline_parallel_size=layout.pipeline,
+                   context_parallel_size=layout.context)
+
     @property
     def data_parallel_size(self) -> int:
         return self.world_size // (self.tensor_parallel_size * self.pipeline_parallel_size

@@ -48,13 +48,6 @@ class ResumeMode(enum.Enum):
     RESHARD = "reshard"
 
 
-def world_of(layout: ParallelLayout, zero_stage: int | None = None) -> WorldLayout:
-    """The WorldLayout a run of `layout` records in its checkpoints."""
-    return WorldLayout(world_size=layout.world_size, zero_stage=zero_stage,
-                       tensor_parallel_size=layout.tensor, pipeline_parallel_size=layout.pipeline,
-                       context_parallel_size=layout.context)
-
-
 def resume_mode(saved: WorldLayout | None, run: ParallelLayout, zero_stage: int | None = None) -> ResumeMode:
     """How a checkpoint written by `saved` (None: plain data parallelism on this many ranks,
     written before layouts were recorded) resumes on `run` with ZeRO stage `zero_stage`
@@ -96,7 +89,8 @@ def load_resharded(engine: Any, source: ModelParallelCheckpoint, *, tensor_rank:
     flats = getattr(optimizer, "fp32_partitioned_groups_flat", None)
     if flats is None:
         flats = [flat for group in base.param_groups for flat in group["params"]]
-    _create_adam_state(base, flats, source.optimizer_step())
+    step = source.optimizer_step()
+    _create_adam_state(base, flats, step)
     for name, param in engine.module.named_parameters():
         full_name = pipeline_hf_name(name, num_layers) if pipelined else name
         dim = partition_dim(full_name) if tensor_size > 1 else None
@@ -113,7 +107,7 @@ def load_resharded(engine: Any, source: ModelParallelCheckpoint, *, tensor_rank:
             _set_zero3(param, values)
         else:
             _set_zero12(param, base, values)
-    engine.global_steps = source.optimizer_step()
+    engine.global_steps = step
 
 
 def _create_adam_state(base: torch.optim.Optimizer, flats: list[torch.Tensor], step: int) -> None:

@@ -389,10 +389,7 @@ class _Trainer:
 
     # ---------------------------------------------------------------- checkpoints
     def _save(self, step: int, consumed: int) -> None:
-        world = WorldLayout(world_size=self.world, zero_stage=ds_engine.zero_stage(self.ds_config),
-                            precision=self.precision.name, tensor_parallel_size=self.layout.tensor,
-                            pipeline_parallel_size=self.layout.pipeline,
-                            context_parallel_size=self.layout.context)
+        world = WorldLayout.of_run(self.layout, ds_engine.zero_stage(self.ds_config), self.precision.name)
         state = TrainState(step=step, consumed_samples=consumed, skipped_steps=self.skipped_steps,
                            world=world, data=self.data_description, run_config=self.run.to_dict())
         self.checkpoints.save(self.engine.deepspeed_engine, self.model_config, state,

@@ -119,13 +119,19 @@ def test_tensor_parallel_run_matches_one_rank(one, tp2):
     assert {"zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_0_mp_rank_01_optim_states.pt"} <= names
 
 
+def _copy_step_2(source_dir: Path, tmp_path: Path) -> Path:
+    """A new checkpoint root under `tmp_path` holding a copy of `source_dir`'s step 2 as `latest`."""
+    save_dir = tmp_path / "ckpt"
+    save_dir.mkdir(parents=True)
+    shutil.copytree(source_dir / "step_00000002", save_dir / "step_00000002")
+    write_latest(save_dir, "step_00000002")
+    return save_dir
+
+
 def _resume_from_step_2(reference_dir: Path, tiny_data, tmp_path: Path, *overrides: str) -> None:
     """Resume a copy of `reference_dir`'s step-2 checkpoint with `overrides` (its layout) to step 4:
     the same losses and gradient norms, bitwise."""
-    save_dir = tmp_path / "ckpt"
-    save_dir.mkdir()
-    shutil.copytree(reference_dir / "step_00000002", save_dir / "step_00000002")
-    write_latest(save_dir, "step_00000002")
+    save_dir = _copy_step_2(reference_dir, tmp_path)
     result, _ = _train(tmp_path, tiny_data, *overrides, ranks=2, save_dir=save_dir)
     assert "resumed from" in result.stdout
     resumed, expected = _losses(save_dir), _losses(reference_dir)
@@ -164,10 +170,7 @@ def _resume_on_other_layout(source_dir: Path, tiny_data, tmp_path: Path, *overri
                             reference_dir: Path, saved: str) -> None:
     """Resume a copy of `source_dir`'s step-2 checkpoint with `overrides` (another layout) on `ranks`
     ranks: resharded, steps 3-4 match the uninterrupted one-rank run within 1e-5."""
-    save_dir = tmp_path / "ckpt"
-    save_dir.mkdir(parents=True)
-    shutil.copytree(source_dir / "step_00000002", save_dir / "step_00000002")
-    write_latest(save_dir, "step_00000002")
+    save_dir = _copy_step_2(source_dir, tmp_path)
     result, _ = _train(tmp_path, tiny_data, *overrides, ranks=ranks, save_dir=save_dir)
     assert f"written by {saved}" in result.stdout
     assert "resharding its weights and optimizer state" in result.stdout
