@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 
 TIME_TARGET_S = 60.0
+BUILD_TIMEOUT_S = 3600.0    # building the ZeRO-3 checkpoint of the largest preset
+CONVERT_TIMEOUT_S = 3600.0
 RSS_TARGET_RATIO = 1.5  # of the bf16 model size
 
 
@@ -75,7 +77,15 @@ def run_measured(cmd: list[str]) -> tuple[float, int, int]:
     imports neither torch nor megatiny, and builds the checkpoint in a child of its own."""
     start = time.perf_counter()
     child = subprocess.Popen(cmd)
-    _, status, usage = os.wait4(child.pid, 0)
+    deadline = start + CONVERT_TIMEOUT_S
+    while True:
+        pid, status, usage = os.wait4(child.pid, os.WNOHANG)
+        if pid:
+            break
+        if time.perf_counter() > deadline:
+            child.kill()
+            raise RuntimeError(f"{' '.join(cmd)} still running after {CONVERT_TIMEOUT_S:.0f} s; killed")
+        time.sleep(0.1)
     elapsed = time.perf_counter() - start
     return elapsed, os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024
 
@@ -98,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         subprocess.run([sys.executable, __file__, "--build-only", "--preset", args.preset, "--ranks",
-                        str(args.ranks), "--workdir", str(workdir)], check=True)
+                        str(args.ranks), "--workdir", str(workdir)], check=True, timeout=BUILD_TIMEOUT_S)
         params = int((workdir / "params.txt").read_text())
         tool = Path(__file__).resolve().parents[1] / "tools" / "convert_checkpoint.py"
         elapsed, code, peak = run_measured([sys.executable, str(tool), "to-hf", str(workdir / "ckpt"),

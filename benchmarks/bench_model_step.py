@@ -24,6 +24,8 @@ from megatiny.checkpoint.hf import config_to_hf
 from megatiny.model import GPT, ModelRuntime, get_preset
 from megatiny.precision import resolve_dtype
 
+WORKER_TIMEOUT_S = 3600.0   # one measured model step benchmark in its own process
+
 
 def _rss_mib() -> float:
     with open("/proc/self/statm") as f:
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     for _ in range(args.rounds):
         for kind in ("ours", "hf"):
             out = subprocess.run([sys.executable, __file__, "--worker", kind, *forwarded],
-                                 check=True, capture_output=True, text=True).stdout
+                                 check=True, capture_output=True, text=True, timeout=WORKER_TIMEOUT_S).stdout
             result = json.loads(out.strip().splitlines()[-1])
             print(f"  {kind:4s} {result['tokens_per_cpu_s']:9.1f} tok/CPU-s {result['tokens_per_s']:9.1f} "
                   f"tok/s  peak RSS "

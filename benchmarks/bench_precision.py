@@ -22,6 +22,7 @@ import torch
 from megatiny.precision import detect_hardware, resolve_precision
 
 BENCH = Path(__file__).resolve().parent / "bench_train_gpu.py"
+RUN_TIMEOUT_S = 3600.0   # one precision's training benchmark
 
 
 def matmul_gflops(dtype: torch.dtype, size: int = 512, repeats: int = 5) -> float:
@@ -40,7 +41,7 @@ def tokens_per_second(precision: str, args: argparse.Namespace) -> float:
     cmd = [sys.executable, str(BENCH), "--preset", args.preset, "--seq", str(args.seq),
            "--micro-batch", str(args.micro_batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
            "--precision", precision]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=RUN_TIMEOUT_S).stdout
     match = re.search(r"tokens/s/device (\d+(?:\.\d+)?)", out)
     if match is None:
         raise RuntimeError(f"no tokens/s in the output of {' '.join(cmd)}:\n{out[-2000:]}")

@@ -1,4 +1,5 @@
 """Suite-wide pytest configuration."""
+import faulthandler
 import os
 import sys
 import time
@@ -41,6 +42,32 @@ def deepspeed_ops_built(request):
     from tests.helpers import run_command, timeout_s
     result = run_command([sys.executable, "-c", _BUILD_OPS], timeout=timeout_s(extra_s=300))
     assert result.returncode == 0, f"building DeepSpeed's ops failed:\n{result.stdout[-4000:]}"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    """Every test gets a deadline (pytest-timeout, signal method: on expiry the stacks of all threads
+    are printed and that test fails), sized like the launches' budgets in tests/helpers.py, unless
+    --timeout or PYTEST_TIMEOUT sets one. Runs before pytest-timeout reads its settings."""
+    from tests.helpers import per_test_timeout_s
+
+    if config.getoption("timeout", None) is None and not os.environ.get("PYTEST_TIMEOUT"):
+        config.option.timeout = per_test_timeout_s()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """A backstop for a hang the timeout's signal cannot break (a thread stuck in C code): a
+    while after the test's deadline, faulthandler prints every thread's stack and ends the run,
+    so CI fails in minutes instead of waiting for its own limit."""
+    timeout = item.config.getoption("timeout", None) or 0
+    if timeout > 0:
+        faulthandler.dump_traceback_later(2 * timeout + 60, exit=True)
+    try:
+        yield
+    finally:
+        if timeout > 0:
+            faulthandler.cancel_dump_traceback_later()
 
 
 _SESSION_STARTED = time.time()

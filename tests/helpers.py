@@ -29,6 +29,12 @@ def timeout_s(*, launches: int = 1, steps: int = 0, seconds_per_step: float = 1.
     return scale * (launches * LAUNCH_S + steps * seconds_per_step + extra_s)
 
 
+def per_test_timeout_s() -> float:
+    """The deadline of one test, fixtures included: the longest test (a fixture training several
+    checkpoints, ~3 min here, ~6.5 min on a slow AVX2-only CPU) fits in it with room to spare."""
+    return timeout_s(launches=10)
+
+
 # What a rank started over ssh (or by mpirun) must see to behave like this process: where DeepSpeed's
 # ops are built, and the CPU instruction-set caps that decide `precision: auto` and the kernels.
 RANK_ENV_KEYS = ("TORCH_EXTENSIONS_DIR", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY",
@@ -67,7 +73,11 @@ def run_command(cmd: list[str], timeout: float, cwd: Path | str = REPO_ROOT,
             stdout, _ = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired as expired:
             os.killpg(process.pid, signal.SIGKILL)
-            rest, _ = process.communicate()
+            try:    # a grandchild that left the process group can hold the pipe open: bounded too
+                rest, _ = process.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                rest = "(output pipe still held open by a process outside the group)"
             partial = expired.output or ""
             partial = partial.decode(errors="replace") if isinstance(partial, bytes) else partial
             pytest.fail(f"timed out after {timeout:.0f} s: {' '.join(map(str, cmd))}\n"

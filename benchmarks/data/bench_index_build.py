@@ -32,6 +32,7 @@ import argparse
 import math
 import multiprocessing as mp
 import os
+import queue as queue_module
 import resource
 import shutil
 import tempfile
@@ -148,14 +149,23 @@ def megatron_phase(tables: list, num_samples: int, seq_length: int, surplus: flo
              "samples_per_cpu_s": rate_cpu, "peak_rss_gb": peak_rss_gb()})
 
 
+CHILD_TIMEOUT_S = 3 * 3600.0   # one index build at TinyLlama scale takes minutes; a hang, not this
+
+
 def in_child(target, *args) -> dict:
     """Run target(*args, queue) in a fresh forked process; its result dict."""
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
     child = ctx.Process(target=target, args=(*args, queue))
     child.start()
-    result = queue.get()
-    child.join()
+    try:
+        result = queue.get(timeout=CHILD_TIMEOUT_S)
+    except queue_module.Empty:
+        child.kill()
+        child.join(timeout=10)
+        raise RuntimeError(f"{target.__name__} gave no result within {CHILD_TIMEOUT_S:.0f} s "
+                           f"(exit code {child.exitcode})") from None
+    child.join(timeout=60)
     if child.exitcode != 0:
         raise RuntimeError(f"{target.__name__} failed with exit code {child.exitcode}")
     return result

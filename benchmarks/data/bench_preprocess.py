@@ -26,6 +26,8 @@ from pathlib import Path
 
 from megatiny.data.tokenizer import load_tokenizer, train_sentencepiece
 
+RUN_TIMEOUT_S = 3600.0   # one preprocess run of the benchmark corpus
+
 WORDS = ("the of and to in is was for on that with as by at from his her an were are which this be "
          "it not or have had has but they you one their all we can been more when there some would "
          "pretraining language model token dataset layer attention über café naïve 東京 2024 3.14").split()
@@ -64,7 +66,7 @@ def run_preprocess(corpus: Path, model: Path, out: Path, workers: int) -> dict:
     cmd = [sys.executable, "-c", code, "--input", str(corpus), "--output-prefix", str(out), "--tokenizer",
            str(model), "--workers", str(workers), "--append-eod", "--prepend-bos", "--no-progress"]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]), OMP_NUM_THREADS="1")
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=RUN_TIMEOUT_S)
     if r.returncode != 0:
         raise SystemExit(r.stdout + r.stderr)
     lines = r.stdout.splitlines()

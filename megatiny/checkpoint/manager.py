@@ -189,6 +189,13 @@ class CheckpointManager:
         return {name: param.detach() for name, param in model.named_parameters()}
 
 
+def universal_conversion_timeout_s(checkpoint: Path) -> float:
+    """How long DeepSpeed's converter may take: 10 minutes plus 5 minutes per GiB of checkpoint
+    (it reads and rewrites every fp32 weight and Adam moment once)."""
+    size = sum(f.stat().st_size for f in checkpoint.rglob("*") if f.is_file())
+    return 600.0 + 300.0 * size / 2**30
+
+
 def convert_to_universal(root: str | os.PathLike, tag: str) -> Path:
     """Convert ROOT/TAG to DeepSpeed's universal format at ROOT/universal/TAG (once; rank 0 only).
 
@@ -204,7 +211,13 @@ def convert_to_universal(root: str | os.PathLike, tag: str) -> Path:
     tmp.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(root / tag),
            "--output_folder", str(tmp), "--num_extract_workers", "1", "--num_merge_workers", "1"]
-    result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    limit_s = universal_conversion_timeout_s(root / tag)
+    try:
+        result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                timeout=limit_s)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"converting {root / tag} to a universal checkpoint took over {limit_s:.0f} s; "
+                           f"stopped (the partial output {tmp} is removed on the next try)") from None
     if result.returncode != 0:
         raise RuntimeError(f"converting {root / tag} to a universal checkpoint failed:\n"
                            f"{result.stdout[-3000:]}")

@@ -16,11 +16,14 @@ Several machines: give each `--num-shards K --shard-index I --output-prefix out/
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 
 from megatiny.data.preprocess import DEFAULT_MAX_BAD_FRACTION, BadLineError, EmptyOutputError, preprocess
 from megatiny.data.sources import SourceError
 from megatiny.data.tokenizer import SentencePieceTokenizer, load_tokenizer
+from megatiny.data.worker_pool import WorkerError
 
 SENTENCEPIECE_TYPES = ("SentencePieceTokenizer", "GPTSentencePieceTokenizer", "Llama2Tokenizer")
 TOKENIZER_TYPES = SENTENCEPIECE_TYPES + ("HuggingFaceTokenizer",)
@@ -93,6 +96,14 @@ def check_megatron_arguments(args) -> str | None:
     return None
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the run is so that its cleanup (no partial output) runs."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -107,15 +118,26 @@ def main(argv: list[str] | None = None) -> int:
               f"output is the same for any partition count", file=sys.stderr)
     if not args.append_eod:
         print("warning: without --append-eod documents are concatenated with no separator", file=sys.stderr)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if on_main_thread else None
     try:
         stats = preprocess(args.input, args.output_prefix, args.tokenizer, json_keys=tuple(args.json_keys),
                            workers=args.workers, prepend_bos=args.prepend_bos, append_eod=args.append_eod,
                            strict=args.strict, progress=not args.no_progress,
                            max_bad_fraction=args.max_bad_fraction, num_shards=args.num_shards,
                            shard_index=args.shard_index, bad_lines_file=args.bad_lines_file)
-    except (BadLineError, EmptyOutputError, SourceError, FileNotFoundError, ValueError) as e:
+    except (BadLineError, EmptyOutputError, SourceError, FileNotFoundError, ValueError, WorkerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: nothing written", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("terminated (SIGTERM): nothing written", file=sys.stderr)
+        return 143
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     if stats.bad_lines:
         reasons = ", ".join(f"{n} {r}" for r, n in stats.bad_reasons.most_common())
         print(f"skipped {stats.bad_lines} bad lines ({reasons}); first ones:", file=sys.stderr)

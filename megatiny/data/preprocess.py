@@ -1,10 +1,10 @@
 """Tokenize corpora (jsonl family, parquet, datasets save_to_disk folders) into MMIDIDX datasets.
 
 `preprocess(...)` backs tools/preprocess_data.py. Records are read in chunks (megatiny.data.sources),
-tokenized by a pool of worker processes (at most `2 * workers` chunks in flight, so memory does not
-grow with the input), and written in input order, so the output is byte-identical for any worker
-count and for any source format holding the same texts. Each document is `[BOS] + tokens + [EOS]`
-when both `prepend_bos` and `append_eod` are set.
+tokenized by worker processes (megatiny.data.worker_pool; at most `2 * workers` chunks in flight, so
+memory does not grow with the input), and written in input order, so the output is byte-identical
+for any worker count and for any source format holding the same texts. Each document is
+`[BOS] + tokens + [EOS]` when both `prepend_bos` and `append_eod` are set.
 
 Bad records (invalid JSON, not an object, missing key, null or non-string value, invalid UTF-8,
 empty text) are counted, reported with file:line (file:row N for tables), and skipped; with
@@ -17,17 +17,15 @@ outputs in shard order (tools/merge_datasets.py) gives the bytes of one run over
 """
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import sys
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 
-import numpy as np
-
+from megatiny.data.chunk_encoding import BadLine, ChunkEncoder, EncodedChunk, EncodeOptions, describe_chunk
 from megatiny.data.indexed_dataset import IndexedDatasetBuilder, best_dtype
 from megatiny.data.sidecar import DatasetSidecar, sidecar_path
 from megatiny.data.sources import (  # noqa: F401  (open_binary, parse_json_line, expand_inputs: re-exported)
@@ -35,27 +33,14 @@ from megatiny.data.sources import (  # noqa: F401  (open_binary, parse_json_line
     expand_inputs,
     open_binary,
     parse_json_line,
-    parse_record,
     read_chunks,
     resolve_inputs,
     shard_files,
 )
 from megatiny.data.tokenizer import load_tokenizer, tokenizer_fingerprint
+from megatiny.data.worker_pool import OrderedWorkerPool
 
 DEFAULT_MAX_BAD_FRACTION = 0.01
-
-
-@dataclass
-class BadLine:
-    """One skipped record: `where` is "file:line" (jsonl) or "file:row N" (tables)."""
-
-    file: str
-    line: int
-    reason: str
-    where: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.where or f'{self.file}:{self.line}'}: {self.reason}"
 
 
 @dataclass
@@ -86,68 +71,15 @@ class EmptyOutputError(ValueError):
     """The run would write no document, or too many of its records are bad: nothing is written."""
 
 
-@dataclass
-class EncodeOptions:
-    tokenizer_path: str
-    json_keys: tuple[str, ...]
-    prepend_bos: bool
-    append_eod: bool
-
-
-_worker: dict = {}
-
-
-def _init_worker(options: EncodeOptions, tok=None) -> None:
-    tok = tok if tok is not None else load_tokenizer(options.tokenizer_path)
-    _worker.update(tokenizer=tok, options=options, dtype=best_dtype(tok.vocab_size))
-
-
-def encode_chunk(chunk: RecordChunk):
-    """Worker: (per key (flat tokens, lengths), bad records, bytes, documents, disk bytes) for one chunk."""
-    tok, opt, dtype = _worker["tokenizer"], _worker["options"], _worker["dtype"]
-    prefix = [tok.bos_id] if opt.prepend_bos else []
-    suffix = [tok.eos_id] if opt.append_eod else []
-    flat: list[list[int]] = [[] for _ in opt.json_keys]
-    lengths: list[list[int]] = [[] for _ in opt.json_keys]
-    bad: list[BadLine] = []
-    nbytes = 0
-    jsonl = chunk.kind == "jsonl"
-    for offset, record in enumerate(chunk.records):
-        if jsonl:
-            nbytes += len(record)
-            if not record.strip():
-                continue
-        values, error = parse_record(chunk.kind, record, opt.json_keys)
-        if error is not None:
-            bad.append(BadLine(chunk.file, chunk.first_row + offset, error, chunk.location(offset)))
-            continue
-        if not jsonl:
-            nbytes += sum(len(v.encode("utf-8")) for v in values)
-        for k, value in enumerate(values):
-            ids = prefix + tok.encode(value) + suffix
-            flat[k].extend(ids)
-            lengths[k].append(len(ids))
-    arrays = [(np.array(f, dtype=dtype), np.array(n, dtype=np.int32)) for f, n in zip(flat, lengths)]
-    return arrays, bad, nbytes, len(lengths[0]) if lengths else 0, chunk.disk_bytes
-
-
-def _ordered_results(chunks: Iterator, workers: int, options: EncodeOptions, tok=None) -> Iterator:
-    """encode_chunk over `chunks`, in order, with at most 2 * workers chunks in flight.
-
-    `tok`: the tokenizer already loaded, reused when encoding in this process (workers <= 1)."""
+def _encoded_chunks(chunks: Iterator[RecordChunk], workers: int, options: EncodeOptions,
+                    tok) -> Iterator[EncodedChunk]:
+    """Every chunk encoded, in order: in this process (`tok` reused) or by `workers` worker processes
+    (megatiny.data.worker_pool: at most 2 x workers chunks in flight; any failure ends them all)."""
     if workers <= 1:
-        _init_worker(options, tok)
-        yield from map(encode_chunk, chunks)
+        yield from map(ChunkEncoder(options, tok), chunks)
         return
-    ctx = mp.get_context("spawn" if sys.platform == "darwin" else "fork")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(options,)) as pool:
-        pending: deque = deque()
-        for chunk in chunks:
-            pending.append(pool.apply_async(encode_chunk, (chunk,)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+    with OrderedWorkerPool(ChunkEncoder, (options,), workers=workers, describe=describe_chunk) as pool:
+        yield from pool.map_ordered(chunks)
 
 
 def output_prefix_for(output_prefix: str | os.PathLike, key: str) -> str:
@@ -189,24 +121,25 @@ def preprocess(inputs: list[str], output_prefix: str | os.PathLike, tokenizer: s
             builders.append(IndexedDatasetBuilder(output_prefix_for(output_prefix, k), dtype))
         bad_log = stack.enter_context(open(bad_lines_file, "w")) if bad_lines_file else None
         chunks = read_chunks(files, tuple(json_keys))
-        results = stack.enter_context(closing(_ordered_results(chunks, workers, options, tok)))
-        for arrays, bad, nbytes, ndocs, disk_bytes in results:
+        results = stack.enter_context(closing(_encoded_chunks(chunks, workers, options, tok)))
+        for encoded in results:
+            arrays, bad = encoded.arrays, encoded.bad
             if bad and strict:
                 raise BadLineError(f"{bad[0]} (run without --strict to skip and count bad lines)")
             for k, (builder, (tokens, lengths)) in enumerate(zip(builders, arrays)):
                 builder.add_items(tokens, lengths)
                 if len(tokens):
                     stats.max_token_ids[k] = max(stats.max_token_ids[k], int(tokens.max()))
-            stats.documents += ndocs
+            stats.documents += encoded.documents
             stats.tokens += sum(len(t) for t, _ in arrays)
-            stats.input_bytes += nbytes
+            stats.input_bytes += encoded.input_bytes
             stats.bad_lines += len(bad)
             if bad_log is not None:
                 bad_log.writelines(f"{b}\n" for b in bad)
             stats.bad_reasons.update(b.reason.split(" (")[0] for b in bad)
             stats.bad_examples.extend(bad[:max(0, max_bad_examples - len(stats.bad_examples))])
             if bar is not None:
-                bar.update(disk_bytes)
+                bar.update(encoded.disk_bytes)
                 elapsed = max(time.perf_counter() - start, 1e-9)
                 bar.set_postfix(docs=stats.documents, tokens=stats.tokens, refresh=False)
                 bar.set_description(f"text {stats.input_bytes / 1e6 / elapsed:.1f} MB/s")

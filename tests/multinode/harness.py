@@ -39,6 +39,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 IFNAME = "mt0"  # same interface name in both namespaces, so one GLOO_SOCKET_IFNAME fits every rank
 SUBNET_PREFIX = "10.77.0."
 ETC_NETNS = "/etc/netns"  # per-namespace overrides of /etc files, applied by `ip netns exec`
+IP_TIMEOUT_S = 30.0  # an `ip netns` command; none should take more than a second
 REQUIRED_TOOLS = ("ip", "unshare", "sshd", "ssh", "ssh-keygen", "pdsh")
 
 
@@ -159,7 +160,7 @@ class TwoHosts:
                 host.sshd.wait(timeout=10)
                 host.sshd = None
             subprocess.run(["ip", "netns", "del", host.namespace], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+                           stderr=subprocess.DEVNULL, timeout=IP_TIMEOUT_S)
             shutil.rmtree(Path(ETC_NETNS) / host.namespace, ignore_errors=True)
 
     def _create_network(self) -> None:
@@ -261,8 +262,11 @@ class TwoHosts:
         for host in self.hosts:
             while True:
                 ssh = [_which("ssh"), "-F", str(self.ssh_config), host.address, "true"]
-                probe = subprocess.run(self.wrap(ssh), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       text=True)
+                try:
+                    probe = subprocess.run(self.wrap(ssh), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                           text=True, timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    probe = subprocess.CompletedProcess([], 255, f"ssh probe hung for {timeout:.0f} s")
                 if probe.returncode == 0:
                     break
                 if host.sshd is not None and host.sshd.poll() is not None or time.monotonic() > deadline:
@@ -361,7 +365,7 @@ class TwoHosts:
 
 def _namespace_pids(namespace: str) -> list[int]:
     result = subprocess.run(["ip", "netns", "pids", namespace], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+                            stderr=subprocess.DEVNULL, text=True, timeout=IP_TIMEOUT_S)
     return [int(p) for p in result.stdout.split()]
 
 
@@ -369,7 +373,7 @@ def remove_stale_namespaces() -> list[str]:
     """Delete harness namespaces whose owning process is gone (a run killed before its teardown),
     with every process left in them. Returns the names removed."""
     listing = subprocess.run(["ip", "netns", "list"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                             text=True).stdout
+                             text=True, timeout=IP_TIMEOUT_S).stdout
     removed = []
     for name in (line.split()[0] for line in listing.splitlines() if line.strip()):
         match = NAMESPACE_PATTERN.match(name)
@@ -382,7 +386,8 @@ def remove_stale_namespaces() -> list[str]:
             for pid in pids:
                 TwoHosts.signal_pid(pid, signal.SIGKILL)
             time.sleep(0.1)
-        subprocess.run(["ip", "netns", "del", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(["ip", "netns", "del", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       timeout=IP_TIMEOUT_S)
         shutil.rmtree(Path(ETC_NETNS) / name, ignore_errors=True)
         removed.append(name)
     return removed

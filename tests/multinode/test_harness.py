@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.multinode]
 
 
 def _namespaces() -> str:
-    return subprocess.run(["ip", "netns", "list"], stdout=subprocess.PIPE, text=True).stdout
+    return subprocess.run(["ip", "netns", "list"], stdout=subprocess.PIPE, text=True, timeout=30).stdout
 
 
 def test_pdsh_reaches_both_hosts_each_with_its_own_address_and_hostname(two_hosts):
@@ -84,9 +84,9 @@ def test_namespaces_left_by_a_killed_run_are_removed_on_the_next_start(tmp_path)
     if unavailable_reason():
         pytest.skip(unavailable_reason())
     dead = subprocess.Popen(["true"])
-    dead.wait()
+    dead.wait(timeout=30)
     stale = f"mt{dead.pid}x1a"
-    subprocess.run(["ip", "netns", "add", stale], check=True)
+    subprocess.run(["ip", "netns", "add", stale], check=True, timeout=30)
     (Path(ETC_NETNS) / stale).mkdir(parents=True)
     leftover = subprocess.Popen(["ip", "netns", "exec", stale, "sleep", "300"])
     try:
@@ -99,4 +99,4 @@ def test_namespaces_left_by_a_killed_run_are_removed_on_the_next_start(tmp_path)
         assert stale not in _namespaces() and not (Path(ETC_NETNS) / stale).exists()
     finally:
         leftover.kill()
-        subprocess.run(["ip", "netns", "del", stale], stderr=subprocess.DEVNULL)
+        subprocess.run(["ip", "netns", "del", stale], stderr=subprocess.DEVNULL, timeout=30)

@@ -46,7 +46,7 @@ class LocalSshd:
         keygen = shutil.which("ssh-keygen")
         for name in ("host_key", "client_key"):
             subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(self.workdir / name)],
-                           check=True)
+                           check=True, timeout=60)
         (self.workdir / "authorized_keys").write_text((self.workdir / "client_key.pub").read_text())
         os.chmod(self.workdir / "authorized_keys", 0o600)
         config = self.workdir / "sshd_config"
@@ -77,8 +77,12 @@ class LocalSshd:
     def _wait_reachable(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         while True:
-            probe = subprocess.run(["ssh", "-F", str(self.ssh_config), "-l", getpass.getuser(), "127.0.0.1",
-                                    "true"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            try:
+                ssh = ["ssh", "-F", str(self.ssh_config), "-l", getpass.getuser(), "127.0.0.1", "true"]
+                probe = subprocess.run(ssh, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                       timeout=timeout)
+            except subprocess.TimeoutExpired:
+                probe = subprocess.CompletedProcess([], 255, f"ssh probe hung for {timeout:.0f} s")
             if probe.returncode == 0:
                 return
             if self.process.poll() is not None or time.monotonic() > deadline:
