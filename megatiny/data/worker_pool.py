@@ -4,7 +4,7 @@
         for result in pool.map_ordered(chunks):      # results in input order
             ...
 
-Each worker is a fresh interpreter (`python -m megatiny.data.worker_pool`, so nothing of the
+Each worker is a fresh interpreter (running `run_worker` below, so nothing of the
 parent's threads, locks or imports is inherited, as with `fork`) that builds `factory(*args)` once
 and then applies it to every task it reads. Tasks and results travel as length-prefixed pickles
 over the worker's stdin/stdout pipes; the worker's own stdout (prints of a tokenizer library) goes
@@ -90,11 +90,8 @@ class OrderedWorkerPool:
             raise
 
     def _start_worker(self, factory: Callable, args: tuple) -> _Worker:
-        env = dict(os.environ)
-        package_root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-        process = subprocess.Popen([sys.executable, "-m", "megatiny.data.worker_pool"], env=env,
-                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        process = subprocess.Popen([sys.executable, "-c", _WORKER_PROGRAM], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, bufsize=0)
         worker = _Worker(process, process.stdin.fileno(), process.stdout.fileno())
         for fd in (worker.to_worker, worker.from_worker):
             os.set_blocking(fd, False)
@@ -245,7 +242,12 @@ def _read_exactly(stream, size: int) -> bytes | None:
     return data if len(data) == size else None
 
 
-def _worker_main() -> int:
+# This very megatiny (not whatever `megatiny` the working directory holds) runs in the worker.
+_WORKER_PROGRAM = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r}); "
+                   f"from megatiny.data.worker_pool import run_worker; sys.exit(run_worker())")
+
+
+def run_worker() -> int:
     """A worker: build the function from the first frame, then answer one frame per task frame."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     results = os.fdopen(os.dup(1), "wb")
@@ -272,18 +274,13 @@ def _worker_main() -> int:
     except Exception:
         send("error", traceback.format_exc())
         return 1
-    while (task := receive()) is not _END:
-        try:
-            send("ok", function(task))
-        except BrokenPipeError:
-            return 0
-        except Exception:
-            send("error", traceback.format_exc())
-    return 0
-
-
-if __name__ == "__main__":
     try:
-        sys.exit(_worker_main())
+        while (task := receive()) is not _END:
+            try:
+                result = ("ok", function(task))
+            except Exception:
+                result = ("error", traceback.format_exc())
+            send(*result)
     except BrokenPipeError:         # the parent went away: nobody to answer
-        sys.exit(0)
+        return 0
+    return 0
