@@ -12,7 +12,8 @@ to stderr. Why the parent cannot hang, unlike `multiprocessing.Pool` torn down w
   * the parent starts no thread: its pipe ends are non-blocking and all of its waiting is one
     `selectors` wait with a timeout, so a worker that stops reading or writing cannot block it;
   * a worker that dies shows as end-of-file on its pipe and is reported with its exit code and the
-    task it held; a worker silent for `stall_timeout_s` with a task is reported as stalled;
+    task it held; a worker silent for `stall_timeout_s` with a task (or not started within
+    `start_timeout_s`) is reported as stalled;
   * shutdown closes the pipes, SIGKILLs every worker still alive (a signal it cannot ignore) and
     reaps each with a deadline: there is no queue to drain and no thread to join.
 Workers ignore SIGINT (the parent decides and kills them) and exit on end-of-file of their stdin,
@@ -58,6 +59,7 @@ class _Worker:
     incoming: bytearray = field(default_factory=bytearray)
     tasks: deque = field(default_factory=deque)         # (sequence number, description) in order
     last_heard: float = field(default_factory=time.monotonic)
+    ready: bool = False                 # it has built its function (startup is timed separately)
 
     def exit_description(self) -> str:
         try:
@@ -74,12 +76,14 @@ class OrderedWorkerPool:
     tasks (default 2 x workers) are sent out or waiting to be yielded, so memory stays bounded."""
 
     def __init__(self, factory: Callable, args: tuple, *, workers: int, describe: Callable = repr,
-                 max_in_flight: int | None = None, stall_timeout_s: float = 600.0):
+                 max_in_flight: int | None = None, stall_timeout_s: float = 600.0,
+                 start_timeout_s: float = 300.0):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.describe = describe
         self.max_in_flight = max_in_flight or 2 * workers
         self.stall_timeout_s = stall_timeout_s
+        self.start_timeout_s = start_timeout_s
         self._selector = selectors.DefaultSelector()
         self._workers: list[_Worker] = []
         try:
@@ -118,7 +122,7 @@ class OrderedWorkerPool:
                     exhausted = True
                     break
                 worker = min(self._workers, key=lambda w: len(w.tasks))
-                if not worker.tasks:
+                if not worker.tasks and worker.ready:
                     worker.last_heard = time.monotonic()
                 worker.tasks.append((sent, task))
                 worker.outgoing.append(memoryview(_frame(task)))
@@ -149,10 +153,12 @@ class OrderedWorkerPool:
                 self._selector.unregister(key.fileobj)
         now = time.monotonic()
         for worker in self._workers:
-            if worker.tasks and now - worker.last_heard > self.stall_timeout_s:
+            limit = self.stall_timeout_s if worker.ready else self.start_timeout_s
+            if worker.tasks and now - worker.last_heard > limit:
                 task = self.describe(worker.tasks[0][1])
-                raise WorkerError(f"worker pid {worker.process.pid} sent nothing for "
-                                  f"{self.stall_timeout_s:.0f} s while working on {task}")
+                what = "sent nothing" if worker.ready else "did not start"
+                raise WorkerError(f"worker pid {worker.process.pid} {what} for {limit:.0f} s "
+                                  f"while working on {task}")
 
     def _write(self, worker: _Worker) -> None:
         while worker.outgoing:
@@ -190,6 +196,9 @@ class OrderedWorkerPool:
                 break
             status, value = pickle.loads(bytes(buffer[_HEADER.size:_HEADER.size + size]))
             del buffer[:_HEADER.size + size]
+            if status == "ready":
+                worker.ready = True
+                continue
             if status != "ok":
                 task = worker.tasks[0][1] if worker.tasks else None
                 raise WorkerError(f"worker failed on {self.describe(task)}:\n{value}")
@@ -274,6 +283,7 @@ def run_worker() -> int:
     except Exception:
         send("error", traceback.format_exc())
         return 1
+    send("ready", None)
     try:
         while (task := receive()) is not _END:
             try:

@@ -18,10 +18,12 @@ from tests.helpers import REPO_ROOT, output_tail, run_command, timeout_s
 
 class Slow:
     """A worker's function: task (value, seconds) -> value squared after sleeping; special values
-    fail: -1 raises, -2 ends the worker's process, -3 hangs."""
+    fail: -1 raises, -2 ends the worker's process, -3 hangs (as scale, it hangs the start)."""
 
     def __init__(self, scale: int):
         self.scale = scale
+        if scale == -3:
+            time.sleep(3600)
 
     def __call__(self, task):
         value, seconds = task
@@ -63,10 +65,15 @@ def test_a_failing_dying_or_stalled_worker_ends_the_map_and_every_worker(bad, me
     assert _gone(pids)
 
 
-def test_a_factory_that_fails_is_reported():
+def test_a_factory_that_fails_or_hangs_is_reported():
     with pytest.raises(WorkerError, match=r"(?s)worker failed on \(1, 0\):.*TypeError"):
         with OrderedWorkerPool(Slow, ("too", "many"), workers=1) as pool:
             list(pool.map_ordered([(1, 0)]))
+    with pytest.raises(WorkerError, match=r"worker pid \d+ did not start for 2 s while working on \(1, 0\)"):
+        with OrderedWorkerPool(Slow, (-3,), workers=1, start_timeout_s=2.0) as pool:
+            pids = [w.process.pid for w in pool._workers]
+            list(pool.map_ordered([(1, 0)]))
+    assert _gone(pids)
 
 
 STRESS = """
