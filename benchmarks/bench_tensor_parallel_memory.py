@@ -47,7 +47,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from megatiny.model import GPT, ModelRuntime, get_preset
-from megatiny.parallel.deepspeed import param_groups
+from megatiny.parallel.deepspeed import param_groups, skip_inference_shm_allreduce
 from megatiny.parallel.state import ParallelLayout, ParallelState
 from megatiny.process_env import free_port
 
@@ -144,6 +144,7 @@ def _measure(rank: int, tensor: int, sequence_parallel: bool, args: argparse.Nam
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(tensor))
     torch.set_num_threads(1)
+    skip_inference_shm_allreduce()
     deepspeed.init_distributed(dist_backend="gloo", verbose=False)
     config = model_config(args)
     parallel = ParallelState(ParallelLayout.for_world(tensor, tensor=tensor,

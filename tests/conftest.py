@@ -2,7 +2,6 @@
 import faulthandler
 import os
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,18 +18,18 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # rebuilt, for minutes, whenever a process sees a different `ninja` than the one that built it.
 put_interpreter_bin_first()
 
-# DeepSpeed JIT-compiles small C++ ops (on CPU: its shared-memory allreduce at process-group start,
-# and CPUAdam for optimizer offload). The suite keeps them in a directory of its own and builds them
-# once, before any test starts ranks, so no rank waits on the build lock of another process.
+# DeepSpeed JIT-compiles small C++ ops (on CPU: CPUAdam, for optimizer offload; its shared-memory
+# allreduce is skipped by megatiny.parallel.deepspeed.skip_inference_shm_allreduce). The suite keeps
+# them in a directory of its own and builds them once, before any test starts ranks, so no rank
+# waits on the build lock of another process.
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(_REPO_ROOT / ".pytest_cache" / "torch_extensions"))
 
 _BUILD_OPS = """
 from deepspeed.accelerator import get_accelerator
-for name in ("ShareMemCommBuilder", "CPUAdamBuilder"):
-    builder = get_accelerator().create_op_builder(name)
-    if builder is not None and builder.is_compatible():
-        builder.load(verbose=False)
+builder = get_accelerator().create_op_builder("CPUAdamBuilder")
+if builder is not None and builder.is_compatible():
+    builder.load(verbose=False)
 """
 
 
@@ -68,21 +67,3 @@ def pytest_runtest_protocol(item, nextitem):
     finally:
         if timeout > 0:
             faulthandler.cancel_dump_traceback_later()
-
-
-_SESSION_STARTED = time.time()
-
-
-@pytest.fixture(autouse=True)
-def remove_deepspeed_shm_buffers():
-    """DeepSpeed's CPU shared-memory allreduce leaves a ~66 MB /dev/shm file per rank of every
-    launch (megatiny's own shutdown removes its rank's; the test scripts that drive DeepSpeed
-    directly do not). After each test its launches have finished: remove what this run created,
-    or a whole suite would hold gigabytes of RAM in /dev/shm."""
-    yield
-    for path in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*"):
-        try:
-            if path.stat().st_mtime >= _SESSION_STARTED:
-                path.unlink()
-        except FileNotFoundError:
-            pass

@@ -46,6 +46,13 @@ def rank_env() -> dict[str, str]:
     return {key: os.environ[key] for key in RANK_ENV_KEYS if key in os.environ}
 
 
+def launch_ranks(ranks: int) -> list[str]:
+    """The start of a command running `ranks` local ranks of what follows it (tests/rank_launcher.py:
+    DeepSpeed's launcher's environment, without its two extra interpreters). Runs from REPO_ROOT."""
+    return [sys.executable, "-m", "tests.rank_launcher", "--nproc", str(ranks),
+            "--master-port", str(free_port())]
+
+
 def venv_bin(name: str) -> str:
     """Path of an executable installed beside the running interpreter (e.g. `deepspeed`)."""
     candidate = Path(sys.executable).parent / name

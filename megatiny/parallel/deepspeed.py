@@ -64,9 +64,27 @@ def _mpi_launched() -> bool:
     return any(k in os.environ for k in keys)
 
 
+def skip_inference_shm_allreduce() -> None:
+    """Keep DeepSpeed's CPU backend from building and mapping its shared-memory allreduce.
+
+    On a CPU, DeepSpeed's communication backend JIT-compiles that op on its first use on a machine
+    (~40 s on 2 cores, so in the first run of a fresh install) and maps a ~66 MB /dev/shm buffer
+    per rank that it never removes, yet only DeepSpeed inference's `inference_all_reduce` uses it:
+    every collective of training goes through torch.distributed (gloo). Marking the op
+    incompatible in DeepSpeed's probe of its ops (a dict it caches, and reads before loading the
+    op) skips both. Call it before `deepspeed.init_distributed`."""
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is not None:
+        deepspeed.ops.__compatible_ops__[builder.NAME] = False
+
+
 def init_distributed(cfg: DistributedConfig) -> DistInfo:
     """Join (or make) the process group. Returns this process's rank, world size and device."""
     put_interpreter_bin_first(if_it_has="ninja")  # one ninja for DeepSpeed's JIT ops (see process_env)
+    skip_inference_shm_allreduce()
     launched = all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
     port = int(os.environ.get("MASTER_PORT", cfg.master_port))
     if not launched and not _mpi_launched():
@@ -367,25 +385,11 @@ def all_reduce_sum_tensor(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def shm_allreduce_buffer(rank: int, environ: dict[str, str] | None = None) -> Path:
-    """The /dev/shm file of `rank`'s buffer in DeepSpeed's CPU shared-memory allreduce.
-
-    DeepSpeed creates one per rank and launch (~66 MB, named by user id, MASTER_ADDR and
-    MASTER_PORT) and never removes it, so every CPU launch would leave its buffers in RAM."""
-    environ = os.environ if environ is None else environ
-    name = (f"deepspeed_allreduce_buffer_{os.getuid()}_{environ.get('MASTER_ADDR', '')}_"
-            f"{environ.get('MASTER_PORT', '')}_{rank}")
-    return Path("/dev/shm") / name
-
-
 def shutdown() -> None:
-    """Destroy the process group (without it gloo ranks abort at exit) and remove this rank's
-    shared-memory allreduce buffer (every peer mapped it at start-up, so the name can go).
+    """Destroy the process group (without it gloo ranks abort at exit).
 
     DeepSpeed caches a clone of the world group (`deepspeed.utils.groups._WORLD_GROUP`) that dies
     with it; forgetting it lets one process train again (e.g. a resume in the same test)."""
     if dist.is_available() and dist.is_initialized():
-        rank = dist.get_rank()
         dist.destroy_process_group()
-        shm_allreduce_buffer(rank).unlink(missing_ok=True)
     deepspeed.utils.groups._WORLD_GROUP = None

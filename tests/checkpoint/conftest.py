@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from megatiny.data.tokenizer import train_sentencepiece
-from tests.helpers import free_port, run_command, timeout_s, venv_bin
+from tests.helpers import launch_ranks, run_command, timeout_s
 
 TRAIN_SCRIPT = "tests/checkpoint/ds_train_tiny.py"
 STEPS = 3
@@ -15,8 +15,7 @@ WORDS = ("the quick brown fox jumps over lazy dog 123 4567 hello world cafÃ© naÃ
 
 def launch(save_root: Path, num_ranks: int, runs: list[str]) -> None:
     """One `deepspeed` launch training every NAME:STAGE[:tie] in `runs` under save_root/NAME."""
-    cmd = [venv_bin("deepspeed"), "--num_gpus", str(num_ranks), "--master_port", str(free_port()),
-           TRAIN_SCRIPT, "--save-root", str(save_root), "--steps", str(STEPS)]
+    cmd = [*launch_ranks(num_ranks), TRAIN_SCRIPT, "--save-root", str(save_root), "--steps", str(STEPS)]
     for run in runs:
         cmd += ["--run", run]
     result = run_command(cmd, timeout=timeout_s(steps=STEPS * len(runs), seconds_per_step=5,

@@ -18,6 +18,7 @@ import torch.distributed as dist
 from megatiny.checkpoint.manager import CheckpointManager
 from megatiny.checkpoint.metadata import TrainState, WorldLayout
 from megatiny.model import GPT, ModelRuntime, get_preset
+from megatiny.parallel.deepspeed import skip_inference_shm_allreduce
 
 GLOBAL_BATCH = 6  # divisible by 1, 2 and 3 ranks
 SEQ_LENGTH = 16
@@ -87,6 +88,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     args = parser.parse_args()
 
+    skip_inference_shm_allreduce()
     deepspeed.init_distributed(dist_backend="gloo")
     if GLOBAL_BATCH % dist.get_world_size():
         raise ValueError(f"world size {dist.get_world_size()} must divide the global batch {GLOBAL_BATCH}")

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from megatiny.checkpoint.manager import CheckpointManager
 from megatiny.checkpoint.metadata import TrainState, WorldLayout, read_metadata
 from megatiny.model import GPT
+from megatiny.parallel.deepspeed import skip_inference_shm_allreduce
 
 STEP = 80
 
@@ -24,6 +25,7 @@ def main() -> None:
     parser.add_argument("--save-dir", required=True)
     args = parser.parse_args()
 
+    skip_inference_shm_allreduce()
     deepspeed.init_distributed(dist_backend="gloo")
     metadata = read_metadata(args.weights)
     model = GPT(metadata["model"])

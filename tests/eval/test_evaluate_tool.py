@@ -8,7 +8,7 @@ import pytest
 
 from megatiny.cli import evaluate as evaluate_tool
 from megatiny.eval.suites import SUITES, markdown_table, pick_metric, suite_scores
-from tests.helpers import free_port, run_command, timeout_s, venv_bin
+from tests.helpers import launch_ranks, run_command, timeout_s
 
 TASK = "megatiny_local_mc"
 
@@ -117,8 +117,7 @@ def test_pick_metric_prefers_unfiltered_and_skips_stderr():
 def test_tool_on_a_deepspeed_checkpoint_root(weights_dir, tool_run, tmp_path):
     """A 2-rank ZeRO-3 checkpoint root of the same weights evaluates to the same numbers."""
     save_dir = tmp_path / "checkpoints"
-    launch = run_command([venv_bin("deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
-                          "tests/eval/ds_save_checkpoint.py", "--weights", str(weights_dir),
+    launch = run_command([*launch_ranks(2), "tests/eval/ds_save_checkpoint.py", "--weights", str(weights_dir),
                           "--save-dir", str(save_dir)], timeout=timeout_s(extra_s=60))
     assert launch.returncode == 0, launch.stdout[-3000:]
     assert (save_dir / "latest").read_text().strip() == "step_00000080"

@@ -11,7 +11,7 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
-from megatiny.parallel.deepspeed import precision_section
+from megatiny.parallel.deepspeed import precision_section, skip_inference_shm_allreduce
 from megatiny.precision import detect_hardware, resolve_precision
 
 
@@ -22,6 +22,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
 
+    skip_inference_shm_allreduce()
     deepspeed.init_distributed(dist_backend="gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)

@@ -5,15 +5,14 @@ import math
 
 import pytest
 
-from tests.helpers import REPO_ROOT, free_port, run_command, timeout_s, venv_bin
+from tests.helpers import REPO_ROOT, launch_ranks, run_command, timeout_s
 
 
 @pytest.fixture(scope="module")
 def zero3_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("zero3_gpt")
     result = run_command(
-        [venv_bin("deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
-         "tests/model/zero3_gpt_train.py", "--out-dir", str(out), "--steps", "12"],
+        [*launch_ranks(2), "tests/model/zero3_gpt_train.py", "--out-dir", str(out), "--steps", "12"],
         # the script imports megatiny from here
         timeout=timeout_s(steps=12, seconds_per_step=5), env={"PYTHONPATH": str(REPO_ROOT)})
     assert result.returncode == 0, result.stdout[-4000:]

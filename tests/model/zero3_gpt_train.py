@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 from megatiny.model import GPT, ModelRuntime, get_preset
-from megatiny.parallel.deepspeed import precision_section
+from megatiny.parallel.deepspeed import precision_section, skip_inference_shm_allreduce
 from megatiny.precision import detect_hardware, resolve_precision
 
 
@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--tie", action="store_true")
     args = parser.parse_args()
 
+    skip_inference_shm_allreduce()
     deepspeed.init_distributed(dist_backend="gloo")
     rank = dist.get_rank()
     torch.manual_seed(0)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO_ROOT, free_port, run_command, timeout_s, venv_bin
+from tests.helpers import REPO_ROOT, launch_ranks, run_command, timeout_s
 
 WORKER = "tests/parallel/parallel_worker.py"
 
@@ -14,7 +14,7 @@ WORKER = "tests/parallel/parallel_worker.py"
 def launch(out: Path, ranks: int, args: list[str]) -> list[dict]:
     """One launch of `ranks` processes; each trains up to ~16 tiny 8-step engines (seconds each)."""
     result = run_command(
-        [venv_bin("deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port()), WORKER,
+        [*launch_ranks(ranks), WORKER,
          "--out-dir", str(out), *args],
         timeout=timeout_s(steps=16 * 8, seconds_per_step=2),
         env={"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"})

@@ -27,7 +27,7 @@ import torch.distributed as dist
 from megatiny.model import GPT, ModelRuntime, get_preset
 from megatiny.model.generate import generate
 from megatiny.parallel.context_parallel import split_for_context
-from megatiny.parallel.deepspeed import param_groups
+from megatiny.parallel.deepspeed import param_groups, skip_inference_shm_allreduce
 from megatiny.parallel.state import DeepSpeedMPU, ParallelLayout, ParallelState
 from megatiny.parallel.tensor_parallel import partition_dim, shard, shard_state_dict
 
@@ -306,6 +306,7 @@ def main() -> None:
     parser.add_argument("--also-deepspeed-sp", action="store_true",
                         help="also measure CP2 through DeepSpeed's own sequence-parallel groups")
     args = parser.parse_args()
+    skip_inference_shm_allreduce()
     deepspeed.init_distributed(dist_backend="gloo")
     results: dict[str, object] = {}
     for name in args.layouts:

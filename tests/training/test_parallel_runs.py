@@ -1,5 +1,6 @@
-"""Training runs with model parallelism (`parallel:` section): real `deepspeed --num_gpus N` launches of
-tools/train.py on CPU (gloo), tiny-test model in fp32, against the one-rank run of the same config.
+"""Training runs with model parallelism (`parallel:` section): real multi-rank launches of
+tools/train.py (tests/rank_launcher.py: the environment `deepspeed --num_gpus N` gives) on CPU
+(gloo), tiny-test model in fp32, against the one-rank run of the same config.
 
   one    plain `python`, 1 rank, ZeRO-3: 4 steps, saves 2 and 4 (the reference)
   tp2    2 ranks, parallel.tensor=2 (data-parallel size 1): the same 4 steps, saves 2 and 4
@@ -32,7 +33,7 @@ from megatiny.checkpoint import export_hf
 from megatiny.checkpoint.io import write_latest
 from megatiny.checkpoint.metadata import read_metadata
 from megatiny.cli import convert as convert_checkpoint
-from tests.helpers import REPO_ROOT, free_port, rank_env, run_command, timeout_s, venv_bin
+from tests.helpers import REPO_ROOT, launch_ranks, rank_env, run_command, timeout_s, venv_bin
 from tests.training.conftest import write_run_config
 
 pytestmark = pytest.mark.slow
@@ -73,7 +74,7 @@ def _train(root: Path, tiny_data, *overrides: str, ranks: int, save_dir: Path | 
     if ranks == 1:
         cmd = [venv_bin("python"), TRAIN]
     else:
-        cmd = [venv_bin("deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port()), TRAIN]
+        cmd = [*launch_ranks(ranks), TRAIN]
     result = run_command([*cmd, "--config", str(config), *overrides], timeout=RUN_TIMEOUT_S, env=ENV)
     assert result.returncode == 0, result.stdout[-5000:]
     return result, save_dir
@@ -201,8 +202,8 @@ def test_context_parallel_resume_is_bitwise(cp2, tiny_data, tmp_path):
 
 def test_pipeline_with_zero3_is_refused_naming_both(tiny_data, tmp_path):
     config = write_run_config(tmp_path / "run.yaml", tiny_data, tmp_path / "ckpt", **SECTIONS)
-    result = run_command([venv_bin("deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), TRAIN,
-                          "--config", str(config), "parallel.pipeline=2"], timeout=RUN_TIMEOUT_S, env=ENV)
+    result = run_command([*launch_ranks(2), TRAIN, "--config", str(config), "parallel.pipeline=2"],
+                         timeout=RUN_TIMEOUT_S, env=ENV)
     assert result.returncode != 0
     assert "parallel.pipeline = 2 needs ZeRO stage 0 or 1" in result.stdout
     assert "zero_optimization.stage" in result.stdout and "Traceback" not in result.stdout

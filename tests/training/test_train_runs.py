@@ -112,7 +112,7 @@ def test_hostfile_launch_over_ssh_trains_and_logs(reference):
     assert f"precision {expected.describe()}" in result.stdout
     assert state.world.precision == expected.name
     assert state.run_config["runtime"]["precision"] == "auto"
-    # DeepSpeed's CPU allreduce buffers (/dev/shm, ~66 MB a rank) are removed at shutdown
+    # DeepSpeed's CPU shared-memory allreduce (a ~66 MB /dev/shm buffer a rank) is never set up
     assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{reference['port']}_*"))
     assert sorted(p.name for p in (save_dir / "step_00000016").glob("rng_state_rank*.pt")) == \
         ["rng_state_rank0.pt", "rng_state_rank1.pt"]
