@@ -57,7 +57,7 @@ class _Worker:
     from_worker: int                    # our non-blocking read end of its stdout
     outgoing: deque = field(default_factory=deque)      # memoryviews still to write
     incoming: bytearray = field(default_factory=bytearray)
-    tasks: deque = field(default_factory=deque)         # (sequence number, description) in order
+    tasks: deque = field(default_factory=deque)         # (sequence number, task) sent, in order
     last_heard: float = field(default_factory=time.monotonic)
     ready: bool = False                 # it has built its function (startup is timed separately)
 
