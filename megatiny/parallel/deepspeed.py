@@ -1,4 +1,4 @@
-"""The one library module that imports DeepSpeed: process group, DeepSpeed config, engine.
+"""The training engine over DeepSpeed: process group, DeepSpeed config, engine.
 
 Responsibilities:
 - `init_distributed`: works under the `deepspeed` launcher (env vars), `mpirun` (mpi4py
