@@ -3,6 +3,7 @@
     free_port()                  a TCP port on 127.0.0.1 that is free right now
     path_with_interpreter_bin()  PATH with this interpreter's bin directory first
     put_interpreter_bin_first()  the same, applied to os.environ (inherited by child processes)
+    launch_world_size()          the number of ranks a launcher announced (None: plain python)
 
 Why the interpreter's bin directory goes first: DeepSpeed JIT-compiles small ops (on CPU the
 shared-memory comm op, at process-group start) into one shared cache, and rebuilds it (minutes)
@@ -47,3 +48,25 @@ def put_interpreter_bin_first(if_it_has: str | None = None) -> None:
     if if_it_has is not None and not (Path(interpreter_bin_dir()) / if_it_has).exists():
         return
     os.environ["PATH"] = path_with_interpreter_bin(os.environ.get("PATH"))
+
+
+# What the deepspeed launcher and torchrun set for every rank (plain `python` sets none of them).
+RENDEZVOUS_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+# Where MPI launchers put the number of ranks: Open MPI, MPICH / Intel MPI, MVAPICH.
+MPI_WORLD_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+def launch_world_size(environ: dict[str, str] | None = None) -> int | None:
+    """The world size a launcher set in the environment, before any process group exists: WORLD_SIZE
+    under a rendezvous launcher (all of `RENDEZVOUS_VARIABLES` set), else an MPI launcher's; None
+    when there is none (plain `python`, which makes a world of one)."""
+    environ = os.environ if environ is None else environ
+    names = ("WORLD_SIZE",) if all(k in environ for k in RENDEZVOUS_VARIABLES) else MPI_WORLD_SIZE_VARIABLES
+    for name in names:
+        value = environ.get(name)
+        if value:
+            try:
+                return int(value)
+            except ValueError:
+                raise ValueError(f"environment variable {name}={value!r} is not a number of ranks") from None
+    return None

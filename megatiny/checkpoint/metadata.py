@@ -68,11 +68,6 @@ class WorldLayout:
         return self.world_size // (self.tensor_parallel_size * self.pipeline_parallel_size
                                    * self.context_parallel_size)
 
-    @property
-    def model_parallel_sizes(self) -> tuple[int, int, int]:
-        """(tensor, pipeline, context): what a resume must match (the data size may change)."""
-        return self.tensor_parallel_size, self.pipeline_parallel_size, self.context_parallel_size
-
     def describe(self) -> str:
         """e.g. "tensor 2 x context 1 x pipeline 1 x data 2 (4 ranks)"."""
         return (describe_parallel_sizes(self.tensor_parallel_size, self.context_parallel_size,

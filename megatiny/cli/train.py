@@ -8,20 +8,30 @@ Launch with any of (`tools/train.py` is the same command as `megatiny train`):
     mpirun -np 16 python tools/train.py --config ...
 Overrides are dotted keys, e.g. `batch.micro_batch_size=4 checkpoint.resume=none`.
 See docs/CONFIG.md for every key.
+
+Check a config without starting anything (one process, no process group, no DeepSpeed import):
+    megatiny train --config examples/tinyllama_1.1b.yaml --dry-run --world-size 8
+validates it as a real run on that many ranks would (WORLD_SIZE from a launcher wins; default:
+tensor x pipeline x context), then prints the layout, precision, batch arithmetic, a per-rank
+memory estimate and the DeepSpeed config; exit status 0, or 2 with the real run's error.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from megatiny.training.config import load_config
-from megatiny.training.loop import NonFiniteLoss, train
+from megatiny.training.config import RunConfig, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="run config file (YAML or JSON)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate the config and print what it resolves to; start nothing")
+    parser.add_argument("--world-size", type=int, default=None, metavar="N",
+                        help="with --dry-run: the number of ranks to validate for (default: the "
+                             "launcher's WORLD_SIZE, else tensor x pipeline x context)")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
     parser.add_argument("overrides", nargs="*", help="key=value overrides with dotted keys")
     args = parser.parse_args(argv)
@@ -30,6 +40,27 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        return dry_run(run, args.world_size)
+    return run_training(run)
+
+
+def dry_run(run: RunConfig, world_size: int | None) -> int:
+    """`--dry-run`: validate and describe the run (megatiny.training.dry_run); 0, or 2 on a bad config."""
+    from megatiny.training.dry_run import dry_run_world_size, report
+
+    try:
+        print(report(run, dry_run_world_size(run, world_size)))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run_training(run: RunConfig) -> int:
+    """Train (every rank); 0, 2 on a bad config, 1 on a non-finite loss under nan_policy: stop."""
+    from megatiny.training.loop import NonFiniteLoss, train  # DeepSpeed: imported only to train
+
     try:
         train(run)
     except (ValueError, FileNotFoundError) as e:

@@ -391,10 +391,6 @@ class _Continuations:
         self.finished = [False] * rows
         self.eos_id, self.until, self.decode = eos_id, until, decode
 
-    @property
-    def active(self) -> list[int]:
-        return [row for row, done in enumerate(self.finished) if not done]
-
     def add(self, rows: Iterable[int], tokens: Iterable[int]) -> None:
         """Append each row's next token (ignored for finished rows); EOS itself is not kept."""
         for row, token in zip(rows, tokens):

@@ -45,6 +45,7 @@ from megatiny.model.loss import linear_cross_entropy
 from megatiny.parallel import collectives
 from megatiny.parallel import context_parallel as cp
 from megatiny.parallel import tensor_parallel as tp
+from megatiny.parallel.checks import check_context_parallel, check_tensor_parallel
 
 if TYPE_CHECKING:
     from megatiny.parallel.state import ParallelState
@@ -225,7 +226,8 @@ class Decoder(nn.Module):
             start = kv_cache.length
         else:
             start = self.parallel.context_rank * input_ids.shape[1] if self.parallel is not None else 0
-        cos, sin, backend = rotary_tables(cfg, start, input_ids.shape[1], x, self.runtime.attention_backend)
+        cos, sin = rotary_tables(cfg, start, input_ids.shape[1], x)
+        backend = resolve_backend(self.runtime.attention_backend, x.device, x.dtype)
         every = self.runtime.activation_checkpointing
         recompute = every > 0 and kv_cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
@@ -246,13 +248,11 @@ def token_embedding(config: ModelConfig, parallel: ParallelState | None) -> nn.M
                                      parallel.tensor_group, parallel.sequence_parallel)
 
 
-def rotary_tables(config: ModelConfig, start: int, length: int, like: torch.Tensor,
-                  attention_backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor, str]:
-    """RoPE cos/sin [length, head_dim] for positions start.. in the dtype and device of `like`,
-    and `attention_backend` (ModelRuntime's) resolved for them."""
+def rotary_tables(config: ModelConfig, start: int, length: int, like: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE cos/sin [length, head_dim] for positions start.. in the dtype and device of `like`."""
     positions = torch.arange(start, start + length, device=like.device)
-    cos, sin = rope_cos_sin(positions, config.head_dim, config.rope_theta, like.dtype)
-    return cos, sin, resolve_backend(attention_backend, like.device, like.dtype)
+    return rope_cos_sin(positions, config.head_dim, config.rope_theta, like.dtype)
 
 
 class LMHead(nn.Module):
@@ -307,8 +307,8 @@ class GPT(nn.Module):
         runtime = runtime if runtime is not None else ModelRuntime()
         check_installed(runtime.attention_backend)  # fail at construction, not at the first forward
         if parallel is not None:
-            tp.check_tensor_parallel(config, parallel.layout)
-            cp.check_context_parallel(config, parallel.layout)
+            check_tensor_parallel(config, parallel.layout)  # (a run's config validation did too)
+            check_context_parallel(config, parallel.layout)
         self.config = config
         self.parallel = parallel
         self.model = Decoder(config, parallel, runtime)

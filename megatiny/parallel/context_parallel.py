@@ -17,28 +17,12 @@ needs the sum over the slices.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
 from megatiny.model.attention import causal_attention
-
-if TYPE_CHECKING:
-    from megatiny.model.config import ModelConfig
-    from megatiny.parallel.state import ParallelLayout
-
-
-def check_context_parallel(config: ModelConfig, layout: ParallelLayout) -> None:
-    """Raise ValueError unless each context rank gets whole kv groups to attend over."""
-    groups_per_tensor_rank = config.num_query_groups // layout.tensor
-    if groups_per_tensor_rank % layout.context:
-        raise ValueError(
-            f"parallel.context ({layout.context}) must divide the key/value groups of each "
-            f"tensor-parallel rank: ModelConfig.num_query_groups ({config.num_query_groups}) / "
-            f"parallel.tensor ({layout.tensor}) = {groups_per_tensor_rank}; Ulysses gives every "
-            "context rank whole kv groups")
+from megatiny.parallel.checks import check_context_parallel as check_context_parallel
 
 
 def split_for_context(tensor: torch.Tensor | None, context_rank: int, context_size: int
@@ -55,10 +39,6 @@ def split_for_context(tensor: torch.Tensor | None, context_rank: int, context_si
     return tensor.chunk(context_size, dim=1)[context_rank].contiguous()
 
 
-def _local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> torch.Tensor:
-    return causal_attention(q, k, v, backend)
-
-
 class UlyssesAttention(nn.Module):
     """Causal attention of sequence slices: q [B, S/C, H, D], k/v [B, S/C, G, D] -> [B, S/C, H, D]."""
 
@@ -66,7 +46,7 @@ class UlyssesAttention(nn.Module):
         super().__init__()
         from deepspeed.sequence.layer import DistributedAttention  # imports deepspeed only when used
 
-        self.distributed = DistributedAttention(_local_attention, group, scatter_idx=2, gather_idx=1)
+        self.distributed = DistributedAttention(causal_attention, group, scatter_idx=2, gather_idx=1)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> torch.Tensor:
         return self.distributed(q, k, v, 0, None, backend)  # batch dim 0, no rotary inside

@@ -1,11 +1,11 @@
-"""The one library module that imports DeepSpeed: process group, DeepSpeed config, engine.
+"""The training engine over DeepSpeed: process group, DeepSpeed config, engine.
 
 Responsibilities:
 - `init_distributed`: works under the `deepspeed` launcher (env vars), `mpirun` (mpi4py
   discovery) and plain `python` (a world-size-1 group made here), with a configurable timeout.
-- `build_ds_config`: our run config + a JSON file from ds_configs/ (ZeRO stage, offload).
-  Batch sizes, precision, optimizer, scheduler and clipping belong to the run config; a file
-  that also sets them is refused, naming the key.
+- `build_ds_config` (`megatiny.training.config`'s, re-exported): our run config + a JSON file
+  from ds_configs/ (ZeRO stage, offload). Batch sizes, precision, optimizer, scheduler and
+  clipping belong to the run config; a file that also sets them is refused, naming the key.
 - `TrainingEngine`: the model under `deepspeed.zero.Init` for ZeRO-3 (so a model larger than one
   device can start), AdamW with no weight decay on norm weights and biases, `deepspeed.initialize`.
 Saving and loading the engine's checkpoints (and their universal conversion) belong to
@@ -13,11 +13,9 @@ Saving and loading the engine's checkpoints (and their universal conversion) bel
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import deepspeed
@@ -29,26 +27,16 @@ from megatiny.parallel.context_parallel import split_for_context
 from megatiny.parallel.state import ParallelLayout, ParallelState
 from megatiny.parallel.tensor_parallel import shard_state_dict
 from megatiny.precision import Precision, detect_hardware, resolve_precision
-from megatiny.process_env import free_port, put_interpreter_bin_first
-from megatiny.training.config import DistributedConfig, RunConfig
-
-# DeepSpeed config keys that the run config owns, and where to set them instead.
-OWNED_KEYS = {
-    "train_batch_size": "batch.global_batch_size",
-    "train_micro_batch_size_per_gpu": "batch.micro_batch_size",
-    "gradient_accumulation_steps": "batch.global_batch_size / (batch.micro_batch_size x ranks)",
-    "optimizer": "the optimizer section",
-    "scheduler": "the schedule section",
-    "gradient_clipping": "optimizer.grad_clip",
-    "bf16": "runtime.precision",
-    "bfloat16": "runtime.precision",
-    "amp": "runtime.precision",
-}
-
-# Dynamic loss scaling for fp16 (DeepSpeed's defaults, written out); a DeepSpeed file's "fp16"
-# section may tune these keys, but not "enabled", which runtime.precision decides.
-FP16_LOSS_SCALING = {"loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
-                     "hysteresis": 2, "min_loss_scale": 1}
+from megatiny.process_env import RENDEZVOUS_VARIABLES, free_port, put_interpreter_bin_first
+from megatiny.training.config import (  # the DeepSpeed JSON is the run config's (re-exported here)
+    DistributedConfig,
+    RunConfig,
+    offloads_optimizer,
+    zero_stage,
+)
+from megatiny.training.config import build_ds_config as build_ds_config
+from megatiny.training.config import precision_section as precision_section
+from megatiny.training.config import read_ds_file as read_ds_file
 
 
 @dataclass(frozen=True)
@@ -85,7 +73,7 @@ def init_distributed(cfg: DistributedConfig) -> DistInfo:
     """Join (or make) the process group. Returns this process's rank, world size and device."""
     put_interpreter_bin_first(if_it_has="ninja")  # one ninja for DeepSpeed's JIT ops (see process_env)
     skip_inference_shm_allreduce()
-    launched = all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+    launched = all(k in os.environ for k in RENDEZVOUS_VARIABLES)
     port = int(os.environ.get("MASTER_PORT", cfg.master_port))
     if not launched and not _mpi_launched():
         # Plain `python tools/train.py`: a group of one on this host.
@@ -113,76 +101,6 @@ def run_precision(run: RunConfig, device: torch.device) -> Precision:
 
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
-def read_ds_file(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"distributed.deepspeed_config: {path} not found "
-                                "(see ds_configs/ for examples)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
-
-
-def zero_stage(ds_config: dict[str, Any]) -> int:
-    return int(ds_config.get("zero_optimization", {}).get("stage", 0))
-
-
-def offloads_optimizer(ds_config: dict[str, Any]) -> bool:
-    device = ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
-    return device in ("cpu", "nvme")
-
-
-def precision_section(precision: Precision, ds_file: dict[str, Any]) -> dict[str, Any]:
-    """The DeepSpeed keys that enable `precision` (none for fp32)."""
-    if precision.name == "bf16":
-        return {"bf16": {"enabled": True}}
-    if precision.name == "fp16":
-        return {"fp16": {**FP16_LOSS_SCALING, **ds_file.get("fp16", {}), "enabled": True}}
-    return {}
-
-
-def build_ds_config(run: RunConfig, ds_file: dict[str, Any], data_parallel_size: int,
-                    precision: Precision, *, source: str = "deepspeed config",
-                    load_universal: bool = False, context_parallel_size: int = 1) -> dict[str, Any]:
-    """The DeepSpeed config for this run: `ds_file` plus what the run config owns (batch sizes,
-    clipping, and `precision`, the resolved runtime.precision).
-
-    `data_parallel_size` is the number of replicas reading different samples. Context ranks appear
-    to DeepSpeed as data-parallel ranks (`megatiny.parallel.state.DeepSpeedMPU`), so its
-    `train_batch_size` counts micro_batch x accumulation x data x context "samples" (sequence
-    slices): `batch.global_batch_size` x `context_parallel_size`.
-
-    Raises ValueError when `ds_file` sets a key owned by the run config (the message says where
-    to set it instead) or the batch sizes do not divide.
-    """
-    for key, ours in OWNED_KEYS.items():
-        if key in ds_file:
-            raise ValueError(f"{source}: sets '{key}', which megatiny takes from the run config "
-                             f"({ours}); remove it from the DeepSpeed file")
-    fp16 = ds_file.get("fp16", {})
-    if not isinstance(fp16, dict) or "enabled" in fp16:
-        raise ValueError(f"{source}: sets 'fp16.enabled', which megatiny takes from the run config "
-                         "(runtime.precision); keep only loss-scaling keys in its 'fp16' section")
-    accumulation = run.batch.gradient_accumulation_steps(data_parallel_size)
-    config = {k: v for k, v in json.loads(json.dumps(ds_file)).items() if k != "fp16"}
-    config.update(precision_section(precision, ds_file))
-    config.update({
-        "train_batch_size": run.batch.global_batch_size * context_parallel_size,
-        "train_micro_batch_size_per_gpu": run.batch.micro_batch_size,
-        "gradient_accumulation_steps": accumulation,
-        "gradient_clipping": run.optimizer.grad_clip,
-        "zero_allow_untested_optimizer": True,
-        "steps_per_print": 10**12,  # our own logging reports progress
-    })
-    if offloads_optimizer(config) and not run.optimizer.cpu_adam:
-        config["zero_force_ds_cpu_optimizer"] = False
-    checkpoint = dict(config.get("checkpoint", {}))
-    checkpoint["load_universal"] = load_universal
-    config["checkpoint"] = checkpoint
-    return config
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -26,32 +26,24 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn as nn
 
+from megatiny.model.attention import resolve_backend
 from megatiny.model.config import ModelConfig
 from megatiny.model.transformer import Block, LMHead, RMSNorm, rotary_tables, token_embedding
-from megatiny.parallel.tensor_parallel import check_tensor_parallel, partition_dim, shard
+from megatiny.parallel.checks import check_pipeline_model, check_pipeline_zero_stage, check_tensor_parallel
+from megatiny.parallel.tensor_parallel import partition_dim, shard
 
 if TYPE_CHECKING:
-    from megatiny.parallel.state import ParallelState
+    from megatiny.parallel.state import ParallelLayout, ParallelState
 
 BLOCK_CLASS = "BlockPipe"
 
 
-def check_pipeline(config: ModelConfig, state: ParallelState, zero_stage: int) -> None:
-    """Raise ValueError for the combinations the pipeline model does not support."""
-    layout = state.layout
-    if zero_stage >= 2:
-        raise ValueError(f"parallel.pipeline = {layout.pipeline} needs ZeRO stage 0 or 1 (DeepSpeed's "
-                         f"pipeline engine does not support stage {zero_stage}); set "
-                         "zero_optimization.stage <= 1 or parallel.pipeline: 1")
-    if layout.context > 1:
-        raise ValueError(f"parallel.pipeline = {layout.pipeline} with parallel.context = "
-                         f"{layout.context} is not supported; use one of them")
-    if config.tie_word_embeddings:
-        raise ValueError("ModelConfig.tie_word_embeddings is not supported with parallel.pipeline > 1 "
-                         "(the embedding and the head live on different stages)")
-    if config.num_layers + 2 < layout.pipeline:
-        raise ValueError(f"parallel.pipeline ({layout.pipeline}) exceeds the pipeline's layers "
-                         f"(ModelConfig.num_layers + 2 = {config.num_layers + 2})")
+def check_pipeline(config: ModelConfig, state: ParallelState | ParallelLayout, zero_stage: int) -> None:
+    """Raise ValueError for the combinations the pipeline model does not support (the guard of
+    `build_pipeline_model`; a run's config validation calls the same `megatiny.parallel.checks`)."""
+    layout = getattr(state, "layout", state)
+    check_pipeline_zero_stage(layout, zero_stage)
+    check_pipeline_model(config, layout)
     check_tensor_parallel(config, layout)
 
 
@@ -74,8 +66,8 @@ class BlockPipe(Block):
         self.sequence_factor = parallel.layout.tensor if parallel.sequence_parallel else 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        cos, sin, backend = rotary_tables(self.config, 0, x.shape[1] * self.sequence_factor, x,
-                                          self.attention_backend)
+        cos, sin = rotary_tables(self.config, 0, x.shape[1] * self.sequence_factor, x)
+        backend = resolve_backend(self.attention_backend, x.device, x.dtype)
         return super().forward(x, cos, sin, backend)
 
 

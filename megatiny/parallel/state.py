@@ -198,7 +198,8 @@ class ParallelState:
 class DeepSpeedMPU:
     """The `mpu` object `deepspeed.initialize(mpu=...)` and `deepspeed.zero.Init(mpu=...)` query.
 
-    Tensor (and later pipeline) parallelism appear as DeepSpeed's "model parallel" group: gradient
+    Tensor parallelism appears as DeepSpeed's "model parallel" group (pipeline runs give DeepSpeed
+    no mpu: the `PipelineModule` carries its own topology, see `megatiny.parallel.pipeline`): gradient
     clipping adds the norms of parameters marked `tensor_model_parallel` on every model-parallel
     rank and of replicated ones on model-parallel rank 0 only, then all-reduces over this group.
 

@@ -29,7 +29,6 @@ and the per-rank ones.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -43,6 +42,7 @@ from megatiny.model.loss import (
     scaled_saved_gradients,
     token_weights,
 )
+from megatiny.parallel.checks import check_tensor_parallel as check_tensor_parallel
 from megatiny.parallel.collectives import (
     all_gather,
     copy_to_group,
@@ -52,10 +52,6 @@ from megatiny.parallel.collectives import (
     reduce_scatter_along_dim,
 )
 
-if TYPE_CHECKING:
-    from megatiny.model.config import ModelConfig
-    from megatiny.parallel.state import ParallelLayout
-
 SEQUENCE_DIM = 1  # activations are [B, S, h]
 
 # Which dimension of each full weight is split over the tensor-parallel ranks (None = replicated),
@@ -63,20 +59,6 @@ SEQUENCE_DIM = 1  # activations are [B, S, h]
 _COLUMN = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "gate_proj.weight", "up_proj.weight",
            "embed_tokens.weight", "lm_head.weight")
 _ROW = ("o_proj.weight", "down_proj.weight")
-
-
-def check_tensor_parallel(config: ModelConfig, layout: ParallelLayout) -> None:
-    """Raise ValueError unless `config` can be split over `layout.tensor` ranks."""
-    t = layout.tensor
-    if config.num_query_groups % t:
-        raise ValueError(
-            f"parallel.tensor ({t}) must divide ModelConfig.num_query_groups "
-            f"({config.num_query_groups}): each tensor-parallel rank owns whole key/value groups "
-            "and the query heads that use them")
-    for field in ("ffn_hidden_size", "vocab_size"):
-        value = getattr(config, field)
-        if value % t:
-            raise ValueError(f"parallel.tensor ({t}) must divide ModelConfig.{field} ({value})")
 
 
 def partition_dim(name: str) -> int | None:

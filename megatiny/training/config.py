@@ -31,7 +31,14 @@ import yaml
 
 from megatiny.data.config import DataConfig
 from megatiny.model.config import PRESETS, RUNTIME_FIELDS, ModelConfig, ModelRuntime, get_preset
-from megatiny.precision import PRECISIONS
+from megatiny.parallel.checks import (
+    check_context_parallel,
+    check_pipeline_model,
+    check_pipeline_zero_stage,
+    check_sequence_split,
+    check_tensor_parallel,
+)
+from megatiny.precision import PRECISIONS, Precision
 
 if TYPE_CHECKING:
     from megatiny.parallel.state import ParallelLayout
@@ -395,22 +402,15 @@ class ParallelConfig:
         return self.tensor * self.pipeline * self.context > 1
 
     def check_model(self, config: ModelConfig, seq_length: int) -> None:
-        """ValueError unless `config` and `seq_length` can be split this way."""
+        """ValueError unless `config` and `seq_length` can be split this way (the checks that need
+        neither the number of ranks nor the DeepSpeed file; `RunConfig.validate` does the rest)."""
         if self._is_default():
             return
-        from megatiny.parallel.context_parallel import check_context_parallel
-        from megatiny.parallel.tensor_parallel import check_tensor_parallel
-
         layout = self._sizes_only()
         check_tensor_parallel(config, layout)
         check_context_parallel(config, layout)
-        per_context_rank, remainder = divmod(seq_length, self.context)
-        if remainder:
-            raise ValueError(f"batch.seq_length ({seq_length}) must be divisible by parallel.context "
-                             f"({self.context}): every context rank holds an equal slice")
-        if self.sequence_parallel and per_context_rank % self.tensor:
-            raise ValueError(f"with parallel.sequence_parallel, batch.seq_length / parallel.context "
-                             f"({per_context_rank}) must be divisible by parallel.tensor ({self.tensor})")
+        check_sequence_split(layout, seq_length)
+        check_pipeline_model(config, layout)
 
 
 @dataclass
@@ -454,6 +454,38 @@ class RunConfig:
     def model_config(self) -> ModelConfig:
         return self.model.build()
 
+    def validate(self, world_size: int) -> RunPlan:
+        """The checks of a run on `world_size` ranks that construction could not make (they need the
+        number of ranks or read files): the layout divides the ranks, training data is given (and its
+        sidecars' token ids fit the model's vocabulary, where they are readable), the DeepSpeed file
+        exists and leaves to the run config what it owns, a pipeline runs under ZeRO stage <= 1 with
+        `nan_policy: stop`, and the batch divides over the data-parallel ranks. Pure and the same on
+        every rank: `train` calls it before any process group starts, `megatiny train --dry-run` on
+        its own. ValueError (FileNotFoundError for a missing file) naming the field."""
+        layout = self.parallel.layout(world_size)
+        self._check_data()
+        source = self.distributed.deepspeed_config
+        ds_file = read_ds_file(source)
+        check_ds_file(ds_file, source)
+        stage = zero_stage(ds_file)
+        check_pipeline_zero_stage(layout, stage)
+        if layout.pipeline > 1 and self.nan_policy != "stop":
+            raise ValueError("parallel.pipeline > 1 needs nan_policy: stop (DeepSpeed's pipeline engine "
+                             "applies the step before the loss is known, so a micro-batch cannot be "
+                             "skipped); set nan_policy: stop")
+        accumulation = self.batch.gradient_accumulation_steps(layout.data)
+        return RunPlan(layout=layout, ds_file=ds_file, zero_stage=stage,
+                       gradient_accumulation_steps=accumulation)
+
+    def _check_data(self) -> None:
+        """A run without data, or data tokenized with a larger vocabulary than the model's, fails."""
+        from megatiny.data.sidecar import check_data_vocab
+
+        if self.data is None:
+            raise ValueError("data: no training data; set data.data_path (e.g. '0.7 PREFIX_A 0.3 PREFIX_B') "
+                             "or data.train_data_path")
+        check_data_vocab(self.data, self.model_config().vocab_size)
+
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["model"] = {"preset": self.model.preset, **self.model.overrides}
@@ -482,6 +514,20 @@ class RunConfig:
             return cls(**kwargs)
         except ValueError as e:
             raise ValueError(f"{source}: {e}") from None
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What `RunConfig.validate` resolved for a number of ranks."""
+
+    layout: ParallelLayout
+    """the parallel sizes, data-parallel size included"""
+    ds_file: dict[str, Any]
+    """the DeepSpeed file's contents (checked)"""
+    zero_stage: int
+    """its ZeRO stage"""
+    gradient_accumulation_steps: int
+    """micro-batches per data-parallel rank per optimizer step"""
 
 
 _SECTION_TYPES = {"batch": BatchConfig, "optimizer": OptimizerConfig, "schedule": ScheduleConfig,
@@ -590,3 +636,105 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
     values = read_config_file(path) if path is not None else {}
     values = apply_overrides(values, overrides or [])
     return RunConfig.from_dict(values, source=str(path) if path is not None else "config")
+
+
+# ---------------------------------------------------------------- the DeepSpeed config JSON
+# DeepSpeed config keys that the run config owns, and where to set them instead.
+OWNED_KEYS = {
+    "train_batch_size": "batch.global_batch_size",
+    "train_micro_batch_size_per_gpu": "batch.micro_batch_size",
+    "gradient_accumulation_steps": "batch.global_batch_size / (batch.micro_batch_size x ranks)",
+    "optimizer": "the optimizer section",
+    "scheduler": "the schedule section",
+    "gradient_clipping": "optimizer.grad_clip",
+    "bf16": "runtime.precision",
+    "bfloat16": "runtime.precision",
+    "amp": "runtime.precision",
+}
+
+# Dynamic loss scaling for fp16 (DeepSpeed's defaults, written out); a DeepSpeed file's "fp16"
+# section may tune these keys, but not "enabled", which runtime.precision decides.
+FP16_LOSS_SCALING = {"loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
+                     "hysteresis": 2, "min_loss_scale": 1}
+
+
+def read_ds_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The DeepSpeed JSON file `distributed.deepspeed_config` names, as a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"distributed.deepspeed_config: {path} not found "
+                                "(see ds_configs/ for examples)")
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: distributed.deepspeed_config must hold a JSON object")
+    return values
+
+
+def check_ds_file(ds_file: dict[str, Any], source: str = "deepspeed config") -> None:
+    """ValueError when `ds_file` sets a key the run config owns (the message says where to set it)."""
+    for key, ours in OWNED_KEYS.items():
+        if key in ds_file:
+            raise ValueError(f"{source}: sets '{key}', which megatiny takes from the run config "
+                             f"({ours}); remove it from the DeepSpeed file")
+    fp16 = ds_file.get("fp16", {})
+    if not isinstance(fp16, dict) or "enabled" in fp16:
+        raise ValueError(f"{source}: sets 'fp16.enabled', which megatiny takes from the run config "
+                         "(runtime.precision); keep only loss-scaling keys in its 'fp16' section")
+
+
+def zero_stage(ds_config: dict[str, Any]) -> int:
+    """The ZeRO stage of a DeepSpeed config (0 when it has no `zero_optimization`)."""
+    return int(ds_config.get("zero_optimization", {}).get("stage", 0))
+
+
+def offloads_optimizer(ds_config: dict[str, Any]) -> bool:
+    """Whether the optimizer states live on the CPU (or NVMe) under ZeRO-Offload."""
+    device = ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
+    return device in ("cpu", "nvme")
+
+
+def precision_section(precision: Precision, ds_file: dict[str, Any]) -> dict[str, Any]:
+    """The DeepSpeed keys that enable `precision` (none for fp32)."""
+    if precision.name == "bf16":
+        return {"bf16": {"enabled": True}}
+    if precision.name == "fp16":
+        return {"fp16": {**FP16_LOSS_SCALING, **ds_file.get("fp16", {}), "enabled": True}}
+    return {}
+
+
+def build_ds_config(run: RunConfig, ds_file: dict[str, Any], data_parallel_size: int,
+                    precision: Precision, *, source: str = "deepspeed config",
+                    load_universal: bool = False, context_parallel_size: int = 1) -> dict[str, Any]:
+    """The DeepSpeed config for this run: `ds_file` plus what the run config owns (batch sizes,
+    clipping, and `precision`, the resolved runtime.precision).
+
+    `data_parallel_size` is the number of replicas reading different samples. Context ranks appear
+    to DeepSpeed as data-parallel ranks (`megatiny.parallel.state.DeepSpeedMPU`), so its
+    `train_batch_size` counts micro_batch x accumulation x data x context "samples" (sequence
+    slices): `batch.global_batch_size` x `context_parallel_size`.
+
+    Raises ValueError when `ds_file` sets a key owned by the run config (the message says where
+    to set it instead) or the batch sizes do not divide (`RunConfig.validate` refuses both first;
+    these are the same checks guarding direct callers).
+    """
+    check_ds_file(ds_file, source)
+    accumulation = run.batch.gradient_accumulation_steps(data_parallel_size)
+    config = {k: v for k, v in json.loads(json.dumps(ds_file)).items() if k != "fp16"}
+    config.update(precision_section(precision, ds_file))
+    config.update({
+        "train_batch_size": run.batch.global_batch_size * context_parallel_size,
+        "train_micro_batch_size_per_gpu": run.batch.micro_batch_size,
+        "gradient_accumulation_steps": accumulation,
+        "gradient_clipping": run.optimizer.grad_clip,
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**12,  # our own logging reports progress
+    })
+    if offloads_optimizer(config) and not run.optimizer.cpu_adam:
+        config["zero_force_ds_cpu_optimizer"] = False
+    checkpoint = dict(config.get("checkpoint", {}))
+    checkpoint["load_universal"] = load_universal
+    config["checkpoint"] = checkpoint
+    return config

@@ -25,6 +25,24 @@ INTRODUCTION = """\
 `tools/train.py --config RUN.yaml [key=value ...]` reads a YAML (or JSON) run file, applies the
 dotted overrides (`batch.micro_batch_size=4`, values parsed as YAML: `1e-4`, `true`, `null`), and
 validates everything before any process group starts; an error names the file, line or field.
+
+**Validation** is one pass: reading the file checks each section and what the model and the
+parallel sizes need of each other (tensor size divides the kv groups, ffn and vocabulary;
+context size the kv groups per tensor rank and `batch.seq_length`; a pipeline has untied
+embeddings, no context parallelism and no more stages than layers + 2); then
+`RunConfig.validate(world_size)`, on every rank before the process group starts, checks what
+needs the number of ranks or files: the sizes divide the ranks, training data is set (and its
+token ids fit the model's vocabulary where a sidecar is readable), the DeepSpeed file exists and
+sets none of the keys the run config owns, a pipeline has ZeRO stage <= 1 and `nan_policy: stop`,
+and `batch.global_batch_size` divides over the data-parallel ranks.
+`megatiny train --config RUN.yaml --dry-run [--world-size N]` runs exactly that on one process
+(N: the launcher's `WORLD_SIZE` if set, else `--world-size`, else tensor x pipeline x context),
+starting no process group and importing no DeepSpeed, and prints the resolved layout (tensor x
+pipeline x context x data), the precision `auto` gives on this machine, the batch arithmetic
+(micro-batch x accumulation x data-parallel = global batch, tokens per step), a per-rank memory
+estimate (parameters, gradients, optimizer states under the ZeRO stage; activations not
+included) and the DeepSpeed config JSON; it exits 0, or 2 with the message a real run gives.
+
 Defaults below are those of `megatiny.training.config.RunConfig`; `examples/tinyllama_1.1b.yaml`
 is the reference recipe, `examples/tiny_cpu.yaml` a one-minute CPU run.
 

@@ -41,12 +41,11 @@ from megatiny.checkpoint.manager import CheckpointManager, ResumePoint
 from megatiny.checkpoint.metadata import TrainState, WorldLayout, describe_parallel_sizes
 from megatiny.data import build_gpt_datasets, describe_datasets
 from megatiny.data.sampler import PretrainingSampler
-from megatiny.data.sidecar import check_data_vocab
 from megatiny.parallel import deepspeed as ds_engine
-from megatiny.parallel.pipeline import check_pipeline
 from megatiny.parallel.state import ParallelLayout, ParallelState
 from megatiny.precision import warn_if_emulated
-from megatiny.training.config import RunConfig
+from megatiny.process_env import launch_world_size
+from megatiny.training.config import RunConfig, RunPlan
 from megatiny.training.flops import peak_tflops_for, throughput
 from megatiny.training.logging import MetricsLogger, console_line, memory_gb
 from megatiny.training.schedule import learning_rate
@@ -111,24 +110,31 @@ def seed_everything(seed: int) -> None:
 
 
 def train(run: RunConfig, callbacks: TrainCallbacks | None = None) -> TrainResult:
-    """Run (or resume) training as configured. Every rank calls this; it returns on every rank."""
+    """Run (or resume) training as configured. Every rank calls this; it returns on every rank.
+
+    The run config is validated for the launcher's number of ranks before the process group
+    starts (`RunConfig.validate`, what `megatiny train --dry-run` runs), so every rank refuses a
+    bad config alike, with nothing started."""
+    plan = run.validate(launch_world_size() or 1)
     dist_info = ds_engine.init_distributed(run.distributed)
+    if dist_info.world_size != plan.layout.world_size:  # a launcher that announced no world size
+        plan = run.validate(dist_info.world_size)
     stop = _StopFlag()
     try:
-        return _Trainer(run, dist_info, stop, callbacks or TrainCallbacks()).execute()
+        return _Trainer(run, plan, dist_info, stop, callbacks or TrainCallbacks()).execute()
     finally:
         stop.restore()
         ds_engine.shutdown()
 
 
 class _Trainer:
-    def __init__(self, run: RunConfig, dist_info: ds_engine.DistInfo, stop: _StopFlag,
+    def __init__(self, run: RunConfig, plan: RunPlan, dist_info: ds_engine.DistInfo, stop: _StopFlag,
                  callbacks: TrainCallbacks):
-        self.run, self.dist, self.stop, self.callbacks = run, dist_info, stop, callbacks
+        self.run, self.plan, self.dist, self.stop, self.callbacks = run, plan, dist_info, stop, callbacks
         self.rank, self.world = dist_info.rank, dist_info.world_size
         self.model_config = run.model_config()
         # Sizes only (no process groups yet); data = the replicas that read different samples.
-        self.layout = run.parallel.layout(self.world)
+        self.layout = plan.layout
         self.data_rank = self.layout.coordinates(self.rank).data
         save_dir = run.checkpoint.save_dir
         log = run.logging
@@ -141,14 +147,6 @@ class _Trainer:
         self.skipped_steps = 0
 
     # ---------------------------------------------------------------- setup
-    def _check_data(self) -> None:
-        """Before any engine starts: a run without data, or data tokenized with a larger vocabulary
-        than the model's, fails here."""
-        if self.run.data is None:
-            raise ValueError("data: no training data; set data.data_path (e.g. '0.7 PREFIX_A 0.3 PREFIX_B') "
-                             "or data.train_data_path")
-        check_data_vocab(self.run.data, self.model_config.vocab_size)
-
     def _build_data(self):
         run = self.run
         train_samples = run.schedule.train_steps * run.batch.global_batch_size
@@ -178,30 +176,19 @@ class _Trainer:
         samples = torch.from_numpy(np.stack([dataset[i] for i in indices]))  # int64 samples
         return samples[:, :-1], samples[:, 1:]
 
-    def _parallel_state(self, ds_file: dict) -> ParallelState | None:
-        """The process groups of the model-parallel layout (None for data parallelism alone);
-        refuses what training does not support yet, before any engine starts."""
-        run = self.run
-        if not run.parallel.model_parallel:
-            return None
-        state = ParallelState(self.layout)
-        if self.layout.pipeline > 1:
-            check_pipeline(self.model_config, state, ds_engine.zero_stage(ds_file))  # ZeRO-2/3 named
-            if run.nan_policy != "stop":
-                raise ValueError("parallel.pipeline > 1 needs nan_policy: stop (DeepSpeed's pipeline engine "
-                                 "applies the step before the loss is known, so a micro-batch cannot be "
-                                 "skipped); set nan_policy: stop")
-        return state
+    def _parallel_state(self) -> ParallelState | None:
+        """The process groups of the model-parallel layout (None for data parallelism alone; the
+        layout was validated before the process group started)."""
+        return ParallelState(self.layout) if self.run.parallel.model_parallel else None
 
     # ---------------------------------------------------------------- main
     def execute(self) -> TrainResult:
         run = self.run
         seed_everything(run.seed)
-        self._check_data()
-        ds_file = ds_engine.read_ds_file(run.distributed.deepspeed_config)
-        parallel = self._parallel_state(ds_file)
+        ds_file = self.plan.ds_file
+        parallel = self._parallel_state()
         resume = self.checkpoints.find_resume(run.checkpoint.resume, self.model_config,
-                                              zero_stage=ds_engine.zero_stage(ds_file))
+                                              zero_stage=self.plan.zero_stage)
         self.precision = ds_engine.run_precision(run, self.dist.device)
         warn_if_emulated(self.precision, self.logger.print)
         self.ds_config = ds_engine.build_ds_config(run, ds_file, self.layout.data, self.precision,
