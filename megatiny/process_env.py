@@ -5,8 +5,8 @@
     put_interpreter_bin_first()  the same, applied to os.environ (inherited by child processes)
     launch_world_size()          the number of ranks a launcher announced (None: plain python)
 
-Why the interpreter's bin directory goes first: DeepSpeed JIT-compiles small ops (on CPU the
-shared-memory comm op, at process-group start) into one shared cache, and rebuilds it (minutes)
+Why the interpreter's bin directory goes first: DeepSpeed JIT-compiles small ops (on CPU
+CPUAdam, for optimizer offload) into one shared cache, and rebuilds it (minutes)
 whenever a process sees a different `ninja` than the one that built it. Ranks started over ssh,
 by mpirun or from a shell without the venv activated often find a system `ninja` first.
 """
