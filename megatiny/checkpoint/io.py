@@ -40,6 +40,17 @@ def remove_tag(save_dir: str | os.PathLike, tag: str) -> None:
             shutil.rmtree(doomed, ignore_errors=True)
 
 
+def set_aside(save_dir: str | os.PathLike, tag: str) -> Path:
+    """Rename a damaged tag dir to TAG.damaged (replacing an older one of that name): kept for a
+    person to look at, no longer a checkpoint (`layout.list_tags` ignores it). Returns the new path."""
+    save_dir = Path(save_dir)
+    target = save_dir / f"{tag}.damaged"
+    if target.exists():
+        shutil.rmtree(target, ignore_errors=True)
+    os.replace(save_dir / tag, target)
+    return target
+
+
 def prepare_tag_dir(save_dir: str | os.PathLike, tag: str) -> None:
     """Before saving `tag` (rank 0 only): remove leftovers of an earlier crashed save of that tag.
     The tag `latest` names is never removed."""

@@ -3,9 +3,17 @@
 A save (every rank calls `save`):
   1. rank 0 removes leftovers of an earlier crashed save of the same tag;      barrier
   2. every rank writes its DeepSpeed shards and `rng_state_rank{R}.pt`;       barrier
-  3. rank 0 writes `megatiny.json` (the TrainState), then `latest` (temp + rename), then rotates
-     (keep_last);                                                              barrier
+  3. every rank writes `manifest_rank{R}.json`, sizes and CRC-32 of its share of the files
+     (`megatiny.checkpoint.manifest`);                                        barrier
+  4. rank 0 checks that all manifests exist, writes `megatiny.json` (the TrainState), then
+     `latest` (temp + rename), then rotates (keep_last) once the new checkpoint's sizes verify;
+                                                                               barrier
 so a crash at any point leaves `latest` on the previous complete checkpoint.
+
+Resuming with `resume: auto` verifies the newest complete checkpoint against its manifests
+(`checkpoint.verify`: full | sizes | off; the ranks share the reading and agree on the verdict);
+a damaged one is named file by file, renamed to `TAG.damaged`, and the next older complete
+checkpoint is tried (`latest` is rewritten to the one that verifies).
 
 A resume (`find_resume`, then `load` once the engine exists): the tag `checkpoint.resume`
 selects (`megatiny.checkpoint.layout.resolve_resume`), its architecture checked against the
@@ -31,8 +39,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
-from megatiny.checkpoint import io, layout
+from megatiny.checkpoint import io, layout, manifest
 from megatiny.checkpoint.load import load_model
 from megatiny.checkpoint.metadata import METADATA_FILE, TrainState, WorldLayout, read_metadata, write_metadata
 from megatiny.checkpoint.reshard import ResumeMode, load_resharded, open_checkpoint, resume_mode
@@ -79,12 +88,17 @@ class CheckpointManager:
     `rank` / `world_size`: this process in the job's process group. `log(text)` is called on
     rank 0 only, with one line per event (saved, converted, resumed). `parallel`: the run's
     model-parallel layout (default: data parallelism over `world_size` ranks); a checkpoint of
-    any layout resumes on it (`megatiny.checkpoint.reshard.resume_mode`)."""
+    any layout resumes on it (`megatiny.checkpoint.reshard.resume_mode`). `verify`: what saves
+    record and resumes check (`megatiny.checkpoint.manifest.VERIFY_MODES`)."""
 
     def __init__(self, save_dir: str | os.PathLike | None, *, rank: int, world_size: int, keep_last: int = 0,
-                 log: Callable[[str], None] = print, parallel: ParallelLayout | None = None):
+                 log: Callable[[str], None] = print, parallel: ParallelLayout | None = None,
+                 verify: str = "full"):
+        if verify not in manifest.VERIFY_MODES:
+            raise ValueError(f"checkpoint.verify must be one of {manifest.VERIFY_MODES}, got {verify!r}")
         self.save_dir = Path(save_dir) if save_dir is not None else None
         self.rank, self.world_size, self.keep_last = rank, world_size, keep_last
+        self.verify = verify
         self.parallel = parallel if parallel is not None else ParallelLayout(data=world_size)
         self._log = log
 
@@ -115,26 +129,55 @@ class CheckpointManager:
         if after_shards is not None:
             after_shards()
         barrier()
+        names = manifest.listable_files(root / tag)
+        manifest.write_manifest(root / tag, self.rank, self.world_size,
+                                manifest.share_of(names, self.rank, self.world_size),
+                                checksums=self.verify == "full")
+        barrier()
         if self.rank == 0:
+            self._check_manifests(root / tag)
             write_metadata(root / tag, model_config, tokenizer=tokenizer, state=state, notes=notes)
             io.write_latest(root, tag)
-            deleted = io.rotate(root, self.keep_last)
+            deleted = self._rotate(root / tag)
             note = f" (removed {', '.join(deleted)})" if deleted else ""
             self.log(f"[megatiny] saved {root / tag} in {time.perf_counter() - started:.1f}s{note}")
         barrier()
         return root / tag
 
+    def _check_manifests(self, tag_dir: Path) -> None:
+        """Rank 0, before marking `tag_dir` complete: every rank's manifest is there."""
+        missing = sorted(set(range(self.world_size)) - set(manifest.manifest_ranks(tag_dir)))
+        if missing:
+            raise RuntimeError(f"{tag_dir}: manifests of ranks {missing} are missing after the barrier; "
+                               "the checkpoint is not marked complete")
+
+    def _rotate(self, new_tag_dir: Path) -> list[str]:
+        """keep_last rotation, only once the new checkpoint's files have their recorded sizes: an
+        older checkpoint is never deleted for one that does not verify."""
+        report = manifest.verify(new_tag_dir, "sizes")
+        if not report.ok:
+            self.log(f"[megatiny] WARNING: not rotating old checkpoints: {report.describe()}")
+            return []
+        return io.rotate(new_tag_dir.parent, self.keep_last)
+
     # ---------------------------------------------------------------- resume
     def find_resume(self, resume: str, model_config: ModelConfig, zero_stage: int | None = None
                     ) -> ResumePoint | None:
-        """The checkpoint `resume` selects ("auto" | "none" | a root or tag path), checked against
-        `model_config`, and how it continues on this run's layout and ZeRO stage `zero_stage`;
-        converted to the universal format (rank 0; all ranks wait) when DeepSpeed's universal
-        checkpoint is the way. None: start fresh. Every rank calls this."""
+        """The checkpoint `resume` selects ("auto" | "none" | a root or tag path), verified
+        (`verify`), checked against `model_config`, and how it continues on this run's layout
+        and ZeRO stage `zero_stage`; converted to the universal format (rank 0; all ranks wait)
+        when DeepSpeed's universal checkpoint is the way. With "auto", a damaged checkpoint is
+        set aside and the next older complete one tried. None: start fresh. Every rank calls
+        this."""
         found = layout.resolve_resume(resume, self.save_dir)
         if found is None:
             return None
         root, tag = found
+        if resume == "auto":
+            tag = self._newest_verified(root, tag)
+        elif not self._verified(root / tag):
+            raise RuntimeError(f"checkpoint.resume={resume!r}: {root / tag} does not verify against its "
+                               "manifests (the damaged files are listed above); pick another checkpoint")
         metadata = read_metadata(root / tag)
         check_architecture(metadata["model"], model_config, str(root / tag))
         world = metadata["train_state"].world
@@ -151,6 +194,45 @@ class CheckpointManager:
                      f"ZeRO-{zero_stage}: resharding its weights and optimizer state")
         load_root = root / layout.UNIVERSAL_DIR if mode is ResumeMode.UNIVERSAL else root
         return ResumePoint(root, tag, metadata, load_root, mode)
+
+    def _verified(self, tag_dir: Path) -> bool:
+        """Whether `tag_dir` verifies, agreed by all ranks: each checks its share of the manifests
+        (rank 0 also that none is missing) and prints what it found damaged."""
+        if self.verify == "off":
+            return True
+        ranks = manifest.manifest_ranks(tag_dir)
+        mine = manifest.share_of(ranks, self.rank, self.world_size)
+        report = manifest.verify(tag_dir, self.verify, ranks=mine)
+        if self.rank == 0 and ranks:
+            report.problems = manifest.missing_manifests(tag_dir, ranks) + report.problems
+        if report.legacy:
+            self.log(f"[megatiny] {report.describe()}")
+        if not report.ok:
+            print(f"[megatiny] rank {self.rank}: checkpoint {report.describe()}", flush=True)
+        return _all_ranks_agree(report.ok)
+
+    def _newest_verified(self, root: Path, latest: str) -> str:
+        """`latest`, or the newest older complete checkpoint that verifies; damaged ones are renamed
+        to TAG.damaged and `latest` moves to the one chosen (rank 0). RuntimeError when none does."""
+        newest = layout.step_of_tag(latest)
+        candidates = [t for t in reversed(layout.list_tags(root))
+                      if layout.step_of_tag(t) <= newest and layout.is_complete_tag(root / t)]
+        for tag in candidates:
+            if self._verified(root / tag):
+                if tag != latest:
+                    if self.rank == 0:
+                        io.write_latest(root, tag)
+                    self.log(f"[megatiny] falling back to {root / tag}, the newest checkpoint that verifies")
+                    barrier()
+                return tag
+            self.log(f"[megatiny] checkpoint {root / tag} is damaged (see above); setting it aside as "
+                     f"{tag}.damaged")
+            barrier()
+            if self.rank == 0:
+                io.set_aside(root, tag)
+            barrier()
+        raise RuntimeError(f"no complete checkpoint in {root} verifies against its manifests (damaged ones "
+                           "were renamed to TAG.damaged); to start over set checkpoint.resume=none")
 
     def load(self, engine: Any, point: ResumePoint) -> TrainState:
         """Load weights, optimizer and DeepSpeed state of `point` into `engine` (built with
@@ -187,6 +269,17 @@ class CheckpointManager:
         check_architecture(metadata["model"], model_config, f"checkpoint.init_from={path}")
         self.log(f"[megatiny] initialised the weights from {path} (optimizer starts fresh)")
         return {name: param.detach() for name, param in model.named_parameters()}
+
+
+def _all_ranks_agree(ok: bool) -> bool:
+    """True when `ok` on every rank (a sum over the ranks; `ok` itself without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return ok
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" \
+        else torch.device("cpu")
+    flag = torch.tensor([0.0 if ok else 1.0], dtype=torch.float64, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.SUM)
+    return flag.item() == 0.0
 
 
 def universal_conversion_timeout_s(checkpoint: Path) -> float:

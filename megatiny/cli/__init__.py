@@ -38,6 +38,10 @@ COMMANDS: dict[str, Command] = {
     "report": Command("report", "report_run.py", "loss-curve PNG and unigram baseline of a finished run"),
     "inspect": Command("inspect", "inspect_dataset.py", "summarize an indexed dataset, decode documents"),
     "merge": Command("merge", "merge_datasets.py", "merge indexed datasets into one"),
+    "checkpoint": Command("checkpoint", "verify_checkpoint.py",
+                          "verify a checkpoint's files against its manifests"),
+    "supervise": Command("supervise", "supervise.py",
+                         "run a launch command, restart it on crashes and hangs (resumes exactly)"),
 }
 
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from megatiny.checkpoint.manifest import VERIFY_MODES
 from megatiny.data.config import DataConfig
 from megatiny.model.config import PRESETS, RUNTIME_FIELDS, ModelConfig, ModelRuntime, get_preset
 from megatiny.parallel.checks import (
@@ -240,9 +241,15 @@ class CheckpointConfig:
     Llama dir); used only when not resuming; optimizer and step start fresh"""
     save_at_end: bool = True
     """save after the last step"""
+    verify: str = "full"
+    """checkpoint manifests (`megatiny.checkpoint.manifest`): `full` records each file's size and CRC-32
+    and checks both before resuming (a damaged checkpoint is named and the previous one used); `sizes`
+    records and checks sizes only; `off` checks nothing on resume (sizes are still recorded)"""
 
     def __post_init__(self) -> None:
         _positive_int("checkpoint", "save_interval", self.save_interval, allow_zero=True)
+        if self.verify not in VERIFY_MODES:
+            raise ValueError(f"checkpoint.verify must be one of {VERIFY_MODES}, got {self.verify!r}")
         _positive_int("checkpoint", "keep_last", self.keep_last, allow_zero=True)
         if not isinstance(self.resume, str) or not self.resume:
             raise ValueError(f"checkpoint.resume must be 'auto', 'none' or a path, got {self.resume!r}")

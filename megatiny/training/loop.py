@@ -143,7 +143,7 @@ class _Trainer:
         self.logger = MetricsLogger(self.rank, tb_dir if log.tensorboard else None, metrics_file)
         self.checkpoints = CheckpointManager(save_dir, rank=self.rank, world_size=self.world,
                                              keep_last=run.checkpoint.keep_last, log=self.logger.print,
-                                             parallel=self.layout)
+                                             parallel=self.layout, verify=run.checkpoint.verify)
         self.skipped_steps = 0
 
     # ---------------------------------------------------------------- setup
