@@ -41,6 +41,7 @@ from megatiny.checkpoint.manager import CheckpointManager, ResumePoint
 from megatiny.checkpoint.metadata import TrainState, WorldLayout, describe_parallel_sizes
 from megatiny.data import build_gpt_datasets, describe_datasets
 from megatiny.data.sampler import PretrainingSampler
+from megatiny.heartbeat import Heartbeat
 from megatiny.parallel import deepspeed as ds_engine
 from megatiny.parallel.state import ParallelLayout, ParallelState
 from megatiny.precision import warn_if_emulated
@@ -145,6 +146,10 @@ class _Trainer:
                                              keep_last=run.checkpoint.keep_last, log=self.logger.print,
                                              parallel=self.layout, verify=run.checkpoint.verify)
         self.skipped_steps = 0
+        # `megatiny supervise` watches these (None when not supervised).
+        self.heartbeat = Heartbeat.from_env(self.rank, self.world, save_dir=save_dir,
+                                            resume=run.checkpoint.resume)
+        self._beat(0, "setup")
 
     # ---------------------------------------------------------------- setup
     def _build_data(self):
@@ -279,6 +284,7 @@ class _Trainer:
         last_saved = step if step > 0 else None
         self.engine.train()
         while step < total:
+            self._beat(step + 1, "step")
             started = time.perf_counter()
             self.callbacks.step_started(step, self.rank)
             lr = learning_rate(step, run.optimizer, run.schedule)
@@ -324,6 +330,7 @@ class _Trainer:
             if run.checkpoint.save_dir and run.checkpoint.save_at_end and last_saved != step:
                 self._save(step, consumed)
         result.step, result.consumed_samples, result.skipped_steps = step, consumed, self.skipped_steps
+        self._beat(step, "done")
         self.logger.close()
         ds_engine.barrier()
         return result
@@ -374,8 +381,13 @@ class _Trainer:
         self.logger.record(step, {"valid_loss": loss, "valid_perplexity": ppl})
         return loss
 
+    def _beat(self, step: int, phase: str) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.beat(step, phase)
+
     # ---------------------------------------------------------------- checkpoints
     def _save(self, step: int, consumed: int) -> None:
+        self._beat(step, "save")
         world = WorldLayout.of_run(self.layout, ds_engine.zero_stage(self.ds_config), self.precision.name)
         state = TrainState(step=step, consumed_samples=consumed, skipped_steps=self.skipped_steps,
                            world=world, data=self.data_description, run_config=self.run.to_dict())

@@ -1,11 +1,17 @@
 """`tools/train.py` with faults injected, for the crash and NaN tests (launched like tools/train.py):
 
     python tests/training/fault_train.py --config RUN.yaml [--nan-at-step N] [--sigterm-at-step N]
-        [--kill-rank1-at-save N] [key=value ...]
+        [--kill-rank1-at-save N] [--kill-at-step N] [--stop-at-step N] [--crash-at-step N]
+        [--poison-at-step N] [--fault-rank R] [--once FILE] [key=value ...]
 
 Steps are 1-based, as logged: `--nan-at-step 2` makes every rank's losses of step 2 NaN,
 `--sigterm-at-step 3` has rank 0 send itself SIGTERM during step 3, `--kill-rank1-at-save 16` has
 rank 1 SIGKILL itself after writing its files of the step-16 checkpoint, before it is complete.
+For the supervisor: `--kill-at-step 7` has rank `--fault-rank` (default 1) SIGKILL itself at the
+start of step 7, `--stop-at-step 7` SIGSTOP itself (a hang), `--crash-at-step 2` exit with status 3;
+with `--once FILE` each of these fires only while FILE does not exist (it is created first), so
+the relaunched command runs clean. `--poison-at-step 3` multiplies every rank's losses of step 3
+by 1000 as the ranks compare them (a loss spike).
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import argparse
 import os
 import signal
 import sys
+from pathlib import Path
 
 import torch
 
@@ -21,15 +28,37 @@ from megatiny.training.loop import NonFiniteLoss, TrainCallbacks, train
 
 
 class Faults(TrainCallbacks):
-    def __init__(self, nan_at_step: int | None, sigterm_at_step: int | None, kill_rank1_at_save: int | None):
-        self.nan_at_step, self.sigterm_at_step = nan_at_step, sigterm_at_step
-        self.kill_rank1_at_save = kill_rank1_at_save
+    def __init__(self, args: argparse.Namespace):
+        self.nan_at_step, self.sigterm_at_step = args.nan_at_step, args.sigterm_at_step
+        self.kill_rank1_at_save = args.kill_rank1_at_save
+        self.args = args
+
+    def _fire_once(self) -> bool:
+        """Whether a --once fault fires now (and never again in this directory)."""
+        if self.args.once is None:
+            return True
+        marker = Path(self.args.once)
+        try:
+            marker.touch(exist_ok=False)
+        except FileExistsError:
+            return False
+        return True
 
     def step_started(self, step: int, rank: int) -> None:
         if step + 1 == self.sigterm_at_step and rank == 0:
             os.kill(os.getpid(), signal.SIGTERM)
+        if rank != self.args.fault_rank:
+            return
+        if step + 1 == self.args.kill_at_step and self._fire_once():
+            os.kill(os.getpid(), signal.SIGKILL)
+        if step + 1 == self.args.stop_at_step and self._fire_once():
+            os.kill(os.getpid(), signal.SIGSTOP)
+        if step + 1 == self.args.crash_at_step and self._fire_once():
+            os._exit(3)
 
     def micro_batch_loss(self, step: int, micro: int, rank: int, loss: torch.Tensor) -> torch.Tensor:
+        if step + 1 == self.args.poison_at_step:
+            return loss * 1000.0
         return torch.full_like(loss, float("nan")) if step + 1 == self.nan_at_step else loss
 
     def shards_written(self, step: int, rank: int) -> None:
@@ -44,11 +73,17 @@ def main() -> int:
     parser.add_argument("--nan-at-step", type=int)
     parser.add_argument("--sigterm-at-step", type=int)
     parser.add_argument("--kill-rank1-at-save", type=int)
+    parser.add_argument("--kill-at-step", type=int)
+    parser.add_argument("--stop-at-step", type=int)
+    parser.add_argument("--crash-at-step", type=int)
+    parser.add_argument("--poison-at-step", type=int)
+    parser.add_argument("--fault-rank", type=int, default=1)
+    parser.add_argument("--once", default=None)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     run = load_config(args.config, args.overrides)
     try:
-        train(run, Faults(args.nan_at_step, args.sigterm_at_step, args.kill_rank1_at_save))
+        train(run, Faults(args))
     except NonFiniteLoss as e:  # as tools/train.py reports it
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -1,0 +1,102 @@
+"""Per-rank heartbeats for `megatiny supervise`, and the stack dump a supervisor asks for.
+
+When `$MEGATINY_HEARTBEAT_DIR` is set (the supervisor sets it for the job it launches), each rank
+writes DIR/rank{R}.json at set-up, at the start of every step, before every save and at the end:
+
+    {"rank": R, "world_size": W, "host": "node1", "pid": 1234, "step": S, "phase": "setup" |
+     "step" | "save" | "done", "time": UNIX_SECONDS, "save_dir": "...", "resume": "auto"}
+
+`step` is the 1-based step the rank is working on (`setup`: the step it starts from). Each write
+goes to a temporary name and is renamed over the old file, so a reader sees a whole record; no
+fsync (a heartbeat is worthless after a crash of the host). One small write per step.
+
+`install_stack_dump` makes SIGUSR1 print every thread's Python stack to stderr (the rank's log):
+the supervisor sends it to a hung job's ranks before killing them.
+"""
+from __future__ import annotations
+
+import faulthandler
+import json
+import os
+import signal
+import socket
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+HEARTBEAT_DIR_ENV = "MEGATINY_HEARTBEAT_DIR"
+PHASES = ("setup", "step", "save", "done")
+
+
+@dataclass(frozen=True)
+class Beat:
+    """One rank's last heartbeat."""
+
+    rank: int
+    world_size: int
+    host: str
+    pid: int
+    step: int
+    phase: str
+    time: float
+    save_dir: str | None = None
+    resume: str | None = None
+
+    @property
+    def started(self) -> bool:
+        """The rank got past set-up to its first step."""
+        return self.phase != "setup"
+
+
+class Heartbeat:
+    """The writer of one rank's heartbeat file."""
+
+    def __init__(self, directory: str | os.PathLike, rank: int, world_size: int, *,
+                 save_dir: str | None = None, resume: str | None = None):
+        self.path = Path(directory) / f"rank{rank}.json"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.rank, self.world_size, self.save_dir, self.resume = rank, world_size, save_dir, resume
+        self.host, self.pid = socket.gethostname(), os.getpid()
+
+    @classmethod
+    def from_env(cls, rank: int, world_size: int, **details) -> Heartbeat | None:
+        """A heartbeat in $MEGATINY_HEARTBEAT_DIR (with the stack dump on SIGUSR1), or None when
+        the run is not supervised."""
+        directory = os.environ.get(HEARTBEAT_DIR_ENV)
+        if not directory:
+            return None
+        install_stack_dump()
+        return cls(directory, rank, world_size, **details)
+
+    def beat(self, step: int, phase: str = "step") -> None:
+        beat = Beat(self.rank, self.world_size, self.host, self.pid, step, phase, time.time(),
+                    self.save_dir, self.resume)
+        tmp = self.path.with_name(f".{self.path.name}.{self.pid}.tmp")
+        tmp.write_text(json.dumps(asdict(beat)))
+        os.replace(tmp, self.path)
+
+
+def read_beats(directory: str | os.PathLike) -> dict[int, Beat]:
+    """rank -> its last heartbeat in `directory` (files being replaced or unreadable are skipped)."""
+    out = {}
+    directory = Path(directory)
+    if not directory.is_dir():
+        return out
+    for path in directory.glob("rank*.json"):
+        try:
+            beat = Beat(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            continue
+        out[beat.rank] = beat
+    return out
+
+
+def clear_beats(directory: str | os.PathLike) -> None:
+    """Remove the heartbeats of an earlier launch."""
+    for path in Path(directory).glob("rank*.json"):
+        path.unlink(missing_ok=True)
+
+
+def install_stack_dump(signum: int = signal.SIGUSR1) -> None:
+    """`signum` prints every thread's Python stack to stderr (the process keeps running)."""
+    faulthandler.register(signum, all_threads=True, chain=False)

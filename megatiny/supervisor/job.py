@@ -1,0 +1,91 @@
+"""The processes of one launch: started in a session of their own, so the launcher and every
+rank it starts on this host can be signalled and killed together."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+
+from megatiny.heartbeat import Beat
+from megatiny.supervisor.watch import is_local, process_state
+
+KILL_WAIT_S = 30.0   # after SIGKILL, the launcher is reaped within this (else it is reported)
+SSH_TIMEOUT_S = 15.0  # killing the ranks of another host over ssh
+
+
+class Job:
+    """One launch of `command` with `env` (a new session: its process group is the job)."""
+
+    def __init__(self, command: list[str], env: dict[str, str]):
+        self.command = command
+        self.process = subprocess.Popen(command, env=env, start_new_session=True)
+        self.pgid = self.process.pid
+
+    def poll(self) -> int | None:
+        return self.process.poll()
+
+    def signal_launcher(self, signum: int) -> None:
+        """Hand a stop signal to the launcher (deepspeed's and ours pass it to every rank)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def dump_stacks(self, beats: dict[int, Beat], wait_s: float) -> list[int]:
+        """SIGUSR1 (each rank prints its Python stacks to its log) and SIGCONT (so a stopped rank
+        can) to the local ranks; then `wait_s` for the dumps. Returns the ranks signalled."""
+        signalled = []
+        for beat in sorted(beats.values(), key=lambda b: b.rank):
+            if is_local(beat) and process_state(beat.pid) not in (None, "Z"):
+                try:
+                    os.kill(beat.pid, signal.SIGUSR1)
+                    os.kill(beat.pid, signal.SIGCONT)
+                    signalled.append(beat.rank)
+                except ProcessLookupError:
+                    pass
+        if signalled:
+            time.sleep(wait_s)
+        return signalled
+
+    def kill(self, beats: dict[int, Beat]) -> list[str]:
+        """SIGKILL the whole process group, any local rank that left it, and the ranks on other
+        hosts (over ssh, bounded); reap the launcher. Returns what could not be done."""
+        problems = []
+        try:
+            os.killpg(self.pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        for beat in beats.values():
+            if is_local(beat) and process_state(beat.pid) not in (None, "Z"):
+                try:
+                    os.kill(beat.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        problems += kill_remote(beats)
+        if self.wait(KILL_WAIT_S) is None:
+            problems.append(f"the launcher (pid {self.process.pid}) did not exit {KILL_WAIT_S:.0f} s "
+                            "after SIGKILL")
+        return problems
+
+
+def kill_remote(beats: dict[int, Beat]) -> list[str]:
+    """`ssh HOST kill -9 PIDS` for the ranks of other hosts (their heartbeats name host and pid)."""
+    by_host: dict[str, list[int]] = {}
+    for beat in beats.values():
+        if not is_local(beat) and beat.host != socket.gethostname():
+            by_host.setdefault(beat.host, []).append(beat.pid)
+    problems = []
+    for host, pids in sorted(by_host.items()):
+        command = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", host,
+                   "kill -9 " + " ".join(map(str, pids))]
+        try:
+            subprocess.run(command, timeout=SSH_TIMEOUT_S, capture_output=True)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            problems.append(f"could not kill pids {pids} on {host} over ssh: {e}")
+    return problems

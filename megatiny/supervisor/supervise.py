@@ -1,0 +1,252 @@
+"""The supervisor loop: launch, watch, kill, relaunch, give up.
+
+A launch ends in one of these ways (checked every `poll_s`):
+  finished     the launcher exits 0: the supervisor exits 0
+  stopped      SIGTERM/SIGINT reached the supervisor: handed to the launcher (the ranks save and
+               exit), waited for up to `stop_timeout_s`, no restart; exits with the job's status
+  exited       the launcher exits non-zero (a rank crashed, the launcher noticed)
+  rank died    a local rank's process is gone while the launcher still runs
+  hang         no rank's heartbeat moved for `hang_timeout_s` (`startup_timeout_s` before the
+               first step): stacks dumped (SIGUSR1), then the job killed
+  refused      the ranks report a run that relaunching cannot resume (checkpoint.resume is not
+               `auto`, or no checkpoint.save_dir): killed, given up at once
+After a fault the whole job is killed (its process group; ranks elsewhere over ssh) and, unless
+`RestartPolicy` says to give up, the same command is launched again; `checkpoint.resume: auto`
+makes it continue from the newest complete checkpoint that verifies.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from megatiny.heartbeat import HEARTBEAT_DIR_ENV, Beat, clear_beats, read_beats
+from megatiny.supervisor.events import EVENTS_FILE, EventLog
+from megatiny.supervisor.job import Job
+from megatiny.supervisor.policy import RestartPolicy
+from megatiny.supervisor.watch import Progress, culprit, dead_ranks, describe
+
+# The checkpoint root's pointer to its newest complete tag (megatiny.checkpoint.layout.LATEST_FILE),
+# read here without importing the checkpoint package (and torch) into the supervisor.
+LATEST_FILE = "latest"
+TAG_STEP = re.compile(r"^step_(\d{8,})$")
+
+
+@dataclass(frozen=True)
+class Options:
+    max_restarts: int = 3
+    hang_timeout_s: float = 600.0
+    """no heartbeat moved this long after the first step: a hang"""
+    startup_timeout_s: float = 1800.0
+    """no heartbeat moved this long before the first step (imports, rendezvous, resume, conversion)"""
+    stop_timeout_s: float = 600.0
+    """after handing on SIGTERM/SIGINT, how long the job may take to save and exit"""
+    dump_wait_s: float = 5.0
+    """after SIGUSR1, how long the ranks get to print their stacks"""
+    poll_s: float = 0.5
+    save_dir: str | None = None
+    """the run's checkpoint root (default: what rank 0's heartbeat says)"""
+    heartbeat_dir: str | None = None
+    """default: SAVE_DIR/.heartbeats with save_dir, else a temporary directory"""
+
+    def __post_init__(self) -> None:
+        for name in ("hang_timeout_s", "startup_timeout_s", "stop_timeout_s", "dump_wait_s", "poll_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
+        RestartPolicy(self.max_restarts)
+
+
+@dataclass
+class Outcome:
+    kind: str                  # finished | stopped | exited | rank_died | hang | refused
+    returncode: int
+    reached_first_step: bool
+    message: str = ""
+    beat: Beat | None = None   # the rank at fault, when known
+
+
+def latest_step(save_dir: str | os.PathLike | None) -> int | None:
+    """The step of the checkpoint SAVE_DIR/latest names, or None."""
+    if save_dir is None:
+        return None
+    try:
+        match = TAG_STEP.match((Path(save_dir) / LATEST_FILE).read_text().strip())
+    except OSError:
+        return None
+    return int(match.group(1)) if match else None
+
+
+def exit_status(returncode: int) -> int:
+    """A child's return code as a shell exit status (killed by signal N: 128 + N)."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+class Supervisor:
+    """Run `command` until it succeeds, is stopped, or `RestartPolicy` gives up; `run()` returns
+    the exit status."""
+
+    def __init__(self, command: list[str], options: Options, events: EventLog | None = None):
+        if not command:
+            raise ValueError("no launch command given (megatiny supervise [OPTIONS] -- COMMAND ...)")
+        self.command, self.options = command, options
+        self.policy = RestartPolicy(options.max_restarts)
+        self.save_dir = options.save_dir
+        self.events = events or EventLog()
+        if self.save_dir is not None:
+            self.events.set_path(Path(self.save_dir) / EVENTS_FILE)
+        default = (Path(self.save_dir) / ".heartbeats" if self.save_dir
+                   else tempfile.mkdtemp(prefix="megatiny-heartbeats-"))
+        self.heartbeat_dir = Path(options.heartbeat_dir or default)
+        self.stop_signal: int | None = None
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stop_signal = signum
+
+    def run(self) -> int:
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            return self._run()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _run(self) -> int:
+        launch = 0
+        while True:
+            launch += 1
+            before = latest_step(self.save_dir)
+            outcome = self._launch_once(launch, before)
+            if outcome.kind == "finished":
+                self.events.emit("finished", f"launch {launch} finished (exit 0)", launch=launch,
+                                 checkpoint_step=latest_step(self.save_dir))
+                return 0
+            if outcome.kind == "stopped":
+                self.events.emit("stopped", f"stopped by signal {outcome.message}; job exited with "
+                                 f"{outcome.returncode}; not restarting", launch=launch,
+                                 returncode=outcome.returncode, checkpoint_step=latest_step(self.save_dir))
+                return exit_status(outcome.returncode)
+            after = latest_step(self.save_dir)
+            new_checkpoint = after is not None and (before is None or after > before)
+            reason = ("relaunching cannot resume this run: " + outcome.message if outcome.kind == "refused"
+                      else self.policy.after_failure(outcome.reached_first_step, new_checkpoint))
+            if reason is not None:
+                self.events.emit("give_up", f"giving up after launch {launch}: {reason}", launch=launch,
+                                 reason=reason, checkpoint_step=after)
+                return exit_status(outcome.returncode) or 1
+            start = f"step {after}" if after is not None else "the start (no checkpoint yet)"
+            self.events.emit("restart", f"relaunching (launch {launch + 1}); it resumes from {start}",
+                             launch=launch + 1, resume_step=after,
+                             restarts_without_checkpoint=self.policy.without_checkpoint)
+
+    # ---------------------------------------------------------------- one launch
+    def _launch_once(self, launch: int, checkpoint_step: int | None) -> Outcome:
+        self.heartbeat_dir.mkdir(parents=True, exist_ok=True)
+        clear_beats(self.heartbeat_dir)
+        env = dict(os.environ, **{HEARTBEAT_DIR_ENV: str(self.heartbeat_dir)})
+        job = Job(self.command, env)
+        self.events.emit("launch", f"launch {launch}: {' '.join(self.command)} (pid {job.process.pid})",
+                         launch=launch, command=self.command, pid=job.process.pid,
+                         checkpoint_step=checkpoint_step)
+        try:
+            return self._watch(job)
+        except BaseException:
+            job.kill(read_beats(self.heartbeat_dir))  # a supervisor that fails leaves no job behind
+            raise
+
+    def _watch(self, job: Job) -> Outcome:
+        progress = Progress(since=time.monotonic())
+        beats: dict[int, Beat] = {}
+        announced = False
+        while True:
+            if self.stop_signal is not None:
+                return self._stop(job, beats)
+            returncode = job.poll()
+            beats = read_beats(self.heartbeat_dir) or beats
+            reached = any(b.started for b in beats.values())
+            if reached and not announced:
+                step = min(b.step for b in beats.values())
+                self.events.emit("running", f"the job is training (step {step})", step=step)
+                announced = True
+            if returncode is not None:
+                return self._exited(job, beats, returncode, reached)
+            refusal = self._check_run(beats)
+            if refusal is not None:
+                return self._fault(job, beats, Outcome("refused", 1, reached, refusal))
+            dead = dead_ranks(beats)
+            if dead:
+                message = describe(dead[0], "died")
+                return self._fault(job, beats, Outcome("rank_died", 1, reached, message, dead[0]))
+            now = time.monotonic()
+            progress.update(beats, now)
+            limit = self.options.hang_timeout_s if reached else self.options.startup_timeout_s
+            if progress.stalled_for(now) > limit:
+                return self._hang(job, beats, reached, progress.stalled_for(now))
+            time.sleep(self.options.poll_s)
+
+    def _check_run(self, beats: dict[int, Beat]) -> str | None:
+        """Learn the save dir from rank 0's heartbeat; a refusal when relaunching would not resume."""
+        beat = beats.get(0)
+        if beat is None:
+            return None
+        if beat.save_dir is None:
+            return "the run has no checkpoint.save_dir, so a relaunch would start from scratch"
+        if beat.resume != "auto":
+            return (f"checkpoint.resume is {beat.resume!r}: a supervised run must use checkpoint.resume=auto "
+                    "(the relaunched command continues from the newest checkpoint)")
+        if self.save_dir is None:
+            self.save_dir = beat.save_dir
+            self.events.set_path(Path(self.save_dir) / EVENTS_FILE)
+        return None
+
+    def _exited(self, job: Job, beats: dict[int, Beat], returncode: int, reached: bool) -> Outcome:
+        if returncode == 0:
+            job.kill(beats)  # leftovers of the group, if any
+            return Outcome("finished", 0, reached)
+        steps = ", ".join(f"rank {r} step {b.step} ({b.phase})" for r, b in sorted(beats.items())) or "none"
+        message = f"the launcher exited with status {returncode} (last heartbeats: {steps})"
+        return self._fault(job, beats, Outcome("exited", returncode, reached, message))
+
+    def _fault(self, job: Job, beats: dict[int, Beat], outcome: Outcome) -> Outcome:
+        beat = outcome.beat
+        self.events.emit("fault", outcome.message, kind=outcome.kind, returncode=outcome.returncode,
+                         rank=beat.rank if beat else None, host=beat.host if beat else None,
+                         step=beat.step if beat else None, reached_first_step=outcome.reached_first_step,
+                         last_beat_age_s=round(time.time() - beat.time, 3) if beat else None)
+        self._kill(job, beats)
+        return outcome
+
+    def _kill(self, job: Job, beats: dict[int, Beat]) -> None:
+        problems = job.kill(beats)
+        self.events.emit("kill", "killed the job (process group" + (", ranks on other hosts over ssh"
+                         if any(b.host != (beats.get(0) or b).host for b in beats.values()) else "") + ")"
+                         + ("; " + "; ".join(problems) if problems else ""), problems=problems)
+
+    def _hang(self, job: Job, beats: dict[int, Beat], reached: bool, stalled_s: float) -> Outcome:
+        beat, why = culprit(beats)
+        what = describe(beat) + f" ({why})" if beat is not None else why
+        message = f"hang: no rank made progress for {stalled_s:.0f} s; {what}"
+        dumped = job.dump_stacks(beats, self.options.dump_wait_s)
+        outcome = Outcome("hang", 1, reached, message + (f"; stacks of ranks {dumped} dumped to the job's log"
+                                                          if dumped else ""), beat)
+        return self._fault(job, beats, outcome)
+
+    def _stop(self, job: Job, beats: dict[int, Beat]) -> Outcome:
+        signum = self.stop_signal
+        name = signal.Signals(signum).name
+        self.events.emit("stop", f"{name} received: handing it to the job (the ranks save and exit) and "
+                         f"waiting up to {self.options.stop_timeout_s:.0f} s", signal=name)
+        job.signal_launcher(signum)
+        returncode = job.wait(self.options.stop_timeout_s)
+        if returncode is None:
+            limit = self.options.stop_timeout_s
+            self.events.emit("fault", f"the job did not exit {limit:.0f} s after {name}", kind="stop_timeout")
+            self._kill(job, beats)
+            returncode = 128 + signum
+        else:
+            job.kill(read_beats(self.heartbeat_dir) or beats)
+        return Outcome("stopped", returncode, True, name)
