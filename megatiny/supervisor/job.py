@@ -38,20 +38,25 @@ class Job:
             return None
 
     def dump_stacks(self, beats: dict[int, Beat], wait_s: float) -> list[int]:
-        """SIGUSR1 (each rank prints its Python stacks to its log) and SIGCONT (so a stopped rank
-        can) to the local ranks; then `wait_s` for the dumps. Returns the ranks signalled."""
-        signalled = []
-        for beat in sorted(beats.values(), key=lambda b: b.rank):
-            if is_local(beat) and process_state(beat.pid) not in (None, "Z"):
-                try:
-                    os.kill(beat.pid, signal.SIGUSR1)
-                    os.kill(beat.pid, signal.SIGCONT)
-                    signalled.append(beat.rank)
-                except ProcessLookupError:
-                    pass
+        """Every local rank prints its Python stacks to its log (SIGUSR1, `megatiny.heartbeat`),
+        without the job making progress meanwhile: the running ranks dump, then are frozen
+        (SIGSTOP); then the stopped ones get SIGUSR1 and SIGCONT (a stopped process handles no
+        signal), and can go no further than their next collective with the frozen ones. Waits
+        `wait_s` after each round. Returns the ranks signalled."""
+        local = [b for b in sorted(beats.values(), key=lambda b: b.rank)
+                 if is_local(b) and process_state(b.pid) not in (None, "Z", "X")]
+        stopped = [b for b in local if process_state(b.pid) in ("T", "t")]
+        running = [b for b in local if b not in stopped]
+        signalled = _send(running, signal.SIGUSR1)
         if signalled:
             time.sleep(wait_s)
-        return signalled
+        if stopped:
+            _send(running, signal.SIGSTOP)
+            woken = _send(stopped, signal.SIGUSR1)
+            _send(stopped, signal.SIGCONT)
+            signalled += woken
+            time.sleep(wait_s)
+        return sorted(signalled)
 
     def kill(self, beats: dict[int, Beat]) -> list[str]:
         """SIGKILL the whole process group, any local rank that left it, and the ranks on other
@@ -72,6 +77,18 @@ class Job:
             problems.append(f"the launcher (pid {self.process.pid}) did not exit {KILL_WAIT_S:.0f} s "
                             "after SIGKILL")
         return problems
+
+
+def _send(beats: list[Beat], signum: int) -> list[int]:
+    """Send `signum` to the ranks' processes; the ranks that were signalled."""
+    sent = []
+    for beat in beats:
+        try:
+            os.kill(beat.pid, signum)
+            sent.append(beat.rank)
+        except ProcessLookupError:
+            pass
+    return sent
 
 
 def kill_remote(beats: dict[int, Beat]) -> list[str]:

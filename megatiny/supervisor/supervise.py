@@ -112,6 +112,9 @@ class Supervisor:
         try:
             return self._run()
         finally:
+            if self.events.path is None:  # the run never said where it saves: keep them beside the beats
+                self.events.set_path(self.heartbeat_dir / EVENTS_FILE)
+                print(f"[supervise] events written to {self.events.path}", flush=True)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
