@@ -57,7 +57,8 @@ def blake2b(paths: list[Path]) -> None:
     stream(paths, digest.update)
 
 
-METHODS = {"plain read": plain, "crc32 (zlib)": crc32, "adler32 (zlib)": adler32, "blake2b (hashlib)": blake2b}
+METHODS = {"plain read": plain, "crc32 (zlib)": crc32, "adler32 (zlib)": adler32,
+           "blake2b (hashlib)": blake2b}
 
 
 def drop_caches() -> None:

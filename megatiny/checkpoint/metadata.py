@@ -87,6 +87,7 @@ class TrainState:
     together (the sampler's position). skipped_steps: steps whose every micro-batch had a
     non-finite loss. world: the layout that wrote it (None for weights directories).
     data: `megatiny.data.describe_datasets` of the run's datasets. run_config: RunConfig.to_dict().
+    spike: the loss-spike detector's window and its skipped / flagged steps (`spike.policy: skip`).
     """
 
     step: int = 0
@@ -95,6 +96,7 @@ class TrainState:
     world: WorldLayout | None = None
     data: dict[str, Any] | None = None
     run_config: dict[str, Any] | None = None
+    spike: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         for name in ("step", "consumed_samples", "skipped_steps"):

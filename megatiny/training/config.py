@@ -257,6 +257,46 @@ class CheckpointConfig:
             raise ValueError("checkpoint.save_interval is set but checkpoint.save_dir is not")
 
 
+SPIKE_POLICIES = ("none", "skip")
+
+
+@dataclass
+class SpikeConfig:
+    """Loss spikes (`megatiny.training.spikes`): with `policy: skip`, a step whose loss is more than
+    `loss_z` standard deviations above the mean of the last `window` normal steps is taken with
+    learning rate 0 on every rank (parameters unchanged; Adam's moments see its clipped gradient),
+    and its step and global sample positions are recorded in the metrics and the checkpoint.
+    A gradient norm over `grad_norm_z` is recorded and kept out of the window (DeepSpeed computes
+    it inside the update, too late to skip it). Judging starts after `min_history` steps."""
+
+    policy: str = "none"
+    """none | skip (`rewind`, restarting from the checkpoint before a spike, is not implemented)"""
+    window: int = 128
+    """normal steps whose loss and gradient norm make the mean and standard deviation"""
+    loss_z: float = 6.0
+    """a step's loss this many standard deviations above the window's mean is a spike"""
+    grad_norm_z: float = 6.0
+    """the same for the gradient norm (recorded and left out of the window, not skipped)"""
+    min_history: int = 20
+    """steps in the window before any step is judged"""
+
+    def __post_init__(self) -> None:
+        if self.policy == "rewind":
+            raise ValueError("spike.policy: 'rewind' is not implemented yet; use 'skip' (drops the update "
+                             "on every rank) or 'none'")
+        if self.policy not in SPIKE_POLICIES:
+            raise ValueError(f"spike.policy must be one of {SPIKE_POLICIES}, got {self.policy!r}")
+        _positive_int("spike", "window", self.window)
+        _positive_int("spike", "min_history", self.min_history)
+        if self.min_history < 2 or self.min_history > self.window:
+            raise ValueError(f"spike.min_history must be between 2 and spike.window ({self.window}), "
+                             f"got {self.min_history}")
+        for name in ("loss_z", "grad_norm_z"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ValueError(f"spike.{name} must be a number > 0, got {value!r}")
+
+
 @dataclass
 class LoggingConfig:
     """Console lines and TensorBoard scalars every `log_interval` steps; every step's metrics in
@@ -439,6 +479,7 @@ class RunConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    spike: SpikeConfig = field(default_factory=SpikeConfig)
     seed: int = 1234
     """model init (identical on every rank) and dataset shuffling"""
     nan_policy: str = "skip"
@@ -476,6 +517,9 @@ class RunConfig:
         check_ds_file(ds_file, source)
         stage = zero_stage(ds_file)
         check_pipeline_zero_stage(layout, stage)
+        if layout.pipeline > 1 and self.spike.policy != "none":
+            raise ValueError("spike.policy: skip needs the loss before the update; DeepSpeed's pipeline "
+                             "engine (parallel.pipeline > 1) applies it first: set spike.policy: none")
         if layout.pipeline > 1 and self.nan_policy != "stop":
             raise ValueError("parallel.pipeline > 1 needs nan_policy: stop (DeepSpeed's pipeline engine "
                              "applies the step before the loss is known, so a micro-batch cannot be "
@@ -540,7 +584,7 @@ class RunPlan:
 _SECTION_TYPES = {"batch": BatchConfig, "optimizer": OptimizerConfig, "schedule": ScheduleConfig,
                   "checkpoint": CheckpointConfig, "logging": LoggingConfig,
                   "distributed": DistributedConfig, "runtime": RuntimeConfig,
-                  "parallel": ParallelConfig}
+                  "parallel": ParallelConfig, "spike": SpikeConfig}
 
 
 def _section(section_type: type, name: str, value: Any, source: str) -> Any:

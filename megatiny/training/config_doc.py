@@ -69,7 +69,7 @@ a step, SIGTERM during a step, rank 1 killed in the middle of a save); the loop 
 switches of its own."""
 
 SECTIONS = ("batch", "optimizer", "schedule", "checkpoint", "logging", "distributed", "runtime",
-            "parallel")
+            "parallel", "spike")
 
 
 def field_docs(cls: type) -> dict[str, str]:

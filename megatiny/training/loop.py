@@ -50,6 +50,7 @@ from megatiny.training.config import RunConfig, RunPlan
 from megatiny.training.flops import peak_tflops_for, throughput
 from megatiny.training.logging import MetricsLogger, console_line, memory_gb
 from megatiny.training.schedule import learning_rate
+from megatiny.training.spikes import SpikeDetector
 
 
 class NonFiniteLoss(RuntimeError):
@@ -150,6 +151,10 @@ class _Trainer:
         self.heartbeat = Heartbeat.from_env(self.rank, self.world, save_dir=save_dir,
                                             resume=run.checkpoint.resume)
         self._beat(0, "setup")
+        spike = run.spike
+        self.spikes = (SpikeDetector(spike.window, spike.loss_z, spike.grad_norm_z, spike.min_history)
+                       if spike.policy == "skip" else None)
+        self.spike_skip: dict | None = None  # the current step's skip record, if it is skipped
 
     # ---------------------------------------------------------------- setup
     def _build_data(self):
@@ -212,6 +217,8 @@ class _Trainer:
         if resume is not None:
             state = self.checkpoints.load(self.engine.deepspeed_engine, resume)
             step, consumed, self.skipped_steps = state.step, state.consumed_samples, state.skipped_steps
+            if self.spikes is not None:
+                self.spikes.load_state_dict(state.spike)
         accumulation = self.engine.gradient_accumulation_steps
         train_ds, valid_ds = self._build_data()
         self.data_description = describe_datasets((train_ds, valid_ds, None))
@@ -257,6 +264,8 @@ class _Trainer:
                 self._report_nonfinite(step, micro, indices, local.item())
                 if finite_micro == 0 and micro == accumulation - 1:
                     self.engine.set_lr(0.0)  # nothing finite this step: update with LR 0
+            if micro == accumulation - 1 and finite_micro and self._is_spike(step, loss_sum / finite_micro):
+                self.engine.set_lr(0.0)  # a loss spike (spike.policy: skip): parameters unchanged
             self.engine.step()
         return loss_sum, finite_micro, stop_requested
 
@@ -308,7 +317,8 @@ class _Trainer:
             result.losses.append(mean_loss)
             self.logger.record(step, {"loss": mean_loss, "lr": lr, "grad_norm": grad_norm,
                                       "consumed_samples": consumed, "skipped_steps": self.skipped_steps,
-                                      "step_time_s": elapsed})
+                                      "step_time_s": elapsed,
+                                      **self._spike_metrics(step, mean_loss, grad_norm)})
             if step % run.logging.log_interval == 0 or step == total:
                 self._log_interval(step, total, mean_loss, lr, grad_norm, consumed,
                                    throughput(tokens_per_step * interval_steps, interval_time,
@@ -381,6 +391,31 @@ class _Trainer:
         self.logger.record(step, {"valid_loss": loss, "valid_perplexity": ppl})
         return loss
 
+    def _is_spike(self, step: int, loss: float) -> bool:
+        """spike.policy skip: whether step `step` (0-based)'s loss, the same number on every rank,
+        is a spike; if so it is recorded with its global sample positions."""
+        self.spike_skip = None
+        if self.spikes is None:
+            return False
+        verdict = self.spikes.judge_loss(loss)
+        if verdict.spike:
+            batch = self.run.batch.global_batch_size
+            self.spike_skip = self.spikes.skip(step + 1, (step * batch, (step + 1) * batch), loss, verdict.z)
+            self.logger.print(f"[megatiny] step {step + 1}: loss {loss:.4f} is a spike (z {verdict.z:.1f} > "
+                              f"{self.spikes.loss_z}): update skipped on every rank, samples "
+                              f"{step * batch}..{(step + 1) * batch - 1}")
+        return verdict.spike
+
+    def _spike_metrics(self, step: int, loss: float, grad_norm: float | None) -> dict:
+        """The step's spike fields for the metrics (none without a spike policy)."""
+        if self.spikes is None:
+            return {}
+        skipped, self.spike_skip = self.spike_skip, None
+        if skipped is not None:
+            return {"spike_skipped": True, "spike_z": skipped["z"], "spike_samples": skipped["samples"]}
+        z = self.spikes.record(step, loss, grad_norm)
+        return {"spike_skipped": False, "grad_norm_z": z}
+
     def _beat(self, step: int, phase: str) -> None:
         if self.heartbeat is not None:
             self.heartbeat.beat(step, phase)
@@ -390,7 +425,8 @@ class _Trainer:
         self._beat(step, "save")
         world = WorldLayout.of_run(self.layout, ds_engine.zero_stage(self.ds_config), self.precision.name)
         state = TrainState(step=step, consumed_samples=consumed, skipped_steps=self.skipped_steps,
-                           world=world, data=self.data_description, run_config=self.run.to_dict())
+                           world=world, data=self.data_description, run_config=self.run.to_dict(),
+                           spike=self.spikes.state_dict() if self.spikes is not None else None)
         self.checkpoints.save(self.engine.deepspeed_engine, self.model_config, state,
                               tokenizer=self.run.tokenizer,
                               after_shards=lambda: self.callbacks.shards_written(step, self.rank))

@@ -28,9 +28,9 @@ FINAL = f"step_{STEPS:08d}"
 
 def _config(root: Path, tiny_data, **sections) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    return write_run_config(root / "run.yaml", tiny_data, root / "ckpt",
-                            checkpoint={"save_interval": SAVE_EVERY},
-                            logging={"log_interval": 4, "eval_interval": 0}, **sections)
+    sections = {"checkpoint": {"save_interval": SAVE_EVERY},
+                "logging": {"log_interval": 4, "eval_interval": 0}, **sections}
+    return write_run_config(root / "run.yaml", tiny_data, root / "ckpt", **sections)
 
 
 def _ranks(config: Path, *args: str) -> list[str]:
