@@ -8,6 +8,7 @@
                       `zero_pp_rank_0_mp_rank_00_model_states.pt` for ZeRO-3, optimizer shards)
                       + `megatiny.json` (written last: a tag without it is an unfinished save)
                       + `rng_state_rank{R}.pt`
+                      + `manifest_rank{R}.json` (sizes and CRC-32 of the files, `manifest`)
     weights directory `megatiny.json` + `model.safetensors` (or shards and an index)
     HF directory      a Hugging Face Llama model (`config.json` + safetensors)
 

@@ -62,10 +62,11 @@ class Job:
         """SIGKILL the whole process group, any local rank that left it, and the ranks on other
         hosts (over ssh, bounded); reap the launcher. Returns what could not be done."""
         problems = []
-        try:
-            os.killpg(self.pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        for kill, target in ((os.killpg, self.pgid), (os.kill, self.process.pid)):
+            try:
+                kill(target, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         for beat in beats.values():
             if is_local(beat) and process_state(beat.pid) not in (None, "Z"):
                 try:
