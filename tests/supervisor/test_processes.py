@@ -54,7 +54,7 @@ def test_sigterm_goes_to_the_job_and_nothing_restarts(tmp_path):
     job = [sys.executable, "-c",
            "import signal, sys, time\n"
            f"signal.signal(signal.SIGTERM, lambda *a: (open({str(marker)!r}, 'w').close(), sys.exit(0)))\n"
-           "print('job up', flush=True)\n"
+           "print('job', 'up', flush=True)\n"  # not the text the launch event echoes
            "time.sleep(120)\n"]
     process = subprocess.Popen(_supervise("--save-dir", str(tmp_path), "--", *job), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, env={**os.environ, **ENV})
