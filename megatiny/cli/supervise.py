@@ -25,9 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-restarts", type=int, default=3,
                         help="give up after this many restarts in a row without a new checkpoint (3)")
     parser.add_argument("--hang-timeout", type=float, default=600.0, metavar="S",
-                        help="no rank's heartbeat moved this long: a hang (600 s; must exceed a save)")
+                        help="no rank's heartbeat moved this long during training: a hang (600 s)")
     parser.add_argument("--startup-timeout", type=float, default=1800.0, metavar="S",
                         help="the same before the first step: imports, rendezvous, resume (1800 s)")
+    parser.add_argument("--save-timeout", type=float, default=1800.0, metavar="S",
+                        help="the same while a rank is saving a checkpoint (1800 s)")
     parser.add_argument("--stop-timeout", type=float, default=600.0, metavar="S",
                         help="after SIGTERM/SIGINT, how long the job may take to save and exit (600 s)")
     parser.add_argument("--dump-wait", type=float, default=5.0, metavar="S",
@@ -42,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     try:
         options = Options(max_restarts=args.max_restarts, hang_timeout_s=args.hang_timeout,
-                          startup_timeout_s=args.startup_timeout, stop_timeout_s=args.stop_timeout,
+                          startup_timeout_s=args.startup_timeout, save_timeout_s=args.save_timeout,
+                          stop_timeout_s=args.stop_timeout,
                           dump_wait_s=args.dump_wait, save_dir=args.save_dir,
                           heartbeat_dir=args.heartbeat_dir)
         supervisor = Supervisor(command, options)

@@ -43,6 +43,8 @@ class Options:
     """no heartbeat moved this long after the first step: a hang"""
     startup_timeout_s: float = 1800.0
     """no heartbeat moved this long before the first step (imports, rendezvous, resume, conversion)"""
+    save_timeout_s: float = 1800.0
+    """no heartbeat moved this long while a rank is saving a checkpoint"""
     stop_timeout_s: float = 600.0
     """after handing on SIGTERM/SIGINT, how long the job may take to save and exit"""
     dump_wait_s: float = 5.0
@@ -54,11 +56,21 @@ class Options:
     """default: SAVE_DIR/.heartbeats with save_dir, else a temporary directory"""
 
     def __post_init__(self) -> None:
-        for name in ("hang_timeout_s", "startup_timeout_s", "stop_timeout_s", "dump_wait_s", "poll_s"):
+        for name in ("hang_timeout_s", "startup_timeout_s", "save_timeout_s", "stop_timeout_s", "dump_wait_s",
+                     "poll_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
         RestartPolicy(self.max_restarts)
+
+    def limit_s(self, beats: dict[int, Beat]) -> float:
+        """How long the job may go without progress now: the start-up limit before any rank's
+        first step, the save limit while any rank saves, else the hang timeout."""
+        if not any(b.started for b in beats.values()):
+            return self.startup_timeout_s
+        if any(b.phase == "save" for b in beats.values()):
+            return self.save_timeout_s
+        return self.hang_timeout_s
 
 
 @dataclass
@@ -186,8 +198,7 @@ class Supervisor:
                 return self._fault(job, beats, Outcome("rank_died", 1, reached, message, dead[0]))
             now = time.monotonic()
             progress.update(beats, now)
-            limit = self.options.hang_timeout_s if reached else self.options.startup_timeout_s
-            if progress.stalled_for(now) > limit:
+            if progress.stalled_for(now) > self.options.limit_s(beats):
                 return self._hang(job, beats, reached, progress.stalled_for(now))
             time.sleep(self.options.poll_s)
 

@@ -14,7 +14,7 @@ import pytest
 from megatiny.heartbeat import Beat, Heartbeat, clear_beats, read_beats
 from megatiny.supervisor.events import EventLog, read_events
 from megatiny.supervisor.policy import RestartPolicy
-from megatiny.supervisor.supervise import exit_status, latest_step
+from megatiny.supervisor.supervise import Options, exit_status, latest_step
 from megatiny.supervisor.watch import Progress, culprit, dead_ranks, describe, process_state
 
 HOST = socket.gethostname()
@@ -127,6 +127,15 @@ def test_sigusr1_dumps_the_stacks_and_the_process_lives_on(tmp_path):
     os.kill(read_beats(tmp_path)[0].pid, signal.SIGUSR1)
     out, _ = process.communicate(timeout=30)
     assert "waiting_in_a_collective" in out and "still alive" in out
+
+
+def test_the_time_limit_depends_on_the_phase():
+    options = Options(hang_timeout_s=60, startup_timeout_s=600, save_timeout_s=300)
+    assert options.limit_s({}) == 600 and options.limit_s({0: _beat(0, 0, phase="setup")}) == 600
+    assert options.limit_s({0: _beat(0, 5), 1: _beat(1, 5)}) == 60
+    assert options.limit_s({0: _beat(0, 8, phase="save"), 1: _beat(1, 9)}) == 300
+    with pytest.raises(ValueError, match="save_timeout_s"):
+        Options(save_timeout_s=0)
 
 
 def test_latest_step_and_exit_status(tmp_path):
