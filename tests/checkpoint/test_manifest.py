@@ -105,3 +105,29 @@ def test_cli_verify_exit_status(tag_dir, capsys):
     assert checkpoint_cli(["verify", str(tag_dir.parent)]) == 1
     assert f"{name}: altered" in capsys.readouterr().out
     assert checkpoint_cli(["verify", str(tag_dir.parent / "nothing")]) == 2
+
+
+def _complete_tag(root, step: int) -> None:
+    from megatiny.checkpoint.manifest import write_manifest
+    tag = root / f"step_{step:08d}"
+    tag.mkdir(parents=True)
+    (tag / "mp_rank_00_model_states.pt").write_bytes(b"x" * 1000)
+    write_manifest(tag, 0, 1, listable_files(tag))
+    (tag / "megatiny.json").write_text("{}")
+
+
+def test_rotation_never_deletes_the_last_checkpoint_that_verifies_for_one_that_does_not(tmp_path):
+    from megatiny.checkpoint.io import write_latest
+    from megatiny.checkpoint.manager import CheckpointManager
+
+    lines = []
+    manager = CheckpointManager(tmp_path, rank=0, world_size=1, keep_last=1, log=lines.append)
+    for step in (4, 8):
+        _complete_tag(tmp_path, step)
+    write_latest(tmp_path, "step_00000008")
+    states = tmp_path / "step_00000008" / "mp_rank_00_model_states.pt"
+    states.write_bytes(b"x" * 10)  # truncated after its manifest was written
+    assert manager._rotate(tmp_path / "step_00000008") == []
+    assert (tmp_path / "step_00000004").is_dir() and "not rotating" in lines[0]
+    states.write_bytes(b"x" * 1000)
+    assert manager._rotate(tmp_path / "step_00000008") == ["step_00000004"]
