@@ -80,6 +80,7 @@ class Outcome:
     reached_first_step: bool
     message: str = ""
     beat: Beat | None = None   # the rank at fault, when known
+    stalled_s: float | None = None  # a hang: how long nothing had moved when it was declared
 
 
 def latest_step(save_dir: str | os.PathLike | None) -> int | None:
@@ -230,7 +231,8 @@ class Supervisor:
         self.events.emit("fault", outcome.message, kind=outcome.kind, returncode=outcome.returncode,
                          rank=beat.rank if beat else None, host=beat.host if beat else None,
                          step=beat.step if beat else None, reached_first_step=outcome.reached_first_step,
-                         last_beat_age_s=round(time.time() - beat.time, 3) if beat else None)
+                         last_beat_age_s=round(time.time() - beat.time, 3) if beat else None,
+                         stalled_s=None if outcome.stalled_s is None else round(outcome.stalled_s, 3))
         self._kill(job, beats)
         return outcome
 
@@ -246,7 +248,7 @@ class Supervisor:
         message = f"hang: no rank made progress for {stalled_s:.0f} s; {what}"
         dumped = job.dump_stacks(beats, self.options.dump_wait_s)
         outcome = Outcome("hang", 1, reached, message + (f"; stacks of ranks {dumped} dumped to the job's log"
-                                                          if dumped else ""), beat)
+                                                          if dumped else ""), beat, stalled_s)
         return self._fault(job, beats, outcome)
 
     def _stop(self, job: Job, beats: dict[int, Beat]) -> Outcome:

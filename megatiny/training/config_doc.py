@@ -33,8 +33,8 @@ embeddings, no context parallelism and no more stages than layers + 2); then
 `RunConfig.validate(world_size)`, on every rank before the process group starts, checks what
 needs the number of ranks or files: the sizes divide the ranks, training data is set (and its
 token ids fit the model's vocabulary where a sidecar is readable), the DeepSpeed file exists and
-sets none of the keys the run config owns, a pipeline has ZeRO stage <= 1 and `nan_policy: stop`,
-and `batch.global_batch_size` divides over the data-parallel ranks.
+sets none of the keys the run config owns, a pipeline has ZeRO stage <= 1, `nan_policy: stop` and
+`spike.policy: none`, and `batch.global_batch_size` divides over the data-parallel ranks.
 `megatiny train --config RUN.yaml --dry-run [--world-size N]` runs exactly that on one process
 (N: the launcher's `WORLD_SIZE` if set, else `--world-size`, else tensor x pipeline x context),
 starting no process group and importing no DeepSpeed, and prints the resolved layout (tensor x
@@ -59,14 +59,17 @@ that arrives after the step's last micro-batch, e.g. during validation, counts f
 step), save a checkpoint (when `save_dir` is set) and exit with status 0. The `deepspeed`
 launcher, when it is itself terminated, sends SIGTERM to its ranks and SIGKILLs them after 30 s:
 a save that takes longer is cut short, and `latest` then still names the previous complete
-checkpoint. For big models signal the ranks directly (e.g. Slurm `--signal`).
+checkpoint. For big models signal the ranks directly (e.g. Slurm `--signal`). Under
+`megatiny supervise` a signal to the supervisor is handed to the launcher the same way, and
+nothing is restarted ([RESILIENCE.md](RESILIENCE.md)).
 
 ## Fault injection
 `megatiny.training.loop.train(run, callbacks)` takes a `TrainCallbacks` object whose methods the
 loop calls at the start of each step, on each micro-batch loss and after a rank wrote its files
 of a checkpoint. The tests inject faults with it (`tests/training/fault_train.py`: a NaN loss at
-a step, SIGTERM during a step, rank 1 killed in the middle of a save); the loop has no test
-switches of its own."""
+a step, SIGTERM during a step, rank 1 killed in the middle of a save; for the supervisor a rank
+killed, stopped or crashed at a step, once, and a loss spike); the loop has no test switches of
+its own."""
 
 SECTIONS = ("batch", "optimizer", "schedule", "checkpoint", "logging", "distributed", "runtime",
             "parallel", "spike")
