@@ -212,27 +212,33 @@ class CheckpointManager:
         return _all_ranks_agree(report.ok)
 
     def _newest_verified(self, root: Path, latest: str) -> str:
-        """`latest`, or the newest older complete checkpoint that verifies; damaged ones are renamed
-        to TAG.damaged and `latest` moves to the one chosen (rank 0). RuntimeError when none does."""
+        """`latest`, or the newest older complete checkpoint that verifies. Once one is found,
+        rank 0 points `latest` at it and only then renames the damaged newer ones to TAG.damaged
+        (a crash in between leaves a valid `latest`). RuntimeError when none verifies."""
         newest = layout.step_of_tag(latest)
-        candidates = [t for t in reversed(layout.list_tags(root))
-                      if layout.step_of_tag(t) <= newest and layout.is_complete_tag(root / t)]
+        candidates = [t for t in reversed(layout.list_tags(root))  # `latest` even if a file it needs is gone
+                      if t == latest or (layout.step_of_tag(t) < newest and layout.is_complete_tag(root / t))]
+        damaged = []
         for tag in candidates:
-            if self._verified(root / tag):
-                if tag != latest:
-                    if self.rank == 0:
-                        io.write_latest(root, tag)
-                    self.log(f"[megatiny] falling back to {root / tag}, the newest checkpoint that verifies")
-                    barrier()
-                return tag
-            self.log(f"[megatiny] checkpoint {root / tag} is damaged (see above); setting it aside as "
-                     f"{tag}.damaged")
-            barrier()
-            if self.rank == 0:
-                io.set_aside(root, tag)
-            barrier()
-        raise RuntimeError(f"no complete checkpoint in {root} verifies against its manifests (damaged ones "
-                           "were renamed to TAG.damaged); to start over set checkpoint.resume=none")
+            if not (root / tag / METADATA_FILE).is_file():  # the same answer on every rank
+                self.log(f"[megatiny] checkpoint {root / tag} is damaged: {METADATA_FILE}: missing")
+                damaged.append(tag)
+                continue
+            if not self._verified(root / tag):
+                self.log(f"[megatiny] checkpoint {root / tag} is damaged (see above)")
+                damaged.append(tag)
+                continue
+            if damaged:
+                self.log(f"[megatiny] falling back to {root / tag}, the newest checkpoint that verifies; "
+                         f"setting aside {', '.join(t + '.damaged' for t in damaged)}")
+                if self.rank == 0:
+                    io.write_latest(root, tag)
+                    for bad in damaged:
+                        io.set_aside(root, bad)
+                barrier()
+            return tag
+        raise RuntimeError(f"no complete checkpoint in {root} verifies against its manifests (the damaged "
+                           "files are listed above); to start over set checkpoint.resume=none")
 
     def load(self, engine: Any, point: ResumePoint) -> TrainState:
         """Load weights, optimizer and DeepSpeed state of `point` into `engine` (built with

@@ -131,3 +131,31 @@ def test_rotation_never_deletes_the_last_checkpoint_that_verifies_for_one_that_d
     assert (tmp_path / "step_00000004").is_dir() and "not rotating" in lines[0]
     states.write_bytes(b"x" * 1000)
     assert manager._rotate(tmp_path / "step_00000008") == ["step_00000004"]
+
+
+def test_resume_falls_back_past_every_damaged_checkpoint_and_moves_latest_first(tmp_path):
+    from megatiny.checkpoint.io import write_latest
+    from megatiny.checkpoint.layout import read_latest
+    from megatiny.checkpoint.manager import CheckpointManager
+
+    for step in (4, 8, 12):
+        _complete_tag(tmp_path, step)
+    write_latest(tmp_path, "step_00000012")
+    (tmp_path / "step_00000012" / "mp_rank_00_model_states.pt").unlink()
+    (tmp_path / "step_00000008" / "mp_rank_00_model_states.pt").write_bytes(b"y" * 1000)  # same size
+    lines = []
+    manager = CheckpointManager(tmp_path, rank=0, world_size=1, log=lines.append)
+    assert manager._newest_verified(tmp_path, "step_00000012") == "step_00000004"
+    assert read_latest(tmp_path) == "step_00000004"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_00000004", "step_00000008.damaged",
+                                                         "step_00000012.damaged"]
+    assert "falling back to" in lines[-1]
+    _complete_tag(tmp_path, 16)
+    (tmp_path / "step_00000016" / "megatiny.json").unlink()
+    write_latest(tmp_path, "step_00000016")
+    assert manager._newest_verified(tmp_path, "step_00000016") == "step_00000004"
+    assert "step_00000016 is damaged: megatiny.json: missing" in lines[-2]
+    (tmp_path / "step_00000004" / "mp_rank_00_model_states.pt").unlink()
+    with pytest.raises(RuntimeError, match="no complete checkpoint .* verifies"):
+        manager._newest_verified(tmp_path, "step_00000004")
+    assert (tmp_path / "step_00000004").is_dir()  # nothing renamed when nothing verifies
