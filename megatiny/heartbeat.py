@@ -57,6 +57,7 @@ class Heartbeat:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rank, self.world_size, self.save_dir, self.resume = rank, world_size, save_dir, resume
         self.host, self.pid = socket.gethostname(), os.getpid()
+        self.warned = False
 
     @classmethod
     def from_env(cls, rank: int, world_size: int, **details) -> Heartbeat | None:
@@ -69,11 +70,18 @@ class Heartbeat:
         return cls(directory, rank, world_size, **details)
 
     def beat(self, step: int, phase: str = "step") -> None:
+        """Write the heartbeat; a failed write (full disk, lost mount) is reported once and never
+        stops training (the supervisor then sees no progress and acts on that)."""
         beat = Beat(self.rank, self.world_size, self.host, self.pid, step, phase, time.time(),
                     self.save_dir, self.resume)
         tmp = self.path.with_name(f".{self.path.name}.{self.pid}.tmp")
-        tmp.write_text(json.dumps(asdict(beat)))
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_text(json.dumps(asdict(beat)))
+            os.replace(tmp, self.path)
+        except OSError as e:
+            if not self.warned:
+                print(f"[megatiny] rank {self.rank}: cannot write the heartbeat {self.path}: {e}", flush=True)
+                self.warned = True
 
 
 def read_beats(directory: str | os.PathLike) -> dict[int, Beat]:

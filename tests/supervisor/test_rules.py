@@ -143,3 +143,12 @@ def test_latest_step_and_exit_status(tmp_path):
     (tmp_path / "latest").write_text("step_00000012")
     assert latest_step(tmp_path) == 12
     assert exit_status(-9) == 137 and exit_status(3) == 3
+
+
+def test_a_heartbeat_that_cannot_be_written_never_stops_training(tmp_path, capsys):
+    heartbeat = Heartbeat(tmp_path / "beats", 0, 1)
+    (tmp_path / "beats").rmdir()
+    (tmp_path / "beats").write_text("not a directory")
+    heartbeat.beat(1)
+    heartbeat.beat(2)
+    assert capsys.readouterr().out.count("cannot write the heartbeat") == 1
