@@ -77,14 +77,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
             h = hidden[start:start + chunk]
             target = labels[start:start + chunk, None]
             w = token_weights[start:start + chunk, None]
-            # One fused log_softmax kernel (logsumexp + subtract is several times slower on CPU).
-            logprobs = torch.log_softmax((h @ weight.t()).float(), dim=-1)  # [n, V] fp32
-            loss -= (logprobs.gather(1, target) * w).sum()
+            logits = (h @ weight.t()).float()  # [n, V] fp32
+            # CE = logsumexp(z) - z_target, with logsumexp = log(sum(exp(z - max))) + max. The
+            # exponentials are taken once, in place, and become the softmax for the gradient: one
+            # pass of exp over [n, V] where log_softmax + exp take two (1.8x slower on CPU).
+            target_logit = logits.gather(1, target)
+            row_max = logits.amax(dim=1, keepdim=True)
+            shifted_exp = logits.sub_(row_max).exp_()
+            row_sum = shifted_exp.sum(dim=1, keepdim=True)
+            loss += ((row_sum.log() + row_max - target_logit) * w).sum()
             if not compute_grad:
                 continue
-            # d loss / d logits = w * (softmax - onehot), built in place in the logprobs buffer. The
+            # d loss / d logits = w * (softmax - onehot), built in place in the same buffer. The
             # per-token weight w scales whole rows, so it is applied to the [n, h] operands instead.
-            grad_logits = logprobs.exp_()
+            grad_logits = shifted_exp.div_(row_sum)
             grad_logits.scatter_add_(1, target, torch.full_like(w, -1.0))
             grad_hidden[start:start + chunk] = add_chunk_gradients(grad_logits, h, w, weight,
                                                                    grad_weight)
