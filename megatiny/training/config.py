@@ -30,7 +30,14 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from megatiny.data.config import DataConfig
-from megatiny.model.config import PRESETS, RUNTIME_FIELDS, ModelConfig, ModelRuntime, get_preset
+from megatiny.model.config import (
+    PRESETS,
+    RUNTIME_FIELDS,
+    ModelConfig,
+    ModelRuntime,
+    check_model_parallel_features,
+    get_preset,
+)
 from megatiny.parallel.checks import (
     check_context_parallel,
     check_pipeline_model,
@@ -407,6 +414,7 @@ class ParallelConfig:
         if self._is_default():
             return
         layout = self._sizes_only()
+        check_model_parallel_features(config, layout)
         check_tensor_parallel(config, layout)
         check_context_parallel(config, layout)
         check_sequence_split(layout, seq_length)
