@@ -300,6 +300,10 @@ def check_model_parallel_features(config: ModelConfig, layout: Any) -> None:
                          f"parallel.context = {layout.context} yet (Ulysses attention has no window)")
 
 
+# Llama 3.1 / 3.2's RoPE scaling (their config.json "rope_scaling").
+_LLAMA3_SCALING = RopeScaling(type="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                              original_max_position_embeddings=8192)
+
 PRESETS: dict[str, ModelConfig] = {
     # Test-sized models (CPU, seconds per step).
     "tiny-test": ModelConfig(vocab_size=512, hidden_size=64, ffn_hidden_size=176, num_layers=2,
@@ -320,6 +324,36 @@ PRESETS: dict[str, ModelConfig] = {
                               max_position_embeddings=2048),
     # The reference recipe: exactly 1,100,048,384 parameters.
     "tinyllama-1.1b": ModelConfig(),
+    # Today's small open models, shaped as their published Hugging Face config.json (parameter
+    # counts, tied embeddings counted once, are tested against the published figures).
+    "llama-3.2-1b": ModelConfig(vocab_size=128256, hidden_size=2048, ffn_hidden_size=8192, num_layers=16,
+                                num_attention_heads=32, num_query_groups=8, max_position_embeddings=131072,
+                                rope_theta=500000.0, rope_scaling=_LLAMA3_SCALING, tie_word_embeddings=True,
+                                bos_token_id=128000, eos_token_id=128001),
+    "llama-3.2-3b": ModelConfig(vocab_size=128256, hidden_size=3072, ffn_hidden_size=8192, num_layers=28,
+                                num_attention_heads=24, num_query_groups=8, kv_channels=128,
+                                max_position_embeddings=131072, rope_theta=500000.0,
+                                rope_scaling=_LLAMA3_SCALING, tie_word_embeddings=True,
+                                bos_token_id=128000, eos_token_id=128001),
+    "smollm2-135m": ModelConfig(vocab_size=49152, hidden_size=576, ffn_hidden_size=1536, num_layers=30,
+                                num_attention_heads=9, num_query_groups=3, max_position_embeddings=8192,
+                                rope_theta=100000.0, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0),
+    "smollm2-360m": ModelConfig(vocab_size=49152, hidden_size=960, ffn_hidden_size=2560, num_layers=32,
+                                num_attention_heads=15, num_query_groups=5, max_position_embeddings=8192,
+                                rope_theta=100000.0, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0),
+    "smollm2-1.7b": ModelConfig(vocab_size=49152, hidden_size=2048, ffn_hidden_size=8192, num_layers=24,
+                                num_attention_heads=32, num_query_groups=32, max_position_embeddings=8192,
+                                rope_theta=130000.0, tie_word_embeddings=True, bos_token_id=0, eos_token_id=0),
+    "qwen2.5-0.5b": ModelConfig(family="qwen2", vocab_size=151936, hidden_size=896, ffn_hidden_size=4864,
+                                num_layers=24, num_attention_heads=14, num_query_groups=2,
+                                max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=1000000.0,
+                                qkv_bias=True, tie_word_embeddings=True, bos_token_id=151643,
+                                eos_token_id=151643),
+    "qwen2.5-1.5b": ModelConfig(family="qwen2", vocab_size=151936, hidden_size=1536, ffn_hidden_size=8960,
+                                num_layers=28, num_attention_heads=12, num_query_groups=2,
+                                max_position_embeddings=131072, rms_norm_eps=1e-6, rope_theta=1000000.0,
+                                qkv_bias=True, tie_word_embeddings=True, bos_token_id=151643,
+                                eos_token_id=151643),
 }
 
 
