@@ -279,6 +279,12 @@ class ModelRuntime:
 RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(ModelRuntime))
 
 
+def architecture_differences(found: ModelConfig, expected: ModelConfig) -> list[str]:
+    """`field: found != expected` for every ModelConfig field where the two differ."""
+    return [f"{f.name}: {getattr(found, f.name)!r} != {getattr(expected, f.name)!r}"
+            for f in dataclasses.fields(ModelConfig) if getattr(found, f.name) != getattr(expected, f.name)]
+
+
 def check_model_parallel_features(config: ModelConfig, layout: Any) -> None:
     """ValueError for the architecture features not yet split by model parallelism, naming both.
 

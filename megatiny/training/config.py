@@ -35,6 +35,7 @@ from megatiny.model.config import (
     RUNTIME_FIELDS,
     ModelConfig,
     ModelRuntime,
+    architecture_differences,
     check_model_parallel_features,
     get_preset,
 )
@@ -244,7 +245,8 @@ class CheckpointConfig:
     """`auto` (newest complete checkpoint in save_dir, else start fresh), `none`, or a root/tag path"""
     init_from: str | None = None
     """weights for continued pretraining (DeepSpeed root or tag, megatiny weights dir, or Hugging Face
-    Llama dir); used only when not resuming; optimizer and step start fresh"""
+    Llama / Qwen2 / Mistral dir); used only when not resuming; optimizer and step start fresh. Without a
+    `model` section the run takes its architecture; a `model` section must agree with it"""
     save_at_end: bool = True
     """save after the last step"""
 
@@ -509,9 +511,16 @@ class RunConfig:
         if unknown:
             raise ValueError(f"{source}: unknown top-level key(s) {unknown}; known: {sorted(sections)}")
         kwargs: dict[str, Any] = {}
+        init_from = (values.get("checkpoint") or {}).get("init_from") \
+            if isinstance(values.get("checkpoint"), dict) else None
+        architecture = _init_from_architecture(init_from, source)
+        if architecture is not None and not values.get("model"):
+            values["model"] = {"preset": None, **architecture.to_dict()}
         for name, value in values.items():
             if name == "model":
                 kwargs[name] = _model_section(value, source)
+                if architecture is not None:
+                    _check_init_from_architecture(kwargs[name], architecture, init_from, source)
             elif name == "data":
                 kwargs[name] = _data_section(value, source)
             elif name in _SECTION_TYPES:
@@ -570,6 +579,32 @@ def _data_section(value: Any, source: str) -> DataConfig | None:
         return DataConfig.from_dict(value)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{source}: data: {e}") from None
+
+
+def _init_from_architecture(init_from: Any, source: str) -> ModelConfig | None:
+    """The ModelConfig stored at `checkpoint.init_from` (an HF config.json, a megatiny.json), or
+    None when there is no such readable directory (its absence is reported when the run loads it).
+    An architecture megatiny cannot represent (OLMo-2, Gemma, yarn RoPE, ...) raises here, naming
+    the field and value, before any process group or engine starts."""
+    if not isinstance(init_from, str) or not Path(init_from).is_dir():
+        return None
+    from megatiny.checkpoint.sources import open_weights  # torch: only for runs that init from weights
+
+    try:
+        return open_weights(init_from).config
+    except FileNotFoundError:
+        return None
+    except ValueError as e:
+        raise ValueError(f"{source}: checkpoint.init_from: {e}") from None
+
+
+def _check_init_from_architecture(section: ModelSection, architecture: ModelConfig, init_from: str,
+                                  source: str) -> None:
+    differences = architecture_differences(section.build(), architecture)
+    if differences:
+        raise ValueError(f"{source}: the model section differs from the architecture of "
+                         f"checkpoint.init_from={init_from} in {'; '.join(differences)} (model section != "
+                         "checkpoint); remove the model section to take the checkpoint's architecture")
 
 
 def _model_section(value: Any, source: str) -> ModelSection:
