@@ -42,6 +42,10 @@ FAMILIES = {
                           bos_token_id=None, eos_token_id=3, use_sliding_window=True,
                           sliding_window=7, max_window_layers=1,
                           rope_parameters={"rope_type": "default", "rope_theta": 10000.0}),
+    # Linear RoPE scaling (position interpolation), untied, MHA.
+    "llama-linear": dict(model_type="llama", **{**SMALL, "num_key_value_heads": 4}, tie_word_embeddings=False,
+                         rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2,
+                         rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0}),
     # Mistral: a window (8) shorter than the sequence, on every layer.
     "mistral": dict(model_type="mistral", **SMALL, tie_word_embeddings=False, rms_norm_eps=1e-5,
                     bos_token_id=1, eos_token_id=2, sliding_window=8,
@@ -170,3 +174,26 @@ def test_llama_attention_bias_puts_bias_on_all_four_projections(tmp_path):
     x = tokens(256)
     with torch.no_grad():
         assert relative_difference(model(x), reference(x).logits) < 1e-5
+
+
+def test_logits_check_catches_k_permuted_with_the_query_head_count(hf_dirs, tmp_path):
+    """A negative control: a converter that applies the Meta -> HF rotary permutation to k_proj with
+    the query head count (instead of the kv head count) must fail the logits check above."""
+    from safetensors.torch import save_file
+
+    directory, reference = hf_dirs["llama3.2"]
+    heads = FAMILIES["llama3.2"]["num_attention_heads"]
+    tensors = read_safetensors_dir(directory)
+    for name, weight in tensors.items():
+        if name.endswith("k_proj.weight"):
+            rows, columns = weight.shape
+            tensors[name] = weight.view(heads, rows // heads // 2, 2, columns).transpose(1, 2).reshape(
+                rows, columns).contiguous()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((directory / "config.json").read_text())
+    save_file(tensors, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    model, _ = load_model(broken)
+    x = tokens(model.config.vocab_size)
+    with torch.no_grad():
+        assert relative_difference(model(x), reference(x).logits) > 1e-2

@@ -86,3 +86,10 @@ def test_sidecar_accepts_a_model_vocabulary_padded_beyond_the_tokenizer(corpus):
     assert check_model_vocab([prefix], tokenizer_vocab + 271) == []  # Qwen: 151,936 rows, 151,665 tokens
     with pytest.raises(VocabMismatchError, match="model's vocab_size is 10"):
         check_model_vocab([prefix], 10)
+
+
+def test_a_declared_null_bos_is_not_guessed_from_the_vocabulary(tmp_path):
+    """tokenizer_config.json's `bos_token: null` wins over a `<s>` that happens to be in the vocabulary."""
+    directory = bpe_tokenizer_dir(tmp_path / "nobos", ["<s>", "</s>"], None, "</s>", adds_bos=False)
+    assert load_tokenizer(directory).bos_id is None
+    assert load_tokenizer(directory / "tokenizer.json").bos_id == 0  # a bare tokenizer.json: guessed
