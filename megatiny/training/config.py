@@ -514,7 +514,11 @@ class RunConfig:
         init_from = (values.get("checkpoint") or {}).get("init_from") \
             if isinstance(values.get("checkpoint"), dict) else None
         architecture = _init_from_architecture(init_from, source)
-        if architecture is not None and not values.get("model"):
+        if init_from is not None and not values.get("model"):
+            if architecture is None:
+                raise ValueError(f"{source}: checkpoint.init_from={init_from} is not a readable checkpoint "
+                                 "or model directory, and without a model section the run's architecture "
+                                 "comes from it; fix the path or add a model section")
             values["model"] = {"preset": None, **architecture.to_dict()}
         for name, value in values.items():
             if name == "model":

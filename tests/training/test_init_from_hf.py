@@ -96,3 +96,8 @@ def test_sliding_window_is_refused_with_context_parallelism():
     with pytest.raises(ValueError, match=r"ModelConfig.sliding_window \(16\) is not supported with "
                                          r"parallel.context = 2"):
         RunConfig.from_dict({"model": model, "parallel": {"context": 2}})
+
+
+def test_without_a_model_section_an_unreadable_init_from_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match=r"checkpoint.init_from=.*missing is not a readable .* add a model"):
+        RunConfig.from_dict({"checkpoint": {"init_from": str(tmp_path / "missing")}})
