@@ -128,6 +128,8 @@ def test_round_trip_is_bit_exact_and_loads_in_its_own_class(hf_dirs, tmp_path, f
             assert exported[key] == source[key], key
     generation = json.loads((tmp_path / "hf2" / "generation_config.json").read_text())
     assert generation["eos_token_id"] == source["eos_token_id"]
+    if (directory / "generation_config.json").is_file():  # the source's own file travels along
+        assert generation == json.loads((directory / "generation_config.json").read_text())
     again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf2", dtype=torch.float32)
     assert type(again).__name__ == HF_CLASS[source["model_type"]]
     x = tokens(source["vocab_size"])
@@ -197,3 +199,20 @@ def test_logits_check_catches_k_permuted_with_the_query_head_count(hf_dirs, tmp_
     x = tokens(model.config.vocab_size)
     with torch.no_grad():
         assert relative_difference(model(x), reference(x).logits) > 1e-2
+
+
+def test_an_instruct_models_stop_tokens_survive_the_round_trip(hf_dirs, tmp_path):
+    """Llama-3.2-Instruct: config.json's eos is one id, generation_config.json lists three."""
+    import shutil
+
+    directory, _ = hf_dirs["llama3.2"]
+    source = tmp_path / "instruct"
+    shutil.copytree(directory, source)
+    generation = {"bos_token_id": None, "eos_token_id": [1, 2, 9], "do_sample": True, "temperature": 0.6}
+    (source / "generation_config.json").write_text(json.dumps(generation))
+    import_hf(source, tmp_path / "mt")
+    export_hf(tmp_path / "mt", tmp_path / "hf2", dtype="float32", include_tokenizer=False)
+    assert json.loads((tmp_path / "hf2" / "generation_config.json").read_text()) == generation
+    assert json.loads((tmp_path / "hf2" / "config.json").read_text())["eos_token_id"] == [1, 2]
+    loaded = transformers.GenerationConfig.from_pretrained(tmp_path / "hf2")
+    assert loaded.eos_token_id == [1, 2, 9]
