@@ -222,3 +222,27 @@ def test_an_instruct_models_stop_tokens_survive_the_round_trip(hf_dirs, tmp_path
     assert json.loads((tmp_path / "hf2" / "config.json").read_text())["eos_token_id"] == [1, 2]
     loaded = transformers.GenerationConfig.from_pretrained(tmp_path / "hf2")
     assert loaded.eos_token_id == [1, 2, 9]
+
+
+@pytest.mark.parametrize("family", ["qwen2.5", "mistral"])
+def test_megatiny_convert_commands_keep_the_family(hf_dirs, tmp_path, family):
+    from megatiny.cli import convert as convert_checkpoint
+
+    directory, _ = hf_dirs[family]
+    assert convert_checkpoint.main(["to-megatiny", str(directory), str(tmp_path / "mt")]) == 0
+    assert convert_checkpoint.main(["to-hf", str(tmp_path / "mt"), str(tmp_path / "out"), "--dtype", "fp32",
+                                    "--no-tokenizer"]) == 0
+    exported = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert exported["architectures"] == [HF_CLASS[FAMILIES[family]["model_type"]]]
+    assert read_safetensors_dir(tmp_path / "out").keys() == read_safetensors_dir(directory).keys()
+
+
+def test_megatiny_convert_refuses_an_unsupported_architecture_naming_it(tmp_path, capsys):
+    from megatiny.cli import convert as convert_checkpoint
+
+    (tmp_path / "olmo").mkdir()
+    (tmp_path / "olmo" / "config.json").write_text(json.dumps(
+        {**FAMILIES["smollm2"], "model_type": "olmo2", "architectures": ["Olmo2ForCausalLM"]}))
+    assert convert_checkpoint.main(["to-megatiny", str(tmp_path / "olmo"), str(tmp_path / "mt")]) == 2
+    assert "model_type 'olmo2'" in capsys.readouterr().err
+    assert not (tmp_path / "mt").exists()
