@@ -87,8 +87,6 @@ class ModelConfig:
     so two configs describe the same architecture exactly when they are equal.
     """
 
-    family: str = "llama"
-    """the Hugging Face family it exports as: llama (LlamaForCausalLM), qwen2, mistral"""
     vocab_size: int = 32000
     hidden_size: int = 2048
     ffn_hidden_size: int = 5632
@@ -103,7 +101,9 @@ class ModelConfig:
     bos_token_id: int | None = 1
     """None: the model has no BOS token (Qwen2)"""
     eos_token_id: int | list[int] = 2
-    """one id or a list (every id in it stops generation; the first is the document separator)"""
+    """one id or a list (every id in it stops generation; the first is the one a tokenizer export names)"""
+    family: str = "llama"
+    """the Hugging Face family it exports as: llama (LlamaForCausalLM), qwen2, mistral"""
     kv_channels: int | None = None
     """per-head size when it is not hidden_size / num_attention_heads (Llama-3.2-3B, Qwen); None:
     derived (an explicit value equal to the derived one is stored as None)"""
@@ -202,7 +202,7 @@ class ModelConfig:
 
     @property
     def document_eos_token_id(self) -> int:
-        """The EOS id that ends documents in training data: the first of `eos_token_id`."""
+        """The one EOS id where a single id is needed (a tokenizer's eos_token): the first."""
         return self.eos_token_ids[0]
 
     def layer_sliding_window(self, layer_index: int) -> int | None:

@@ -49,7 +49,7 @@ def test_without_a_model_section_the_architecture_is_the_hf_directorys(hf_dir):
 
 def test_a_model_section_that_disagrees_names_the_fields(hf_dir):
     with pytest.raises(ValueError, match=r"differs from the architecture of checkpoint.init_from=.* in "
-                                         r"family: 'llama' != 'qwen2'.*qkv_bias: False != True"):
+                                         r".*family: 'llama' != 'qwen2'.*qkv_bias: False != True"):
         RunConfig.from_dict({"model": {"preset": "tiny-test", "vocab_size": 320},
                              "checkpoint": {"init_from": str(hf_dir)}})
 
