@@ -277,6 +277,10 @@ class ModelRuntime:
 
 
 RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(ModelRuntime))
+# The fields of the variations beyond Llama 2, whose defaults are the plain Llama 2 decoder: a
+# model section with `preset: null` written before they existed stays complete without them.
+FAMILY_FIELDS = ("family", "kv_channels", "rope_scaling", "qkv_bias", "output_bias", "sliding_window",
+                 "first_sliding_layer")
 
 
 def architecture_differences(found: ModelConfig, expected: ModelConfig) -> list[str]:

@@ -34,6 +34,7 @@ from megatiny.model.config import (
     PRESETS,
     RUNTIME_FIELDS,
     ModelConfig,
+    FAMILY_FIELDS,
     ModelRuntime,
     architecture_differences,
     check_model_parallel_features,
@@ -81,7 +82,8 @@ class ModelSection:
     """The architecture: a named preset (`megatiny.model.config.PRESETS`) plus `ModelConfig` field
     overrides, e.g. `model: {preset: nano-2m, num_layers: 2}`. `preset` is required whenever the
     section has other keys; an absent or empty `model:` section means `preset: tiny-test`. With
-    `preset: null` every ModelConfig field must be given. How the model computes (attention kernel,
+    `preset: null` every ModelConfig field must be given (those of the newer families, `family`,
+    `kv_channels`, `rope_scaling`, biases and sliding window, default to a plain Llama 2 decoder). How the model computes (attention kernel,
     activation checkpointing) is the `runtime` section's, not the architecture's."""
 
     preset: str | None = "tiny-test"
@@ -95,7 +97,8 @@ class ModelSection:
                              "or set preset: null and give every model field explicitly")
         _refuse_runtime_keys(self.overrides)
         if self.preset is None:
-            missing = [f.name for f in dataclasses.fields(ModelConfig) if f.name not in self.overrides]
+            missing = [f.name for f in dataclasses.fields(ModelConfig)
+                       if f.name not in self.overrides and f.name not in FAMILY_FIELDS]
             if missing:
                 raise ValueError(f"model: preset is null, so every ModelConfig field must be given; missing "
                                  f"{missing}. Or name a preset: {sorted(PRESETS)}")
