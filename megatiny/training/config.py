@@ -31,10 +31,10 @@ import yaml
 
 from megatiny.data.config import DataConfig
 from megatiny.model.config import (
+    FAMILY_FIELDS,
     PRESETS,
     RUNTIME_FIELDS,
     ModelConfig,
-    FAMILY_FIELDS,
     ModelRuntime,
     architecture_differences,
     check_model_parallel_features,
@@ -81,10 +81,11 @@ def _non_negative(section: str, name: str, value: Any) -> None:
 class ModelSection:
     """The architecture: a named preset (`megatiny.model.config.PRESETS`) plus `ModelConfig` field
     overrides, e.g. `model: {preset: nano-2m, num_layers: 2}`. `preset` is required whenever the
-    section has other keys; an absent or empty `model:` section means `preset: tiny-test`. With
-    `preset: null` every ModelConfig field must be given (those of the newer families, `family`,
-    `kv_channels`, `rope_scaling`, biases and sliding window, default to a plain Llama 2 decoder). How the model computes (attention kernel,
-    activation checkpointing) is the `runtime` section's, not the architecture's."""
+    section has other keys; an absent or empty `model:` section means `preset: tiny-test`, or the
+    architecture of `checkpoint.init_from` when that is set. With `preset: null` every ModelConfig
+    field must be given (those of the newer families, `family`, `kv_channels`, `rope_scaling`, biases
+    and sliding window, default to a plain Llama 2 decoder). How the model computes (attention
+    kernel, activation checkpointing) is the `runtime` section's, not the architecture's."""
 
     preset: str | None = "tiny-test"
     """one of the presets below, or null (then give every ModelConfig field)"""
