@@ -156,7 +156,8 @@ def config_to_hf(config: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
         # transformers >= 5 reads rope_parameters, 4.x reads rope_theta and rope_scaling.
         "rope_theta": config.rope_theta,
         "rope_parameters": rope,
-        "rope_scaling": None if config.rope_scaling is None else rope,
+        "rope_scaling": None if config.rope_scaling is None else  # (4.x form: theta stays outside)
+        {k: v for k, v in rope.items() if k != "rope_theta"},
         "attention_dropout": 0.0,
         "tie_word_embeddings": config.tie_word_embeddings,
         "bos_token_id": config.bos_token_id,
