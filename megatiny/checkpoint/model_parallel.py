@@ -50,10 +50,26 @@ class ModelParallelCheckpoint:
                 for stored in zero.names():
                     name = pipeline_hf_name(stored, num_layers) if pipeline_size > 1 else stored
                     self._where.setdefault(name, [None] * tensor_size)[tensor_rank] = (zero, stored)
+        self._resolve_tied_aliases()
         incomplete = [name for name, found in self._where.items() if any(f is None for f in found)]
         if incomplete:
             raise ValueError(f"{self.tag_dir}: {incomplete[:3]} missing on some of the {tensor_size} tensor "
                              "ranks; the checkpoint is incomplete or not of this layout")
+
+    def _resolve_tied_aliases(self) -> None:
+        """A tied name (DeepSpeed's `shared_params`, e.g. `lm_head.weight` -> the embedding) that some
+        tensor ranks record and others do not: on those others, read the tensor it is tied to."""
+        for found in self._where.values():
+            present = [(zero, stored) for zero, stored in filter(None, found) if stored in zero.shared]
+            if not present or all(found):
+                continue
+            zero, stored = present[0]
+            target = zero.shared[stored]
+            stage = self.ranks.index(zero) // self.tensor_size
+            for tensor_rank, entry in enumerate(found):
+                holder = self.ranks[stage * self.tensor_size + tensor_rank]
+                if entry is None and target in holder.names():
+                    found[tensor_rank] = (holder, target)
 
     @property
     def stage(self) -> int:

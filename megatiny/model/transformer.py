@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from megatiny.model.attention import KVCache, causal_attention, check_installed, resolve_backend
-from megatiny.model.config import ModelConfig, ModelRuntime
+from megatiny.model.config import ModelConfig, ModelRuntime, check_model_parallel_features
 from megatiny.model.kernels import apply_rotary, rms_norm, rope_cos_sin
 from megatiny.model.loss import linear_cross_entropy
 from megatiny.parallel import collectives
@@ -52,11 +52,13 @@ if TYPE_CHECKING:
 
 
 class Linear(nn.Linear):
-    """Bias-free linear layer with weight ~ normal(0, std)."""
+    """Linear layer with weight ~ normal(0, std); optional bias, zero-initialized (as Hugging Face)."""
 
-    def __init__(self, in_features: int, out_features: int, std: float):
-        super().__init__(in_features, out_features, bias=False)
+    def __init__(self, in_features: int, out_features: int, std: float, bias: bool = False):
+        super().__init__(in_features, out_features, bias=bias)
         nn.init.normal_(self.weight, mean=0.0, std=std)
+        if bias:
+            nn.init.zeros_(self.bias)
 
 
 class Embedding(nn.Embedding):
@@ -97,16 +99,20 @@ def _sequence_parallel_group(parallel: ParallelState | None):
 
 
 def _column_linear(in_features: int, out_features: int, std: float,
-                   parallel: ParallelState | None) -> nn.Module:
+                   parallel: ParallelState | None, bias: bool = False) -> nn.Module:
     if _tensor_size(parallel) == 1:
-        return Linear(in_features, out_features, std)
+        return Linear(in_features, out_features, std, bias)
+    if bias:
+        raise ValueError("attention projection biases are not supported with parallel.tensor > 1")
     return tp.ColumnParallelLinear(in_features, out_features, std, parallel.tensor_group)
 
 
 def _row_linear(in_features: int, out_features: int, std: float,
-                parallel: ParallelState | None) -> nn.Module:
+                parallel: ParallelState | None, bias: bool = False) -> nn.Module:
     if _tensor_size(parallel) == 1:
-        return Linear(in_features, out_features, std)
+        return Linear(in_features, out_features, std, bias)
+    if bias:
+        raise ValueError("attention projection biases are not supported with parallel.tensor > 1")
     return tp.RowParallelLinear(in_features, out_features, std, parallel.tensor_group,
                                 parallel.sequence_parallel)
 
@@ -129,7 +135,10 @@ def _output_std(config: ModelConfig) -> float:
 
 
 class Attention(nn.Module):
-    """Grouped-query attention; under tensor parallelism this rank's H/T heads and G/T groups."""
+    """Grouped-query attention; under tensor parallelism this rank's H/T heads and G/T groups.
+
+    q/k/v carry biases with `qkv_bias` (Qwen2), o_proj with `output_bias`; the layer attends within
+    `config.layer_sliding_window(layer_index)` positions when that is set (Mistral, Qwen2)."""
 
     def __init__(self, config: ModelConfig, layer_index: int, parallel: ParallelState | None = None):
         super().__init__()
@@ -139,10 +148,12 @@ class Attention(nn.Module):
         self.parallel = parallel
         t = _tensor_size(parallel)
         self.num_heads, self.num_groups, self.head_dim = heads // t, groups // t, d
-        self.q_proj = _column_linear(h, heads * d, config.init_std, parallel)
-        self.k_proj = _column_linear(h, groups * d, config.init_std, parallel)
-        self.v_proj = _column_linear(h, groups * d, config.init_std, parallel)
-        self.o_proj = _row_linear(heads * d, h, _output_std(config), parallel)
+        self.window = config.layer_sliding_window(layer_index)
+        bias = config.qkv_bias
+        self.q_proj = _column_linear(h, heads * d, config.init_std, parallel, bias)
+        self.k_proj = _column_linear(h, groups * d, config.init_std, parallel, bias)
+        self.v_proj = _column_linear(h, groups * d, config.init_std, parallel, bias)
+        self.o_proj = _row_linear(heads * d, h, _output_std(config), parallel, config.output_bias)
         self.ulysses = cp.UlyssesAttention(parallel.context_group) if _context_size(parallel) > 1 \
             else None
 
@@ -160,10 +171,10 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_index, k, v)
-        if self.ulysses is not None:
+        if self.ulysses is not None:  # (a sliding window is refused with context parallelism)
             out = self.ulysses(q, k, v, backend)
         else:
-            out = causal_attention(q, k, v, backend)  # [B, T, H, D]
+            out = causal_attention(q, k, v, backend, self.window)  # [B, T, H, D]
         return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim))
 
 
@@ -252,7 +263,7 @@ def rotary_tables(config: ModelConfig, start: int, length: int, like: torch.Tens
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """RoPE cos/sin [length, head_dim] for positions start.. in the dtype and device of `like`."""
     positions = torch.arange(start, start + length, device=like.device)
-    return rope_cos_sin(positions, config.head_dim, config.rope_theta, like.dtype)
+    return rope_cos_sin(positions, config.head_dim, config.rope_theta, like.dtype, config.rope_scaling)
 
 
 class LMHead(nn.Module):
@@ -307,6 +318,7 @@ class GPT(nn.Module):
         runtime = runtime if runtime is not None else ModelRuntime()
         check_installed(runtime.attention_backend)  # fail at construction, not at the first forward
         if parallel is not None:
+            check_model_parallel_features(config, parallel.layout)
             check_tensor_parallel(config, parallel.layout)  # (a run's config validation did too)
             check_context_parallel(config, parallel.layout)
         self.config = config
