@@ -16,9 +16,10 @@ import time
 import torch
 
 from megatiny.model import GPT
-from megatiny.parallel import deepspeed as ds_engine
+from megatiny.parallel import process_group
 from megatiny.precision import PRECISIONS
-from megatiny.training.config import load_config
+from megatiny.training import engine as ds_engine
+from megatiny.training.config import build_ds_config, load_config, read_ds_file
 
 
 def _timed(step_fn, steps: int, warmup: int) -> float:
@@ -70,10 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.preset} seq {args.seq} micro-batch {mbs}, {torch.get_num_threads()} threads, "
           f"{args.steps} steps")
     print(f"bare PyTorch {precision.name} step: {1000 * bare:8.1f} ms ({precision.describe()})")
-    dist_info = ds_engine.init_distributed(run.distributed)
+    dist_info = process_group.init_distributed(run.distributed.backend, run.distributed.timeout_s,
+                                                run.distributed.master_port)
     try:
         for path in args.ds_configs:
-            ds_config = ds_engine.build_ds_config(run, ds_engine.read_ds_file(path), 1, precision,
+            ds_config = build_ds_config(run, read_ds_file(path), 1, precision,
                                                   source=path)
             engine = ds_engine.TrainingEngine(run, model_config, ds_config, dist_info)
 
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             seconds = _timed(engine_step, args.steps, args.warmup)
             print(f"engine {path:32s}: {1000 * seconds:8.1f} ms  ratio engine/bare {seconds / bare:.2f}")
     finally:
-        ds_engine.shutdown()
+        process_group.shutdown()
     return 0
 
 

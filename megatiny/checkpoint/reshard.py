@@ -37,9 +37,9 @@ from deepspeed.utils import (
 
 from megatiny.checkpoint.metadata import WorldLayout
 from megatiny.checkpoint.model_parallel import ADAM_STATE_KEYS, ModelParallelCheckpoint
-from megatiny.parallel.pipeline import hf_name as pipeline_hf_name
+from megatiny.checkpoint.partition import partition_dim, pipeline_hf_name
 from megatiny.parallel.state import ParallelLayout
-from megatiny.parallel.tensor_parallel import partition_dim, shard
+from megatiny.parallel.tensor_parallel import shard
 
 
 class ResumeMode(enum.Enum):

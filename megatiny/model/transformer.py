@@ -21,7 +21,10 @@ Model parallelism is a runtime argument, not part of the architecture: `GPT(conf
 with a `megatiny.parallel.state.ParallelState` uses Megatron tensor-parallel layers when
 `parallel.tensor` > 1 (optionally with sequence parallelism) and DeepSpeed-Ulysses attention when
 `parallel.context` > 1 (then every rank's inputs are its slice of the sequence). Parameter names
-stay the same; tensor-parallel ranks hold shards (see `megatiny.parallel.tensor_parallel`).
+stay the same; tensor-parallel ranks hold shards: the layers are `megatiny.parallel.tensor_parallel`'s,
+given this module's initialization (`linear_init`, `embedding_init`, `normal_init`), and the
+vocabulary-parallel loss is `megatiny.model.loss`'s. The pipeline partition is
+`megatiny.model.pipeline`.
 
 ZeRO-3 friendly: weights are initialized inside each leaf module's own __init__ (where
 `deepspeed.zero.Init` still sees full tensors), RoPE tables are computed on the fly (no buffers),
@@ -41,18 +44,19 @@ from torch.utils.checkpoint import checkpoint
 from megatiny.model.attention import KVCache, causal_attention, check_installed, resolve_backend
 from megatiny.model.config import ModelConfig, ModelRuntime
 from megatiny.model.kernels import apply_rotary, rms_norm, rope_cos_sin
-from megatiny.model.loss import linear_cross_entropy
+from megatiny.model.loss import linear_cross_entropy, vocab_parallel_linear_cross_entropy
+from megatiny.model.parallel_checks import check_context_parallel, check_tensor_parallel
 from megatiny.parallel import collectives
 from megatiny.parallel import context_parallel as cp
 from megatiny.parallel import tensor_parallel as tp
-from megatiny.parallel.checks import check_context_parallel, check_tensor_parallel
 
 if TYPE_CHECKING:
     from megatiny.parallel.state import ParallelState
 
 
 class Linear(nn.Linear):
-    """Bias-free linear layer with weight ~ normal(0, std)."""
+    """Bias-free linear layer with weight ~ normal(0, std) (drawn after nn.Linear's own reset:
+    `linear_init` repeats both for the tensor-parallel layers)."""
 
     def __init__(self, in_features: int, out_features: int, std: float):
         super().__init__(in_features, out_features, bias=False)
@@ -60,11 +64,35 @@ class Linear(nn.Linear):
 
 
 class Embedding(nn.Embedding):
-    """Token embedding with weight ~ normal(0, std)."""
+    """Token embedding with weight ~ normal(0, std) (drawn after nn.Embedding's own reset:
+    `embedding_init` repeats both for the vocabulary-parallel embedding)."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, std: float):
         super().__init__(num_embeddings, embedding_dim)
         nn.init.normal_(self.weight, mean=0.0, std=std)
+
+
+def linear_init(std: float) -> tp.InitMethod:
+    """Fills a full [out, in] weight with `Linear`'s draws: nn.Linear's kaiming-uniform reset,
+    then normal(0, std); the tensor-parallel layers keep their shard of it."""
+    def init(weight: torch.Tensor) -> torch.Tensor:
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+        return nn.init.normal_(weight, mean=0.0, std=std)
+    return init
+
+
+def embedding_init(std: float) -> tp.InitMethod:
+    """Fills a full [V, h] weight with `Embedding`'s draws: nn.Embedding's normal(0, 1) reset,
+    then normal(0, std)."""
+    def init(weight: torch.Tensor) -> torch.Tensor:
+        nn.init.normal_(weight)
+        return nn.init.normal_(weight, mean=0.0, std=std)
+    return init
+
+
+def normal_init(std: float) -> tp.InitMethod:
+    """Fills a full weight with normal(0, std) (the LM head's only draw)."""
+    return lambda weight: nn.init.normal_(weight, mean=0.0, std=std)
 
 
 class RMSNorm(nn.Module):
@@ -100,14 +128,14 @@ def _column_linear(in_features: int, out_features: int, std: float,
                    parallel: ParallelState | None) -> nn.Module:
     if _tensor_size(parallel) == 1:
         return Linear(in_features, out_features, std)
-    return tp.ColumnParallelLinear(in_features, out_features, std, parallel.tensor_group)
+    return tp.ColumnParallelLinear(in_features, out_features, linear_init(std), parallel.tensor_group)
 
 
 def _row_linear(in_features: int, out_features: int, std: float,
                 parallel: ParallelState | None) -> nn.Module:
     if _tensor_size(parallel) == 1:
         return Linear(in_features, out_features, std)
-    return tp.RowParallelLinear(in_features, out_features, std, parallel.tensor_group,
+    return tp.RowParallelLinear(in_features, out_features, linear_init(std), parallel.tensor_group,
                                 parallel.sequence_parallel)
 
 
@@ -143,8 +171,8 @@ class Attention(nn.Module):
         self.k_proj = _column_linear(h, groups * d, config.init_std, parallel)
         self.v_proj = _column_linear(h, groups * d, config.init_std, parallel)
         self.o_proj = _row_linear(heads * d, h, _output_std(config), parallel)
-        self.ulysses = cp.UlyssesAttention(parallel.context_group) if _context_size(parallel) > 1 \
-            else None
+        self.ulysses = cp.UlyssesAttention(causal_attention, parallel.context_group) \
+            if _context_size(parallel) > 1 else None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: str,
                 kv_cache: KVCache | None = None) -> torch.Tensor:
@@ -244,7 +272,7 @@ def token_embedding(config: ModelConfig, parallel: ParallelState | None) -> nn.M
     """The token embedding: vocabulary-parallel under tensor parallelism."""
     if _tensor_size(parallel) == 1:
         return Embedding(config.vocab_size, config.hidden_size, config.init_std)
-    return tp.VocabParallelEmbedding(config.vocab_size, config.hidden_size, config.init_std,
+    return tp.VocabParallelEmbedding(config.vocab_size, config.hidden_size, embedding_init(config.init_std),
                                      parallel.tensor_group, parallel.sequence_parallel)
 
 
@@ -265,8 +293,8 @@ class LMHead(nn.Module):
         if tied_weight is not None:
             self.weight = tied_weight
         elif _tensor_size(parallel) > 1:  # this rank's vocabulary rows
-            self.weight = tp.lm_head_shard(config.vocab_size, config.hidden_size, config.init_std,
-                                           parallel.tensor_group)
+            self.weight = tp.sharded_parameter((config.vocab_size, config.hidden_size),
+                                               normal_init(config.init_std), 0, parallel.tensor_group)
         else:
             self.weight = nn.Parameter(torch.empty(config.vocab_size, config.hidden_size))
             nn.init.normal_(self.weight, mean=0.0, std=config.init_std)
@@ -287,10 +315,10 @@ class LMHead(nn.Module):
         if tensor_parallel:
             if not parallel.sequence_parallel:  # (SP: the loss gathers the shards itself)
                 hidden = tp.enter_tensor_parallel(hidden, parallel.tensor_group, False)
-            loss = tp.vocab_parallel_linear_cross_entropy(hidden, self.weight, labels,
-                                                          parallel.tensor_group, loss_mask,
-                                                          count_group=context_group,
-                                                          sequence_parallel=parallel.sequence_parallel)
+            loss = vocab_parallel_linear_cross_entropy(hidden, self.weight, labels,
+                                                       parallel.tensor_group, loss_mask,
+                                                       count_group=context_group,
+                                                       sequence_parallel=parallel.sequence_parallel)
         else:
             flat_mask = loss_mask.reshape(-1) if loss_mask is not None else None
             loss = linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), self.weight,

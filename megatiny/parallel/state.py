@@ -199,7 +199,7 @@ class DeepSpeedMPU:
     """The `mpu` object `deepspeed.initialize(mpu=...)` and `deepspeed.zero.Init(mpu=...)` query.
 
     Tensor parallelism appears as DeepSpeed's "model parallel" group (pipeline runs give DeepSpeed
-    no mpu: the `PipelineModule` carries its own topology, see `megatiny.parallel.pipeline`): gradient
+    no mpu: the `PipelineModule` carries its own topology, see `megatiny.model.pipeline`): gradient
     clipping adds the norms of parameters marked `tensor_model_parallel` on every model-parallel
     rank and of replicated ones on model-parallel rank 0 only, then all-reduces over this group.
 

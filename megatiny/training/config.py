@@ -31,13 +31,8 @@ import yaml
 
 from megatiny.data.config import DataConfig
 from megatiny.model.config import PRESETS, RUNTIME_FIELDS, ModelConfig, ModelRuntime, get_preset
-from megatiny.parallel.checks import (
-    check_context_parallel,
-    check_pipeline_model,
-    check_pipeline_zero_stage,
-    check_sequence_split,
-    check_tensor_parallel,
-)
+from megatiny.model.parallel_checks import check_context_parallel, check_pipeline_model, check_tensor_parallel
+from megatiny.parallel.checks import check_pipeline_zero_stage, check_sequence_split
 from megatiny.precision import PRECISIONS, Precision
 
 if TYPE_CHECKING:

@@ -41,11 +41,12 @@ from megatiny.checkpoint.manager import CheckpointManager, ResumePoint
 from megatiny.checkpoint.metadata import TrainState, WorldLayout, describe_parallel_sizes
 from megatiny.data import build_gpt_datasets, describe_datasets
 from megatiny.data.sampler import PretrainingSampler
-from megatiny.parallel import deepspeed as ds_engine
+from megatiny.parallel import process_group
 from megatiny.parallel.state import ParallelLayout, ParallelState
 from megatiny.precision import warn_if_emulated
 from megatiny.process_env import launch_world_size
-from megatiny.training.config import RunConfig, RunPlan
+from megatiny.training import engine as ds_engine
+from megatiny.training.config import RunConfig, RunPlan, build_ds_config, zero_stage
 from megatiny.training.flops import peak_tflops_for, throughput
 from megatiny.training.logging import MetricsLogger, console_line, memory_gb
 from megatiny.training.schedule import learning_rate
@@ -116,7 +117,8 @@ def train(run: RunConfig, callbacks: TrainCallbacks | None = None) -> TrainResul
     starts (`RunConfig.validate`, what `megatiny train --dry-run` runs), so every rank refuses a
     bad config alike, with nothing started."""
     plan = run.validate(launch_world_size() or 1)
-    dist_info = ds_engine.init_distributed(run.distributed)
+    dist_info = process_group.init_distributed(run.distributed.backend, run.distributed.timeout_s,
+                                               run.distributed.master_port)
     if dist_info.world_size != plan.layout.world_size:  # a launcher that announced no world size
         plan = run.validate(dist_info.world_size)
     stop = _StopFlag()
@@ -124,11 +126,11 @@ def train(run: RunConfig, callbacks: TrainCallbacks | None = None) -> TrainResul
         return _Trainer(run, plan, dist_info, stop, callbacks or TrainCallbacks()).execute()
     finally:
         stop.restore()
-        ds_engine.shutdown()
+        process_group.shutdown()
 
 
 class _Trainer:
-    def __init__(self, run: RunConfig, plan: RunPlan, dist_info: ds_engine.DistInfo, stop: _StopFlag,
+    def __init__(self, run: RunConfig, plan: RunPlan, dist_info: process_group.DistInfo, stop: _StopFlag,
                  callbacks: TrainCallbacks):
         self.run, self.plan, self.dist, self.stop, self.callbacks = run, plan, dist_info, stop, callbacks
         self.rank, self.world = dist_info.rank, dist_info.world_size
@@ -158,7 +160,7 @@ class _Trainer:
         # Rank 0 builds and caches the sample indices; the others then load them from the cache.
         if self.rank == 0:
             datasets = build()
-        ds_engine.barrier()
+        process_group.barrier()
         if self.rank != 0:
             datasets = build()
         return datasets[0], datasets[1]
@@ -191,7 +193,7 @@ class _Trainer:
                                               zero_stage=self.plan.zero_stage)
         self.precision = ds_engine.run_precision(run, self.dist.device)
         warn_if_emulated(self.precision, self.logger.print)
-        self.ds_config = ds_engine.build_ds_config(run, ds_file, self.layout.data, self.precision,
+        self.ds_config = build_ds_config(run, ds_file, self.layout.data, self.precision,
                                                    load_universal=resume is not None and resume.universal,
                                                    source=run.distributed.deepspeed_config,
                                                    context_parallel_size=self.layout.context)
@@ -217,7 +219,7 @@ class _Trainer:
                                      data_parallel_size=self.layout.data)
         self.logger.print(
             f"[megatiny] {self.model_config.num_parameters() / 1e6:.2f}M parameters | {self.world} ranks | "
-            f"ZeRO-{ds_engine.zero_stage(self.ds_config)} | precision {self.precision.describe()}\n"
+            f"ZeRO-{zero_stage(self.ds_config)} | precision {self.precision.describe()}\n"
             f"[megatiny] global batch {run.batch.global_batch_size} = "
             f"{run.batch.micro_batch_size} micro x {accumulation} accumulation x {self.layout.data} "
             f"data-parallel ranks | {describe_layout(self.layout)} | "
@@ -234,7 +236,7 @@ class _Trainer:
         loss = self.engine.loss(input_ids, labels)
         local = self.callbacks.micro_batch_loss(step, micro, self.rank, loss.detach().float())
         stop_requested = local.new_full((), float(self.stop.signum is not None))  # a fill, no copy
-        total, stops = ds_engine.all_reduce_sum_tensor(torch.stack([local, stop_requested])).tolist()
+        total, stops = process_group.all_reduce_sum_tensor(torch.stack([local, stop_requested])).tolist()
         return loss, indices, local, total, stops > 0
 
     def _accumulate(self, step: int, accumulation: int, batches, train_ds) -> tuple[float, int, bool]:
@@ -262,7 +264,7 @@ class _Trainer:
         micro_batches = [self._batch(train_ds, next(batches)) for _ in range(accumulation)]
         loss = self.engine.train_batch(micro_batches)  # the global mean, on every stage
         stop_flag = loss.new_full((), float(self.stop.signum is not None))
-        total, stops = ds_engine.all_reduce_sum_tensor(torch.stack([loss.float(), stop_flag])).tolist()
+        total, stops = process_group.all_reduce_sum_tensor(torch.stack([loss.float(), stop_flag])).tolist()
         if not math.isfinite(total):
             self._report_nonfinite(step, 0, [], total)
         return total / self.world * accumulation, accumulation, stops > 0
@@ -273,7 +275,7 @@ class _Trainer:
         accumulation = self.engine.gradient_accumulation_steps
         tokens_per_step = run.batch.global_batch_size * run.batch.seq_length
         flops_per_token = self.model_config.flops_per_token(run.batch.seq_length)
-        peak = peak_tflops_for(ds_engine.device_name(self.dist.device), run.logging.peak_tflops)
+        peak = peak_tflops_for(process_group.device_name(self.dist.device), run.logging.peak_tflops)
         result = TrainResult(step=step, consumed_samples=consumed)
         interval_time, interval_steps, step_times = 0.0, 0, deque(maxlen=50)
         last_saved = step if step > 0 else None
@@ -325,7 +327,7 @@ class _Trainer:
                 self._save(step, consumed)
         result.step, result.consumed_samples, result.skipped_steps = step, consumed, self.skipped_steps
         self.logger.close()
-        ds_engine.barrier()
+        process_group.barrier()
         return result
 
     # ---------------------------------------------------------------- reporting
@@ -367,7 +369,7 @@ class _Trainer:
             input_ids, labels = self._batch(valid_ds, indices)
             total += self.engine.loss(input_ids, labels).float().item()
         self.engine.train(True)
-        loss = ds_engine.all_reduce_sum([total], self.dist.device)[0] / (iters * self.world)
+        loss = process_group.all_reduce_sum([total], self.dist.device)[0] / (iters * self.world)
         ppl = math.exp(min(loss, 50.0))
         self.logger.print(f"[megatiny] validation at step {step}: loss {loss:.4f} | perplexity {ppl:.2f}")
         self.logger.scalars(step, {"valid/loss": loss, "valid/perplexity": ppl})
@@ -376,7 +378,7 @@ class _Trainer:
 
     # ---------------------------------------------------------------- checkpoints
     def _save(self, step: int, consumed: int) -> None:
-        world = WorldLayout.of_run(self.layout, ds_engine.zero_stage(self.ds_config), self.precision.name)
+        world = WorldLayout.of_run(self.layout, zero_stage(self.ds_config), self.precision.name)
         state = TrainState(step=step, consumed_samples=consumed, skipped_steps=self.skipped_steps,
                            world=world, data=self.data_description, run_config=self.run.to_dict())
         self.checkpoints.save(self.engine.deepspeed_engine, self.model_config, state,

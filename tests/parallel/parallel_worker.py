@@ -24,12 +24,15 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
+from megatiny.checkpoint.partition import load_full_state_dict, partition_dim, shard_state_dict
 from megatiny.model import GPT, ModelRuntime, get_preset
 from megatiny.model.generate import generate
+from megatiny.model.pipeline import build_pipeline_model
 from megatiny.parallel.context_parallel import split_for_context
-from megatiny.parallel.deepspeed import param_groups, skip_inference_shm_allreduce
+from megatiny.parallel.process_group import skip_inference_shm_allreduce
 from megatiny.parallel.state import DeepSpeedMPU, ParallelLayout, ParallelState
-from megatiny.parallel.tensor_parallel import partition_dim, shard, shard_state_dict
+from megatiny.parallel.tensor_parallel import shard
+from megatiny.training.engine import param_groups
 
 GLOBAL_BATCH, SEQ = 4, 16
 STEPS, LR, CLIP = 8, 1e-3, 0.5
@@ -130,8 +133,6 @@ def ds_config(stage: int, micro_batch: int, accumulation: int = 1, bf16: bool = 
 def train_pipeline(state: ParallelState, stage: int, bf16: bool) -> dict[str, list[float]]:
     """As `train_engine`, with DeepSpeed's pipeline engine (PIPELINE_MICRO_BATCHES per step) and
     the one-rank GPT's initial weights."""
-    from megatiny.parallel.pipeline import build_pipeline_model, load_full_state_dict
-
     micro = GLOBAL_BATCH // (state.layout.data * PIPELINE_MICRO_BATCHES)
     config = ds_config(stage, micro, PIPELINE_MICRO_BATCHES, bf16)
     torch.manual_seed(0)

@@ -3,15 +3,11 @@ that refuse models that cannot be split."""
 import pytest
 import torch
 
+from megatiny.checkpoint.partition import merge_state_dicts, partition_dim, shard_state_dict
 from megatiny.model import GPT, get_preset
-from megatiny.parallel.context_parallel import check_context_parallel, split_for_context
+from megatiny.model.parallel_checks import check_context_parallel, check_tensor_parallel
+from megatiny.parallel.context_parallel import split_for_context
 from megatiny.parallel.state import ParallelLayout
-from megatiny.parallel.tensor_parallel import (
-    check_tensor_parallel,
-    merge_state_dicts,
-    partition_dim,
-    shard_state_dict,
-)
 
 
 @pytest.fixture(scope="module")

@@ -1,106 +1,33 @@
-"""The training engine over DeepSpeed: process group, DeepSpeed config, engine.
+"""The training engine over DeepSpeed: the model, its optimizer and `deepspeed.initialize`.
 
-Responsibilities:
-- `init_distributed`: works under the `deepspeed` launcher (env vars), `mpirun` (mpi4py
-  discovery) and plain `python` (a world-size-1 group made here), with a configurable timeout.
-- `build_ds_config` (`megatiny.training.config`'s, re-exported): our run config + a JSON file
-  from ds_configs/ (ZeRO stage, offload). Batch sizes, precision, optimizer, scheduler and
-  clipping belong to the run config; a file that also sets them is refused, naming the key.
-- `TrainingEngine`: the model under `deepspeed.zero.Init` for ZeRO-3 (so a model larger than one
-  device can start), AdamW with no weight decay on norm weights and biases, `deepspeed.initialize`.
-Saving and loading the engine's checkpoints (and their universal conversion) belong to
-`megatiny.checkpoint.manager.CheckpointManager`, which is handed `TrainingEngine.deepspeed_engine`.
+`TrainingEngine`: the model under `deepspeed.zero.Init` for ZeRO-3 (so a model larger than one
+device can start), AdamW with no weight decay on norm weights and biases, `deepspeed.initialize`.
+The DeepSpeed JSON is `megatiny.training.config.build_ds_config`'s; the process group is
+`megatiny.parallel.process_group`'s. Saving and loading the engine's checkpoints (and their
+universal conversion) belong to `megatiny.checkpoint.manager.CheckpointManager`, which is handed
+`TrainingEngine.deepspeed_engine`.
 """
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import deepspeed
 import torch
-import torch.distributed as dist
 
+from megatiny.checkpoint.partition import load_full_state_dict, shard_state_dict
+from megatiny.model import GPT
 from megatiny.model.config import ModelConfig
+from megatiny.model.pipeline import build_pipeline_model
 from megatiny.parallel.context_parallel import split_for_context
+from megatiny.parallel.process_group import DistInfo
 from megatiny.parallel.state import ParallelLayout, ParallelState
-from megatiny.parallel.tensor_parallel import shard_state_dict
 from megatiny.precision import Precision, detect_hardware, resolve_precision
-from megatiny.process_env import RENDEZVOUS_VARIABLES, free_port, put_interpreter_bin_first
-from megatiny.training.config import (  # the DeepSpeed JSON is the run config's (re-exported here)
-    DistributedConfig,
-    RunConfig,
-    offloads_optimizer,
-    zero_stage,
-)
-from megatiny.training.config import build_ds_config as build_ds_config
-from megatiny.training.config import precision_section as precision_section
-from megatiny.training.config import read_ds_file as read_ds_file
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-
-
-def _mpi_launched() -> bool:
-    keys = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SIZE")
-    return any(k in os.environ for k in keys)
-
-
-def skip_inference_shm_allreduce() -> None:
-    """Keep DeepSpeed's CPU backend from building and mapping its shared-memory allreduce.
-
-    On a CPU, DeepSpeed's communication backend JIT-compiles that op on its first use on a machine
-    (~40 s on 2 cores, so in the first run of a fresh install) and maps a ~66 MB /dev/shm buffer
-    per rank that it never removes, yet only DeepSpeed inference's `inference_all_reduce` uses it:
-    every collective of training goes through torch.distributed (gloo). Marking the op
-    incompatible in DeepSpeed's probe of its ops (a dict it caches, and reads before loading the
-    op) skips both. Call it before `deepspeed.init_distributed`."""
-    import deepspeed.ops
-    from deepspeed.accelerator import get_accelerator
-
-    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
-    if builder is not None:
-        deepspeed.ops.__compatible_ops__[builder.NAME] = False
-
-
-def init_distributed(cfg: DistributedConfig) -> DistInfo:
-    """Join (or make) the process group. Returns this process's rank, world size and device."""
-    put_interpreter_bin_first(if_it_has="ninja")  # one ninja for DeepSpeed's JIT ops (see process_env)
-    skip_inference_shm_allreduce()
-    launched = all(k in os.environ for k in RENDEZVOUS_VARIABLES)
-    port = int(os.environ.get("MASTER_PORT", cfg.master_port))
-    if not launched and not _mpi_launched():
-        # Plain `python tools/train.py`: a group of one on this host.
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(os.environ.get("MASTER_PORT", free_port())))
-    os.environ.setdefault("LOCAL_RANK", "0")
-    backend = cfg.backend
-    if backend == "auto":
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=True, distributed_port=port,
-                               timeout=timedelta(seconds=cfg.timeout_s), verbose=False)
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
+from megatiny.training.config import RunConfig, offloads_optimizer, zero_stage
 
 
 def run_precision(run: RunConfig, device: torch.device) -> Precision:
     """runtime.precision resolved for `device` (the same answer on every rank of one host kind)."""
     return resolve_precision(run.runtime.precision, detect_hardware(device))
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -167,9 +94,6 @@ def _pipeline_module(run: RunConfig, model_config: ModelConfig, parallel: Parall
     """This rank's pipeline stage, holding its part of `full` (full Hugging Face named weights,
     e.g. `checkpoint.init_from`'s) or, when None, of the one-rank GPT's initial weights (seeded by
     the caller), so a pipeline run starts where a one-rank run does."""
-    from megatiny.model import GPT
-    from megatiny.parallel.pipeline import build_pipeline_model, load_full_state_dict
-
     runtime = run.runtime.model_runtime()
     if full is None:
         full = GPT(model_config, runtime=runtime).state_dict()
@@ -210,8 +134,6 @@ class TrainingEngine:
     def __init__(self, run: RunConfig, model_config: ModelConfig, ds_config: dict[str, Any],
                  dist_info: DistInfo, init_state: dict[str, torch.Tensor] | None = None,
                  init_weights: bool = False, parallel: ParallelState | None = None):
-        from megatiny.model import GPT
-
         self.run, self.model_config, self.ds_config, self.dist = run, model_config, ds_config, dist_info
         self.parallel = parallel
         self.pipelined = parallel is not None and parallel.layout.pipeline > 1
@@ -283,31 +205,3 @@ class TrainingEngine:
         """Global gradient 2-norm before clipping, of the last optimizer step."""
         norm = self.engine.get_global_grad_norm()
         return None if norm is None else float(norm)
-
-
-def barrier() -> None:
-    """All ranks wait here (nothing to wait for without a process group)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    """Element-wise sum over all ranks of `values` (float64 on `device`), read back on the host."""
-    return all_reduce_sum_tensor(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
-
-
-def all_reduce_sum_tensor(tensor: torch.Tensor) -> torch.Tensor:
-    """Element-wise sum over all ranks of a device tensor (as float64); stays on the device."""
-    tensor = tensor.to(torch.float64)
-    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
-
-
-def shutdown() -> None:
-    """Destroy the process group (without it gloo ranks abort at exit).
-
-    DeepSpeed caches a clone of the world group (`deepspeed.utils.groups._WORLD_GROUP`) that dies
-    with it; forgetting it lets one process train again (e.g. a resume in the same test)."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-    deepspeed.utils.groups._WORLD_GROUP = None
