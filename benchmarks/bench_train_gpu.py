@@ -5,7 +5,7 @@ GPU (the TinyLlama figure, one device, ZeRO-3, precision auto = bf16 there):
 CPU smoke run (so the script is exercised without a GPU):
     python benchmarks/bench_train_gpu.py --preset tiny-test --seq 64 --micro-batch 4 --steps 4
 
-Runs the same TrainingEngine as tools/train.py on random tokens (data loading excluded). MFU uses
+Runs the same engine (`build_engine`) as tools/train.py on random tokens (data loading excluded). MFU uses
 the peak bf16 TFLOP/s table in megatiny.training.flops (`--peak-tflops` overrides; on CPU no MFU
 unless given).
 """
@@ -18,8 +18,8 @@ import torch
 
 from megatiny.parallel import process_group
 from megatiny.precision import PRECISIONS
-from megatiny.training import engine as ds_engine
-from megatiny.training.config import build_ds_config, load_config, read_ds_file
+from megatiny.training.config import load_config, read_ds_file
+from megatiny.training.engine import build_engine
 from megatiny.training.flops import peak_tflops_for, throughput
 from megatiny.training.logging import memory_gb
 
@@ -49,11 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     dist_info = process_group.init_distributed(run.distributed.backend, run.distributed.timeout_s,
                                                 run.distributed.master_port)
     try:
-        ds_file = read_ds_file(args.ds_config)
-        precision = ds_engine.run_precision(run, dist_info.device)
-        ds_config = build_ds_config(run, ds_file, dist_info.world_size, precision,
-                                              source=args.ds_config)
-        engine = ds_engine.TrainingEngine(run, model_config, ds_config, dist_info)
+        plan = run.plan(run.parallel.layout(dist_info.world_size), read_ds_file(args.ds_config),
+                        source=args.ds_config)
+        engine = build_engine(run, plan, dist_info.device)
+        precision = engine.precision
         generator = torch.Generator().manual_seed(0)
         tokens = torch.randint(0, model_config.vocab_size, (mbs, args.seq + 1), generator=generator)
         inputs, labels = tokens[:, :-1], tokens[:, 1:]
@@ -61,8 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         def step() -> float:
             for _ in range(acc):
                 loss = engine.loss(inputs, labels)
-                engine.backward(loss)
-                engine.step()
+                engine.micro_step(loss, run.optimizer.lr)
             return loss.item()  # synchronises the device
 
         for _ in range(args.warmup):

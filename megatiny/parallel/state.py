@@ -77,16 +77,6 @@ class ParallelLayout:
         return cls(tensor=tensor, pipeline=pipeline, context=context, data=world_size // model_ranks,
                    sequence_parallel=sequence_parallel)
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], world_size: int) -> ParallelLayout:
-        """From a `parallel:` config section ({tensor, pipeline, context, sequence_parallel})."""
-        known = {"tensor", "pipeline", "context", "sequence_parallel"}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"parallel: unknown field(s) {unknown}; known fields: {sorted(known)} "
-                             "(the data-parallel size is derived from the world size)")
-        return cls.for_world(world_size, **values)
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

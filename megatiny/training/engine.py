@@ -1,33 +1,34 @@
-"""The training engine over DeepSpeed: the model, its optimizer and `deepspeed.initialize`.
+"""The training engine: one builder over DeepSpeed, and the few things the loop asks of it.
 
-`TrainingEngine`: the model under `deepspeed.zero.Init` for ZeRO-3 (so a model larger than one
-device can start), AdamW with no weight decay on norm weights and biases, `deepspeed.initialize`.
-The DeepSpeed JSON is `megatiny.training.config.build_ds_config`'s; the process group is
-`megatiny.parallel.process_group`'s. Saving and loading the engine's checkpoints (and their
-universal conversion) belong to `megatiny.checkpoint.manager.CheckpointManager`, which is handed
-`TrainingEngine.deepspeed_engine`.
+`build_engine(run, plan, device)` decides everything once, from the run config and its
+`RunPlan` (`RunConfig.validate`: layout, DeepSpeed file, ZeRO stage, accumulation): the
+precision (`megatiny.training.config.run_precision`), the DeepSpeed JSON
+(`megatiny.training.config.build_ds_config`), the process groups of the layout
+(`megatiny.parallel.state.ParallelState`, given to DeepSpeed as its `mpu`), the model (the GPT
+under `deepspeed.zero.Init` for ZeRO-3, so a model larger than one device can start, or this
+rank's pipeline stage), its initial weights (`checkpoint.init_from`, through the
+`CheckpointManager`), AdamW with no weight decay on norm weights and biases, and
+`deepspeed.initialize`. The `Engine` it returns answers `loss`, `micro_step`, `pipeline_step`,
+`evaluate` and `grad_norm`; `Engine.deepspeed_engine` is what `CheckpointManager` saves and
+loads. The process group itself is `megatiny.parallel.process_group`'s.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import deepspeed
 import torch
 
+from megatiny.checkpoint.manager import CheckpointManager, ResumePoint
 from megatiny.checkpoint.partition import load_full_state_dict, shard_state_dict
 from megatiny.model import GPT
 from megatiny.model.config import ModelConfig
 from megatiny.model.pipeline import build_pipeline_model
 from megatiny.parallel.context_parallel import split_for_context
-from megatiny.parallel.process_group import DistInfo
-from megatiny.parallel.state import ParallelLayout, ParallelState
-from megatiny.precision import Precision, detect_hardware, resolve_precision
-from megatiny.training.config import RunConfig, offloads_optimizer, zero_stage
-
-
-def run_precision(run: RunConfig, device: torch.device) -> Precision:
-    """runtime.precision resolved for `device` (the same answer on every rank of one host kind)."""
-    return resolve_precision(run.runtime.precision, detect_hardware(device))
+from megatiny.parallel.state import DeepSpeedMPU, ParallelState
+from megatiny.precision import Precision
+from megatiny.training.config import RunConfig, RunPlan, build_ds_config, offloads_optimizer, run_precision
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -104,12 +105,6 @@ def _pipeline_module(run: RunConfig, model_config: ModelConfig, parallel: Parall
     return module
 
 
-def init_weights_on_every_rank(layout: ParallelLayout | None) -> bool:
-    """Whether every rank needs `checkpoint.init_from`'s full weights, to take its part of a split
-    model (tensor or pipeline > 1); otherwise rank 0's copy reaches the others (see `_copy_weights`)."""
-    return layout is not None and layout.tensor * layout.pipeline > 1
-
-
 def _tensor_shard(full: dict[str, torch.Tensor] | None, parallel: ParallelState | None
                   ) -> dict[str, torch.Tensor] | None:
     """This tensor rank's part of full (Hugging Face named) weights; `full` itself without
@@ -119,89 +114,123 @@ def _tensor_shard(full: dict[str, torch.Tensor] | None, parallel: ParallelState 
     return shard_state_dict(full, parallel.tensor_rank, parallel.layout.tensor)
 
 
-class TrainingEngine:
-    """A DeepSpeed engine with the few operations the loop needs.
+def build_engine(run: RunConfig, plan: RunPlan, device: torch.device, *,
+                 checkpoints: CheckpointManager | None = None, resume: ResumePoint | None = None) -> Engine:
+    """The engine of `run` on `plan` (its layout, DeepSpeed file and ZeRO stage), on `device`.
+    Every rank calls this (process groups, `zero.Init` and `deepspeed.initialize` are collective).
 
-    With `parallel` (a `ParallelState`; None on plain data parallelism) the model is built with
-    its tensor / context parallel layers, and DeepSpeed (`zero.Init` and `initialize`) is given
-    its `mpu`, so ZeRO partitions and averages over the data x context ranks and gradient clipping
-    counts tensor-parallel shards once.
+    `resume`: the checkpoint the run continues from (`CheckpointManager.find_resume`): only how
+    the DeepSpeed config must load it is decided here (`checkpoint.load_universal`); the caller
+    loads it into `Engine.deepspeed_engine`. Without one, `checkpoint.init_from` (if set) gives
+    the initial weights (`_initial_weights`); otherwise they are the model's own initialization
+    seeded with `run.seed`, identical on every rank (tensor parallelism: shards of them)."""
+    layout = plan.layout
+    precision = run_precision(run, device)
+    ds_config = build_ds_config(run, plan.ds_file, layout.data, precision,
+                                load_universal=resume is not None and resume.universal,
+                                source=run.distributed.deepspeed_config,
+                                context_parallel_size=layout.context)
+    parallel = ParallelState(layout) if layout.tensor * layout.pipeline * layout.context > 1 else None
+    init_weights = resume is None and run.checkpoint.init_from is not None
+    init_state = _initial_weights(run, plan, checkpoints) if init_weights else None
+    torch.manual_seed(run.seed)
+    if layout.pipeline > 1:  # the PipelineModule carries its own topology (no mpu)
+        mpu = None
+        model = _pipeline_module(run, run.model_config(), parallel, plan.zero_stage, full=init_state)
+    else:
+        mpu = parallel.mpu() if parallel is not None else None
+        model = _model(run, parallel, mpu, ds_config, plan.zero_stage)
+        if init_weights:  # on every rank (collectives under ZeRO-3)
+            _copy_weights(model, _tensor_shard(init_state, parallel))
+    optimizer = _build_optimizer(run, model, ds_config)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config, mpu=mpu)
+    engine.train()
+    return Engine(engine, optimizer, parallel, device, precision)
 
-    `init_weights`: start from `init_state`, full (Hugging Face named) fp32 weights such as
-    `checkpoint.init_from`'s, held by rank 0, or by every rank where `init_weights_on_every_rank`;
-    each rank copies its tensor shard / pipeline stage of them."""
 
-    def __init__(self, run: RunConfig, model_config: ModelConfig, ds_config: dict[str, Any],
-                 dist_info: DistInfo, init_state: dict[str, torch.Tensor] | None = None,
-                 init_weights: bool = False, parallel: ParallelState | None = None):
-        self.run, self.model_config, self.ds_config, self.dist = run, model_config, ds_config, dist_info
-        self.parallel = parallel
+def _initial_weights(run: RunConfig, plan: RunPlan, checkpoints: CheckpointManager | None
+                     ) -> dict[str, torch.Tensor] | None:
+    """`checkpoint.init_from`'s full (HF-named) fp32 weights, read through `checkpoints`: on rank
+    0 (its copy reaches the others, see `_copy_weights`), or on every rank when the model is split
+    over tensor or pipeline ranks (each then takes its part); None on the other ranks."""
+    if checkpoints is None:
+        raise ValueError("checkpoint.init_from needs a CheckpointManager to read the weights")
+    split = plan.layout.tensor * plan.layout.pipeline > 1
+    return checkpoints.initial_weights(run.checkpoint.init_from, run.model_config(), every_rank=split)
+
+
+def _model(run: RunConfig, parallel: ParallelState | None, mpu: DeepSpeedMPU | None,
+           ds_config: dict[str, Any], stage: int) -> GPT:
+    """The GPT with this rank's tensor / context parallel layers, created under
+    `deepspeed.zero.Init` for ZeRO-3 (partitioned over the data x context ranks as it is built)."""
+    group = mpu.get_data_parallel_group() if mpu is not None else None
+    with deepspeed.zero.Init(data_parallel_group=group, mpu=mpu, config_dict_or_path=ds_config,
+                             enabled=stage == 3):
+        return GPT(run.model_config(), parallel, runtime=run.runtime.model_runtime())
+
+
+class Engine:
+    """A DeepSpeed engine and the five things the training loop asks of it (build it with
+    `build_engine`). Batches are (input_ids, labels) Long[B, T] pairs: whole, already shifted
+    sequences of this data-parallel replica (under context parallelism this rank's slice is taken
+    here, and every context rank's loss is the mean over the whole sequences)."""
+
+    def __init__(self, deepspeed_engine: deepspeed.DeepSpeedEngine, optimizer: torch.optim.Optimizer,
+                 parallel: ParallelState | None, device: torch.device, precision: Precision):
+        self.deepspeed_engine = deepspeed_engine
+        """what `CheckpointManager` saves and loads"""
+        self.precision = precision
+        """runtime.precision as resolved for this run's devices"""
         self.pipelined = parallel is not None and parallel.layout.pipeline > 1
-        mpu = parallel.mpu() if parallel is not None and not self.pipelined else None
-        group = mpu.get_data_parallel_group() if mpu is not None else None
-        torch.manual_seed(run.seed)  # identical initial weights on every rank (TP: shards of them)
-        needs_state = dist_info.rank == 0 or init_weights_on_every_rank(parallel and parallel.layout)
-        if init_weights and init_state is None and needs_state:
-            raise ValueError(f"checkpoint.init_from: rank {dist_info.rank} has no weights to copy")
-        if self.pipelined:  # the PipelineModule carries its own topology (no mpu)
-            model = _pipeline_module(run, model_config, parallel, zero_stage(ds_config),
-                                     full=init_state if init_weights else None)
-        else:
-            with deepspeed.zero.Init(data_parallel_group=group, mpu=mpu, config_dict_or_path=ds_config,
-                                     enabled=zero_stage(ds_config) == 3):
-                model = GPT(model_config, parallel, runtime=run.runtime.model_runtime())
-            if init_weights:  # on every rank (collectives under ZeRO-3)
-                _copy_weights(model, _tensor_shard(init_state, parallel))
-        self.optimizer = _build_optimizer(run, model, ds_config)
-        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=self.optimizer, config=ds_config,
-                                                    mpu=mpu)
-
-    @property
-    def deepspeed_engine(self) -> deepspeed.DeepSpeedEngine:
-        """The DeepSpeed engine itself (what `CheckpointManager` saves and loads)."""
-        return self.engine
-
-    @property
-    def gradient_accumulation_steps(self) -> int:
-        return self.engine.gradient_accumulation_steps()
-
-    def set_lr(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-
-    def train(self, mode: bool = True) -> None:
-        self.engine.train(mode)
+        """steps go through `pipeline_step` (DeepSpeed's pipeline engine), not `loss`/`micro_step`"""
+        self._optimizer, self._parallel, self._device = optimizer, parallel, device
 
     def loss(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean next-token loss (fp32 scalar) of a micro-batch; input_ids, labels Long[B, T] (whole,
-        already shifted sequences: under context parallelism this rank's slice is taken here, and
-        every context rank returns the mean over the whole sequences)."""
-        device = self.dist.device
-        if self.pipelined:  # (evaluation only: training steps go through train_batch)
-            return self.engine.eval_batch(iter([(input_ids.to(device), labels.to(device))]),
-                                          num_micro_batches=1)
-        if self.parallel is not None and self.parallel.layout.context > 1:
-            rank, size = self.parallel.context_rank, self.parallel.layout.context
+        """Forward one training micro-batch: its mean next-token loss (fp32 scalar, with graph)."""
+        if self._parallel is not None and self._parallel.layout.context > 1:
+            rank, size = self._parallel.context_rank, self._parallel.layout.context
             input_ids = split_for_context(input_ids, rank, size)
             labels = split_for_context(labels, rank, size)
-        return self.engine(input_ids.to(device), labels=labels.to(device))
+        return self.deepspeed_engine(input_ids.to(self._device), labels=labels.to(self._device))
 
-    def train_batch(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """Pipeline parallelism: forward, backward and update over all `micro_batches` ((input_ids,
-        labels) Long[B, T] each) with DeepSpeed's 1F1B schedule; the mean loss (fp32 scalar,
+    def micro_step(self, loss: torch.Tensor | None, lr: float) -> None:
+        """Backward of a micro-batch's `loss` (None: the micro-batch is dropped, no backward), then
+        DeepSpeed's step, which applies the update with learning rate `lr` at the last micro-batch
+        of the optimizer step. Call once per micro-batch, on every rank."""
+        if loss is not None:
+            self.deepspeed_engine.backward(loss)
+        self._set_lr(lr)
+        self.deepspeed_engine.step()
+
+    def pipeline_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]], lr: float
+                      ) -> torch.Tensor:
+        """Pipeline parallelism: forward, backward and update with learning rate `lr` over all
+        `micro_batches` with DeepSpeed's 1F1B schedule; the mean loss (fp32 scalar, detached,
         averaged over micro-batches and data-parallel replicas, on every stage)."""
-        device = self.dist.device
-        data = [(ids.to(device), labels.to(device)) for ids, labels in micro_batches]
-        return self.engine.train_batch(data_iter=iter(data)).detach()
+        self._set_lr(lr)
+        data = [(ids.to(self._device), labels.to(self._device)) for ids, labels in micro_batches]
+        return self.deepspeed_engine.train_batch(data_iter=iter(data)).detach()
 
-    def backward(self, loss: torch.Tensor) -> None:
-        self.engine.backward(loss)
-
-    def step(self) -> None:
-        """Call once per micro-batch; DeepSpeed applies the update at the accumulation boundary."""
-        self.engine.step()
+    @torch.no_grad()
+    def evaluate(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        """The sum over `batches` of their mean losses (this rank's view), in evaluation mode."""
+        self.deepspeed_engine.train(False)
+        total = 0.0
+        for input_ids, labels in batches:
+            if self.pipelined:
+                loss = self.deepspeed_engine.eval_batch(
+                    iter([(input_ids.to(self._device), labels.to(self._device))]), num_micro_batches=1)
+            else:
+                loss = self.loss(input_ids, labels)
+            total += loss.float().item()
+        self.deepspeed_engine.train(True)
+        return total
 
     def grad_norm(self) -> float | None:
         """Global gradient 2-norm before clipping, of the last optimizer step."""
-        norm = self.engine.get_global_grad_norm()
+        norm = self.deepspeed_engine.get_global_grad_norm()
         return None if norm is None else float(norm)
+
+    def _set_lr(self, lr: float) -> None:
+        for group in self._optimizer.param_groups:
+            group["lr"] = lr
