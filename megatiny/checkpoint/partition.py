@@ -3,8 +3,8 @@
 - tensor parallelism: `partition_dim(name)` is the dimension a full weight is split along over
   the tensor-parallel ranks (rows of q/k/v, gate/up, the embedding and the LM head; columns of o
   and down; None for the replicated norms), the model's parallel layers being
-  `megatiny.model.transformer`'s; `shard_state_dict` / `merge_state_dicts` convert between full
-  weights and one rank's.
+  `megatiny.model.transformer`'s; `shard_state_dict` takes one rank's part of full weights
+  (`megatiny.checkpoint.model_parallel` concatenates a checkpoint's shards back).
 - pipeline parallelism: a stage's state_dict keys are "<layer index>.<name>"
   (`megatiny.model.pipeline`); `pipeline_hf_name` turns one into its Hugging Face name and
   `load_full_state_dict` copies a stage's (and tensor rank's) part of full weights into it.
@@ -51,31 +51,6 @@ def shard_state_dict(full: dict[str, torch.Tensor], tensor_rank: int, tensor_siz
         dim = partition_dim(name)
         out[name] = tensor.clone() if dim is None else shard(tensor, dim, tensor_rank, tensor_size)
     return out
-
-
-def merge_state_dicts(shards: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """The full state dict from every tensor-parallel rank's, in tensor-rank order.
-
-    Replicated weights must agree across ranks (they are taken from rank 0 after a check)."""
-    if not shards:
-        raise ValueError("merge_state_dicts: no shards given")
-    names = list(shards[0])
-    for rank, part in enumerate(shards[1:], start=1):
-        if list(part) != names:
-            raise ValueError(f"merge_state_dicts: tensor rank {rank} has different parameter names "
-                             f"than rank 0 (e.g. {sorted(set(part) ^ set(names))[:3]})")
-    merged = {}
-    for name in names:
-        dim = partition_dim(name)
-        if dim is None:
-            for rank, part in enumerate(shards[1:], start=1):
-                if not torch.equal(part[name], shards[0][name]):
-                    raise ValueError(f"merge_state_dicts: replicated {name} differs between tensor "
-                                     f"ranks 0 and {rank}")
-            merged[name] = shards[0][name].clone()
-        else:
-            merged[name] = torch.cat([part[name] for part in shards], dim=dim)
-    return merged
 
 
 def pipeline_hf_name(pipeline_name: str, num_layers: int) -> str:
