@@ -84,6 +84,11 @@ class ParallelLayout:
     def world_size(self) -> int:
         return self.tensor * self.context * self.data * self.pipeline
 
+    def describe(self) -> str:
+        """e.g. "tensor 2 x context 1 x pipeline 1 x data 2, sequence parallel"."""
+        sizes = f"tensor {self.tensor} x context {self.context} x pipeline {self.pipeline} x data {self.data}"
+        return sizes + (", sequence parallel" if self.sequence_parallel else "")
+
     def _sizes(self) -> tuple[int, ...]:
         return tuple(getattr(self, axis) for axis in AXES)
 

@@ -38,11 +38,10 @@ import numpy as np
 import torch
 
 from megatiny.checkpoint.manager import CheckpointManager, ResumePoint
-from megatiny.checkpoint.metadata import TrainState, WorldLayout, describe_parallel_sizes
+from megatiny.checkpoint.metadata import TrainState, WorldLayout
 from megatiny.data import build_gpt_datasets, describe_datasets
 from megatiny.data.sampler import PretrainingSampler
 from megatiny.parallel import process_group
-from megatiny.parallel.state import ParallelLayout
 from megatiny.precision import warn_if_emulated
 from megatiny.process_env import launch_world_size
 from megatiny.training.config import RunConfig, RunPlan
@@ -96,12 +95,6 @@ class _StopFlag:
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def describe_layout(layout: ParallelLayout) -> str:
-    """e.g. "tensor 2 x context 1 x pipeline 1 x data 2, sequence parallel"."""
-    sizes = describe_parallel_sizes(layout.tensor, layout.context, layout.pipeline, layout.data)
-    return sizes + (", sequence parallel" if layout.sequence_parallel else "")
 
 
 def seed_everything(seed: int) -> None:
@@ -204,7 +197,7 @@ class _Trainer:
             f"ZeRO-{self.plan.zero_stage} | precision {self.engine.precision.describe()}\n"
             f"[megatiny] global batch {run.batch.global_batch_size} = "
             f"{run.batch.micro_batch_size} micro x {accumulation} accumulation x {self.layout.data} "
-            f"data-parallel ranks | {describe_layout(self.layout)} | "
+            f"data-parallel ranks | {self.layout.describe()} | "
             f"seq {run.batch.seq_length} | {run.schedule.train_steps} steps")
         return self._loop(step, consumed, iter(sampler), train_ds, valid_ds)
 

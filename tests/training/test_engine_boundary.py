@@ -56,4 +56,5 @@ def test_zero_stage_precision_and_layout_are_each_derived_in_one_place():
     assert _call_sites("zero_stage") == ["training/config.py"]  # RunConfig.plan
     assert _call_sites("resolve_precision") == ["precision.py", "training/config.py"]  # run_precision
     assert _call_sites("run_precision") == ["training/dry_run.py", "training/engine.py"]
-    assert _call_sites("for_world") == ["training/config.py"]  # ParallelConfig.layout
+    # a run's layout: ParallelConfig.layout; a checkpoint's: WorldLayout.layout, from its record
+    assert _call_sites("for_world") == ["checkpoint/metadata.py", "training/config.py"]
