@@ -42,7 +42,8 @@ BLOCK_CLASS = "BlockPipe"
 
 def check_pipeline(config: ModelConfig, state: ParallelState | ParallelLayout, zero_stage: int) -> None:
     """Raise ValueError for the combinations the pipeline model does not support (the guard of
-    `build_pipeline_model`; a run's config validation calls the same `megatiny.parallel.checks`)."""
+    `build_pipeline_model`; a run's config validation calls the same checks, from
+    `megatiny.model.parallel_checks` and `megatiny.parallel.checks`)."""
     layout = getattr(state, "layout", state)
     check_pipeline_zero_stage(layout, zero_stage)
     check_pipeline_model(config, layout)
@@ -80,7 +81,7 @@ class FinalPipe(nn.Module):
         super().__init__()
         sp_group = parallel.tensor_group if parallel.sequence_parallel else None
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, sp_group)
-        self.lm_head = LMHead(config, parallel=parallel)
+        self.lm_head = LMHead(config, parallel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(x)

@@ -140,7 +140,10 @@ GROUP_AXES: dict[str, tuple[str, ...]] = {
 
 
 class ParallelState:
-    """This rank's process groups for `layout`. Call on every rank (new_group is collective)."""
+    """This rank's process groups for `layout`. Call on every rank (new_group is collective).
+
+    `ParallelState.single_process()` is the state of a model that is not split (every size 1):
+    no groups, no process group needed; what the model uses when it is not given one."""
 
     def __init__(self, layout: ParallelLayout):
         if not dist.is_initialized():
@@ -160,6 +163,16 @@ class ParallelState:
                 group = dist.new_group(ranks=ranks)  # every rank creates every group, same order
                 if self.rank in ranks:
                     self.groups[name], self.group_members[name] = group, ranks
+
+    @classmethod
+    def single_process(cls) -> ParallelState:
+        """One process holds the whole model: layout of one rank, rank 0, no process groups (a
+        model that is not split never asks for one)."""
+        state = cls.__new__(cls)  # (no torch.distributed: __init__'s groups are not needed)
+        state.layout, state.rank = ParallelLayout(), 0
+        state.coords = state.layout.coordinates(0)
+        state.groups, state.group_members = {}, {}
+        return state
 
     @property
     def tensor_group(self):

@@ -105,11 +105,11 @@ def _pipeline_module(run: RunConfig, model_config: ModelConfig, parallel: Parall
     return module
 
 
-def _tensor_shard(full: dict[str, torch.Tensor] | None, parallel: ParallelState | None
+def _tensor_shard(full: dict[str, torch.Tensor] | None, parallel: ParallelState
                   ) -> dict[str, torch.Tensor] | None:
     """This tensor rank's part of full (Hugging Face named) weights; `full` itself without
     tensor parallelism."""
-    if full is None or parallel is None or parallel.layout.tensor == 1:
+    if full is None or parallel.layout.tensor == 1:
         return full
     return shard_state_dict(full, parallel.tensor_rank, parallel.layout.tensor)
 
@@ -130,7 +130,9 @@ def build_engine(run: RunConfig, plan: RunPlan, device: torch.device, *,
                                 load_universal=resume is not None and resume.universal,
                                 source=run.distributed.deepspeed_config,
                                 context_parallel_size=layout.context)
-    parallel = ParallelState(layout) if layout.tensor * layout.pipeline * layout.context > 1 else None
+    model_parallel = layout.tensor * layout.pipeline * layout.context > 1
+    # Plain data parallelism: the model is whole on every rank and DeepSpeed groups the world itself.
+    parallel = ParallelState(layout) if model_parallel else ParallelState.single_process()
     init_weights = resume is None and run.checkpoint.init_from is not None
     init_state = _initial_weights(run, plan, checkpoints) if init_weights else None
     torch.manual_seed(run.seed)
@@ -138,7 +140,7 @@ def build_engine(run: RunConfig, plan: RunPlan, device: torch.device, *,
         mpu = None
         model = _pipeline_module(run, run.model_config(), parallel, plan.zero_stage, full=init_state)
     else:
-        mpu = parallel.mpu() if parallel is not None else None
+        mpu = parallel.mpu() if model_parallel else None
         model = _model(run, parallel, mpu, ds_config, plan.zero_stage)
         if init_weights:  # on every rank (collectives under ZeRO-3)
             _copy_weights(model, _tensor_shard(init_state, parallel))
@@ -159,7 +161,7 @@ def _initial_weights(run: RunConfig, plan: RunPlan, checkpoints: CheckpointManag
     return checkpoints.initial_weights(run.checkpoint.init_from, run.model_config(), every_rank=split)
 
 
-def _model(run: RunConfig, parallel: ParallelState | None, mpu: DeepSpeedMPU | None,
+def _model(run: RunConfig, parallel: ParallelState, mpu: DeepSpeedMPU | None,
            ds_config: dict[str, Any], stage: int) -> GPT:
     """The GPT with this rank's tensor / context parallel layers, created under
     `deepspeed.zero.Init` for ZeRO-3 (partitioned over the data x context ranks as it is built)."""
@@ -176,18 +178,18 @@ class Engine:
     here, and every context rank's loss is the mean over the whole sequences)."""
 
     def __init__(self, deepspeed_engine: deepspeed.DeepSpeedEngine, optimizer: torch.optim.Optimizer,
-                 parallel: ParallelState | None, device: torch.device, precision: Precision):
+                 parallel: ParallelState, device: torch.device, precision: Precision):
         self.deepspeed_engine = deepspeed_engine
         """what `CheckpointManager` saves and loads"""
         self.precision = precision
         """runtime.precision as resolved for this run's devices"""
-        self.pipelined = parallel is not None and parallel.layout.pipeline > 1
+        self.pipelined = parallel.layout.pipeline > 1
         """steps go through `pipeline_step` (DeepSpeed's pipeline engine), not `loss`/`micro_step`"""
         self._optimizer, self._parallel, self._device = optimizer, parallel, device
 
     def loss(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Forward one training micro-batch: its mean next-token loss (fp32 scalar, with graph)."""
-        if self._parallel is not None and self._parallel.layout.context > 1:
+        if self._parallel.layout.context > 1:
             rank, size = self._parallel.context_rank, self._parallel.layout.context
             input_ids = split_for_context(input_ids, rank, size)
             labels = split_for_context(labels, rank, size)
