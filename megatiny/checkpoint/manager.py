@@ -37,7 +37,7 @@ from megatiny.checkpoint.load import load_model
 from megatiny.checkpoint.metadata import METADATA_FILE, TrainState, WorldLayout, read_metadata, write_metadata
 from megatiny.checkpoint.reshard import ResumeMode, load_resharded, open_checkpoint, resume_mode
 from megatiny.model.config import ModelConfig, architecture_differences
-from megatiny.parallel.deepspeed import barrier
+from megatiny.parallel.process_group import barrier
 from megatiny.parallel.state import ParallelLayout
 
 

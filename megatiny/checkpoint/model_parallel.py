@@ -6,9 +6,9 @@ the data-parallel ranks (`megatiny.checkpoint.consolidate.ZeroCheckpoint` reads 
 
   - without pipelines (written with megatiny's `mpu`): mp = tensor rank; parameter names are
     the Hugging Face names, and each tensor rank holds its shard of the split weights
-    (`megatiny.parallel.tensor_parallel.partition_dim`);
+    (`megatiny.checkpoint.partition.partition_dim`);
   - with pipelines (DeepSpeed's pipeline engine and topology): mp = stage x T + tensor rank,
-    and names are layer-relative ("<layer>.<name>", `megatiny.parallel.pipeline.hf_name`).
+    and names are layer-relative ("<layer>.<name>", `megatiny.checkpoint.partition.pipeline_hf_name`).
 
 `ModelParallelCheckpoint.tensor(name)` finds a weight's stage, assembles each tensor rank's
 shard from its ZeRO partitions and concatenates them along the split dimension (replicated
@@ -24,8 +24,7 @@ from pathlib import Path
 import torch
 
 from megatiny.checkpoint.consolidate import ZeroCheckpoint
-from megatiny.parallel.pipeline import hf_name as pipeline_hf_name
-from megatiny.parallel.tensor_parallel import partition_dim
+from megatiny.checkpoint.partition import partition_dim, pipeline_hf_name
 
 ADAM_STATE_KEYS = ("exp_avg", "exp_avg_sq")
 

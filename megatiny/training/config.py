@@ -40,14 +40,9 @@ from megatiny.model.config import (
     check_model_parallel_features,
     get_preset,
 )
-from megatiny.parallel.checks import (
-    check_context_parallel,
-    check_pipeline_model,
-    check_pipeline_zero_stage,
-    check_sequence_split,
-    check_tensor_parallel,
-)
-from megatiny.precision import PRECISIONS, Precision
+from megatiny.model.parallel_checks import check_context_parallel, check_pipeline_model, check_tensor_parallel
+from megatiny.parallel.checks import check_pipeline_zero_stage, check_sequence_split
+from megatiny.precision import PRECISIONS, Precision, detect_hardware, resolve_precision
 
 if TYPE_CHECKING:
     from megatiny.parallel.state import ParallelLayout
@@ -479,7 +474,13 @@ class RunConfig:
         layout = self.parallel.layout(world_size)
         self._check_data()
         source = self.distributed.deepspeed_config
-        ds_file = read_ds_file(source)
+        return self.plan(layout, read_ds_file(source), source)
+
+    def plan(self, layout: ParallelLayout, ds_file: dict[str, Any], source: str = "deepspeed config"
+             ) -> RunPlan:
+        """The part of `validate` that reads no file: the run on `layout` (from
+        `self.parallel.layout`) with DeepSpeed file contents `ds_file` (named `source` in errors).
+        The ZeRO stage and the accumulation steps are derived here, once."""
         check_ds_file(ds_file, source)
         stage = zero_stage(ds_file)
         check_pipeline_zero_stage(layout, stage)
@@ -745,6 +746,12 @@ def offloads_optimizer(ds_config: dict[str, Any]) -> bool:
     """Whether the optimizer states live on the CPU (or NVMe) under ZeRO-Offload."""
     device = ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
     return device in ("cpu", "nvme")
+
+
+def run_precision(run: RunConfig, device: Any) -> Precision:
+    """runtime.precision resolved for `device` (a torch.device; the same answer on every rank of
+    one host kind): the one place a run's precision is decided."""
+    return resolve_precision(run.runtime.precision, detect_hardware(device))
 
 
 def precision_section(precision: Precision, ds_file: dict[str, Any]) -> dict[str, Any]:

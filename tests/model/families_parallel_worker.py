@@ -13,12 +13,13 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
+from megatiny.checkpoint.partition import partition_dim, shard_state_dict
 from megatiny.model import GPT, ModelRuntime, get_preset
 from megatiny.model.generate import generate
 from megatiny.parallel.context_parallel import split_for_context
-from megatiny.parallel.deepspeed import skip_inference_shm_allreduce
+from megatiny.parallel.process_group import skip_inference_shm_allreduce
 from megatiny.parallel.state import ParallelLayout, ParallelState
-from megatiny.parallel.tensor_parallel import partition_dim, shard, shard_state_dict
+from megatiny.parallel.tensor_parallel import shard
 
 SEQ = 16
 LAYOUTS = {"tp2": {"tensor": 2}, "tp2-sp": {"tensor": 2, "sequence_parallel": True}, "cp2": {"context": 2}}

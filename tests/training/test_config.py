@@ -4,9 +4,9 @@ import pytest
 
 from megatiny.data.config import DataConfig
 from megatiny.model.config import ModelRuntime, get_preset
-from megatiny.parallel.deepspeed import build_ds_config, param_groups
 from megatiny.precision import Precision
-from megatiny.training.config import BatchConfig, RunConfig, apply_overrides, load_config
+from megatiny.training.config import BatchConfig, RunConfig, apply_overrides, build_ds_config, load_config
+from megatiny.training.engine import param_groups
 from megatiny.training.flops import peak_tflops_for, throughput
 from megatiny.training.schedule import learning_rate
 from tests.helpers import REPO_ROOT
