@@ -5,7 +5,8 @@
 Both sides run the same model, batch and AdamW (no weight decay on norms, clipping 1.0):
   bare: the model in --precision's dtype (no fp32 master copy),
         loss.backward(), clip_grad_norm_, optimizer.step()
-  engine: megatiny's TrainingEngine (the path tools/train.py uses) with each DeepSpeed config given.
+  engine: megatiny's engine (`build_engine`, the path tools/train.py uses) with each DeepSpeed config
+          given.
 Prints seconds per step and the ratio engine / bare.
 """
 from __future__ import annotations
@@ -16,9 +17,10 @@ import time
 import torch
 
 from megatiny.model import GPT
-from megatiny.parallel import deepspeed as ds_engine
+from megatiny.parallel import process_group
 from megatiny.precision import PRECISIONS
-from megatiny.training.config import load_config
+from megatiny.training.config import load_config, read_ds_file, run_precision
+from megatiny.training.engine import build_engine, param_groups
 
 
 def _timed(step_fn, steps: int, warmup: int) -> float:
@@ -52,11 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     tokens = torch.randint(0, model_config.vocab_size, (mbs, args.seq + 1), generator=generator)
     inputs, labels = tokens[:, :-1], tokens[:, 1:]
 
-    precision = ds_engine.run_precision(run, torch.device("cpu"))
+    precision = run_precision(run, torch.device("cpu"))
     torch.manual_seed(run.seed)
     model = GPT(model_config).to(precision.dtype)
     opt = run.optimizer
-    optimizer = torch.optim.AdamW(ds_engine.param_groups(model, opt.weight_decay), lr=opt.lr,
+    optimizer = torch.optim.AdamW(param_groups(model, opt.weight_decay), lr=opt.lr,
                                   betas=(opt.beta1, opt.beta2), eps=opt.eps)
 
     def bare_step() -> None:
@@ -70,22 +72,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.preset} seq {args.seq} micro-batch {mbs}, {torch.get_num_threads()} threads, "
           f"{args.steps} steps")
     print(f"bare PyTorch {precision.name} step: {1000 * bare:8.1f} ms ({precision.describe()})")
-    dist_info = ds_engine.init_distributed(run.distributed)
+    dist_info = process_group.init_distributed(run.distributed.backend, run.distributed.timeout_s,
+                                                run.distributed.master_port)
     try:
         for path in args.ds_configs:
-            ds_config = ds_engine.build_ds_config(run, ds_engine.read_ds_file(path), 1, precision,
-                                                  source=path)
-            engine = ds_engine.TrainingEngine(run, model_config, ds_config, dist_info)
+            plan = run.plan(run.parallel.layout(dist_info.world_size), read_ds_file(path), source=path)
+            engine = build_engine(run, plan, dist_info.device)
 
             def engine_step(engine=engine) -> None:
-                loss = engine.loss(inputs, labels)
-                engine.backward(loss)
-                engine.step()
+                engine.micro_step(engine.loss(inputs, labels), opt.lr)
 
             seconds = _timed(engine_step, args.steps, args.warmup)
             print(f"engine {path:32s}: {1000 * seconds:8.1f} ms  ratio engine/bare {seconds / bare:.2f}")
     finally:
-        ds_engine.shutdown()
+        process_group.shutdown()
     return 0
 
 

@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/bench_precision.py            # the quickstart's model and batch
     ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/bench_precision.py      # as on a CPU without native bf16
 
-Each precision runs benchmarks/bench_train_gpu.py (the TrainingEngine of tools/train.py, ZeRO-3,
+Each precision runs benchmarks/bench_train_gpu.py (the engine of tools/train.py, ZeRO-3,
 one rank, random tokens) in its own process and reports tokens/s; the ratios are to fp32. The goal
 (issue "Precision that fits the hardware"): auto >= 0.8x fp32 everywhere, and bf16 where the CPU
 has native bf16.

@@ -47,9 +47,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from megatiny.model import GPT, ModelRuntime, get_preset
-from megatiny.parallel.deepspeed import param_groups, skip_inference_shm_allreduce
+from megatiny.parallel.process_group import skip_inference_shm_allreduce
 from megatiny.parallel.state import ParallelLayout, ParallelState
 from megatiny.process_env import free_port
+from megatiny.training.engine import param_groups
 
 UNITS = (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10))
 OPTIMIZER_STEP_TOKENS = 16  # the optimizer states do not depend on the batch: a short one will do

@@ -5,7 +5,7 @@ GPU (the TinyLlama figure, one device, ZeRO-3, precision auto = bf16 there):
 CPU smoke run (so the script is exercised without a GPU):
     python benchmarks/bench_train_gpu.py --preset tiny-test --seq 64 --micro-batch 4 --steps 4
 
-Runs the same TrainingEngine as tools/train.py on random tokens (data loading excluded). MFU uses
+Runs the same engine (`build_engine`) as tools/train.py on random tokens (data loading excluded). MFU uses
 the peak bf16 TFLOP/s table in megatiny.training.flops (`--peak-tflops` overrides; on CPU no MFU
 unless given).
 """
@@ -16,9 +16,10 @@ import time
 
 import torch
 
-from megatiny.parallel import deepspeed as ds_engine
+from megatiny.parallel import process_group
 from megatiny.precision import PRECISIONS
-from megatiny.training.config import load_config
+from megatiny.training.config import load_config, read_ds_file
+from megatiny.training.engine import build_engine
 from megatiny.training.flops import peak_tflops_for, throughput
 from megatiny.training.logging import memory_gb
 
@@ -45,13 +46,13 @@ def main(argv: list[str] | None = None) -> int:
                              f"distributed.deepspeed_config={args.ds_config}",
                              f"runtime.precision={args.precision}"])
     model_config = run.model_config()
-    dist_info = ds_engine.init_distributed(run.distributed)
+    dist_info = process_group.init_distributed(run.distributed.backend, run.distributed.timeout_s,
+                                                run.distributed.master_port)
     try:
-        ds_file = ds_engine.read_ds_file(args.ds_config)
-        precision = ds_engine.run_precision(run, dist_info.device)
-        ds_config = ds_engine.build_ds_config(run, ds_file, dist_info.world_size, precision,
-                                              source=args.ds_config)
-        engine = ds_engine.TrainingEngine(run, model_config, ds_config, dist_info)
+        plan = run.plan(run.parallel.layout(dist_info.world_size), read_ds_file(args.ds_config),
+                        source=args.ds_config)
+        engine = build_engine(run, plan, dist_info.device)
+        precision = engine.precision
         generator = torch.Generator().manual_seed(0)
         tokens = torch.randint(0, model_config.vocab_size, (mbs, args.seq + 1), generator=generator)
         inputs, labels = tokens[:, :-1], tokens[:, 1:]
@@ -59,8 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         def step() -> float:
             for _ in range(acc):
                 loss = engine.loss(inputs, labels)
-                engine.backward(loss)
-                engine.step()
+                engine.micro_step(loss, run.optimizer.lr)
             return loss.item()  # synchronises the device
 
         for _ in range(args.warmup):
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.steps):
             loss = step()
         seconds = time.perf_counter() - started
-        device = ds_engine.device_name(dist_info.device)
+        device = process_group.device_name(dist_info.device)
         peak = peak_tflops_for(device, args.peak_tflops)
         perf = throughput(args.steps * acc * mbs * args.seq * dist_info.world_size, seconds,
                           model_config.flops_per_token(args.seq), dist_info.world_size, peak)
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{perf['tflops_per_device']:.2f} | MFU {mfu} | "
               f"peak memory {memory_gb(dist_info.device):.2f} GiB")
     finally:
-        ds_engine.shutdown()
+        process_group.shutdown()
     return 0
 
 

@@ -19,7 +19,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 put_interpreter_bin_first()
 
 # DeepSpeed JIT-compiles small C++ ops (on CPU: CPUAdam, for optimizer offload; its shared-memory
-# allreduce is skipped by megatiny.parallel.deepspeed.skip_inference_shm_allreduce). The suite keeps
+# allreduce is skipped by megatiny.parallel.process_group.skip_inference_shm_allreduce). The suite keeps
 # them in a directory of its own and builds them once, before any test starts ranks, so no rank
 # waits on the build lock of another process.
 _REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -47,7 +47,7 @@ def export_hf(src: str | os.PathLike, out: str | os.PathLike, *, tag: str | None
     shards = plan_shards([(e.hf, e.shape) for e in table], dtype, parse_size(max_shard_size))
     with _atomic_dir(Path(out), overwrite) as tmp:
         _write_json(tmp / "config.json", hf.config_to_hf(config, dtype))
-        _write_json(tmp / "generation_config.json", hf.generation_config(config))
+        _write_json(tmp / "generation_config.json", _generation_config(source))
         get = lambda name: source.tensor(hf_to_megatiny[name])  # noqa: E731
         if len(shards) == 1:
             write_safetensors(tmp / sources.SAFETENSORS_FILE, shards[0], dtype, get)
@@ -95,6 +95,9 @@ def _write_megatiny(source, out: Path, dtype, tokenizer, overwrite: bool) -> Pat
     tokenizer_path = tokenizer if tokenizer is not None else source.metadata.get("tokenizer")
     with _atomic_dir(out, overwrite) as tmp:
         write_safetensors(tmp / sources.SAFETENSORS_FILE, items, dtype, source.tensor)
+        carried = Path(source.path) / GENERATION_CONFIG if source.path is not None else None
+        if carried is not None and carried.is_file():  # an HF source's stop tokens travel along
+            shutil.copy2(carried, tmp / GENERATION_CONFIG)
         recorded = tokenizer_path
         # the tokenizer travels with the weights (when it exists); record where it will live
         if tokenizer_path is not None and Path(tokenizer_path).is_dir():
@@ -110,6 +113,23 @@ def _write_megatiny(source, out: Path, dtype, tokenizer, overwrite: bool) -> Pat
             notes["converted_from"] = str(source.path)
         write_metadata(tmp, source.config, tokenizer=recorded, state=meta.get("train_state"), notes=notes)
     return out
+
+
+GENERATION_CONFIG = "generation_config.json"
+
+
+def _generation_config(source) -> dict:
+    """The source's own generation_config.json when it has one (an HF dir, or a megatiny weights
+    dir imported from one: e.g. an Instruct model's list of stop tokens), else bos/eos of its config."""
+    path = Path(source.path) / GENERATION_CONFIG if source.path is not None else None
+    if path is not None and path.is_file():
+        try:
+            values = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        if isinstance(values, dict):
+            return values
+    return hf.generation_config(source.config)
 
 
 def import_hf(hf_dir: str | os.PathLike, out: str | os.PathLike, *, dtype: str | torch.dtype | None = None,

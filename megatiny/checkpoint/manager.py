@@ -45,8 +45,8 @@ from megatiny.checkpoint import io, layout, manifest
 from megatiny.checkpoint.load import load_model
 from megatiny.checkpoint.metadata import METADATA_FILE, TrainState, WorldLayout, read_metadata, write_metadata
 from megatiny.checkpoint.reshard import ResumeMode, load_resharded, open_checkpoint, resume_mode
-from megatiny.model.config import ModelConfig
-from megatiny.parallel.deepspeed import barrier
+from megatiny.model.config import ModelConfig, architecture_differences
+from megatiny.parallel.process_group import barrier
 from megatiny.parallel.state import ParallelLayout
 
 
@@ -78,8 +78,8 @@ class ResumePoint:
 
 def check_architecture(found: ModelConfig, expected: ModelConfig, where: str) -> None:
     if found != expected:
-        raise ValueError(f"{where}: the checkpoint's model config differs from this run's model config:\n"
-                         f"  checkpoint: {found}\n  run:        {expected}")
+        raise ValueError(f"{where}: the checkpoint's model config differs from this run's model config in "
+                         f"{'; '.join(architecture_differences(found, expected))} (checkpoint != run)")
 
 
 class CheckpointManager:

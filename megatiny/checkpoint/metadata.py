@@ -26,6 +26,7 @@ from typing import Any
 
 from megatiny.fileio import atomic_write_text
 from megatiny.model.config import RUNTIME_FIELDS, ModelConfig
+from megatiny.parallel.state import ParallelLayout
 
 METADATA_FILE = "megatiny.json"
 METADATA_VERSION = 2
@@ -33,7 +34,10 @@ METADATA_VERSION = 2
 
 @dataclass(frozen=True)
 class WorldLayout:
-    """How the ranks that wrote a checkpoint were arranged.
+    """How the ranks that wrote a checkpoint were arranged, as `megatiny.json` records it
+    (`train_state.world`): the run's `ParallelLayout` (`layout`, which these sizes are the record
+    of; sequence parallelism is not recorded, it does not change the files) with its ZeRO stage
+    and precision.
 
     world_size = data-parallel x tensor x pipeline x context parallel sizes. `zero_stage` and
     `precision` (bf16 | fp16 | fp32, the resolved runtime.precision) are None when unknown (files
@@ -57,26 +61,27 @@ class WorldLayout:
                              f"context parallel sizes ({model_parallel})")
 
     @classmethod
-    def of_run(cls, layout: Any, zero_stage: int | None = None, precision: str | None = None) -> WorldLayout:
-        """What a run of `layout` (a `megatiny.parallel.state.ParallelLayout`) records."""
+    def of_run(cls, layout: ParallelLayout, zero_stage: int | None = None,
+               precision: str | None = None) -> WorldLayout:
+        """What a run of `layout` records."""
         return cls(world_size=layout.world_size, zero_stage=zero_stage, precision=precision,
                    tensor_parallel_size=layout.tensor, pipeline_parallel_size=layout.pipeline,
                    context_parallel_size=layout.context)
 
     @property
+    def layout(self) -> ParallelLayout:
+        """The recorded sizes as the run's layout type (without sequence parallelism)."""
+        return ParallelLayout.for_world(self.world_size, tensor=self.tensor_parallel_size,
+                                        pipeline=self.pipeline_parallel_size,
+                                        context=self.context_parallel_size)
+
+    @property
     def data_parallel_size(self) -> int:
-        return self.world_size // (self.tensor_parallel_size * self.pipeline_parallel_size
-                                   * self.context_parallel_size)
+        return self.layout.data
 
     def describe(self) -> str:
         """e.g. "tensor 2 x context 1 x pipeline 1 x data 2 (4 ranks)"."""
-        return (describe_parallel_sizes(self.tensor_parallel_size, self.context_parallel_size,
-                                        self.pipeline_parallel_size, self.data_parallel_size)
-                + f" ({self.world_size} ranks)")
-
-
-def describe_parallel_sizes(tensor: int, context: int, pipeline: int, data: int) -> str:
-    return f"tensor {tensor} x context {context} x pipeline {pipeline} x data {data}"
+        return f"{self.layout.describe()} ({self.world_size} ranks)"
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,9 @@ the data-parallel ranks (`megatiny.checkpoint.consolidate.ZeroCheckpoint` reads 
 
   - without pipelines (written with megatiny's `mpu`): mp = tensor rank; parameter names are
     the Hugging Face names, and each tensor rank holds its shard of the split weights
-    (`megatiny.parallel.tensor_parallel.partition_dim`);
+    (`megatiny.checkpoint.partition.partition_dim`);
   - with pipelines (DeepSpeed's pipeline engine and topology): mp = stage x T + tensor rank,
-    and names are layer-relative ("<layer>.<name>", `megatiny.parallel.pipeline.hf_name`).
+    and names are layer-relative ("<layer>.<name>", `megatiny.checkpoint.partition.pipeline_hf_name`).
 
 `ModelParallelCheckpoint.tensor(name)` finds a weight's stage, assembles each tensor rank's
 shard from its ZeRO partitions and concatenates them along the split dimension (replicated
@@ -24,8 +24,7 @@ from pathlib import Path
 import torch
 
 from megatiny.checkpoint.consolidate import ZeroCheckpoint
-from megatiny.parallel.pipeline import hf_name as pipeline_hf_name
-from megatiny.parallel.tensor_parallel import partition_dim
+from megatiny.checkpoint.partition import partition_dim, pipeline_hf_name
 
 ADAM_STATE_KEYS = ("exp_avg", "exp_avg_sq")
 
@@ -50,10 +49,26 @@ class ModelParallelCheckpoint:
                 for stored in zero.names():
                     name = pipeline_hf_name(stored, num_layers) if pipeline_size > 1 else stored
                     self._where.setdefault(name, [None] * tensor_size)[tensor_rank] = (zero, stored)
+        self._resolve_tied_aliases()
         incomplete = [name for name, found in self._where.items() if any(f is None for f in found)]
         if incomplete:
             raise ValueError(f"{self.tag_dir}: {incomplete[:3]} missing on some of the {tensor_size} tensor "
                              "ranks; the checkpoint is incomplete or not of this layout")
+
+    def _resolve_tied_aliases(self) -> None:
+        """A tied name (DeepSpeed's `shared_params`, e.g. `lm_head.weight` -> the embedding) that some
+        tensor ranks record and others do not: on those others, read the tensor it is tied to."""
+        for found in self._where.values():
+            present = [(zero, stored) for zero, stored in filter(None, found) if stored in zero.shared]
+            if not present or all(found):
+                continue
+            zero, stored = present[0]
+            target = zero.shared[stored]
+            stage = self.ranks.index(zero) // self.tensor_size
+            for tensor_rank, entry in enumerate(found):
+                holder = self.ranks[stage * self.tensor_size + tensor_rank]
+                if entry is None and target in holder.names():
+                    found[tensor_rank] = (holder, target)
 
     @property
     def stage(self) -> int:

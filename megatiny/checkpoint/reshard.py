@@ -37,9 +37,9 @@ from deepspeed.utils import (
 
 from megatiny.checkpoint.metadata import WorldLayout
 from megatiny.checkpoint.model_parallel import ADAM_STATE_KEYS, ModelParallelCheckpoint
-from megatiny.parallel.pipeline import hf_name as pipeline_hf_name
+from megatiny.checkpoint.partition import partition_dim, pipeline_hf_name
 from megatiny.parallel.state import ParallelLayout
-from megatiny.parallel.tensor_parallel import partition_dim, shard
+from megatiny.parallel.tensor_parallel import shard
 
 
 class ResumeMode(enum.Enum):
@@ -55,8 +55,8 @@ def resume_mode(saved: WorldLayout | None, run: ParallelLayout, zero_stage: int 
     if saved is None:  # from before layouts were recorded: plain data parallelism, these ranks
         saved = WorldLayout(world_size=run.world_size)
     stage_changed = None not in (zero_stage, saved.zero_stage) and zero_stage != saved.zero_stage
-    same_split = (saved.tensor_parallel_size, saved.pipeline_parallel_size) == (run.tensor, run.pipeline)
-    if same_split and saved.world_size == run.world_size and not stage_changed:
+    same_split = (saved.layout.tensor, saved.layout.pipeline) == (run.tensor, run.pipeline)
+    if same_split and saved.layout.world_size == run.world_size and not stage_changed:
         return ResumeMode.SAME
     # DeepSpeed's universal converter reads ZeRO-1/2 checkpoints only with Megatron-DeepSpeed's
     # `universal_checkpoint_info` in them, so those are resharded too.
@@ -68,9 +68,8 @@ def resume_mode(saved: WorldLayout | None, run: ParallelLayout, zero_stage: int 
 
 def open_checkpoint(tag_dir, saved: WorldLayout | None, num_layers: int) -> ModelParallelCheckpoint:
     """The full-tensor reader of a tag directory written by `saved`."""
-    tensor = saved.tensor_parallel_size if saved is not None else 1
-    pipeline = saved.pipeline_parallel_size if saved is not None else 1
-    return ModelParallelCheckpoint(tag_dir, tensor, pipeline, num_layers)
+    layout = saved.layout if saved is not None else ParallelLayout()
+    return ModelParallelCheckpoint(tag_dir, layout.tensor, layout.pipeline, num_layers)
 
 
 def load_resharded(engine: Any, source: ModelParallelCheckpoint, *, tensor_rank: int, tensor_size: int,

@@ -209,8 +209,8 @@ def open_weights(path: str | os.PathLike, *, tag: str | None = None, weights: st
         metadata = read_metadata(tag_dir)
         has_optim = any(consolidate.OPTIM_PATTERN.match(p.name) for p in tag_dir.iterdir())
         world = metadata["train_state"].world
-        tensor_size = world.tensor_parallel_size if world is not None else 1
-        pipeline_size = world.pipeline_parallel_size if world is not None else 1
+        tensor_size = world.layout.tensor if world is not None else 1
+        pipeline_size = world.layout.pipeline if world is not None else 1
         if tensor_size > 1 or pipeline_size > 1:
             if weights == "module" or not has_optim:
                 raise ValueError(f"{tag_dir}: a model-parallel checkpoint (tensor_parallel_size "

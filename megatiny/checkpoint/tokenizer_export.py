@@ -65,8 +65,8 @@ def _export_tokenizer_json(path: Path, out_dir: Path, config: ModelConfig) -> No
         tok = Tokenizer.from_file(str(path))
     except Exception as e:
         raise ValueError(f"{path}: not a valid tokenizers JSON file ({e})") from None
-    _save_fast(tok, out_dir, config, bos=tok.id_to_token(config.bos_token_id),
-               eos=tok.id_to_token(config.eos_token_id), unk=None)
+    bos = tok.id_to_token(config.bos_token_id) if config.bos_token_id is not None else None
+    _save_fast(tok, out_dir, config, bos=bos, eos=tok.id_to_token(config.document_eos_token_id), unk=None)
 
 
 def _export_sentencepiece(path: Path, out_dir: Path, config: ModelConfig) -> None:
@@ -74,7 +74,7 @@ def _export_sentencepiece(path: Path, out_dir: Path, config: ModelConfig) -> Non
     spec = proto.trainer_spec
     pieces = list(proto.pieces)
     for field, sp_id, model_id in (("bos", spec.bos_id, config.bos_token_id),
-                                   ("eos", spec.eos_id, config.eos_token_id)):
+                                   ("eos", spec.eos_id, config.document_eos_token_id)):
         if sp_id >= 0 and sp_id != model_id:
             raise ValueError(f"{path}: sentencepiece {field}_id is {sp_id} but the model config's "
                              f"{field}_token_id is {model_id}; train with a matching config")

@@ -1,11 +1,13 @@
-"""Convert megatiny checkpoints to and from Hugging Face Llama.
+"""Convert megatiny checkpoints to and from Hugging Face Llama, Qwen2 and Mistral.
 
-    # DeepSpeed checkpoint (root -> its `latest` tag, or --tag / a tag dir) -> HF LlamaForCausalLM
+    # DeepSpeed checkpoint (root -> its `latest` tag, or --tag / a tag dir) -> HF directory of the
+    # model's family (LlamaForCausalLM, Qwen2ForCausalLM or MistralForCausalLM)
     megatiny convert to-hf runs/tiny/checkpoints out/tiny-hf --dtype bf16
-    # HF Llama dir (or a DeepSpeed checkpoint) -> megatiny weights dir (for init_from / eval)
+    # HF Llama / Qwen2 / Mistral dir (or a DeepSpeed checkpoint) -> megatiny weights dir
     megatiny convert to-megatiny path/to/hf-llama out/llama-megatiny
 
-SRC may be a DeepSpeed checkpoint root or tag dir, a megatiny weights dir or an HF Llama dir.
+SRC may be a DeepSpeed checkpoint root or tag dir, a megatiny weights dir or an HF dir of a
+supported family (see docs/MODELS.md).
 Outputs are written to a temporary directory and renamed into place when complete.
 """
 from __future__ import annotations
@@ -41,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    to_hf = commands.add_parser("to-hf", help="write a Hugging Face LlamaForCausalLM directory")
+    to_hf = commands.add_parser("to-hf", help="write a Hugging Face directory of the model's family "
+                                                    "(Llama, Qwen2, Mistral)")
     to_mt = commands.add_parser("to-megatiny", help="write a megatiny weights directory")
     for sub in (to_hf, to_mt):
         sub.add_argument("src", help="DeepSpeed checkpoint root or tag dir, megatiny weights dir, or HF dir")

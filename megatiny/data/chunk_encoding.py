@@ -43,7 +43,9 @@ class EncodedChunk:
 
 
 class ChunkEncoder:
-    """`encoder(chunk) -> EncodedChunk`: every record's `json_keys` values as `[BOS] + ids + [EOS]`."""
+    """`encoder(chunk) -> EncodedChunk`: every record's `json_keys` values as `[BOS] + ids + [EOS]`
+    (exactly one BOS with `prepend_bos`: the tokenizer adds none, and a text that starts with the
+    BOS token's spelling does not get a second)."""
 
     def __init__(self, options: EncodeOptions, tokenizer: Tokenizer | None = None):
         self.options = options
@@ -71,7 +73,10 @@ class ChunkEncoder:
             if not jsonl:
                 nbytes += sum(len(v.encode("utf-8")) for v in values)
             for k, value in enumerate(values):
-                ids = prefix + tok.encode(value) + suffix
+                body = tok.encode(value)
+                if prefix and body[:1] == prefix:  # the text spelled the BOS itself: one BOS only
+                    body = body[1:]
+                ids = prefix + body + suffix
                 flat[k].extend(ids)
                 lengths[k].append(len(ids))
         arrays = [(np.array(f, dtype=self.dtype), np.array(n, dtype=np.int32)) for f, n in zip(flat, lengths)]

@@ -106,7 +106,9 @@ def preprocess(inputs: list[str], output_prefix: str | os.PathLike, tokenizer: s
         raise ValueError(f"workers must be >= 1, got {workers}")
     tok = load_tokenizer(tokenizer)
     if prepend_bos and tok.bos_id is None:
-        raise ValueError(f"{tokenizer}: --prepend-bos given but the tokenizer has no BOS token")
+        raise ValueError(f"{tokenizer}: --prepend-bos given but the tokenizer has no BOS token (models "
+                         f"such as Qwen2 have none: documents are separated by EOS alone); omit "
+                         f"--prepend-bos")
     if append_eod and tok.eos_id is None:
         raise ValueError(f"{tokenizer}: --append-eod given but the tokenizer has no EOS token")
     options = EncodeOptions(str(tokenizer), tuple(json_keys), prepend_bos, append_eod)

@@ -142,21 +142,39 @@ def open_binary(path: Path, raw: io.BufferedIOBase | None = None) -> io.Buffered
     return raw
 
 
+class _CountingReader(io.RawIOBase):
+    """The bytes read so far from `file` (`count`), where `tell()` cannot say: a named pipe or
+    /dev/stdin has no position. Counts read-ahead too, which only moves progress a buffer early."""
+
+    def __init__(self, file: io.RawIOBase):
+        self.file, self.count = file, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self.file.readinto(buffer) or 0
+        self.count += n
+        return n
+
+
 def _jsonl_chunks(path: Path) -> Iterator[RecordChunk]:
-    with open(path, "rb", buffering=1 << 20) as raw, open_binary(path, raw) as f:
-        lines: list[bytes] = []
-        size, first, disk = 0, 1, 0
-        for lineno, line in enumerate(f, start=1):
-            if not lines:
-                first = lineno
-            lines.append(line)
-            size += len(line)
-            if len(lines) >= CHUNK_RECORDS or size >= CHUNK_BYTES:
-                yield RecordChunk(str(path), "jsonl", first, lines, raw.tell() - disk)
-                disk = raw.tell()
-                lines, size = [], 0
-        if lines or disk < raw.tell():
-            yield RecordChunk(str(path), "jsonl", first, lines, raw.tell() - disk)
+    with open(path, "rb", buffering=0) as file:
+        counter = _CountingReader(file)
+        with io.BufferedReader(counter, 1 << 20) as raw, open_binary(path, raw) as f:
+            lines: list[bytes] = []
+            size, first, disk = 0, 1, 0
+            for lineno, line in enumerate(f, start=1):
+                if not lines:
+                    first = lineno
+                lines.append(line)
+                size += len(line)
+                if len(lines) >= CHUNK_RECORDS or size >= CHUNK_BYTES:
+                    yield RecordChunk(str(path), "jsonl", first, lines, counter.count - disk)
+                    disk = counter.count
+                    lines, size = [], 0
+            if lines or disk < counter.count:
+                yield RecordChunk(str(path), "jsonl", first, lines, counter.count - disk)
 
 
 def _check_columns(path: Path, schema, keys: tuple[str, ...]) -> None:

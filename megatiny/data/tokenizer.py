@@ -5,8 +5,9 @@
   * a Hugging Face `tokenizer.json` file, or
   * a local Hugging Face tokenizer directory (anything `AutoTokenizer.from_pretrained` reads offline).
 
-Every tokenizer returned has `encode(text) -> list[int]` (never adds BOS/EOS: the data pipeline adds
-them explicitly, see docs/FORMAT.md), `decode(ids) -> str`, `vocab_size`, `bos_id`, `eos_id` and
+Every tokenizer returned has `encode(text) -> list[int]` (never adds BOS/EOS, even where the
+tokenizer's own post-processor would, as Llama 3's does: the data pipeline adds them explicitly, see
+docs/FORMAT.md), `decode(ids) -> str`, `vocab_size`, `bos_id`, `eos_id` and
 `pad_id` (None when the vocabulary has no such token).
 """
 from __future__ import annotations
@@ -83,8 +84,10 @@ class HFTokenizer:
                 raise ValueError(f"{self.path}: only fast (tokenizer.json based) HF tokenizers are supported")
             self._tok = hf.backend_tokenizer
             special = {"bos": hf.bos_token_id, "eos": hf.eos_token_id, "pad": hf.pad_token_id}
+            declared = _declared_special_tokens(p)
             for name in ("bos", "eos", "pad"):
-                if special[name] is None:
+                # a tokenizer_config.json that says `bos_token: null` (Qwen2) means no BOS: no guessing
+                if special[name] is None and f"{name}_token" not in declared:
                     special[name] = _special_tokens_from_json(self._tok)[name]
         self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
         self.bos_id = special["bos"]
@@ -114,6 +117,17 @@ def _special_tokens_from_json(tok) -> dict[str, int | None]:
     for name, spellings in _SPECIAL_NAMES.items():
         found[name] = next((tok.token_to_id(s) for s in spellings if tok.token_to_id(s) is not None), None)
     return found
+
+
+def _declared_special_tokens(directory: Path) -> dict:
+    """The tokenizer_config.json of an HF tokenizer directory ({} when absent or unreadable)."""
+    import json
+
+    try:
+        values = json.loads((directory / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return values if isinstance(values, dict) else {}
 
 
 def _none_if_negative(i: int) -> int | None:

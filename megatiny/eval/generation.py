@@ -42,12 +42,15 @@ def generate_megatiny(path: str, tokenizer_path: str | None, prompts: list[str],
         raise ValueError(f"{path}: the checkpoint names no tokenizer; pass --tokenizer")
     tokenizer = load_tokenizer(tokenizer_path)
     generator = torch.Generator().manual_seed(seed)
+    # the tokenizer's EOS and every stop id of the model (Llama 3: a list), first the tokenizer's
+    candidates = (tokenizer.eos_id, *model.config.eos_token_ids)
+    stop_ids = list(dict.fromkeys(i for i in candidates if i is not None))
     outputs = []
     for prompt in prompts:
         prefix = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
         input_ids = torch.tensor([prefix + tokenizer.encode(prompt)])
         tokens = generate(model, input_ids, max_new_tokens, temperature=temperature, top_k=top_k,
-                          top_p=top_p, eos_token_id=tokenizer.eos_id, generator=generator)
-        new = [t for t in tokens[0, input_ids.shape[1]:].tolist() if t != tokenizer.eos_id]
+                          top_p=top_p, eos_token_id=stop_ids, generator=generator)
+        new = [t for t in tokens[0, input_ids.shape[1]:].tolist() if t not in stop_ids]
         outputs.append(tokenizer.decode(new))
     return outputs

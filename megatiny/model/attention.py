@@ -1,6 +1,8 @@
 """Causal grouped-query attention backends and the inference KV cache.
 
-Three interchangeable backends compute softmax(q k^T / sqrt(d)) v with a causal mask:
+Three interchangeable backends compute softmax(q k^T / sqrt(d)) v with a causal mask, optionally
+restricted to a sliding window (each query sees the last `window` positions, itself included, as
+Mistral and Hugging Face's `sliding_window`):
 
 - `flash_attn`: the flash-attn package (CUDA, fp16/bf16 only). Used only when installed.
 - `sdpa`: `torch.nn.functional.scaled_dot_product_attention`, GQA handled natively
@@ -55,48 +57,62 @@ def resolve_backend(requested: str, device: torch.device, dtype: torch.dtype,
     raise ValueError(f"unknown attention backend {requested!r}; use auto, flash_attn, sdpa or math")
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> torch.Tensor:
-    """Causal attention. q [B, T, H, D], k/v [B, S, G, D] -> [B, T, H, D] in q's dtype."""
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str,
+                     window: int | None = None) -> torch.Tensor:
+    """Causal attention. q [B, T, H, D], k/v [B, S, G, D] -> [B, T, H, D] in q's dtype.
+
+    `window`: query at absolute position p sees keys p - window < j <= p (None: all j <= p)."""
     if q.shape[2] % k.shape[2]:
         raise ValueError(f"query heads ({q.shape[2]}) must be a multiple of kv groups ({k.shape[2]})")
+    if window is not None and window >= k.shape[1]:
+        window = None  # the window covers every key: plain causal attention, the fast path
     if backend == "flash_attn":
-        return _flash_attn_func(q, k, v, causal=True)  # bottom-right aligned when S > T
+        # bottom-right aligned when S > T; flash's window counts the keys left of the diagonal
+        window_size = (-1, -1) if window is None else (window - 1, 0)
+        return _flash_attn_func(q, k, v, causal=True, window_size=window_size)
     qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, len, D]
     if backend == "sdpa":
-        out = _sdpa(qh, kh, vh)
+        out = _sdpa(qh, kh, vh, window)
     elif backend == "math":
-        out = _math_attention(qh, kh, vh)
+        out = _math_attention(qh, kh, vh, window)
     else:
         raise ValueError(f"unknown concrete attention backend {backend!r}")
     return out.transpose(1, 2)
 
 
-def _bottom_right_causal_mask(t: int, s: int, device: torch.device) -> torch.Tensor:
-    """Bool [T, S], True where query i (absolute position S - T + i) may attend key j."""
-    return torch.ones(t, s, dtype=torch.bool, device=device).tril(diagonal=s - t)
+def _bottom_right_causal_mask(t: int, s: int, device: torch.device,
+                              window: int | None = None) -> torch.Tensor:
+    """Bool [T, S], True where query i (absolute position S - T + i) may attend key j: j <= S - T + i,
+    and with a window also j > S - T + i - window."""
+    allowed = torch.ones(t, s, dtype=torch.bool, device=device).tril(diagonal=s - t)
+    if window is not None:
+        allowed &= ~torch.ones(t, s, dtype=torch.bool, device=device).tril(diagonal=s - t - window)
+    return allowed
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None = None) -> torch.Tensor:
     """q [B, H, T, D], k/v [B, G, S, D] -> [B, H, T, D]."""
     t, s = q.shape[2], k.shape[2]
     # SDPA's is_causal is aligned top-left, which is only right when T == S.
-    mask = None if t == s or t == 1 else _bottom_right_causal_mask(t, s, q.device)
+    plain = window is None and (t == s or t == 1)
+    mask = None if plain else _bottom_right_causal_mask(t, s, q.device, window)
     if k.shape[1] != q.shape[1] and not SDPA_SUPPORTS_GQA:  # old torch: repeat K/V per query head
         repeats = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
     extra = {"enable_gqa": True} if SDPA_SUPPORTS_GQA else {}
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=(t == s and t > 1),
-                                          **extra)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                          is_causal=(mask is None and t == s and t > 1), **extra)
 
 
-def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    window: int | None = None) -> torch.Tensor:
     """Reference attention, softmax in fp32. q [B, H, T, D], k/v [B, G, S, D] -> [B, H, T, D]."""
     b, h, t, d = q.shape
     g, s = k.shape[1], k.shape[2]
     # Query head h uses kv group h // (H / G) (HF's repeat_kv order): view heads as [G, H / G].
     qg = q.reshape(b, g, h // g, t, d)
     scores = (qg @ k.unsqueeze(2).transpose(-1, -2)).float() * d ** -0.5  # [B, G, H/G, T, S]
-    scores = scores.masked_fill(~_bottom_right_causal_mask(t, s, q.device), float("-inf"))
+    scores = scores.masked_fill(~_bottom_right_causal_mask(t, s, q.device, window), float("-inf"))
     probs = scores.softmax(dim=-1).to(v.dtype)
     return (probs @ v.unsqueeze(2)).reshape(b, h, t, d)
 

@@ -1,7 +1,7 @@
 """Autoregressive generation with a key/value cache: greedy, temperature, top-k and top-p sampling."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -14,7 +14,8 @@ StopCallback = Callable[[torch.Tensor], torch.Tensor]
 
 @torch.no_grad()
 def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 0.0,
-             top_k: int | None = None, top_p: float | None = None, eos_token_id: int | None = None,
+             top_k: int | None = None, top_p: float | None = None,
+             eos_token_id: int | Sequence[int] | None = None,
              use_cache: bool = True, generator: torch.Generator | None = None,
              stop: StopCallback | None = None) -> torch.Tensor:
     """Extend each prompt by up to `max_new_tokens` tokens.
@@ -23,8 +24,9 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: in
     temperature 0 is greedy (argmax); otherwise tokens are sampled from softmax(logits / temperature)
     restricted to the top_k most likely and/or the smallest set with probability >= top_p, with
     `generator` (on its device; the logits are moved there). A row is finished once it emits
-    eos_token_id or once `stop` (called after every step with all tokens so far) returns True for
-    it; finished rows are padded with eos_token_id (when given) and generation ends early when
+    eos_token_id (one id, or any of a list such as Llama 3's stop tokens) or once `stop` (called
+    after every step with all tokens so far) returns True for it; finished rows are padded with
+    eos_token_id (the first, when a list) and generation ends early when
     every row is finished. With use_cache the prompt is processed once and each step feeds only
     the newest token (the cache keeps the kv groups' keys/values); without it every step re-runs
     the whole sequence.
@@ -39,6 +41,8 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: in
         raise ValueError(f"prompt ({input_ids.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds "
                          f"ModelConfig.max_position_embeddings ({max_positions})")
     cache = model.new_kv_cache(input_ids.shape[0], total) if use_cache else None
+    stop_ids = None if eos_token_id is None else torch.tensor(
+        [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=input_ids.device)
     tokens = input_ids
     step_input = input_ids
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
@@ -47,9 +51,9 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: in
         if temperature > 0 and generator is not None:
             logits = logits.to(generator.device)
         next_token = sample_next_token(logits, temperature, top_k, top_p, generator).to(input_ids.device)
-        if eos_token_id is not None:
-            next_token = torch.where(finished, torch.full_like(next_token, eos_token_id), next_token)
-            finished |= next_token == eos_token_id
+        if stop_ids is not None:
+            next_token = torch.where(finished, torch.full_like(next_token, int(stop_ids[0])), next_token)
+            finished |= torch.isin(next_token, stop_ids)
         tokens = torch.cat([tokens, next_token[:, None]], dim=1)
         if stop is not None:
             finished |= stop(tokens).to(finished.device)

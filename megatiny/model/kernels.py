@@ -7,7 +7,13 @@ Hugging Face Llama: RMSNorm in fp32 then cast back, rotate-half RoPE).
 """
 from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    from megatiny.model.config import RopeScaling
 
 try:
     from apex.normalization.fused_layer_norm import fused_rms_norm_affine as _fused_rms_norm
@@ -37,18 +43,43 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tor
     return weight * normed.to(x.dtype)
 
 
+def rope_inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None = None,
+                             device: torch.device | None = None) -> torch.Tensor:
+    """fp32 [head_dim / 2]: theta^(-2i/d) for i < d/2, then `scaling` applied (as Hugging Face)."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim
+    inv_freq = 1.0 / (theta ** exponents)
+    return inv_freq if scaling is None else scaled_inverse_frequencies(inv_freq, scaling)
+
+
+def scaled_inverse_frequencies(inv_freq: torch.Tensor, scaling: RopeScaling) -> torch.Tensor:
+    """fp32 inverse frequencies [D / 2] with RoPE scaling (see `RopeScaling` for the formulas).
+
+    llama3 keeps high frequencies (wavelength below original / high_freq_factor), divides low ones
+    (wavelength above original / low_freq_factor) by `factor`, and blends linearly in between;
+    the operations are ordered as in transformers so the result matches it bit for bit."""
+    if scaling.type == "linear":
+        return inv_freq / scaling.factor
+    original = scaling.original_max_position_embeddings
+    low, high = scaling.low_freq_factor, scaling.high_freq_factor
+    wavelength = 2 * math.pi / inv_freq
+    long_waves_slowed = torch.where(wavelength > original / low, inv_freq / scaling.factor, inv_freq)
+    smooth = (original / wavelength - low) / (high - low)
+    blended = (1 - smooth) * long_waves_slowed / scaling.factor + smooth * long_waves_slowed
+    medium = (wavelength >= original / high) & (wavelength <= original / low)
+    return torch.where(medium, blended, long_waves_slowed)
+
+
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float,
-                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+                 dtype: torch.dtype, scaling: RopeScaling | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """RoPE tables for positions Long[T]: cos [T, head_dim] and sign-folded sin [T, head_dim].
 
     With angles a = position x theta^(-2i/d) for i < d/2: cos = [cos a, cos a] and
     sin = [-sin a, sin a], so that rotate-half RoPE is x * cos + swap_halves(x) * sin (fewer
     kernels than HF's negate-inside-rotate_half, and bitwise the same result). Computed on the fly
     (no buffers): cheap, and nothing for ZeRO-3 or the meta device to handle. Frequencies are
-    computed in fp32 exactly as Hugging Face does.
+    computed in fp32 exactly as Hugging Face does, with `scaling` (llama3 / linear) applied.
     """
-    exponents = torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim
-    inv_freq = 1.0 / (theta ** exponents)
+    inv_freq = rope_inverse_frequencies(head_dim, theta, scaling, positions.device)
     angles = positions.float()[:, None] * inv_freq[None, :]  # [T, D / 2]
     cos, sin = angles.cos(), angles.sin()
     return torch.cat((cos, cos), dim=-1).to(dtype), torch.cat((-sin, sin), dim=-1).to(dtype)

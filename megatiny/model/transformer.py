@@ -18,10 +18,14 @@ Inference API (evaluation and generation use only these, never the submodules):
 layout, so exporting to Hugging Face is a rename-free copy.
 
 Model parallelism is a runtime argument, not part of the architecture: `GPT(config, parallel)`
-with a `megatiny.parallel.state.ParallelState` uses Megatron tensor-parallel layers when
+with a `megatiny.parallel.state.ParallelState` (default `ParallelState.single_process()`: the
+whole model in this process) uses Megatron tensor-parallel layers when
 `parallel.tensor` > 1 (optionally with sequence parallelism) and DeepSpeed-Ulysses attention when
 `parallel.context` > 1 (then every rank's inputs are its slice of the sequence). Parameter names
-stay the same; tensor-parallel ranks hold shards (see `megatiny.parallel.tensor_parallel`).
+stay the same; tensor-parallel ranks hold shards: the layers are `megatiny.parallel.tensor_parallel`'s,
+given this module's initialization (`linear_init`, `embedding_init`, `normal_init`), and the
+vocabulary-parallel loss is `megatiny.model.loss`'s. The pipeline partition is
+`megatiny.model.pipeline`.
 
 ZeRO-3 friendly: weights are initialized inside each leaf module's own __init__ (where
 `deepspeed.zero.Init` still sees full tensors), RoPE tables are computed on the fly (no buffers),
@@ -31,7 +35,6 @@ a module's parameters around its forward).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -39,32 +42,57 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from megatiny.model.attention import KVCache, causal_attention, check_installed, resolve_backend
-from megatiny.model.config import ModelConfig, ModelRuntime
+from megatiny.model.config import ModelConfig, ModelRuntime, check_model_parallel_features
 from megatiny.model.kernels import apply_rotary, rms_norm, rope_cos_sin
-from megatiny.model.loss import linear_cross_entropy
+from megatiny.model.loss import linear_cross_entropy, vocab_parallel_linear_cross_entropy
+from megatiny.model.parallel_checks import check_context_parallel, check_tensor_parallel
 from megatiny.parallel import collectives
 from megatiny.parallel import context_parallel as cp
 from megatiny.parallel import tensor_parallel as tp
-from megatiny.parallel.checks import check_context_parallel, check_tensor_parallel
-
-if TYPE_CHECKING:
-    from megatiny.parallel.state import ParallelState
+from megatiny.parallel.state import ParallelState
 
 
 class Linear(nn.Linear):
-    """Bias-free linear layer with weight ~ normal(0, std)."""
+    """Linear layer with weight ~ normal(0, std) (drawn after nn.Linear's own reset: `linear_init`
+    repeats both for the tensor-parallel layers); optional bias, zero-initialized (as Hugging Face)."""
 
-    def __init__(self, in_features: int, out_features: int, std: float):
-        super().__init__(in_features, out_features, bias=False)
+    def __init__(self, in_features: int, out_features: int, std: float, bias: bool = False):
+        super().__init__(in_features, out_features, bias=bias)
         nn.init.normal_(self.weight, mean=0.0, std=std)
+        if bias:
+            nn.init.zeros_(self.bias)
 
 
 class Embedding(nn.Embedding):
-    """Token embedding with weight ~ normal(0, std)."""
+    """Token embedding with weight ~ normal(0, std) (drawn after nn.Embedding's own reset:
+    `embedding_init` repeats both for the vocabulary-parallel embedding)."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, std: float):
         super().__init__(num_embeddings, embedding_dim)
         nn.init.normal_(self.weight, mean=0.0, std=std)
+
+
+def linear_init(std: float) -> tp.InitMethod:
+    """Fills a full [out, in] weight with `Linear`'s draws: nn.Linear's kaiming-uniform reset,
+    then normal(0, std); the tensor-parallel layers keep their shard of it."""
+    def init(weight: torch.Tensor) -> torch.Tensor:
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+        return nn.init.normal_(weight, mean=0.0, std=std)
+    return init
+
+
+def embedding_init(std: float) -> tp.InitMethod:
+    """Fills a full [V, h] weight with `Embedding`'s draws: nn.Embedding's normal(0, 1) reset,
+    then normal(0, std)."""
+    def init(weight: torch.Tensor) -> torch.Tensor:
+        nn.init.normal_(weight)
+        return nn.init.normal_(weight, mean=0.0, std=std)
+    return init
+
+
+def normal_init(std: float) -> tp.InitMethod:
+    """Fills a full weight with normal(0, std) (the LM head's only draw)."""
+    return lambda weight: nn.init.normal_(weight, mean=0.0, std=std)
 
 
 class RMSNorm(nn.Module):
@@ -84,41 +112,37 @@ class RMSNorm(nn.Module):
         return rms_norm(x, weight, self.eps)
 
 
-def _tensor_size(parallel: ParallelState | None) -> int:
-    return 1 if parallel is None else parallel.layout.tensor
+def _sequence_parallel_group(parallel: ParallelState):
+    return parallel.tensor_group if parallel.sequence_parallel else None
 
 
-def _context_size(parallel: ParallelState | None) -> int:
-    return 1 if parallel is None else parallel.layout.context
+def _column_linear(in_features: int, out_features: int, std: float, parallel: ParallelState,
+                   bias: bool = False) -> nn.Module:
+    if parallel.layout.tensor == 1:
+        return Linear(in_features, out_features, std, bias)
+    if bias:
+        raise ValueError("attention projection biases are not supported with parallel.tensor > 1")
+    return tp.ColumnParallelLinear(in_features, out_features, linear_init(std), parallel.tensor_group)
 
 
-def _sequence_parallel_group(parallel: ParallelState | None):
-    return parallel.tensor_group if parallel is not None and parallel.sequence_parallel else None
-
-
-def _column_linear(in_features: int, out_features: int, std: float,
-                   parallel: ParallelState | None) -> nn.Module:
-    if _tensor_size(parallel) == 1:
-        return Linear(in_features, out_features, std)
-    return tp.ColumnParallelLinear(in_features, out_features, std, parallel.tensor_group)
-
-
-def _row_linear(in_features: int, out_features: int, std: float,
-                parallel: ParallelState | None) -> nn.Module:
-    if _tensor_size(parallel) == 1:
-        return Linear(in_features, out_features, std)
-    return tp.RowParallelLinear(in_features, out_features, std, parallel.tensor_group,
+def _row_linear(in_features: int, out_features: int, std: float, parallel: ParallelState,
+                bias: bool = False) -> nn.Module:
+    if parallel.layout.tensor == 1:
+        return Linear(in_features, out_features, std, bias)
+    if bias:
+        raise ValueError("attention projection biases are not supported with parallel.tensor > 1")
+    return tp.RowParallelLinear(in_features, out_features, linear_init(std), parallel.tensor_group,
                                 parallel.sequence_parallel)
 
 
-def _sequence_shard(x: torch.Tensor, parallel: ParallelState | None) -> tuple[torch.Tensor, ...]:
+def _sequence_shard(x: torch.Tensor, parallel: ParallelState) -> tuple[torch.Tensor, ...]:
     """(x,) under sequence parallelism, else (): the extra argument of column-parallel layers
     that lets them keep only the shard for backward."""
-    return (x,) if parallel is not None and parallel.sequence_parallel else ()
+    return (x,) if parallel.sequence_parallel else ()
 
 
-def _enter_tensor_parallel(x: torch.Tensor, parallel: ParallelState | None) -> torch.Tensor:
-    if _tensor_size(parallel) == 1:
+def _enter_tensor_parallel(x: torch.Tensor, parallel: ParallelState) -> torch.Tensor:
+    if parallel.layout.tensor == 1:
         return x
     return tp.enter_tensor_parallel(x, parallel.tensor_group, parallel.sequence_parallel)
 
@@ -129,22 +153,27 @@ def _output_std(config: ModelConfig) -> float:
 
 
 class Attention(nn.Module):
-    """Grouped-query attention; under tensor parallelism this rank's H/T heads and G/T groups."""
+    """Grouped-query attention; under tensor parallelism this rank's H/T heads and G/T groups.
 
-    def __init__(self, config: ModelConfig, layer_index: int, parallel: ParallelState | None = None):
+    q/k/v carry biases with `qkv_bias` (Qwen2), o_proj with `output_bias`; the layer attends within
+    `config.layer_sliding_window(layer_index)` positions when that is set (Mistral, Qwen2)."""
+
+    def __init__(self, config: ModelConfig, layer_index: int, parallel: ParallelState):
         super().__init__()
         h, d, heads, groups = (config.hidden_size, config.head_dim, config.num_attention_heads,
                                config.num_query_groups)
         self.layer_index = layer_index
         self.parallel = parallel
-        t = _tensor_size(parallel)
+        t = parallel.layout.tensor
         self.num_heads, self.num_groups, self.head_dim = heads // t, groups // t, d
-        self.q_proj = _column_linear(h, heads * d, config.init_std, parallel)
-        self.k_proj = _column_linear(h, groups * d, config.init_std, parallel)
-        self.v_proj = _column_linear(h, groups * d, config.init_std, parallel)
-        self.o_proj = _row_linear(heads * d, h, _output_std(config), parallel)
-        self.ulysses = cp.UlyssesAttention(parallel.context_group) if _context_size(parallel) > 1 \
-            else None
+        self.window = config.layer_sliding_window(layer_index)
+        bias = config.qkv_bias
+        self.q_proj = _column_linear(h, heads * d, config.init_std, parallel, bias)
+        self.k_proj = _column_linear(h, groups * d, config.init_std, parallel, bias)
+        self.v_proj = _column_linear(h, groups * d, config.init_std, parallel, bias)
+        self.o_proj = _row_linear(heads * d, h, _output_std(config), parallel, config.output_bias)
+        self.ulysses = cp.UlyssesAttention(causal_attention, parallel.context_group) \
+            if parallel.layout.context > 1 else None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: str,
                 kv_cache: KVCache | None = None) -> torch.Tensor:
@@ -160,17 +189,17 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_index, k, v)
-        if self.ulysses is not None:
+        if self.ulysses is not None:  # (a sliding window is refused with context parallelism)
             out = self.ulysses(q, k, v, backend)
         else:
-            out = causal_attention(q, k, v, backend)  # [B, T, H, D]
+            out = causal_attention(q, k, v, backend, self.window)  # [B, T, H, D]
         return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim))
 
 
 class MLP(nn.Module):
     """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
 
-    def __init__(self, config: ModelConfig, parallel: ParallelState | None = None):
+    def __init__(self, config: ModelConfig, parallel: ParallelState):
         super().__init__()
         h, f = config.hidden_size, config.ffn_hidden_size
         self.parallel = parallel
@@ -187,7 +216,7 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: x + attn(norm(x)), then + mlp(norm(.))."""
 
-    def __init__(self, config: ModelConfig, layer_index: int, parallel: ParallelState | None = None):
+    def __init__(self, config: ModelConfig, layer_index: int, parallel: ParallelState):
         super().__init__()
         # Registration order = HF's state_dict order.
         self.self_attn = Attention(config, layer_index, parallel)
@@ -205,8 +234,7 @@ class Block(nn.Module):
 class Decoder(nn.Module):
     """Embedding, blocks and final norm (HF's `LlamaModel`): token ids -> final hidden states."""
 
-    def __init__(self, config: ModelConfig, parallel: ParallelState | None = None,
-                 runtime: ModelRuntime | None = None):
+    def __init__(self, config: ModelConfig, parallel: ParallelState, runtime: ModelRuntime | None = None):
         super().__init__()
         self.config = config
         self.parallel = parallel
@@ -225,7 +253,7 @@ class Decoder(nn.Module):
         if kv_cache is not None:
             start = kv_cache.length
         else:
-            start = self.parallel.context_rank * input_ids.shape[1] if self.parallel is not None else 0
+            start = self.parallel.context_rank * input_ids.shape[1]
         cos, sin = rotary_tables(cfg, start, input_ids.shape[1], x)
         backend = resolve_backend(self.runtime.attention_backend, x.device, x.dtype)
         every = self.runtime.activation_checkpointing
@@ -240,11 +268,11 @@ class Decoder(nn.Module):
         return self.norm(x)
 
 
-def token_embedding(config: ModelConfig, parallel: ParallelState | None) -> nn.Module:
+def token_embedding(config: ModelConfig, parallel: ParallelState) -> nn.Module:
     """The token embedding: vocabulary-parallel under tensor parallelism."""
-    if _tensor_size(parallel) == 1:
+    if parallel.layout.tensor == 1:
         return Embedding(config.vocab_size, config.hidden_size, config.init_std)
-    return tp.VocabParallelEmbedding(config.vocab_size, config.hidden_size, config.init_std,
+    return tp.VocabParallelEmbedding(config.vocab_size, config.hidden_size, embedding_init(config.init_std),
                                      parallel.tensor_group, parallel.sequence_parallel)
 
 
@@ -252,21 +280,21 @@ def rotary_tables(config: ModelConfig, start: int, length: int, like: torch.Tens
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """RoPE cos/sin [length, head_dim] for positions start.. in the dtype and device of `like`."""
     positions = torch.arange(start, start + length, device=like.device)
-    return rope_cos_sin(positions, config.head_dim, config.rope_theta, like.dtype)
+    return rope_cos_sin(positions, config.head_dim, config.rope_theta, like.dtype, config.rope_scaling)
 
 
 class LMHead(nn.Module):
     """Output projection [V, h]; given labels it returns the chunked, fused cross-entropy loss."""
 
-    def __init__(self, config: ModelConfig, tied_weight: nn.Parameter | None = None,
-                 parallel: ParallelState | None = None):
+    def __init__(self, config: ModelConfig, parallel: ParallelState,
+                 tied_weight: nn.Parameter | None = None):
         super().__init__()
         self.parallel = parallel
         if tied_weight is not None:
             self.weight = tied_weight
-        elif _tensor_size(parallel) > 1:  # this rank's vocabulary rows
-            self.weight = tp.lm_head_shard(config.vocab_size, config.hidden_size, config.init_std,
-                                           parallel.tensor_group)
+        elif parallel.layout.tensor > 1:  # this rank's vocabulary rows
+            self.weight = tp.sharded_parameter((config.vocab_size, config.hidden_size),
+                                               normal_init(config.init_std), 0, parallel.tensor_group)
         else:
             self.weight = nn.Parameter(torch.empty(config.vocab_size, config.hidden_size))
             nn.init.normal_(self.weight, mean=0.0, std=config.init_std)
@@ -278,19 +306,19 @@ class LMHead(nn.Module):
         Tensor parallel: full logits are gathered from the vocabulary shards; the loss never
         forms them. Context parallel: the loss is the mean over the whole sequences."""
         parallel = self.parallel
-        tensor_parallel = _tensor_size(parallel) > 1
+        tensor_parallel = parallel.layout.tensor > 1
         if labels is None:
             logits = F.linear(_enter_tensor_parallel(hidden, parallel), self.weight).float()
             return collectives.gather_last_dim(logits, parallel.tensor_group) if tensor_parallel \
                 else logits
-        context_group = parallel.context_group if _context_size(parallel) > 1 else None
+        context_group = parallel.context_group if parallel.layout.context > 1 else None
         if tensor_parallel:
             if not parallel.sequence_parallel:  # (SP: the loss gathers the shards itself)
                 hidden = tp.enter_tensor_parallel(hidden, parallel.tensor_group, False)
-            loss = tp.vocab_parallel_linear_cross_entropy(hidden, self.weight, labels,
-                                                          parallel.tensor_group, loss_mask,
-                                                          count_group=context_group,
-                                                          sequence_parallel=parallel.sequence_parallel)
+            loss = vocab_parallel_linear_cross_entropy(hidden, self.weight, labels,
+                                                       parallel.tensor_group, loss_mask,
+                                                       count_group=context_group,
+                                                       sequence_parallel=parallel.sequence_parallel)
         else:
             flat_mask = loss_mask.reshape(-1) if loss_mask is not None else None
             loss = linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), self.weight,
@@ -306,14 +334,15 @@ class GPT(nn.Module):
         super().__init__()
         runtime = runtime if runtime is not None else ModelRuntime()
         check_installed(runtime.attention_backend)  # fail at construction, not at the first forward
-        if parallel is not None:
-            check_tensor_parallel(config, parallel.layout)  # (a run's config validation did too)
-            check_context_parallel(config, parallel.layout)
+        parallel = parallel if parallel is not None else ParallelState.single_process()
+        check_model_parallel_features(config, parallel.layout)
+        check_tensor_parallel(config, parallel.layout)  # (a run's config validation did too)
+        check_context_parallel(config, parallel.layout)
         self.config = config
         self.parallel = parallel
         self.model = Decoder(config, parallel, runtime)
         tied = self.model.embed_tokens.weight if config.tie_word_embeddings else None
-        self.lm_head = LMHead(config, tied_weight=tied, parallel=parallel)
+        self.lm_head = LMHead(config, parallel, tied_weight=tied)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
                 loss_mask: torch.Tensor | None = None, *, kv_cache: KVCache | None = None,
@@ -355,7 +384,7 @@ class GPT(nn.Module):
         index whole sequences).
         """
         parallel = self.parallel
-        if parallel is not None and (parallel.sequence_parallel or parallel.layout.context > 1):
+        if parallel.sequence_parallel or parallel.layout.context > 1:
             raise ValueError("next_token_log_probs needs whole sequences on every rank: not with "
                              "parallel.sequence_parallel or parallel.context > 1")
         hidden = self.hidden_states(input_ids)
@@ -366,7 +395,7 @@ class GPT(nn.Module):
             raise ValueError(f"input_ids must be an integer tensor [batch, seq], got "
                              f"{input_ids.dtype} {tuple(input_ids.shape)}")
         self._check_parallel_inputs(input_ids, kv_cache, last_token_only)
-        end = input_ids.shape[1] * _context_size(self.parallel) \
+        end = input_ids.shape[1] * self.parallel.layout.context \
             + (kv_cache.length if kv_cache is not None else 0)
         if end > self.config.max_position_embeddings:
             raise ValueError(f"sequence of {end} positions exceeds ModelConfig.max_position_embeddings "
@@ -382,8 +411,6 @@ class GPT(nn.Module):
 
     def _check_parallel_inputs(self, input_ids, kv_cache, last_token_only) -> None:
         parallel = self.parallel
-        if parallel is None:
-            return
         split = parallel.sequence_parallel or parallel.layout.context > 1
         if split and (kv_cache is not None or last_token_only):
             raise ValueError("kv_cache / last_token_only (generation) are not supported with "
@@ -404,5 +431,5 @@ class GPT(nn.Module):
         weight = self.model.embed_tokens.weight
         cfg = self.config
         return KVCache(cfg.num_layers, batch_size, max_length,
-                       cfg.num_query_groups // _tensor_size(self.parallel), cfg.head_dim,
+                       cfg.num_query_groups // self.parallel.layout.tensor, cfg.head_dim,
                        weight.dtype, weight.device)

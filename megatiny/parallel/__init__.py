@@ -1,8 +1,10 @@
-"""megatiny.parallel: model parallelism (tensor, sequence and context parallel) and its groups.
+"""megatiny.parallel: parallel state and communication (imports no model, training, checkpoint or eval).
 
-`state` lays out ranks and builds the process groups (and DeepSpeed's `mpu`),
-`tensor_parallel` has the Megatron-style layers, `context_parallel` the Ulysses attention,
-`collectives` the differentiable communication they share, `pipeline` the DeepSpeed pipeline
-module, and `deepspeed` the DeepSpeed-facing training code (process group, DeepSpeed config,
-engine).
+`state` lays out ranks and builds the process groups (and DeepSpeed's `mpu`), `process_group`
+joins, waits on and destroys the process group, `collectives` has the differentiable
+communication, `tensor_parallel` the Megatron-style layer primitives (given their
+initialization by the model), `context_parallel` the Ulysses attention wrapper (given the
+model's local attention) and `checks` what a layout needs of the sequence length and ZeRO stage.
+The model builds its parallel layers from these (`megatiny.model`); the DeepSpeed engine is
+`megatiny.training.engine`'s.
 """

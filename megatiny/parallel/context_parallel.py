@@ -5,7 +5,8 @@ Each context rank holds a contiguous slice of every sequence: tokens [c*S/C, (c+
 per-token, so it runs on the slice unchanged, with RoPE at the slice's global positions. Attention
 needs every position: `deepspeed.sequence.layer.DistributedAttention` all-to-alls q/k/v from
 [B, S/C, heads, D] to [B, S, heads/C, D] (scatter the head dim 2, gather the sequence dim 1), runs
-our causal attention on whole sequences for a subset of heads, and all-to-alls the output back.
+the attention function the model hands `UlyssesAttention` on whole sequences for a subset of
+heads, and all-to-alls the output back.
 Rank c gets query heads [c*H/C, ...) and kv groups [c*G/C, ...), which are the groups those heads
 use, so C must divide the (tensor-parallel-local) kv group count.
 
@@ -17,12 +18,11 @@ needs the sum over the slices.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-
-from megatiny.model.attention import causal_attention
-from megatiny.parallel.checks import check_context_parallel as check_context_parallel
 
 
 def split_for_context(tensor: torch.Tensor | None, context_rank: int, context_size: int
@@ -40,16 +40,20 @@ def split_for_context(tensor: torch.Tensor | None, context_rank: int, context_si
 
 
 class UlyssesAttention(nn.Module):
-    """Causal attention of sequence slices: q [B, S/C, H, D], k/v [B, S/C, G, D] -> [B, S/C, H, D]."""
+    """Attention of sequence slices: q [B, S/C, H, D], k/v [B, S/C, G, D] -> [B, S/C, H, D].
 
-    def __init__(self, group):
+    `local_attention(q, k, v, *args)` is the model's attention of whole sequences for a subset of
+    heads ([B, S, H/C, D], [B, S, G/C, D] -> [B, S, H/C, D]); `args` (e.g. the kernel to use) are
+    passed through."""
+
+    def __init__(self, local_attention: Callable[..., torch.Tensor], group):
         super().__init__()
         from deepspeed.sequence.layer import DistributedAttention  # imports deepspeed only when used
 
-        self.distributed = DistributedAttention(causal_attention, group, scatter_idx=2, gather_idx=1)
+        self.distributed = DistributedAttention(local_attention, group, scatter_idx=2, gather_idx=1)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str) -> torch.Tensor:
-        return self.distributed(q, k, v, 0, None, backend)  # batch dim 0, no rotary inside
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args) -> torch.Tensor:
+        return self.distributed(q, k, v, 0, None, *args)  # batch dim 0, no rotary inside
 
 
 class _SumLossOverContext(torch.autograd.Function):

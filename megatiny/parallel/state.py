@@ -77,22 +77,17 @@ class ParallelLayout:
         return cls(tensor=tensor, pipeline=pipeline, context=context, data=world_size // model_ranks,
                    sequence_parallel=sequence_parallel)
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], world_size: int) -> ParallelLayout:
-        """From a `parallel:` config section ({tensor, pipeline, context, sequence_parallel})."""
-        known = {"tensor", "pipeline", "context", "sequence_parallel"}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"parallel: unknown field(s) {unknown}; known fields: {sorted(known)} "
-                             "(the data-parallel size is derived from the world size)")
-        return cls.for_world(world_size, **values)
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @property
     def world_size(self) -> int:
         return self.tensor * self.context * self.data * self.pipeline
+
+    def describe(self) -> str:
+        """e.g. "tensor 2 x context 1 x pipeline 1 x data 2, sequence parallel"."""
+        sizes = f"tensor {self.tensor} x context {self.context} x pipeline {self.pipeline} x data {self.data}"
+        return sizes + (", sequence parallel" if self.sequence_parallel else "")
 
     def _sizes(self) -> tuple[int, ...]:
         return tuple(getattr(self, axis) for axis in AXES)
@@ -145,7 +140,10 @@ GROUP_AXES: dict[str, tuple[str, ...]] = {
 
 
 class ParallelState:
-    """This rank's process groups for `layout`. Call on every rank (new_group is collective)."""
+    """This rank's process groups for `layout`. Call on every rank (new_group is collective).
+
+    `ParallelState.single_process()` is the state of a model that is not split (every size 1):
+    no groups, no process group needed; what the model uses when it is not given one."""
 
     def __init__(self, layout: ParallelLayout):
         if not dist.is_initialized():
@@ -165,6 +163,16 @@ class ParallelState:
                 group = dist.new_group(ranks=ranks)  # every rank creates every group, same order
                 if self.rank in ranks:
                     self.groups[name], self.group_members[name] = group, ranks
+
+    @classmethod
+    def single_process(cls) -> ParallelState:
+        """One process holds the whole model: layout of one rank, rank 0, no process groups (a
+        model that is not split never asks for one)."""
+        state = cls.__new__(cls)  # (no torch.distributed: __init__'s groups are not needed)
+        state.layout, state.rank = ParallelLayout(), 0
+        state.coords = state.layout.coordinates(0)
+        state.groups, state.group_members = {}, {}
+        return state
 
     @property
     def tensor_group(self):
@@ -199,7 +207,7 @@ class DeepSpeedMPU:
     """The `mpu` object `deepspeed.initialize(mpu=...)` and `deepspeed.zero.Init(mpu=...)` query.
 
     Tensor parallelism appears as DeepSpeed's "model parallel" group (pipeline runs give DeepSpeed
-    no mpu: the `PipelineModule` carries its own topology, see `megatiny.parallel.pipeline`): gradient
+    no mpu: the `PipelineModule` carries its own topology, see `megatiny.model.pipeline`): gradient
     clipping adds the norms of parameters marked `tensor_model_parallel` on every model-parallel
     rank and of replicated ones on model-parallel rank 0 only, then all-reduces over this group.
 

@@ -31,15 +31,19 @@ import yaml
 
 from megatiny.checkpoint.manifest import VERIFY_MODES
 from megatiny.data.config import DataConfig
-from megatiny.model.config import PRESETS, RUNTIME_FIELDS, ModelConfig, ModelRuntime, get_preset
-from megatiny.parallel.checks import (
-    check_context_parallel,
-    check_pipeline_model,
-    check_pipeline_zero_stage,
-    check_sequence_split,
-    check_tensor_parallel,
+from megatiny.model.config import (
+    FAMILY_FIELDS,
+    PRESETS,
+    RUNTIME_FIELDS,
+    ModelConfig,
+    ModelRuntime,
+    architecture_differences,
+    check_model_parallel_features,
+    get_preset,
 )
-from megatiny.precision import PRECISIONS, Precision
+from megatiny.model.parallel_checks import check_context_parallel, check_pipeline_model, check_tensor_parallel
+from megatiny.parallel.checks import check_pipeline_zero_stage, check_sequence_split
+from megatiny.precision import PRECISIONS, Precision, detect_hardware, resolve_precision
 
 if TYPE_CHECKING:
     from megatiny.parallel.state import ParallelLayout
@@ -73,9 +77,11 @@ def _non_negative(section: str, name: str, value: Any) -> None:
 class ModelSection:
     """The architecture: a named preset (`megatiny.model.config.PRESETS`) plus `ModelConfig` field
     overrides, e.g. `model: {preset: nano-2m, num_layers: 2}`. `preset` is required whenever the
-    section has other keys; an absent or empty `model:` section means `preset: tiny-test`. With
-    `preset: null` every ModelConfig field must be given. How the model computes (attention kernel,
-    activation checkpointing) is the `runtime` section's, not the architecture's."""
+    section has other keys; an absent or empty `model:` section means `preset: tiny-test`, or the
+    architecture of `checkpoint.init_from` when that is set. With `preset: null` every ModelConfig
+    field must be given (those of the newer families, `family`, `kv_channels`, `rope_scaling`, biases
+    and sliding window, default to a plain Llama 2 decoder). How the model computes (attention
+    kernel, activation checkpointing) is the `runtime` section's, not the architecture's."""
 
     preset: str | None = "tiny-test"
     """one of the presets below, or null (then give every ModelConfig field)"""
@@ -88,7 +94,8 @@ class ModelSection:
                              "or set preset: null and give every model field explicitly")
         _refuse_runtime_keys(self.overrides)
         if self.preset is None:
-            missing = [f.name for f in dataclasses.fields(ModelConfig) if f.name not in self.overrides]
+            missing = [f.name for f in dataclasses.fields(ModelConfig)
+                       if f.name not in self.overrides and f.name not in FAMILY_FIELDS]
             if missing:
                 raise ValueError(f"model: preset is null, so every ModelConfig field must be given; missing "
                                  f"{missing}. Or name a preset: {sorted(PRESETS)}")
@@ -238,7 +245,8 @@ class CheckpointConfig:
     """`auto` (newest complete checkpoint in save_dir, else start fresh), `none`, or a root/tag path"""
     init_from: str | None = None
     """weights for continued pretraining (DeepSpeed root or tag, megatiny weights dir, or Hugging Face
-    Llama dir); used only when not resuming; optimizer and step start fresh"""
+    Llama / Qwen2 / Mistral dir); used only when not resuming; optimizer and step start fresh. Without a
+    `model` section the run takes its architecture; a `model` section must agree with it"""
     save_at_end: bool = True
     """save after the last step"""
     verify: str = "full"
@@ -454,6 +462,7 @@ class ParallelConfig:
         if self._is_default():
             return
         layout = self._sizes_only()
+        check_model_parallel_features(config, layout)
         check_tensor_parallel(config, layout)
         check_context_parallel(config, layout)
         check_sequence_split(layout, seq_length)
@@ -513,7 +522,13 @@ class RunConfig:
         layout = self.parallel.layout(world_size)
         self._check_data()
         source = self.distributed.deepspeed_config
-        ds_file = read_ds_file(source)
+        return self.plan(layout, read_ds_file(source), source)
+
+    def plan(self, layout: ParallelLayout, ds_file: dict[str, Any], source: str = "deepspeed config"
+             ) -> RunPlan:
+        """The part of `validate` that reads no file: the run on `layout` (from
+        `self.parallel.layout`) with DeepSpeed file contents `ds_file` (named `source` in errors).
+        The ZeRO stage and the accumulation steps are derived here, once."""
         check_ds_file(ds_file, source)
         stage = zero_stage(ds_file)
         check_pipeline_zero_stage(layout, stage)
@@ -552,9 +567,20 @@ class RunConfig:
         if unknown:
             raise ValueError(f"{source}: unknown top-level key(s) {unknown}; known: {sorted(sections)}")
         kwargs: dict[str, Any] = {}
+        init_from = (values.get("checkpoint") or {}).get("init_from") \
+            if isinstance(values.get("checkpoint"), dict) else None
+        architecture = _init_from_architecture(init_from, source)
+        if init_from is not None and not values.get("model"):
+            if architecture is None:
+                raise ValueError(f"{source}: checkpoint.init_from={init_from} is not a readable checkpoint "
+                                 "or model directory, and without a model section the run's architecture "
+                                 "comes from it; fix the path or add a model section")
+            values["model"] = {"preset": None, **architecture.to_dict()}
         for name, value in values.items():
             if name == "model":
                 kwargs[name] = _model_section(value, source)
+                if architecture is not None:
+                    _check_init_from_architecture(kwargs[name], architecture, init_from, source)
             elif name == "data":
                 kwargs[name] = _data_section(value, source)
             elif name in _SECTION_TYPES:
@@ -613,6 +639,32 @@ def _data_section(value: Any, source: str) -> DataConfig | None:
         return DataConfig.from_dict(value)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{source}: data: {e}") from None
+
+
+def _init_from_architecture(init_from: Any, source: str) -> ModelConfig | None:
+    """The ModelConfig stored at `checkpoint.init_from` (an HF config.json, a megatiny.json), or
+    None when there is no such readable directory (its absence is reported when the run loads it).
+    An architecture megatiny cannot represent (OLMo-2, Gemma, yarn RoPE, ...) raises here, naming
+    the field and value, before any process group or engine starts."""
+    if not isinstance(init_from, str) or not Path(init_from).is_dir():
+        return None
+    from megatiny.checkpoint.sources import open_weights  # torch: only for runs that init from weights
+
+    try:
+        return open_weights(init_from).config
+    except FileNotFoundError:
+        return None
+    except ValueError as e:
+        raise ValueError(f"{source}: checkpoint.init_from: {e}") from None
+
+
+def _check_init_from_architecture(section: ModelSection, architecture: ModelConfig, init_from: str,
+                                  source: str) -> None:
+    differences = architecture_differences(section.build(), architecture)
+    if differences:
+        raise ValueError(f"{source}: the model section differs from the architecture of "
+                         f"checkpoint.init_from={init_from} in {'; '.join(differences)} (model section != "
+                         "checkpoint); remove the model section to take the checkpoint's architecture")
 
 
 def _model_section(value: Any, source: str) -> ModelSection:
@@ -745,6 +797,12 @@ def offloads_optimizer(ds_config: dict[str, Any]) -> bool:
     """Whether the optimizer states live on the CPU (or NVMe) under ZeRO-Offload."""
     device = ds_config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device", "none")
     return device in ("cpu", "nvme")
+
+
+def run_precision(run: RunConfig, device: Any) -> Precision:
+    """runtime.precision resolved for `device` (a torch.device; the same answer on every rank of
+    one host kind): the one place a run's precision is decided."""
+    return resolve_precision(run.runtime.precision, detect_hardware(device))
 
 
 def precision_section(precision: Precision, ds_file: dict[str, Any]) -> dict[str, Any]:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import os
 
-from megatiny.precision import Precision, detect_hardware, resolve_precision
+from megatiny.precision import Precision
 from megatiny.process_env import launch_world_size
-from megatiny.training.config import RunConfig, RunPlan, build_ds_config, offloads_optimizer
+from megatiny.training.config import RunConfig, RunPlan, build_ds_config, offloads_optimizer, run_precision
 from megatiny.training.memory import format_bytes, rank_memory
 
 
@@ -38,7 +38,7 @@ def local_precision(run: RunConfig) -> Precision:
     import torch
 
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    return resolve_precision(run.runtime.precision, detect_hardware(device))
+    return run_precision(run, device)
 
 
 def describe_plan_layout(plan: RunPlan) -> str:

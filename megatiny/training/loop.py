@@ -38,15 +38,15 @@ import numpy as np
 import torch
 
 from megatiny.checkpoint.manager import CheckpointManager, ResumePoint
-from megatiny.checkpoint.metadata import TrainState, WorldLayout, describe_parallel_sizes
+from megatiny.checkpoint.metadata import TrainState, WorldLayout
 from megatiny.data import build_gpt_datasets, describe_datasets
 from megatiny.data.sampler import PretrainingSampler
 from megatiny.heartbeat import Heartbeat
-from megatiny.parallel import deepspeed as ds_engine
-from megatiny.parallel.state import ParallelLayout, ParallelState
+from megatiny.parallel import process_group
 from megatiny.precision import warn_if_emulated
 from megatiny.process_env import launch_world_size
 from megatiny.training.config import RunConfig, RunPlan
+from megatiny.training.engine import build_engine
 from megatiny.training.flops import peak_tflops_for, throughput
 from megatiny.training.logging import MetricsLogger, console_line, memory_gb
 from megatiny.training.schedule import learning_rate
@@ -99,12 +99,6 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
-def describe_layout(layout: ParallelLayout) -> str:
-    """e.g. "tensor 2 x context 1 x pipeline 1 x data 2, sequence parallel"."""
-    sizes = describe_parallel_sizes(layout.tensor, layout.context, layout.pipeline, layout.data)
-    return sizes + (", sequence parallel" if layout.sequence_parallel else "")
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -118,7 +112,8 @@ def train(run: RunConfig, callbacks: TrainCallbacks | None = None) -> TrainResul
     starts (`RunConfig.validate`, what `megatiny train --dry-run` runs), so every rank refuses a
     bad config alike, with nothing started."""
     plan = run.validate(launch_world_size() or 1)
-    dist_info = ds_engine.init_distributed(run.distributed)
+    dist_info = process_group.init_distributed(run.distributed.backend, run.distributed.timeout_s,
+                                               run.distributed.master_port)
     if dist_info.world_size != plan.layout.world_size:  # a launcher that announced no world size
         plan = run.validate(dist_info.world_size)
     stop = _StopFlag()
@@ -126,11 +121,11 @@ def train(run: RunConfig, callbacks: TrainCallbacks | None = None) -> TrainResul
         return _Trainer(run, plan, dist_info, stop, callbacks or TrainCallbacks()).execute()
     finally:
         stop.restore()
-        ds_engine.shutdown()
+        process_group.shutdown()
 
 
 class _Trainer:
-    def __init__(self, run: RunConfig, plan: RunPlan, dist_info: ds_engine.DistInfo, stop: _StopFlag,
+    def __init__(self, run: RunConfig, plan: RunPlan, dist_info: process_group.DistInfo, stop: _StopFlag,
                  callbacks: TrainCallbacks):
         self.run, self.plan, self.dist, self.stop, self.callbacks = run, plan, dist_info, stop, callbacks
         self.rank, self.world = dist_info.rank, dist_info.world_size
@@ -168,7 +163,7 @@ class _Trainer:
         # Rank 0 builds and caches the sample indices; the others then load them from the cache.
         if self.rank == 0:
             datasets = build()
-        ds_engine.barrier()
+        process_group.barrier()
         if self.rank != 0:
             datasets = build()
         return datasets[0], datasets[1]
@@ -186,40 +181,22 @@ class _Trainer:
         samples = torch.from_numpy(np.stack([dataset[i] for i in indices]))  # int64 samples
         return samples[:, :-1], samples[:, 1:]
 
-    def _parallel_state(self) -> ParallelState | None:
-        """The process groups of the model-parallel layout (None for data parallelism alone; the
-        layout was validated before the process group started)."""
-        return ParallelState(self.layout) if self.run.parallel.model_parallel else None
-
     # ---------------------------------------------------------------- main
     def execute(self) -> TrainResult:
         run = self.run
         seed_everything(run.seed)
-        ds_file = self.plan.ds_file
-        parallel = self._parallel_state()
         resume = self.checkpoints.find_resume(run.checkpoint.resume, self.model_config,
                                               zero_stage=self.plan.zero_stage)
-        self.precision = ds_engine.run_precision(run, self.dist.device)
-        warn_if_emulated(self.precision, self.logger.print)
-        self.ds_config = ds_engine.build_ds_config(run, ds_file, self.layout.data, self.precision,
-                                                   load_universal=resume is not None and resume.universal,
-                                                   source=run.distributed.deepspeed_config,
-                                                   context_parallel_size=self.layout.context)
-        init_weights = resume is None and run.checkpoint.init_from is not None
-        every_rank = ds_engine.init_weights_on_every_rank(self.layout)  # each takes its part
-        init_state = (self.checkpoints.initial_weights(run.checkpoint.init_from, self.model_config,
-                                                       every_rank=every_rank)
-                      if init_weights else None)
-        self.engine = ds_engine.TrainingEngine(run, self.model_config, self.ds_config, self.dist,
-                                               init_state=init_state, init_weights=init_weights,
-                                               parallel=parallel)
+        self.engine = build_engine(run, self.plan, self.dist.device, checkpoints=self.checkpoints,
+                                   resume=resume)
+        warn_if_emulated(self.engine.precision, self.logger.print)
         step, consumed = 0, 0
         if resume is not None:
             state = self.checkpoints.load(self.engine.deepspeed_engine, resume)
             step, consumed, self.skipped_steps = state.step, state.consumed_samples, state.skipped_steps
             if self.spikes is not None:
                 self.spikes.load_state_dict(state.spike)
-        accumulation = self.engine.gradient_accumulation_steps
+        accumulation = self.plan.gradient_accumulation_steps
         train_ds, valid_ds = self._build_data()
         self.data_description = describe_datasets((train_ds, valid_ds, None))
         self._warn_if_data_changed(resume, consumed)
@@ -229,10 +206,10 @@ class _Trainer:
                                      data_parallel_size=self.layout.data)
         self.logger.print(
             f"[megatiny] {self.model_config.num_parameters() / 1e6:.2f}M parameters | {self.world} ranks | "
-            f"ZeRO-{ds_engine.zero_stage(self.ds_config)} | precision {self.precision.describe()}\n"
+            f"ZeRO-{self.plan.zero_stage} | precision {self.engine.precision.describe()}\n"
             f"[megatiny] global batch {run.batch.global_batch_size} = "
             f"{run.batch.micro_batch_size} micro x {accumulation} accumulation x {self.layout.data} "
-            f"data-parallel ranks | {describe_layout(self.layout)} | "
+            f"data-parallel ranks | {self.layout.describe()} | "
             f"seq {run.batch.seq_length} | {run.schedule.train_steps} steps")
         return self._loop(step, consumed, iter(sampler), train_ds, valid_ds)
 
@@ -246,37 +223,39 @@ class _Trainer:
         loss = self.engine.loss(input_ids, labels)
         local = self.callbacks.micro_batch_loss(step, micro, self.rank, loss.detach().float())
         stop_requested = local.new_full((), float(self.stop.signum is not None))  # a fill, no copy
-        total, stops = ds_engine.all_reduce_sum_tensor(torch.stack([local, stop_requested])).tolist()
+        total, stops = process_group.all_reduce_sum_tensor(torch.stack([local, stop_requested])).tolist()
         return loss, indices, local, total, stops > 0
 
-    def _accumulate(self, step: int, accumulation: int, batches, train_ds) -> tuple[float, int, bool]:
-        """One optimizer step of `accumulation` micro-batches: (sum of the finite micro-batches' mean
-        losses, how many were finite, whether any rank has a stop request)."""
+    def _accumulate(self, step: int, accumulation: int, lr: float, batches, train_ds
+                    ) -> tuple[float, int, bool]:
+        """One optimizer step of `accumulation` micro-batches at learning rate `lr`: (sum of the
+        finite micro-batches' mean losses, how many were finite, whether any rank has a stop
+        request)."""
         loss_sum, finite_micro, stop_requested = 0.0, 0, False
         for micro in range(accumulation):
             loss, indices, local, total_loss, stop_now = self._micro_batch(step, micro, batches, train_ds)
             stop_requested = stop_requested or stop_now
             if math.isfinite(total_loss):
-                self.engine.backward(loss)
                 loss_sum += total_loss / self.world
                 finite_micro += 1
+                spike = micro == accumulation - 1 and self._is_spike(step, loss_sum / finite_micro)
+                self.engine.micro_step(loss, 0.0 if spike else lr)  # a spike (spike.policy: skip): LR 0
             else:
                 self._report_nonfinite(step, micro, indices, local.item())
-                if finite_micro == 0 and micro == accumulation - 1:
-                    self.engine.set_lr(0.0)  # nothing finite this step: update with LR 0
-            if micro == accumulation - 1 and finite_micro and self._is_spike(step, loss_sum / finite_micro):
-                self.engine.set_lr(0.0)  # a loss spike (spike.policy: skip): parameters unchanged
-            self.engine.step()
+                last = micro == accumulation - 1
+                skip = last and (finite_micro == 0 or self._is_spike(step, loss_sum / finite_micro))
+                self.engine.micro_step(None, 0.0 if skip else lr)  # none finite, or a spike: LR 0
         return loss_sum, finite_micro, stop_requested
 
-    def _pipeline_step(self, step: int, accumulation: int, batches, train_ds) -> tuple[float, int, bool]:
+    def _pipeline_step(self, step: int, accumulation: int, lr: float, batches, train_ds
+                       ) -> tuple[float, int, bool]:
         """One optimizer step through DeepSpeed's pipeline engine (1F1B over `accumulation`
         micro-batches; every stage of a replica reads the same samples). The engine applies the
         update before the loss is known, so a non-finite loss stops the run (nan_policy: stop)."""
         micro_batches = [self._batch(train_ds, next(batches)) for _ in range(accumulation)]
-        loss = self.engine.train_batch(micro_batches)  # the global mean, on every stage
+        loss = self.engine.pipeline_step(micro_batches, lr)  # the global mean, on every stage
         stop_flag = loss.new_full((), float(self.stop.signum is not None))
-        total, stops = ds_engine.all_reduce_sum_tensor(torch.stack([loss.float(), stop_flag])).tolist()
+        total, stops = process_group.all_reduce_sum_tensor(torch.stack([loss.float(), stop_flag])).tolist()
         if not math.isfinite(total):
             self._report_nonfinite(step, 0, [], total)
         return total / self.world * accumulation, accumulation, stops > 0
@@ -284,26 +263,20 @@ class _Trainer:
     def _loop(self, step: int, consumed: int, batches, train_ds, valid_ds) -> TrainResult:
         run = self.run
         total = run.schedule.train_steps
-        accumulation = self.engine.gradient_accumulation_steps
+        accumulation = self.plan.gradient_accumulation_steps
         tokens_per_step = run.batch.global_batch_size * run.batch.seq_length
         flops_per_token = self.model_config.flops_per_token(run.batch.seq_length)
-        peak = peak_tflops_for(ds_engine.device_name(self.dist.device), run.logging.peak_tflops)
+        peak = peak_tflops_for(process_group.device_name(self.dist.device), run.logging.peak_tflops)
         result = TrainResult(step=step, consumed_samples=consumed)
         interval_time, interval_steps, step_times = 0.0, 0, deque(maxlen=50)
         last_saved = step if step > 0 else None
-        self.engine.train()
         while step < total:
             self._beat(step + 1, "step")
             started = time.perf_counter()
             self.callbacks.step_started(step, self.rank)
             lr = learning_rate(step, run.optimizer, run.schedule)
-            self.engine.set_lr(lr)
-            if self.engine.pipelined:
-                loss_sum, finite_micro, stop_requested = self._pipeline_step(step, accumulation, batches,
-                                                                             train_ds)
-            else:
-                loss_sum, finite_micro, stop_requested = self._accumulate(step, accumulation, batches,
-                                                                          train_ds)
+            take_step = self._pipeline_step if self.engine.pipelined else self._accumulate
+            loss_sum, finite_micro, stop_requested = take_step(step, accumulation, lr, batches, train_ds)
             consumed += run.batch.global_batch_size
             step += 1
             if finite_micro == 0:
@@ -342,7 +315,7 @@ class _Trainer:
         result.step, result.consumed_samples, result.skipped_steps = step, consumed, self.skipped_steps
         self._beat(step, "done")
         self.logger.close()
-        ds_engine.barrier()
+        process_group.barrier()
         return result
 
     # ---------------------------------------------------------------- reporting
@@ -370,21 +343,17 @@ class _Trainer:
             "perf/tflops_per_device": perf["tflops_per_device"], "perf/mfu": perf.get("mfu"),
             "perf/memory_gb": metrics["memory_gb"]})
 
-    @torch.no_grad()
     def _evaluate(self, step: int, valid_ds) -> float | None:
         """Mean validation loss over eval_iters micro-batches per rank (the same samples each time)."""
         if valid_ds is None or len(valid_ds) == 0:
             return None
         mbs, iters = self.run.batch.micro_batch_size, self.run.logging.eval_iters
-        self.engine.train(False)
-        total = 0.0
-        for it in range(iters):  # the tensor / context ranks of a replica read the same rows
-            start = (it * self.layout.data + self.data_rank) * mbs
-            indices = list(range(start, start + mbs))  # the valid split was sized for exactly these
-            input_ids, labels = self._batch(valid_ds, indices)
-            total += self.engine.loss(input_ids, labels).float().item()
-        self.engine.train(True)
-        loss = ds_engine.all_reduce_sum([total], self.dist.device)[0] / (iters * self.world)
+        # The tensor / context ranks of a replica read the same rows; the valid split was sized
+        # for exactly these.
+        starts = ((it * self.layout.data + self.data_rank) * mbs for it in range(iters))
+        total = self.engine.evaluate(self._batch(valid_ds, list(range(start, start + mbs)))
+                                     for start in starts)
+        loss = process_group.all_reduce_sum([total], self.dist.device)[0] / (iters * self.world)
         ppl = math.exp(min(loss, 50.0))
         self.logger.print(f"[megatiny] validation at step {step}: loss {loss:.4f} | perplexity {ppl:.2f}")
         self.logger.scalars(step, {"valid/loss": loss, "valid/perplexity": ppl})
@@ -423,7 +392,7 @@ class _Trainer:
     # ---------------------------------------------------------------- checkpoints
     def _save(self, step: int, consumed: int) -> None:
         self._beat(step, "save")
-        world = WorldLayout.of_run(self.layout, ds_engine.zero_stage(self.ds_config), self.precision.name)
+        world = WorldLayout.of_run(self.layout, self.plan.zero_stage, self.engine.precision.name)
         state = TrainState(step=step, consumed_samples=consumed, skipped_steps=self.skipped_steps,
                            world=world, data=self.data_description, run_config=self.run.to_dict(),
                            spike=self.spikes.state_dict() if self.spikes is not None else None)

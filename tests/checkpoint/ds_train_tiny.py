@@ -18,7 +18,7 @@ import torch.distributed as dist
 from megatiny.checkpoint.manager import CheckpointManager
 from megatiny.checkpoint.metadata import TrainState, WorldLayout
 from megatiny.model import GPT, ModelRuntime, get_preset
-from megatiny.parallel.deepspeed import skip_inference_shm_allreduce
+from megatiny.parallel.process_group import skip_inference_shm_allreduce
 
 GLOBAL_BATCH = 6  # divisible by 1, 2 and 3 ranks
 SEQ_LENGTH = 16

@@ -95,16 +95,31 @@ def test_config_round_trip_through_transformers():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"attention_bias": True}, "attention_bias is true"),
     ({"mlp_bias": True}, "mlp_bias is true"),
-    ({"rope_scaling": {"rope_type": "linear", "factor": 2.0}}, "rope_scaling"),
-    ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}}, "not plain RoPE"),
-    ({"architectures": ["MistralForCausalLM"], "model_type": "mistral"}, "not a Llama causal LM"),
-    ({"head_dim": 16}, "head_dim 16 x num_attention_heads 8 != hidden_size 64"),
+    ({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "rope_scaling.rope_type 'dynamic'"),
+    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 8.0}},
+     "rope_parameters.rope_type 'yarn'"),
+    ({"rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4, "factor": 8.0}},
+     "rope_parameters.rope_type 'longrope'"),
+    ({"rope_parameters": {"rope_type": "wobbly", "rope_theta": 1e4}}, "rope_type 'wobbly'"),
+    ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0}},
+     "without \\['low_freq_factor'"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}},
+     "partial_rotary_factor"),
+    ({"architectures": ["Olmo2ForCausalLM"], "model_type": "olmo2"}, "model_type 'olmo2'.*QK-norm"),
+    ({"architectures": ["GemmaForCausalLM"], "model_type": "gemma"}, "model_type 'gemma'"),
+    ({"architectures": ["FooForCausalLM"], "model_type": "foo"}, "model_type 'foo'"),
+    ({"architectures": ["LlamaForSequenceClassification"]}, "architectures"),
+    ({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "use_sliding_window": True,
+      "sliding_window": 4, "max_window_layers": 1,
+      "layer_types": ["sliding_attention", "full_attention"]}, "layer_types"),
+    ({"head_dim": 3}, "head_dim .* must be even"),
     ({"hidden_act": "gelu"}, "hidden_act"),
 ])
 def test_unsupported_hf_architectures_are_refused(tmp_path, change, message):
     hf_config = config_to_hf(tiny_config(), torch.float32)
+    if "rope_scaling" in change:  # a transformers-4 config: rope_theta + rope_scaling only
+        hf_config.pop("rope_parameters")
     hf_config.update(change)
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "config.json").write_text(json.dumps(hf_config))

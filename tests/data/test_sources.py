@@ -144,3 +144,28 @@ def test_line_readers_refuse_tables(tmp_path):
     write_parquet(tmp_path / "t.parquet", ["a"])
     with pytest.raises(SourceError, match=r"t\.parquet: parquet input is not supported here"):
         expand_inputs([str(tmp_path / "*.parquet")])
+
+
+def test_a_named_pipe_reads_like_its_file_compressed_or_not(tmp_path):
+    """`--input <(zstdcat x.jsonl.zst)`, /dev/stdin: a pipe has no position, yet the records and the
+    bytes credited to progress are the file's."""
+    import gzip
+    import os
+    import subprocess
+
+    from megatiny.data.sources import read_chunks
+
+    lines = [json.dumps({"text": f"record {i} " * (i % 7 + 1)}) + "\n" for i in range(3000)]
+    for name, data in (("plain.jsonl", "".join(lines).encode()),
+                       ("packed.jsonl.gz", gzip.compress("".join(lines).encode()))):
+        (tmp_path / name).write_bytes(data)
+        fifo = tmp_path / f"pipe_{name}"
+        os.mkfifo(fifo)
+        writer = subprocess.Popen(["sh", "-c", 'exec cat "$1" >"$2"', "sh", str(tmp_path / name), str(fifo)])
+        try:
+            chunks = list(read_chunks([InputFile(fifo, "jsonl")]))
+        finally:
+            writer.wait(timeout=30)
+        records = [r.decode() for c in chunks for r in c.records]
+        assert records == lines, name
+        assert sum(c.disk_bytes for c in chunks) == len(data), name

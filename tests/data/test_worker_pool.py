@@ -114,7 +114,7 @@ def corpus(tmp_path_factory):
     lines[4] = '{"text": "unterminated'
     (d / "bad.jsonl").write_text("\n".join(lines) + "\n")
     block = "\n".join(json.dumps({"text": t}) for t in make_texts(4000, seed=2)) + "\n"
-    (d / "big.jsonl").write_text(block * 40)          # ~50 MB: many seconds for two workers
+    (d / "big.jsonl").write_text(block * 4)           # ~5 MB, fed through a pipe that stays open
     return d, str(model)
 
 
@@ -144,26 +144,36 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _start_big_run(corpus, out: Path) -> tuple[subprocess.Popen, list[int]]:
-    """`megatiny preprocess --workers 2` on the big file, returned once it is writing output."""
+def _start_big_run(corpus, out: Path) -> tuple[subprocess.Popen, list[int], subprocess.Popen]:
+    """`megatiny preprocess --workers 2` reading big.jsonl through a named pipe whose writer sends
+    the whole file and then keeps the pipe open (up to 300 s), so the input never ends by itself and
+    the run is certainly mid-file when the test stops it, however fast or loaded the machine.
+    Returned once the run is writing output: (the run, its two workers, the pipe's writer)."""
     d, model = corpus
+    fifo = out.parent / f"{out.name}.fifo"
+    os.mkfifo(fifo)
+    writer = subprocess.Popen(["sh", "-c", 'exec >"$1"; cat "$2"; exec sleep 300', "sh", str(fifo),
+                               str(d / "big.jsonl")], start_new_session=True)
     process = subprocess.Popen(
-        [sys.executable, "-m", "megatiny", "preprocess", "--input", str(d / "big.jsonl"),
+        [sys.executable, "-m", "megatiny", "preprocess", "--input", str(fifo),
          "--output-prefix", str(out / "big"), "--tokenizer", model, "--workers", "2", "--append-eod"],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + timeout_s(extra_s=30)
     while time.monotonic() < deadline and process.poll() is None:
         written = [p for p in out.glob(".big*/data.bin") if p.stat().st_size > 0]
         if written and len(_children(process.pid)) == 2:
-            return process, _children(process.pid)
+            return process, _children(process.pid), writer
         time.sleep(0.05)
     process.kill()
+    os.killpg(writer.pid, signal.SIGKILL)
     pytest.fail(f"the run did not start writing in time:\n{process.communicate(timeout=10)[0]}")
 
 
 @pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM", "kill a worker"])
 def test_interrupt_or_dead_worker_mid_file_exits_in_seconds_writing_nothing(corpus, tmp_path, stop):
-    process, workers = _start_big_run(corpus, tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    process, workers, pipe_writer = _start_big_run(corpus, out)
     if stop == "kill a worker":
         os.kill(workers[0], signal.SIGKILL)
     else:
@@ -174,6 +184,9 @@ def test_interrupt_or_dead_worker_mid_file_exits_in_seconds_writing_nothing(corp
     except subprocess.TimeoutExpired:
         process.kill()
         pytest.fail(f"still running 5 s after {stop}:\n{process.communicate(timeout=10)[0][-3000:]}")
+    finally:
+        os.killpg(pipe_writer.pid, signal.SIGKILL)
+        pipe_writer.wait(timeout=10)
     assert time.monotonic() - started < 5 * float(os.environ.get("MEGATINY_TEST_TIMEOUT_SCALE", "1"))
     expected = {"SIGINT": (130, "interrupted: nothing written"),
                 "SIGTERM": (143, "terminated (SIGTERM): nothing written"),
@@ -181,5 +194,5 @@ def test_interrupt_or_dead_worker_mid_file_exits_in_seconds_writing_nothing(corp
                                      f"the 512 records from")}[stop]
     assert process.returncode == expected[0], output[-3000:]
     assert expected[1] in output
-    assert not list(tmp_path.iterdir())
+    assert not list(out.iterdir())
     assert _gone(workers)

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from megatiny.checkpoint.manager import CheckpointManager
 from megatiny.checkpoint.metadata import TrainState, WorldLayout, read_metadata
 from megatiny.model import GPT
-from megatiny.parallel.deepspeed import skip_inference_shm_allreduce
+from megatiny.parallel.process_group import skip_inference_shm_allreduce
 
 STEP = 80
 

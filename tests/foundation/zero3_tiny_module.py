@@ -11,8 +11,9 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
-from megatiny.parallel.deepspeed import precision_section, skip_inference_shm_allreduce
+from megatiny.parallel.process_group import skip_inference_shm_allreduce
 from megatiny.precision import detect_hardware, resolve_precision
+from megatiny.training.config import precision_section
 
 
 def main() -> None:

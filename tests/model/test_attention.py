@@ -16,14 +16,17 @@ def _qkv(b=2, t=11, s=11, h=8, g=2, d=16, dtype=torch.float32, seed=0):
     return q, k, v
 
 
-def _repeated_kv_reference(q, k, v):
-    """Textbook attention with K/V repeated per query head (HF's repeat_kv), bottom-right causal."""
+def _repeated_kv_reference(q, k, v, window=None):
+    """Textbook attention with K/V repeated per query head (HF's repeat_kv), bottom-right causal;
+    with a window, query at absolute position p sees keys p - window < j <= p (written out)."""
     h, g = q.shape[2], k.shape[2]
     k = k.repeat_interleave(h // g, dim=2)
     v = v.repeat_interleave(h // g, dim=2)
     scores = torch.einsum("bthd,bshd->bhts", q.double(), k.double()) / q.shape[-1] ** 0.5
     t, s = q.shape[1], k.shape[1]
-    allowed = torch.ones(t, s, dtype=torch.bool).tril(diagonal=s - t)
+    position = torch.arange(s - t, s)[:, None]  # absolute position of each query
+    key = torch.arange(s)[None, :]
+    allowed = (key <= position) & ((key > position - window) if window is not None else True)
     scores = scores.masked_fill(~allowed, float("-inf"))
     return torch.einsum("bhts,bshd->bthd", scores.softmax(-1), v.double()).to(q.dtype)
 
@@ -42,12 +45,35 @@ def test_cpu_backends_match_reference(backend, heads, groups, t, s):
     torch.testing.assert_close(out, _repeated_kv_reference(q, k, v), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["math", "sdpa"])
+@pytest.mark.parametrize("window", [1, 3, 8, 20])
+@pytest.mark.parametrize("t,s", [(11, 11), (1, 9), (4, 9)])
+def test_sliding_window_matches_the_written_out_mask(backend, window, t, s):
+    q, k, v = _qkv(t=t, s=s)
+    torch.testing.assert_close(causal_attention(q, k, v, backend, window),
+                               _repeated_kv_reference(q, k, v, window), atol=1e-5, rtol=1e-5)
+
+
+def test_flash_attn_gets_the_window_as_window_size(monkeypatch):
+    """(No GPU here: the call flash-attn would receive.) Window w = w - 1 keys left of the diagonal."""
+    calls = []
+    monkeypatch.setattr(attention, "_flash_attn_func", lambda q, k, v, **kw: calls.append(kw) or q)
+    q, k, v = _qkv(t=4, s=9)
+    causal_attention(q, k, v, "flash_attn", 5)
+    causal_attention(q, k, v, "flash_attn")
+    causal_attention(q, k, v, "flash_attn", 9)  # covers every key: plain causal
+    assert calls == [{"causal": True, "window_size": (4, 0)}, {"causal": True, "window_size": (-1, -1)},
+                     {"causal": True, "window_size": (-1, -1)}]
+
+
 @pytest.mark.skipif(not (attention.FLASH_ATTN_AVAILABLE and torch.cuda.is_available()),
                     reason="flash-attn and CUDA not available")
-def test_flash_attn_matches_math_on_cuda():
-    q, k, v = (x.to("cuda", torch.bfloat16) for x in _qkv(t=64, s=64))
-    torch.testing.assert_close(causal_attention(q, k, v, "flash_attn").float(),
-                               causal_attention(q, k, v, "math").float(), atol=2e-2, rtol=2e-2)
+@pytest.mark.parametrize("window", [None, 16])
+@pytest.mark.parametrize("t", [64, 8, 1])  # full, chunked prefill, one decode step after 63 cached
+def test_flash_attn_matches_math_on_cuda(window, t):
+    q, k, v = (x.to("cuda", torch.bfloat16) for x in _qkv(t=t, s=64))
+    torch.testing.assert_close(causal_attention(q, k, v, "flash_attn", window).float(),
+                               causal_attention(q, k, v, "math", window).float(), atol=2e-2, rtol=2e-2)
 
 
 def test_bf16_sdpa_close_to_math():

@@ -117,3 +117,13 @@ def test_invalid_arguments(model):
         generate(model, prompt, 2, temperature=1.0, top_p=0.0)
     with pytest.raises(ValueError, match="top_k"):
         generate(model, prompt, 2, temperature=1.0, top_k=0)
+
+
+def test_a_list_of_eos_ids_stops_at_any_of_them(model):
+    prompt = torch.randint(0, model.config.vocab_size, (1, 5), generator=torch.Generator().manual_seed(4))
+    free = generate(model, prompt, max_new_tokens=8)
+    new = free[0, 5:].tolist()
+    stop = new[3]
+    first = new.index(stop)  # the first time that token appears
+    stopped = generate(model, prompt, max_new_tokens=8, eos_token_id=[10_000, stop])
+    assert stopped[0, 5:].tolist() == new[:first + 1]

@@ -10,8 +10,9 @@ import torch
 import torch.distributed as dist
 
 from megatiny.model import GPT, ModelRuntime, get_preset
-from megatiny.parallel.deepspeed import precision_section, skip_inference_shm_allreduce
+from megatiny.parallel.process_group import skip_inference_shm_allreduce
 from megatiny.precision import detect_hardware, resolve_precision
+from megatiny.training.config import precision_section
 
 
 def _gathered_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -3,11 +3,12 @@
 --check model: for each layout, a parallel GPT against the one-rank GPT built with the same seed,
 inside this process (no DeepSpeed engine): initial weights, logits, loss and every gradient.
 
---check engines: for each layout and ZeRO stage, a real DeepSpeed engine
-(`deepspeed.initialize(model=..., mpu=...)`, under `deepspeed.zero.Init(data_parallel_group=...,
-mpu=...)` for ZeRO-3) trains 8 steps of AdamW with gradient clipping and activation checkpointing
-on fixed batches; the global losses and DeepSpeed's gradient norms are written out. Run with one
-rank and layout "one" it is the reference.
+--check engines: for each layout and ZeRO stage, the trainer's own engine
+(`megatiny.training.engine.build_engine`: the DeepSpeed config, `zero.Init` for ZeRO-3, the
+`mpu`, `deepspeed.initialize`, DeepSpeed's pipeline engine for pipelines) trains 8 steps of AdamW
+with gradient clipping and activation checkpointing on fixed batches; the global losses and
+DeepSpeed's gradient norms are written out. Run with one rank and layout "one" it is the
+reference.
 
 --check groups (or --also-groups): this rank's process groups and mpu answers for layouts that
 use every pair of axes.
@@ -24,12 +25,15 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
+from megatiny.checkpoint.partition import partition_dim, shard_state_dict
 from megatiny.model import GPT, ModelRuntime, get_preset
 from megatiny.model.generate import generate
 from megatiny.parallel.context_parallel import split_for_context
-from megatiny.parallel.deepspeed import param_groups, skip_inference_shm_allreduce
+from megatiny.parallel.process_group import skip_inference_shm_allreduce
 from megatiny.parallel.state import DeepSpeedMPU, ParallelLayout, ParallelState
-from megatiny.parallel.tensor_parallel import partition_dim, shard, shard_state_dict
+from megatiny.parallel.tensor_parallel import shard
+from megatiny.training.config import RunConfig
+from megatiny.training.engine import build_engine, param_groups
 
 GLOBAL_BATCH, SEQ = 4, 16
 STEPS, LR, CLIP = 8, 1e-3, 0.5
@@ -115,11 +119,11 @@ def split_for_context_logits(logits: torch.Tensor, rank: int, size: int) -> torc
     return logits.chunk(size, dim=1)[rank]
 
 
-def ds_config(stage: int, micro_batch: int, accumulation: int = 1, bf16: bool = False) -> dict:
+def ds_config(stage: int, micro_batch: int) -> dict:
+    """The DeepSpeed config of `deepspeed_sequence_parallel_norms`'s own engines (fp32)."""
     return {
-        "bf16": {"enabled": bf16},
         "train_micro_batch_size_per_gpu": micro_batch,
-        "gradient_accumulation_steps": accumulation,
+        "gradient_accumulation_steps": 1,
         "gradient_clipping": CLIP,
         "zero_optimization": {"stage": stage},
         "zero_allow_untested_optimizer": True,
@@ -127,58 +131,50 @@ def ds_config(stage: int, micro_batch: int, accumulation: int = 1, bf16: bool = 
     }
 
 
-def train_pipeline(state: ParallelState, stage: int, bf16: bool) -> dict[str, list[float]]:
-    """As `train_engine`, with DeepSpeed's pipeline engine (PIPELINE_MICRO_BATCHES per step) and
-    the one-rank GPT's initial weights."""
-    from megatiny.parallel.pipeline import build_pipeline_model, load_full_state_dict
-
-    micro = GLOBAL_BATCH // (state.layout.data * PIPELINE_MICRO_BATCHES)
-    config = ds_config(stage, micro, PIPELINE_MICRO_BATCHES, bf16)
-    torch.manual_seed(0)
-    full = GPT(model_config(), runtime=MATH).state_dict()
-    module = build_pipeline_model(model_config(), state, stage, activation_checkpoint_interval=1,
-                                  attention_backend="math")
-    load_full_state_dict(module, full, model_config(), state)
-    optimizer = torch.optim.AdamW(param_groups(module, 0.1), lr=LR)
-    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, config=config)
-    losses, norms = [], []
-    for step in range(STEPS):
-        inputs, labels = batch(step)
-        rows = zip(local_batch(state, inputs).chunk(PIPELINE_MICRO_BATCHES),
-                   local_batch(state, labels).chunk(PIPELINE_MICRO_BATCHES))
-        loss = engine.train_batch(data_iter=iter(list(rows)))  # mean over micro-batches and replicas
-        losses.append(loss.item())
-        norms.append(float(engine.get_global_grad_norm()))
-    engine.destroy()
-    return {"losses": losses, "grad_norms": norms}
+def run_config(layout_name: str, world: int, bf16: bool = False) -> RunConfig:
+    """The run config of an engine check: the tiny model, GLOBAL_BATCH sequences of SEQ tokens per
+    step (pipelines: PIPELINE_MICRO_BATCHES micro-batches), AdamW at LR with torch's default betas
+    and weight decay 0.1 on matrices, clipping at CLIP, activation checkpointing on every block
+    (the recompute repeats the collectives), seed 0."""
+    sizes = LAYOUTS[layout_name]
+    data = make_layout(layout_name, world).data
+    pipelined = sizes.get("pipeline", 1) > 1
+    micro = GLOBAL_BATCH // (data * (PIPELINE_MICRO_BATCHES if pipelined else 1))
+    return RunConfig.from_dict({
+        "model": {"preset": "tiny-test", "num_layers": 2},
+        "batch": {"global_batch_size": GLOBAL_BATCH, "micro_batch_size": micro, "seq_length": SEQ},
+        "optimizer": {"lr": LR, "min_lr": LR, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
+                      "weight_decay": 0.1, "grad_clip": CLIP},
+        "runtime": {"precision": "bf16" if bf16 else "fp32", "attention_backend": "math",
+                    "activation_checkpointing": 1},
+        "parallel": sizes, "seed": 0, "nan_policy": "stop" if pipelined else "skip"})
 
 
 def train_engine(layout_name: str, stage: int, bf16: bool = False) -> dict[str, list[float]]:
-    """Global losses and gradient norms of STEPS DeepSpeed steps under this layout."""
-    state = ParallelState(make_layout(layout_name, dist.get_world_size()))
-    if state.layout.pipeline > 1:
-        return train_pipeline(state, stage, bf16)
-    mpu = state.mpu()
-    config = ds_config(stage, GLOBAL_BATCH // state.layout.data, bf16=bf16)
-    torch.manual_seed(0)
-    with deepspeed.zero.Init(data_parallel_group=mpu.get_data_parallel_group(), mpu=mpu,
-                             config_dict_or_path=config, enabled=stage == 3):
-        # Activation checkpointing on every block: the recompute repeats the collectives.
-        model = GPT(model_config(), state,
-                    runtime=ModelRuntime(attention_backend="math", activation_checkpointing=1))
-    optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=LR)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config, mpu=mpu)
+    """Global losses and gradient norms of STEPS steps of the trainer's engine
+    (`megatiny.training.engine.build_engine`) under this layout and ZeRO stage; pipelines step
+    through DeepSpeed's pipeline engine, starting from the one-rank GPT's initial weights. A
+    combination the run config refuses raises its ValueError (before any collective)."""
+    world = dist.get_world_size()
+    run = run_config(layout_name, world, bf16)
+    plan = run.plan(run.parallel.layout(world), {"zero_optimization": {"stage": stage}})
+    engine = build_engine(run, plan, torch.device("cpu"))
+    layout, rank = plan.layout, dist.get_rank()
     losses, norms = [], []
     for step in range(STEPS):
-        inputs, labels = batch(step)
-        loss = engine(local_batch(state, inputs), labels=local_batch(state, labels))
-        engine.backward(loss)
-        engine.step()
-        replica_mean = loss.detach().clone()  # equal on the tensor/context ranks of a replica
-        dist.all_reduce(replica_mean, group=state.groups["data"])
-        losses.append(replica_mean.item() / state.layout.data)
-        norms.append(float(engine.get_global_grad_norm()))
-    engine.destroy()
+        inputs, labels = (rows.chunk(layout.data)[layout.coordinates(rank).data] for rows in batch(step))
+        if engine.pipelined:  # mean over micro-batches and replicas, on every stage
+            loss = engine.pipeline_step(list(zip(inputs.chunk(PIPELINE_MICRO_BATCHES),
+                                                 labels.chunk(PIPELINE_MICRO_BATCHES))), LR).item()
+        else:
+            replica_loss = engine.loss(inputs, labels)
+            engine.micro_step(replica_loss, LR)
+            total = replica_loss.detach().clone()  # equal on the tensor/context ranks of a replica
+            dist.all_reduce(total)
+            loss = total.item() / world
+        losses.append(loss)
+        norms.append(engine.grad_norm())
+    engine.deepspeed_engine.destroy()
     return {"losses": losses, "grad_norms": norms}
 
 

@@ -3,8 +3,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from megatiny.checkpoint.partition import pipeline_hf_name as hf_name
 from megatiny.model import get_preset
-from megatiny.parallel.pipeline import check_pipeline, hf_name
+from megatiny.model.pipeline import check_pipeline
 from megatiny.parallel.state import ParallelLayout
 
 

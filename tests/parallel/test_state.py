@@ -57,9 +57,7 @@ def test_bad_layouts_are_refused_naming_the_field(kwargs, message):
 def test_layout_fields_are_validated():
     with pytest.raises(ValueError, match="parallel.context must be a positive integer"):
         ParallelLayout(context=1.5)
-    with pytest.raises(ValueError, match=r"unknown field\(s\) \['data'\]"):
-        ParallelLayout.from_dict({"tensor": 2, "data": 2}, world_size=4)
-    assert ParallelLayout.from_dict({"tensor": 2, "sequence_parallel": True}, 4).to_dict() == {
+    assert ParallelLayout.for_world(4, tensor=2, sequence_parallel=True).to_dict() == {
         "tensor": 2, "pipeline": 1, "context": 1, "data": 2, "sequence_parallel": True}
 
 

@@ -1,17 +1,13 @@
-"""Sharding full (HF-named) weights into tensor-parallel ranks and merging them back; the checks
-that refuse models that cannot be split."""
+"""Sharding full (HF-named) weights into tensor-parallel ranks (and concatenating the shards back,
+as `megatiny.checkpoint.model_parallel` does); the checks that refuse models that cannot be split."""
 import pytest
 import torch
 
+from megatiny.checkpoint.partition import partition_dim, shard_state_dict
 from megatiny.model import GPT, get_preset
-from megatiny.parallel.context_parallel import check_context_parallel, split_for_context
+from megatiny.model.parallel_checks import check_context_parallel, check_tensor_parallel
+from megatiny.parallel.context_parallel import split_for_context
 from megatiny.parallel.state import ParallelLayout
-from megatiny.parallel.tensor_parallel import (
-    check_tensor_parallel,
-    merge_state_dicts,
-    partition_dim,
-    shard_state_dict,
-)
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +22,16 @@ def test_every_matrix_is_split_and_every_vector_replicated(full_state):
 
 
 @pytest.mark.parametrize("tensor_size", [1, 2])
-def test_shard_then_merge_is_the_identity(full_state, tensor_size):
+def test_shard_then_concatenate_is_the_identity(full_state, tensor_size):
     shards = [shard_state_dict(full_state, r, tensor_size) for r in range(tensor_size)]
-    merged = merge_state_dicts(shards)
-    assert list(merged) == list(full_state)
+    assert all(list(shard) == list(full_state) for shard in shards)
     for name, tensor in full_state.items():
-        assert torch.equal(merged[name], tensor), name
+        dim = partition_dim(name)
+        parts = [shard[name] for shard in shards]
+        if dim is None:  # replicated: every rank holds the full tensor
+            assert all(torch.equal(part, tensor) for part in parts), name
+        else:
+            assert torch.equal(torch.cat(parts, dim=dim), tensor), name
     q = shards[-1]["model.layers.0.self_attn.q_proj.weight"]
     assert q.shape == (64 // tensor_size, 64)
     assert shards[-1]["model.layers.0.self_attn.o_proj.weight"].shape == (64, 64 // tensor_size)
@@ -46,13 +46,6 @@ def test_shards_hold_whole_query_groups(full_state):
     k_full = full_state["model.layers.1.self_attn.k_proj.weight"]
     assert torch.equal(rank1["model.layers.1.self_attn.q_proj.weight"], q_full[4 * head_dim:])
     assert torch.equal(rank1["model.layers.1.self_attn.k_proj.weight"], k_full[1 * head_dim:])
-
-
-def test_merge_refuses_disagreeing_replicated_weights(full_state):
-    shards = [shard_state_dict(full_state, r, 2) for r in range(2)]
-    shards[1]["model.norm.weight"] += 1
-    with pytest.raises(ValueError, match="replicated model.norm.weight differs between tensor ranks 0 and 1"):
-        merge_state_dicts(shards)
 
 
 def test_tensor_size_must_divide_the_query_groups():

@@ -4,9 +4,9 @@ import pytest
 
 from megatiny.data.config import DataConfig
 from megatiny.model.config import ModelRuntime, get_preset
-from megatiny.parallel.deepspeed import build_ds_config, param_groups
 from megatiny.precision import Precision
-from megatiny.training.config import BatchConfig, RunConfig, apply_overrides, load_config
+from megatiny.training.config import BatchConfig, RunConfig, apply_overrides, build_ds_config, load_config
+from megatiny.training.engine import param_groups
 from megatiny.training.flops import peak_tflops_for, throughput
 from megatiny.training.schedule import learning_rate
 from tests.helpers import REPO_ROOT
@@ -199,6 +199,10 @@ def test_model_section_needs_a_preset():
         load_config(None, ["model.preset=null", "model.num_layers=2"])
     explicit = {"preset": None, **get_preset("nano-2m").to_dict()}
     assert RunConfig.from_dict({"model": explicit}).model_config() == get_preset("nano-2m")
+    # a full section written before the family fields existed (family, kv_channels, ...) stays complete
+    from megatiny.model.config import FAMILY_FIELDS
+    before = {k: v for k, v in explicit.items() if k not in FAMILY_FIELDS}
+    assert RunConfig.from_dict({"model": before}).model_config() == get_preset("nano-2m")
     assert load_config(None).model_config() == get_preset("tiny-test")  # no model section: the default
 
 

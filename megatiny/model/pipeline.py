@@ -1,4 +1,5 @@
-"""Pipeline parallelism: the GPT as a DeepSpeed `PipelineModule` (1F1B by DeepSpeed's pipeline engine).
+"""Pipeline parallelism: the GPT partitioned into a DeepSpeed `PipelineModule` (1F1B by DeepSpeed's
+pipeline engine).
 
 Layers, in order (global layer index in brackets; state_dict keys are "<index>.<name>"):
 
@@ -14,13 +15,14 @@ groups are our tensor groups. Not supported: context parallelism with pipelines,
 (they would need DeepSpeed's TiedLayerSpec), ZeRO stage 2 or 3 (DeepSpeed's pipeline engine
 asserts stage < 2). `check_pipeline` refuses those naming the settings.
 
-Initial weights: `load_full_state_dict` copies this stage's (and tensor rank's) part of a full
-Hugging Face named state dict, e.g. the one-rank GPT's; the pipeline model's own initialization
-is not the one-rank model's random stream (each stage builds only its layers).
+Initial weights: `megatiny.checkpoint.partition.load_full_state_dict` copies this stage's (and
+tensor rank's) part of a full Hugging Face named state dict, e.g. the one-rank GPT's (the
+stage's names map to HF names by `megatiny.checkpoint.partition.pipeline_hf_name`); the pipeline
+model's own initialization is not the one-rank model's random stream (each stage builds only its
+layers).
 """
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
 
 import torch
@@ -28,9 +30,9 @@ import torch.nn as nn
 
 from megatiny.model.attention import resolve_backend
 from megatiny.model.config import ModelConfig
+from megatiny.model.parallel_checks import check_pipeline_model, check_tensor_parallel
 from megatiny.model.transformer import Block, LMHead, RMSNorm, rotary_tables, token_embedding
-from megatiny.parallel.checks import check_pipeline_model, check_pipeline_zero_stage, check_tensor_parallel
-from megatiny.parallel.tensor_parallel import partition_dim, shard
+from megatiny.parallel.checks import check_pipeline_zero_stage
 
 if TYPE_CHECKING:
     from megatiny.parallel.state import ParallelLayout, ParallelState
@@ -40,7 +42,8 @@ BLOCK_CLASS = "BlockPipe"
 
 def check_pipeline(config: ModelConfig, state: ParallelState | ParallelLayout, zero_stage: int) -> None:
     """Raise ValueError for the combinations the pipeline model does not support (the guard of
-    `build_pipeline_model`; a run's config validation calls the same `megatiny.parallel.checks`)."""
+    `build_pipeline_model`; a run's config validation calls the same checks, from
+    `megatiny.model.parallel_checks` and `megatiny.parallel.checks`)."""
     layout = getattr(state, "layout", state)
     check_pipeline_zero_stage(layout, zero_stage)
     check_pipeline_model(config, layout)
@@ -78,7 +81,7 @@ class FinalPipe(nn.Module):
         super().__init__()
         sp_group = parallel.tensor_group if parallel.sequence_parallel else None
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, sp_group)
-        self.lm_head = LMHead(config, parallel=parallel)
+        self.lm_head = LMHead(config, parallel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(x)
@@ -117,31 +120,3 @@ def build_pipeline_model(config: ModelConfig, state: ParallelState, zero_stage: 
     finals = [m for m in module.forward_funcs if isinstance(m, FinalPipe)]
     loss.final = finals[0] if finals else None
     return module
-
-
-def hf_name(pipeline_name: str, num_layers: int) -> str:
-    """The Hugging Face name of a pipeline state_dict key ("<layer index>.<name>")."""
-    match = re.fullmatch(r"(\d+)\.(.+)", pipeline_name)
-    if match is None:
-        raise ValueError(f"not a pipeline parameter name: {pipeline_name!r}")
-    index, rest = int(match.group(1)), match.group(2)
-    if index == 0:
-        return f"model.{rest}"
-    if index <= num_layers:
-        return f"model.layers.{index - 1}.{rest}"
-    if index == num_layers + 1:
-        return rest if rest.startswith("lm_head.") else f"model.{rest}"
-    raise ValueError(f"pipeline layer index {index} is beyond {num_layers} blocks + 2")
-
-
-@torch.no_grad()
-def load_full_state_dict(module: nn.Module, full: dict[str, torch.Tensor], config: ModelConfig,
-                         state: ParallelState) -> None:
-    """Copy this stage's and tensor rank's part of `full` (HF names) into `module`."""
-    t, rank = state.layout.tensor, state.tensor_rank
-    for name, tensor in module.state_dict().items():
-        source = full[hf_name(name, config.num_layers)]
-        dim = partition_dim(hf_name(name, config.num_layers))
-        if dim is not None and t > 1:
-            source = shard(source, dim, rank, t)
-        tensor.copy_(source)

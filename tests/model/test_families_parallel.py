@@ -1,0 +1,38 @@
+"""Llama 3 RoPE scaling, an explicit head size and a sliding window under tensor (+ sequence) and
+context parallelism equal the one-rank model (one 2-rank launch of families_parallel_worker.py);
+a sliding window under context parallelism is refused naming the field."""
+import json
+
+import pytest
+
+from tests.helpers import REPO_ROOT, launch_ranks, run_command, timeout_s
+
+pytestmark = pytest.mark.slow
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("families_parallel")
+    result = run_command([*launch_ranks(2), "tests/model/families_parallel_worker.py", "--out-dir", str(out)],
+                         timeout=timeout_s(extra_s=120),
+                         env={"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stdout[-6000:]
+    return [json.loads((out / f"families-rank{r}.json").read_text()) for r in range(2)]
+
+
+@pytest.mark.parametrize("case", ["tp2/llama3.2", "tp2-sp/llama3.2", "cp2/llama3.2", "tp2/mistral",
+                                  "tp2-sp/mistral"])
+def test_parallel_model_equals_one_rank_model(results, case):
+    for rank, per_rank in enumerate(results):
+        diffs = per_rank[case]
+        for key in ("logits", "loss", "grads"):
+            assert diffs[key] < TOLERANCE, (rank, key, diffs)
+        if "same_generation" in diffs:
+            assert diffs["same_generation"] is True, (rank, diffs)
+
+
+def test_sliding_window_with_context_parallelism_is_refused(results):
+    for per_rank in results:
+        assert "ModelConfig.sliding_window (5) is not supported with parallel.context = 2" in \
+            per_rank["cp2/mistral"]["refused"]
