@@ -118,3 +118,22 @@ def test_document_inputs_are_refused_with_a_kv_cache():
         gpt(ids, document_ids=torch.zeros_like(ids), kv_cache=gpt.new_kv_cache(1, 8))
     with pytest.raises(ValueError, match="document_ids must cover"):
         gpt(ids, document_ids=torch.zeros(1, 2, dtype=torch.long))
+
+
+def test_reset_position_ids_alone_moves_the_rope_positions():
+    """With attention kept inside documents RoPE's relative form hides the positions, so this
+    checks them with reset_position_ids alone: arange positions are today's result, restarted
+    ones change every token after the first EOD and none before it."""
+    gpt = model("sdpa")
+    docs = documents()
+    packed = torch.stack((torch.cat(docs), torch.cat(docs[::-1])))  # two rows, different documents
+    only_positions = document_inputs(packed, DocumentMasking(EOD, reset_position_ids=True))
+    with torch.no_grad():
+        today = gpt(packed)
+        arange = gpt(packed, position_ids=torch.arange(packed.shape[1]).expand_as(packed))
+        restarted = gpt(packed, position_ids=only_positions.position_ids)
+    assert rel(arange, today) < TOLERANCE
+    for row in range(2):
+        first = int((packed[row] == EOD).nonzero()[0]) + 1  # tokens through the first EOD
+        assert rel(restarted[row, :first], today[row, :first]) < TOLERANCE
+        assert (restarted[row, first:] - today[row, first:]).abs().amax(dim=-1).min() > 1e-4
