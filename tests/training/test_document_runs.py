@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pytest
+import yaml
 
 from megatiny.checkpoint.io import write_latest
 from megatiny.data.tokenizer import load_tokenizer
@@ -29,10 +30,13 @@ def test_run_with_document_options_records_them_and_resumes_bit_exactly(tiny_dat
     eod = load_tokenizer(tiny_data["tokenizer"]).eos_id
     save_dir = tmp_path / "ckpt"
     config = write_run_config(
-        tmp_path / "run.yaml", tiny_data, save_dir, data={"eod_token_id": eod},
+        tmp_path / "run.yaml", tiny_data, save_dir,
         schedule={"train_steps": 4, "warmup_steps": 1}, checkpoint={"save_interval": 2},
         logging={"log_interval": 1, "eval_interval": 2, "eval_iters": 1},
         distributed={"deepspeed_config": "ds_configs/zero1.json", "timeout_s": 120})
+    values = yaml.safe_load(config.read_text())
+    values["data"]["eod_token_id"] = eod  # (this data has no sidecar to read it from)
+    config.write_text(yaml.safe_dump(values))
     run = lambda: run_command([venv_bin("python"), TRAIN, "--config", str(config), *FLAGS],  # noqa: E731
                               timeout=timeout_s(launches=1, steps=4, seconds_per_step=4), env=ENV)
     first = run()
