@@ -62,11 +62,6 @@ class DocumentInputs:
         move = lambda t: t.to(device) if t is not None else None  # noqa: E731
         return DocumentInputs(move(self.position_ids), move(self.document_ids), move(self.loss_mask))
 
-    def select(self, index) -> DocumentInputs:
-        """The same rows / columns of each tensor (e.g. a micro-batch's rows)."""
-        pick = lambda t: t[index] if t is not None else None  # noqa: E731
-        return DocumentInputs(pick(self.position_ids), pick(self.document_ids), pick(self.loss_mask))
-
 
 def document_inputs(input_ids: torch.Tensor, masking: DocumentMasking | None) -> DocumentInputs:
     """The document tensors of input tokens Long[B, T] (or [T]) under `masking` (None: all None)."""
