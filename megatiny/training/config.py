@@ -476,10 +476,6 @@ class RunConfig:
         (`data.reset_attention_mask` ...) with their EOD id (`data.eod_token_id`, else
         `eod_token_id`: the one `validate` read from the datasets' sidecars)."""
         masking = self._document_masking(eod_token_id)
-        if masking is not None and layout.pipeline > 1:
-            raise ValueError("data.reset_attention_mask / data.reset_position_ids / data.eod_mask_loss are "
-                             "not supported with parallel.pipeline > 1 (the document boundaries do not "
-                             "travel between pipeline stages yet); turn them off or set parallel.pipeline: 1")
         check_ds_file(ds_file, source)
         stage = zero_stage(ds_file)
         check_pipeline_zero_stage(layout, stage)

@@ -33,10 +33,10 @@ embeddings, no context parallelism and no more stages than layers + 2); then
 `RunConfig.validate(world_size)`, on every rank before the process group starts, checks what
 needs the number of ranks or files: the sizes divide the ranks, training data is set (and its
 token ids fit the model's vocabulary where a sidecar is readable), the DeepSpeed file exists and
-sets none of the keys the run config owns, a pipeline has ZeRO stage <= 1 and `nan_policy: stop`
-(and none of the document options `data.reset_attention_mask` / `reset_position_ids` /
-`eod_mask_loss`, which also need an EOD id: `data.eod_token_id` or the datasets' sidecars),
-and `batch.global_batch_size` divides over the data-parallel ranks.
+sets none of the keys the run config owns, a pipeline has ZeRO stage <= 1 and `nan_policy: stop`,
+the document options (`data.reset_attention_mask`, `reset_position_ids`, `eod_mask_loss`) have
+an EOD id (`data.eod_token_id` or the datasets' sidecars), and `batch.global_batch_size` divides
+over the data-parallel ranks.
 `megatiny train --config RUN.yaml --dry-run [--world-size N]` runs exactly that on one process
 (N: the launcher's `WORLD_SIZE` if set, else `--world-size`, else tensor x pipeline x context),
 starting no process group and importing no DeepSpeed, and prints the resolved layout (tensor x

@@ -220,11 +220,11 @@ class Engine:
     def pipeline_step(self, micro_batches: list[tuple[torch.Tensor, ...]], lr: float
                       ) -> torch.Tensor:
         """Pipeline parallelism: forward, backward and update with learning rate `lr` over all
-        `micro_batches` with DeepSpeed's 1F1B schedule; the mean loss (fp32 scalar, detached,
+        `micro_batches` ((input_ids, labels[, DocumentInputs]) each) with DeepSpeed's 1F1B
+        schedule; the mean loss (fp32 scalar, detached,
         averaged over micro-batches and data-parallel replicas, on every stage)."""
         self._set_lr(lr)
-        _refuse_document_inputs(micro_batches)
-        data = [(ids.to(self._device), labels.to(self._device)) for ids, labels, *_ in micro_batches]
+        data = [self._pipeline_micro_batch(*batch) for batch in micro_batches]
         return self.deepspeed_engine.train_batch(data_iter=iter(data)).detach()
 
     @torch.no_grad()
@@ -235,14 +235,32 @@ class Engine:
         total = 0.0
         for input_ids, labels, *document in batches:
             if self.pipelined:
-                _refuse_document_inputs([(input_ids, labels, *document)])
                 loss = self.deepspeed_engine.eval_batch(
-                    iter([(input_ids.to(self._device), labels.to(self._device))]), num_micro_batches=1)
+                    iter([self._pipeline_micro_batch(input_ids, labels, *document)]), num_micro_batches=1)
             else:
                 loss = self.loss(input_ids, labels, *document)
             total += loss.float().item()
         self.deepspeed_engine.train(True)
         return total
+
+    def _pipeline_micro_batch(self, input_ids: torch.Tensor, labels: torch.Tensor,
+                              document: DocumentInputs | None = None) -> tuple:
+        """What DeepSpeed's pipeline engine reads of a micro-batch: (input_ids, labels), or with
+        document options ((input_ids, position_ids, document_ids), (labels, loss_mask)), the
+        options that are off filled with what they mean (0.. positions, one document, all
+        tokens counted), since only tensors travel between stages."""
+        input_ids, labels = input_ids.to(self._device), labels.to(self._device)
+        if document is None or all(t is None for t in (document.position_ids, document.document_ids,
+                                                       document.loss_mask)):
+            return input_ids, labels
+        document = document.to(self._device)
+        positions = document.position_ids if document.position_ids is not None else \
+            torch.arange(input_ids.shape[1], device=self._device).expand_as(input_ids).contiguous()
+        documents = document.document_ids if document.document_ids is not None else \
+            torch.zeros_like(input_ids)
+        loss_mask = document.loss_mask if document.loss_mask is not None else \
+            torch.ones(input_ids.shape, dtype=torch.float32, device=self._device)
+        return (input_ids, positions, documents), (labels, loss_mask)
 
     def grad_norm(self) -> float | None:
         """Global gradient 2-norm before clipping, of the last optimizer step."""
@@ -253,12 +271,3 @@ class Engine:
         for group in self._optimizer.param_groups:
             group["lr"] = lr
 
-
-def _refuse_document_inputs(micro_batches) -> None:
-    """The guard of the pipeline paths (`RunConfig.plan` refuses the configuration first)."""
-    for _, _, *document in micro_batches:
-        if document and document[0] is not None and any(
-                t is not None for t in (document[0].position_ids, document[0].document_ids,
-                                        document[0].loss_mask)):
-            raise ValueError("data.reset_attention_mask / reset_position_ids / eod_mask_loss are not "
-                             "supported with parallel.pipeline > 1")

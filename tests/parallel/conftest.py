@@ -36,7 +36,7 @@ def model_checks(tmp_path_factory) -> list[dict]:
 def reference_engines(tmp_path_factory) -> dict:
     """The one-rank DeepSpeed runs (ZeRO-1 and ZeRO-3) every layout must reproduce."""
     return launch(tmp_path_factory.mktemp("reference"), 1, ["--check", "engines", "--layouts", "one",
-                                                            "--also-documents", "one"])[0]
+                                                            "--also-documents", "one", "one-accum2"])[0]
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +44,7 @@ def two_rank_engines(tmp_path_factory) -> list[dict]:
     return launch(tmp_path_factory.mktemp("engines2"), 2,
                   ["--check", "engines", "--layouts", "tp2", "tp2-sp", "cp2", "pp2",
                    "--also-bf16", "tp2-sp", "cp2", "pp2", "--also-deepspeed-sp",
-                   "--also-documents", "tp2-sp", "cp2"])
+                   "--also-documents", "tp2-sp", "cp2", "pp2"])
 
 
 @pytest.fixture(scope="session")
@@ -53,4 +53,4 @@ def four_rank_engines(tmp_path_factory) -> list[dict]:
     the groups, and model-level checks of TP2 x CP2 with and without SP."""
     return launch(tmp_path_factory.mktemp("engines4"), 4,
                   ["--check", "engines", "--layouts", "tp2", "cp2", "pp2-tp2", "--also-groups",
-                   "--also-model", "tp2-cp2", "tp2-sp-cp2"])
+                   "--also-model", "tp2-cp2", "tp2-sp-cp2", "--also-documents", "pp2-tp2"])

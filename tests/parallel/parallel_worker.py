@@ -42,8 +42,9 @@ STEPS, LR, CLIP = 8, 1e-3, 0.5
 LAYOUTS = {"one": {}, "tp2": {"tensor": 2}, "tp2-sp": {"tensor": 2, "sequence_parallel": True},
            "cp2": {"context": 2}, "pp2": {"pipeline": 2}, "pp2-tp2": {"pipeline": 2, "tensor": 2},
            "tp2-cp2": {"tensor": 2, "context": 2},
-           "tp2-sp-cp2": {"tensor": 2, "context": 2, "sequence_parallel": True}}
-PIPELINE_MICRO_BATCHES = 2
+           "tp2-sp-cp2": {"tensor": 2, "context": 2, "sequence_parallel": True},
+           "one-accum2": {}}
+PIPELINE_MICRO_BATCHES = 2  # (also the accumulation of "one-accum2", the pipelines' reference)
 
 
 MATH = ModelRuntime(attention_backend="math")
@@ -157,7 +158,8 @@ def run_config(layout_name: str, world: int, bf16: bool = False) -> RunConfig:
     sizes = LAYOUTS[layout_name]
     data = make_layout(layout_name, world).data
     pipelined = sizes.get("pipeline", 1) > 1
-    micro = GLOBAL_BATCH // (data * (PIPELINE_MICRO_BATCHES if pipelined else 1))
+    split = pipelined or layout_name.endswith("accum2")
+    micro = GLOBAL_BATCH // (data * (PIPELINE_MICRO_BATCHES if split else 1))
     return RunConfig.from_dict({
         "model": {"preset": "tiny-test", "num_layers": 2},
         "batch": {"global_batch_size": GLOBAL_BATCH, "micro_batch_size": micro, "seq_length": SEQ},
@@ -188,12 +190,19 @@ def train_engine(layout_name: str, stage: int, bf16: bool = False,
         inputs, labels = (rows.chunk(layout.data)[data_rank] for rows in make(step))
         document = document_inputs(inputs, DOCUMENTS) if documents else DocumentInputs()
         if engine.pipelined:  # mean over micro-batches and replicas, on every stage
-            loss = engine.pipeline_step(list(zip(inputs.chunk(PIPELINE_MICRO_BATCHES),
-                                                 labels.chunk(PIPELINE_MICRO_BATCHES))), LR).item()
-        else:
-            replica_loss = engine.loss(inputs, labels, document)
-            engine.micro_step(replica_loss, LR)
-            total = replica_loss.detach().clone()  # equal on the tensor/context ranks of a replica
+            micro = [(ids, lab, document_inputs(ids, DOCUMENTS) if documents else DocumentInputs())
+                     for ids, lab in zip(inputs.chunk(PIPELINE_MICRO_BATCHES),
+                                         labels.chunk(PIPELINE_MICRO_BATCHES))]
+            loss = engine.pipeline_step(micro, LR).item()
+        else:  # one micro-batch per step, or PIPELINE_MICRO_BATCHES for "one-accum2"
+            parts = run.batch.global_batch_size // (run.batch.micro_batch_size * layout.data)
+            total = torch.zeros(())
+            for rows in torch.arange(inputs.shape[0]).chunk(parts):
+                piece = DocumentInputs(*(t[rows] if t is not None else None for t in
+                                         (document.position_ids, document.document_ids, document.loss_mask)))
+                replica_loss = engine.loss(inputs[rows], labels[rows], piece)
+                engine.micro_step(replica_loss, LR)
+                total += replica_loss.detach() / parts  # equal on the tensor/context ranks of a replica
             dist.all_reduce(total)
             loss = total.item() / world
         losses.append(loss)
@@ -347,7 +356,7 @@ def main() -> None:
         if args.check == "model":
             results[f"{name}-documents"] = check_model(name, tie=False, documents=True)
         else:
-            for stage in (1, 3):
+            for stage in (1,) if LAYOUTS[name].get("pipeline", 1) > 1 or "accum" in name else (1, 3):
                 results[f"{name}-documents-zero{stage}"] = train_engine(name, stage, documents=True)
     for name in args.also_bf16:
         results[f"{name}-zero1-bf16"] = train_engine(name, 1, bf16=True)

@@ -102,6 +102,21 @@ def test_engines_with_packed_documents_equal_one_rank(reference_engines, two_ran
 
 
 @pytest.mark.slow
+def test_pipeline_engines_with_packed_documents_equal_one_rank_with_the_same_micro_batches(
+        reference_engines, two_rank_engines, four_rank_engines):
+    """The boundaries travel with the micro-batch through the stages. With eod_mask_loss a step's
+    loss is the mean of its micro-batches' means (as in Megatron), so the reference is the one-rank
+    engine accumulating the same PIPELINE_MICRO_BATCHES micro-batches, not the one-micro-batch run."""
+    want = reference_engines["one-accum2-documents-zero1"]
+    assert max_rel_diff(want["losses"], reference_engines["one-documents-zero1"]["losses"]) > 1e-5
+    for results in two_rank_engines + four_rank_engines:
+        key = "pp2-documents-zero1" if "pp2-documents-zero1" in results else "pp2-tp2-documents-zero1"
+        run = results[key]
+        assert max_rel_diff(run["losses"], want["losses"]) < TOLERANCE, (key, run, want)
+        assert max_rel_diff(run["grad_norms"], want["grad_norms"]) < TOLERANCE, (key, run, want)
+
+
+@pytest.mark.slow
 def test_pipeline_engines_equal_one_rank_under_zero1(reference_engines, two_rank_engines,
                                                      four_rank_engines):
     _check_runs(two_rank_engines, reference_engines, ["pp2-zero1"])

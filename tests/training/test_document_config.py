@@ -1,5 +1,5 @@
 """The document options in the run config: Megatron's flag spellings, the EOD id resolved from
-the datasets' sidecars (or refused), and the layouts that are refused naming the fields."""
+the datasets' sidecars (or refused naming `data.eod_token_id`), accepted on every layout."""
 import pytest
 
 import megatiny.cli.train as train_cli
@@ -40,14 +40,13 @@ def test_eod_id_comes_from_the_sidecar_or_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("option", list(OPTIONS))
-def test_pipeline_with_a_document_option_is_refused_naming_the_fields(tmp_path, option):
+def test_every_layout_accepts_the_document_options(tmp_path, option):
     run = RunConfig.from_dict({
         "model": {"preset": "tiny-test", "num_layers": 2},
         "data": {"data_path": str(tmp_path / "x"), option: True, "eod_token_id": 2},
         "batch": {"seq_length": 16, "micro_batch_size": 1, "global_batch_size": 2},
-        "parallel": {"pipeline": 2}, "nan_policy": "stop"})
-    with pytest.raises(ValueError, match=r"data.reset_attention_mask .*parallel.pipeline"):
-        run.plan(run.parallel.layout(2), ZERO1)
+        "parallel": {"pipeline": 2, "tensor": 2, "sequence_parallel": True}, "nan_policy": "stop"})
+    assert run.plan(run.parallel.layout(8), ZERO1).document_masking.eod_token_id == 2
 
 
 def test_megatron_flag_spellings_set_the_data_options(tmp_path, capsys, monkeypatch):
