@@ -7,6 +7,8 @@ Launch with any of (`tools/train.py` is the same command as `megatiny train`):
     deepspeed --hostfile hostfile --master_addr node1 tools/train.py --config ...
     mpirun -np 16 python tools/train.py --config ...
 Overrides are dotted keys, e.g. `batch.micro_batch_size=4 checkpoint.resume=none`.
+Megatron's document flags are accepted as spellings of the data options: `--reset-attention-mask`,
+`--reset-position-ids` and `--eod-mask-loss` set `data.reset_attention_mask=true` etc.
 See docs/CONFIG.md for every key.
 
 Check a config without starting anything (one process, no process group, no DeepSpeed import):
@@ -22,6 +24,11 @@ import sys
 
 from megatiny.training.config import RunConfig, load_config
 
+# Megatron-LM flag -> the run config key it sets to true
+MEGATRON_FLAGS = {"--reset-attention-mask": "data.reset_attention_mask",
+                  "--reset-position-ids": "data.reset_position_ids",
+                  "--eod-mask-loss": "data.eod_mask_loss"}
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
@@ -33,10 +40,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --dry-run: the number of ranks to validate for (default: the "
                              "launcher's WORLD_SIZE, else tensor x pipeline x context)")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
+    megatron = parser.add_argument_group("Megatron spellings of run config keys")
+    for flag in MEGATRON_FLAGS:
+        megatron.add_argument(flag, action="store_true", help=f"= {MEGATRON_FLAGS[flag]}=true")
     parser.add_argument("overrides", nargs="*", help="key=value overrides with dotted keys")
     args = parser.parse_args(argv)
+    flags = [f"{key}=true" for flag, key in MEGATRON_FLAGS.items()
+             if getattr(args, flag.lstrip("-").replace("-", "_"))]
     try:
-        run = load_config(args.config, args.overrides)
+        run = load_config(args.config, [*flags, *args.overrides])
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

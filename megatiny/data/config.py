@@ -76,6 +76,13 @@ class DataConfig:
     index: "block" (default; O(documents) memory, for any schedule size) or "megatron" (Megatron's
         materialized O(samples) arrays, bit-compatible with megatiny's earlier builds and caches);
         see docs/FORMAT.md.
+    reset_attention_mask / reset_position_ids / eod_mask_loss: Megatron's document options for
+        packed samples (`megatiny.data.document_mask`): attention kept inside each document (the
+        EOD token belongs to the document it ends), RoPE positions restarting at 0 after each EOD,
+        no loss where the input token is EOD. Megatron spellings on the command line:
+        `megatiny train --reset-attention-mask --reset-position-ids --eod-mask-loss`.
+    eod_token_id: the EOD id those options cut at; null = the EOS id of the tokenizer in the
+        datasets' PREFIX.json sidecars (a run records the resolved id in its checkpoints).
 
     The tokenizer is not part of it: it is the run config's top-level `tokenizer`.
     """
@@ -88,6 +95,10 @@ class DataConfig:
     cache_dir: str | None = None
     blend_surplus: float = 0.005
     index: str = "block"
+    reset_attention_mask: bool = False
+    reset_position_ids: bool = False
+    eod_mask_loss: bool = False
+    eod_token_id: int | None = None
 
     def __post_init__(self) -> None:
         blend = parse_blend(self.data_path, "data_path")
@@ -104,6 +115,17 @@ class DataConfig:
             raise ValueError(f"blend_surplus must be in [0, 1), got {self.blend_surplus}")
         if self.index not in ("block", "megatron"):
             raise ValueError(f"data.index must be 'block' or 'megatron', got {self.index!r}")
+        for name in ("reset_attention_mask", "reset_position_ids", "eod_mask_loss"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"data.{name} must be true or false, got {getattr(self, name)!r}")
+        eod = self.eod_token_id
+        if eod is not None and (isinstance(eod, bool) or not isinstance(eod, int) or eod < 0):
+            raise ValueError(f"data.eod_token_id must be a token id >= 0 or null, got {eod!r}")
+
+    @property
+    def document_masking(self) -> bool:
+        """Whether any of the document options is on."""
+        return self.reset_attention_mask or self.reset_position_ids or self.eod_mask_loss
 
     @property
     def uses_split(self) -> bool:

@@ -6,6 +6,11 @@ boundaries), so every token of the split after the first is predicted exactly on
 ("0.7 A 0.3 B") is evaluated one dataset at a time (one epoch of each; the blend weights are not
 used, since sampling by weight would repeat small datasets and skip parts of large ones); the total
 is the token-weighted mean over the datasets, reported beside each dataset's own numbers.
+
+A checkpoint trained with the data's document options (`data.reset_attention_mask`,
+`reset_position_ids`, `eod_mask_loss`, recorded in its run config with the EOD id) is evaluated
+with the same ones: attention and positions per document, and no loss where the input is EOD
+(those tokens are then not counted).
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import torch.nn.functional as F
 from megatiny.checkpoint import load_model
 from megatiny.data.builder import build_gpt_datasets
 from megatiny.data.config import DataConfig, parse_blend
+from megatiny.data.document_mask import DocumentInputs, DocumentMasking, document_inputs
 from megatiny.data.gpt_dataset import split_document_ranges
 from megatiny.data.indexed_dataset import IndexedDataset
 from megatiny.model import GPT
@@ -109,13 +115,16 @@ def held_out_dataset(data_path: str, seq_length: int, which: str = "valid", spli
 @torch.no_grad()
 def evaluate_perplexity(model: torch.nn.Module, dataset, batch_size: int = 8,
                         device: str | torch.device | None = None,
-                        max_samples: int | None = None) -> PerplexityResult:
+                        max_samples: int | None = None,
+                        masking: DocumentMasking | None = None) -> PerplexityResult:
     """Mean next-token cross entropy of `model` over `dataset` (samples of seq_length + 1 tokens).
 
     Batches of `batch_size` samples; inputs are sample[:-1], labels sample[1:]. A megatiny `GPT`
     computes the loss itself (its chunked fused cross entropy); other modules' logits go through
-    log-softmax here.
+    log-softmax here. `masking`: the document options (a megatiny `GPT` only).
     """
+    if masking is not None and not isinstance(model, GPT):
+        raise ValueError("the document options (data.reset_attention_mask ...) need a megatiny GPT")
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -129,16 +138,24 @@ def evaluate_perplexity(model: torch.nn.Module, dataset, batch_size: int = 8,
         batch = np.stack([np.asarray(dataset[i], dtype=np.int64) for i in indices])
         ids = torch.from_numpy(batch).to(device)
         inputs, labels = ids[:, :-1], ids[:, 1:]
-        loss_sum += float(batch_loss_sum(model, inputs, labels))
-        tokens += labels.numel()
+        document = document_inputs(inputs, masking)
+        counted = labels.numel() if document.loss_mask is None else int(document.loss_mask.sum())
+        loss_sum += float(batch_loss_sum(model, inputs, labels, document, counted))
+        tokens += counted
     loss = loss_sum / tokens
     return PerplexityResult(loss=loss, perplexity=_perplexity(loss), tokens=tokens, samples=total)
 
 
-def batch_loss_sum(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Summed fp32 cross entropy over every label of Long[B, T] inputs/labels."""
+def batch_loss_sum(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor,
+                   document: DocumentInputs | None = None, counted: int | None = None) -> torch.Tensor:
+    """Summed fp32 cross entropy over every label of Long[B, T] inputs/labels (with `document`'s
+    loss mask: over the `counted` labels it keeps)."""
     if isinstance(model, GPT):
-        return model(inputs, labels=labels).double() * labels.numel()
+        if document is None:
+            return model(inputs, labels=labels).double() * labels.numel()
+        mean = model(inputs, labels=labels, loss_mask=document.loss_mask,
+                     position_ids=document.position_ids, document_ids=document.document_ids)
+        return mean.double() * (labels.numel() if counted is None else counted)
     output = model(inputs)
     logits = (output.logits if hasattr(output, "logits") else output).float()
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum")
@@ -157,5 +174,20 @@ def run_perplexity(checkpoint: str | os.PathLike, data_path: str, seq_length: in
         raise ValueError(f"--seq-length {seq_length} exceeds the model's max_position_embeddings "
                          f"({max_positions})")
     datasets = held_out_datasets(data_path, seq_length, which, split, num_samples, seed, cache_dir)
-    return PerplexityResult.combine({prefix: evaluate_perplexity(model, dataset, batch_size, torch_device)
+    masking = checkpoint_document_masking(metadata)
+    return PerplexityResult.combine({prefix: evaluate_perplexity(model, dataset, batch_size, torch_device,
+                                                                 masking=masking)
                                      for prefix, dataset in datasets.items()})
+
+
+def checkpoint_document_masking(metadata: dict[str, Any]) -> DocumentMasking | None:
+    """The document options a checkpoint's run config trained with (None: off, or not recorded)."""
+    run_config = getattr(metadata.get("train_state"), "run_config", None) or {}
+    data = run_config.get("data") or {}
+    options = {k: bool(data.get(k)) for k in ("reset_attention_mask", "reset_position_ids", "eod_mask_loss")}
+    if not any(options.values()):
+        return None
+    if data.get("eod_token_id") is None:
+        raise ValueError("the checkpoint's run config sets the document options but records no "
+                         "data.eod_token_id")
+    return DocumentMasking(eod_token_id=int(data["eod_token_id"]), **options)

@@ -71,7 +71,8 @@ def scaled_inverse_frequencies(inv_freq: torch.Tensor, scaling: RopeScaling) -> 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float,
                  dtype: torch.dtype, scaling: RopeScaling | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """RoPE tables for positions Long[T]: cos [T, head_dim] and sign-folded sin [T, head_dim].
+    """RoPE tables for positions Long[T]: cos [T, head_dim] and sign-folded sin [T, head_dim]
+    (per-sample positions Long[B, T], e.g. restarting at each document: [B, T, head_dim]).
 
     With angles a = position x theta^(-2i/d) for i < d/2: cos = [cos a, cos a] and
     sin = [-sin a, sin a], so that rotate-half RoPE is x * cos + swap_halves(x) * sin (fewer
@@ -80,16 +81,21 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float,
     computed in fp32 exactly as Hugging Face does, with `scaling` (llama3 / linear) applied.
     """
     inv_freq = rope_inverse_frequencies(head_dim, theta, scaling, positions.device)
-    angles = positions.float()[:, None] * inv_freq[None, :]  # [T, D / 2]
+    angles = positions.float()[..., None] * inv_freq  # [..., T, D / 2]
     cos, sin = angles.cos(), angles.sin()
     return torch.cat((cos, cos), dim=-1).to(dtype), torch.cat((-sin, sin), dim=-1).to(dtype)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half RoPE. x [B, T, heads, D], cos/sin [T, D] from `rope_cos_sin` -> [B, T, heads, D].
+    """Rotate-half RoPE. x [B, T, heads, D], cos/sin [T, D] (or per sample [B, T, D]) from
+    `rope_cos_sin` -> [B, T, heads, D].
 
     The first and second halves of each head's dims form the rotated pairs (HF Llama layout).
     """
+    if cos.dim() == 3:  # per-sample positions: the reference formula, broadcast over heads
+        half = x.shape[-1] // 2
+        swapped = torch.cat((x[..., half:], x[..., :half]), dim=-1)
+        return x * cos[:, :, None, :] + swapped * sin[:, :, None, :]
     if FUSED_ROTARY_AVAILABLE and x.is_cuda:
         half = x.shape[-1] // 2  # flash-attn takes the [T, D / 2] cos and sin
         return _fused_rotary(x, cos[:, :half].contiguous(), sin[:, half:].contiguous(),

@@ -8,7 +8,15 @@ Layers, in order (global layer index in brackets; state_dict keys are "<index>.<
     [L + 1]    FinalPipe       norm; lm_head (in the loss)   [B, S, h] -> normed [B, S, h]
 
 The loss function given to DeepSpeed is the last stage's fused LM head + cross entropy, so no
-logits tensor is formed here either. Stages are balanced by parameter count. Composable with
+logits tensor is formed here either.
+
+Packed documents (`megatiny.data.document_mask`): a micro-batch's inputs may be the tuple
+(input_ids, position_ids, document_ids) and its labels (labels, loss_mask); the position and
+document ids then travel between the stages beside the hidden states (integer tensors: DeepSpeed's
+pipeline engine sends them and sends no gradient for them), so every block keeps RoPE and
+attention per document. Plain (input_ids, labels) micro-batches run exactly as before.
+
+Stages are balanced by parameter count. Composable with
 tensor (and sequence) parallelism: DeepSpeed's `PipeModelDataParallelTopology` (axes pipe, data,
 model) numbers ranks as `megatiny.parallel.state` does when context is 1, so its "model" (slice)
 groups are our tensor groups. Not supported: context parallelism with pipelines, tied embeddings
@@ -30,6 +38,7 @@ import torch.nn as nn
 
 from megatiny.model.attention import resolve_backend
 from megatiny.model.config import ModelConfig
+from megatiny.model.kernels import rope_cos_sin
 from megatiny.model.parallel_checks import check_pipeline_model, check_tensor_parallel
 from megatiny.model.transformer import Block, LMHead, RMSNorm, rotary_tables, token_embedding
 from megatiny.parallel.checks import check_pipeline_zero_stage
@@ -55,8 +64,13 @@ class EmbeddingPipe(nn.Module):
         super().__init__()
         self.embed_tokens = token_embedding(config, parallel)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.embed_tokens(input_ids)
+    def forward(self, inputs):
+        """input_ids Long[B, S] -> [B, S, h]; or (input_ids, position_ids, document_ids) ->
+        (hidden, position_ids, document_ids)."""
+        if isinstance(inputs, tuple):
+            input_ids, position_ids, document_ids = inputs
+            return self.embed_tokens(input_ids), position_ids, document_ids
+        return self.embed_tokens(inputs)
 
 
 class BlockPipe(Block):
@@ -68,7 +82,14 @@ class BlockPipe(Block):
         self.config, self.attention_backend = config, attention_backend
         self.sequence_factor = parallel.layout.tensor if parallel.sequence_parallel else 1
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x):
+        """[B, S, h] -> [B, S, h]; or (hidden, position_ids, document_ids), passed on likewise."""
+        if isinstance(x, tuple):
+            hidden, position_ids, document_ids = x
+            cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, hidden.dtype,
+                                    self.config.rope_scaling)
+            backend = resolve_backend(self.attention_backend, hidden.device, hidden.dtype)
+            return super().forward(hidden, cos, sin, backend, None, document_ids), position_ids, document_ids
         cos, sin = rotary_tables(self.config, 0, x.shape[1] * self.sequence_factor, x)
         backend = resolve_backend(self.attention_backend, x.device, x.dtype)
         return super().forward(x, cos, sin, backend)
@@ -83,8 +104,8 @@ class FinalPipe(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, sp_group)
         self.lm_head = LMHead(config, parallel)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x)
+    def forward(self, x) -> torch.Tensor:
+        return self.norm(x[0] if isinstance(x, tuple) else x)
 
 
 class PipelineLoss:
@@ -93,9 +114,12 @@ class PipelineLoss:
     def __init__(self):
         self.final: FinalPipe | None = None
 
-    def __call__(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def __call__(self, hidden: torch.Tensor, labels) -> torch.Tensor:
+        """labels Long[B, S], or (labels, loss_mask)."""
         if self.final is None:
             raise RuntimeError("the pipeline loss runs on the last stage only")
+        if isinstance(labels, tuple):
+            return self.final.lm_head(hidden, *labels)
         return self.final.lm_head(hidden, labels)
 
 

@@ -176,10 +176,11 @@ class Attention(nn.Module):
             if parallel.layout.context > 1 else None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: str,
-                kv_cache: KVCache | None = None) -> torch.Tensor:
-        """x [B, T, h], cos/sin [T, head_dim] (see `rope_cos_sin`) -> [B, T, h].
+                kv_cache: KVCache | None = None, document_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, T, h], cos/sin [T, head_dim] or [B, T, head_dim] (see `rope_cos_sin`) -> [B, T, h].
 
-        Under sequence parallelism x and the output are this rank's [B, T/tensor, h] shard."""
+        Under sequence parallelism x and the output are this rank's [B, T/tensor, h] shard.
+        document_ids: Long[B, S] of the whole sequences (also under context parallelism), or None."""
         shard = _sequence_shard(x, self.parallel)
         x = _enter_tensor_parallel(x, self.parallel)
         b, t, _ = x.shape
@@ -190,9 +191,9 @@ class Attention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_index, k, v)
         if self.ulysses is not None:  # (a sliding window is refused with context parallelism)
-            out = self.ulysses(q, k, v, backend)
+            out = self.ulysses(q, k, v, backend, self.window, document_ids)
         else:
-            out = causal_attention(q, k, v, backend, self.window)  # [B, T, H, D]
+            out = causal_attention(q, k, v, backend, self.window, document_ids)  # [B, T, H, D]
         return self.o_proj(out.reshape(b, t, self.num_heads * self.head_dim))
 
 
@@ -226,8 +227,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, sp_group)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: str,
-                kv_cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, backend, kv_cache)
+                kv_cache: KVCache | None = None, document_ids: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, backend, kv_cache, document_ids)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -243,26 +244,33 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(Block(config, i, parallel) for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, _sequence_parallel_group(parallel))
 
-    def forward(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None,
+                position_ids: torch.Tensor | None = None,
+                document_ids: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids Long[B, T] -> hidden [B, T, h]; with a cache, positions continue after it.
 
         Sequence parallel: hidden is this rank's [B, T/tensor, h] shard. Context parallel:
-        input_ids is this rank's slice of the sequences, at positions context_rank x T onwards."""
+        input_ids is this rank's slice of the sequences, at positions context_rank x T onwards.
+        position_ids Long[B, T] (the same slice as input_ids): RoPE positions instead of those;
+        document_ids Long[B, S] (whole sequences): attention kept inside documents."""
         cfg = self.config
         x = self.embed_tokens(input_ids)
         if kv_cache is not None:
             start = kv_cache.length
         else:
             start = self.parallel.context_rank * input_ids.shape[1]
-        cos, sin = rotary_tables(cfg, start, input_ids.shape[1], x)
+        if position_ids is not None:
+            cos, sin = rope_cos_sin(position_ids, cfg.head_dim, cfg.rope_theta, x.dtype, cfg.rope_scaling)
+        else:
+            cos, sin = rotary_tables(cfg, start, input_ids.shape[1], x)
         backend = resolve_backend(self.runtime.attention_backend, x.device, x.dtype)
         every = self.runtime.activation_checkpointing
         recompute = every > 0 and kv_cache is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
             if recompute and i % every == 0:
-                x = checkpoint(layer, x, cos, sin, backend, use_reentrant=False)
+                x = checkpoint(layer, x, cos, sin, backend, None, document_ids, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, backend, kv_cache)
+                x = layer(x, cos, sin, backend, kv_cache, document_ids)
         if kv_cache is not None:
             kv_cache.advance(input_ids.shape[1])
         return self.norm(x)
@@ -346,7 +354,8 @@ class GPT(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None,
                 loss_mask: torch.Tensor | None = None, *, kv_cache: KVCache | None = None,
-                last_token_only: bool = False) -> torch.Tensor:
+                last_token_only: bool = False, position_ids: torch.Tensor | None = None,
+                document_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Logits or loss.
 
         input_ids Long[B, T] (context parallel: this rank's slice, see
@@ -355,9 +364,13 @@ class GPT(nn.Module):
         labels[:, t] is the token after input_ids[:, t]; -100 ignored) and optional loss_mask
         [B, T] (1 counts, 0 ignored): the fp32 scalar mean loss over counted tokens.
         kv_cache: see `megatiny.model.generate`.
+        Packed documents (`megatiny.data.document_mask`): position_ids Long[B, T] (the same slice
+        as input_ids) replace the RoPE positions; document_ids Long[B, S] of the WHOLE sequences
+        (context parallel too) keep attention inside each document. Not with kv_cache.
         """
         self._check_inputs(input_ids, labels, loss_mask, kv_cache, last_token_only)
-        hidden = self.model(input_ids, kv_cache)
+        self._check_document_inputs(input_ids, kv_cache, position_ids, document_ids)
+        hidden = self.model(input_ids, kv_cache, position_ids, document_ids)
         if last_token_only:
             hidden = hidden[:, -1:]
         return self.lm_head(hidden, labels, loss_mask)
@@ -408,6 +421,19 @@ class GPT(nn.Module):
             raise ValueError("loss_mask given without labels")
         if last_token_only and labels is not None:
             raise ValueError("last_token_only is for inference; it cannot be combined with labels")
+
+    def _check_document_inputs(self, input_ids, kv_cache, position_ids, document_ids) -> None:
+        if position_ids is None and document_ids is None:
+            return
+        if kv_cache is not None:
+            raise ValueError("position_ids / document_ids are for whole packed sequences, not with kv_cache")
+        if position_ids is not None and position_ids.shape != input_ids.shape:
+            raise ValueError(f"position_ids shape {tuple(position_ids.shape)} must equal input_ids shape "
+                             f"{tuple(input_ids.shape)}")
+        whole = (input_ids.shape[0], input_ids.shape[1] * self.parallel.layout.context)
+        if document_ids is not None and tuple(document_ids.shape) != whole:
+            raise ValueError(f"document_ids must cover the whole sequences {whole}, got "
+                             f"{tuple(document_ids.shape)}")
 
     def _check_parallel_inputs(self, input_ids, kv_cache, last_token_only) -> None:
         parallel = self.parallel

@@ -46,6 +46,7 @@ from megatiny.parallel.checks import check_pipeline_zero_stage, check_sequence_s
 from megatiny.precision import PRECISIONS, Precision, detect_hardware, resolve_precision
 
 if TYPE_CHECKING:
+    from megatiny.data.document_mask import DocumentMasking
     from megatiny.parallel.state import ParallelLayout
 
 SCHEDULE_STYLES = ("cosine", "linear", "constant")
@@ -522,13 +523,21 @@ class RunConfig:
         layout = self.parallel.layout(world_size)
         self._check_data()
         source = self.distributed.deepspeed_config
-        return self.plan(layout, read_ds_file(source), source)
+        eod_token_id = None
+        if self.data.document_masking:  # (torch is imported only then)
+            from megatiny.data.document_mask import resolve_eod_token_id
 
-    def plan(self, layout: ParallelLayout, ds_file: dict[str, Any], source: str = "deepspeed config"
-             ) -> RunPlan:
+            eod_token_id = resolve_eod_token_id(self.data)
+        return self.plan(layout, read_ds_file(source), source, eod_token_id=eod_token_id)
+
+    def plan(self, layout: ParallelLayout, ds_file: dict[str, Any], source: str = "deepspeed config",
+             eod_token_id: int | None = None) -> RunPlan:
         """The part of `validate` that reads no file: the run on `layout` (from
         `self.parallel.layout`) with DeepSpeed file contents `ds_file` (named `source` in errors).
-        The ZeRO stage and the accumulation steps are derived here, once."""
+        The ZeRO stage and the accumulation steps are derived here, once, and the document options
+        (`data.reset_attention_mask` ...) with their EOD id (`data.eod_token_id`, else
+        `eod_token_id`: the one `validate` read from the datasets' sidecars)."""
+        masking = self._document_masking(eod_token_id)
         check_ds_file(ds_file, source)
         stage = zero_stage(ds_file)
         check_pipeline_zero_stage(layout, stage)
@@ -541,7 +550,14 @@ class RunConfig:
                              "skipped); set nan_policy: stop")
         accumulation = self.batch.gradient_accumulation_steps(layout.data)
         return RunPlan(layout=layout, ds_file=ds_file, zero_stage=stage,
-                       gradient_accumulation_steps=accumulation)
+                       gradient_accumulation_steps=accumulation, document_masking=masking)
+
+    def _document_masking(self, eod_token_id: int | None) -> DocumentMasking | None:
+        if self.data is None or not self.data.document_masking:
+            return None
+        from megatiny.data.document_mask import DocumentMasking
+
+        return DocumentMasking.from_data_config(self.data, eod_token_id)
 
     def _check_data(self) -> None:
         """A run without data, or data tokenized with a larger vocabulary than the model's, fails."""
@@ -605,6 +621,8 @@ class RunPlan:
     """its ZeRO stage"""
     gradient_accumulation_steps: int
     """micro-batches per data-parallel rank per optimizer step"""
+    document_masking: DocumentMasking | None = None
+    """the data's document options with their resolved EOD id (None: all off)"""
 
 
 _SECTION_TYPES = {"batch": BatchConfig, "optimizer": OptimizerConfig, "schedule": ScheduleConfig,

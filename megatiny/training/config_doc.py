@@ -34,7 +34,9 @@ embeddings, no context parallelism and no more stages than layers + 2); then
 needs the number of ranks or files: the sizes divide the ranks, training data is set (and its
 token ids fit the model's vocabulary where a sidecar is readable), the DeepSpeed file exists and
 sets none of the keys the run config owns, a pipeline has ZeRO stage <= 1, `nan_policy: stop` and
-`spike.policy: none`, and `batch.global_batch_size` divides over the data-parallel ranks.
+`spike.policy: none`, the document options (`data.reset_attention_mask`, `reset_position_ids`,
+`eod_mask_loss`) have an EOD id (`data.eod_token_id` or the datasets' sidecars), and
+`batch.global_batch_size` divides over the data-parallel ranks.
 `megatiny train --config RUN.yaml --dry-run [--world-size N]` runs exactly that on one process
 (N: the launcher's `WORLD_SIZE` if set, else `--world-size`, else tensor x pipeline x context),
 starting no process group and importing no DeepSpeed, and prints the resolved layout (tensor x

@@ -22,6 +22,7 @@ import torch
 
 from megatiny.checkpoint.manager import CheckpointManager, ResumePoint
 from megatiny.checkpoint.partition import load_full_state_dict, shard_state_dict
+from megatiny.data.document_mask import DocumentInputs
 from megatiny.model import GPT
 from megatiny.model.config import ModelConfig
 from megatiny.model.pipeline import build_pipeline_model
@@ -175,7 +176,11 @@ class Engine:
     """A DeepSpeed engine and the five things the training loop asks of it (build it with
     `build_engine`). Batches are (input_ids, labels) Long[B, T] pairs: whole, already shifted
     sequences of this data-parallel replica (under context parallelism this rank's slice is taken
-    here, and every context rank's loss is the mean over the whole sequences)."""
+    here, and every context rank's loss is the mean over the whole sequences). With the data's
+    document options a batch also carries `DocumentInputs` (position ids, document ids, loss mask
+    of the same rows: `megatiny.data.document_mask`); context ranks take their slice of the
+    position ids and loss mask and keep the whole sequences' document ids (Ulysses attention sees
+    whole sequences)."""
 
     def __init__(self, deepspeed_engine: deepspeed.DeepSpeedEngine, optimizer: torch.optim.Optimizer,
                  parallel: ParallelState, device: torch.device, precision: Precision):
@@ -187,13 +192,21 @@ class Engine:
         """steps go through `pipeline_step` (DeepSpeed's pipeline engine), not `loss`/`micro_step`"""
         self._optimizer, self._parallel, self._device = optimizer, parallel, device
 
-    def loss(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def loss(self, input_ids: torch.Tensor, labels: torch.Tensor,
+             document: DocumentInputs | None = None) -> torch.Tensor:
         """Forward one training micro-batch: its mean next-token loss (fp32 scalar, with graph)."""
+        document = (document or DocumentInputs()).to(self._device)
+        position_ids, loss_mask = document.position_ids, document.loss_mask
         if self._parallel.layout.context > 1:
             rank, size = self._parallel.context_rank, self._parallel.layout.context
             input_ids = split_for_context(input_ids, rank, size)
             labels = split_for_context(labels, rank, size)
-        return self.deepspeed_engine(input_ids.to(self._device), labels=labels.to(self._device))
+            position_ids = split_for_context(position_ids, rank, size)
+            loss_mask = split_for_context(loss_mask, rank, size)
+        extra = {name: value for name, value in (("loss_mask", loss_mask), ("position_ids", position_ids),
+                                                 ("document_ids", document.document_ids))
+                 if value is not None}  # none: exactly today's call
+        return self.deepspeed_engine(input_ids.to(self._device), labels=labels.to(self._device), **extra)
 
     def micro_step(self, loss: torch.Tensor | None, lr: float) -> None:
         """Backward of a micro-batch's `loss` (None: the micro-batch is dropped, no backward), then
@@ -204,29 +217,50 @@ class Engine:
         self._set_lr(lr)
         self.deepspeed_engine.step()
 
-    def pipeline_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]], lr: float
+    def pipeline_step(self, micro_batches: list[tuple[torch.Tensor, ...]], lr: float
                       ) -> torch.Tensor:
         """Pipeline parallelism: forward, backward and update with learning rate `lr` over all
-        `micro_batches` with DeepSpeed's 1F1B schedule; the mean loss (fp32 scalar, detached,
+        `micro_batches` ((input_ids, labels[, DocumentInputs]) each) with DeepSpeed's 1F1B
+        schedule; the mean loss (fp32 scalar, detached,
         averaged over micro-batches and data-parallel replicas, on every stage)."""
         self._set_lr(lr)
-        data = [(ids.to(self._device), labels.to(self._device)) for ids, labels in micro_batches]
+        data = [self._pipeline_micro_batch(*batch) for batch in micro_batches]
         return self.deepspeed_engine.train_batch(data_iter=iter(data)).detach()
 
     @torch.no_grad()
-    def evaluate(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
-        """The sum over `batches` of their mean losses (this rank's view), in evaluation mode."""
+    def evaluate(self, batches: Iterable[tuple[torch.Tensor, ...]]) -> float:
+        """The sum over `batches` ((input_ids, labels[, DocumentInputs])) of their mean losses (this
+        rank's view), in evaluation mode."""
         self.deepspeed_engine.train(False)
         total = 0.0
-        for input_ids, labels in batches:
+        for input_ids, labels, *document in batches:
             if self.pipelined:
                 loss = self.deepspeed_engine.eval_batch(
-                    iter([(input_ids.to(self._device), labels.to(self._device))]), num_micro_batches=1)
+                    iter([self._pipeline_micro_batch(input_ids, labels, *document)]), num_micro_batches=1)
             else:
-                loss = self.loss(input_ids, labels)
+                loss = self.loss(input_ids, labels, *document)
             total += loss.float().item()
         self.deepspeed_engine.train(True)
         return total
+
+    def _pipeline_micro_batch(self, input_ids: torch.Tensor, labels: torch.Tensor,
+                              document: DocumentInputs | None = None) -> tuple:
+        """What DeepSpeed's pipeline engine reads of a micro-batch: (input_ids, labels), or with
+        document options ((input_ids, position_ids, document_ids), (labels, loss_mask)), the
+        options that are off filled with what they mean (0.. positions, one document, all
+        tokens counted), since only tensors travel between stages."""
+        input_ids, labels = input_ids.to(self._device), labels.to(self._device)
+        if document is None or all(t is None for t in (document.position_ids, document.document_ids,
+                                                       document.loss_mask)):
+            return input_ids, labels
+        document = document.to(self._device)
+        positions = document.position_ids if document.position_ids is not None else \
+            torch.arange(input_ids.shape[1], device=self._device).expand_as(input_ids).contiguous()
+        documents = document.document_ids if document.document_ids is not None else \
+            torch.zeros_like(input_ids)
+        loss_mask = document.loss_mask if document.loss_mask is not None else \
+            torch.ones(input_ids.shape, dtype=torch.float32, device=self._device)
+        return (input_ids, positions, documents), (labels, loss_mask)
 
     def grad_norm(self) -> float | None:
         """Global gradient 2-norm before clipping, of the last optimizer step."""
@@ -236,3 +270,4 @@ class Engine:
     def _set_lr(self, lr: float) -> None:
         for group in self._optimizer.param_groups:
             group["lr"] = lr
+

@@ -26,6 +26,7 @@ has no test switches.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import signal
@@ -40,6 +41,7 @@ import torch
 from megatiny.checkpoint.manager import CheckpointManager, ResumePoint
 from megatiny.checkpoint.metadata import TrainState, WorldLayout
 from megatiny.data import build_gpt_datasets, describe_datasets
+from megatiny.data.document_mask import DocumentInputs, document_inputs
 from megatiny.data.sampler import PretrainingSampler
 from megatiny.heartbeat import Heartbeat
 from megatiny.parallel import process_group
@@ -127,6 +129,11 @@ def train(run: RunConfig, callbacks: TrainCallbacks | None = None) -> TrainResul
 class _Trainer:
     def __init__(self, run: RunConfig, plan: RunPlan, dist_info: process_group.DistInfo, stop: _StopFlag,
                  callbacks: TrainCallbacks):
+        self.masking = plan.document_masking
+        if self.masking is not None and run.data.eod_token_id is None:
+            # record the EOD id read from the sidecars, so resume and evaluation cut the same way
+            run = dataclasses.replace(run, data=dataclasses.replace(
+                run.data, eod_token_id=self.masking.eod_token_id))
         self.run, self.plan, self.dist, self.stop, self.callbacks = run, plan, dist_info, stop, callbacks
         self.rank, self.world = dist_info.rank, dist_info.world_size
         self.model_config = run.model_config()
@@ -177,9 +184,12 @@ class _Trainer:
                               "different sample order")
 
     # ---------------------------------------------------------------- batches
-    def _batch(self, dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _batch(self, dataset, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, DocumentInputs]:
+        """(input_ids, labels, their document inputs: all None unless the data's document options
+        are on), [B, T] each."""
         samples = torch.from_numpy(np.stack([dataset[i] for i in indices]))  # int64 samples
-        return samples[:, :-1], samples[:, 1:]
+        input_ids = samples[:, :-1]
+        return input_ids, samples[:, 1:], document_inputs(input_ids, self.masking)
 
     # ---------------------------------------------------------------- main
     def execute(self) -> TrainResult:
@@ -219,8 +229,8 @@ class _Trainer:
         compared, sum of the ranks' losses, whether any rank has a stop request). One collective,
         one host sync."""
         indices = next(batches)
-        input_ids, labels = self._batch(train_ds, indices)
-        loss = self.engine.loss(input_ids, labels)
+        input_ids, labels, document = self._batch(train_ds, indices)
+        loss = self.engine.loss(input_ids, labels, document)
         local = self.callbacks.micro_batch_loss(step, micro, self.rank, loss.detach().float())
         stop_requested = local.new_full((), float(self.stop.signum is not None))  # a fill, no copy
         total, stops = process_group.all_reduce_sum_tensor(torch.stack([local, stop_requested])).tolist()

@@ -24,3 +24,11 @@ def test_bench_model_step_prints_ratios_against_hf():
                           "--rounds", "1"], timeout=timeout_s(extra_s=120), env=ENV)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "throughput ratio ours/HF" in result.stdout and "peak RSS ratio ours/HF" in result.stdout
+
+
+def test_bench_document_mask_prints_the_ratio():
+    result = run_command([sys.executable, "benchmarks/bench_document_mask.py", "--shape", "quickstart",
+                          "--layers", "1", "--steps", "1", "--warmup", "0", "--rounds", "1"],
+                         timeout=timeout_s(extra_s=60), env=ENV)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "ratio masked/unmasked" in result.stdout

@@ -25,22 +25,26 @@ def launch(out: Path, ranks: int, args: list[str]) -> list[dict]:
 
 @pytest.fixture(scope="session")
 def model_checks(tmp_path_factory) -> list[dict]:
-    """TP2, TP2+SP and CP2 models against the one-rank model, in one 2-rank launch."""
+    """TP2, TP2+SP and CP2 models against the one-rank model, in one 2-rank launch (TP2+SP and
+    CP2 also on a packed batch with the document options on)."""
     return launch(tmp_path_factory.mktemp("model_checks"), 2,
-                  ["--check", "model", "--layouts", "tp2", "tp2-sp", "cp2"])
+                  ["--check", "model", "--layouts", "tp2", "tp2-sp", "cp2",
+                   "--also-documents", "tp2-sp", "cp2"])
 
 
 @pytest.fixture(scope="session")
 def reference_engines(tmp_path_factory) -> dict:
     """The one-rank DeepSpeed runs (ZeRO-1 and ZeRO-3) every layout must reproduce."""
-    return launch(tmp_path_factory.mktemp("reference"), 1, ["--check", "engines", "--layouts", "one"])[0]
+    return launch(tmp_path_factory.mktemp("reference"), 1, ["--check", "engines", "--layouts", "one",
+                                                            "--also-documents", "one", "one-accum2"])[0]
 
 
 @pytest.fixture(scope="session")
 def two_rank_engines(tmp_path_factory) -> list[dict]:
     return launch(tmp_path_factory.mktemp("engines2"), 2,
                   ["--check", "engines", "--layouts", "tp2", "tp2-sp", "cp2", "pp2",
-                   "--also-bf16", "tp2-sp", "cp2", "pp2", "--also-deepspeed-sp"])
+                   "--also-bf16", "tp2-sp", "cp2", "pp2", "--also-deepspeed-sp",
+                   "--also-documents", "tp2-sp", "cp2", "pp2"])
 
 
 @pytest.fixture(scope="session")
@@ -49,4 +53,4 @@ def four_rank_engines(tmp_path_factory) -> list[dict]:
     the groups, and model-level checks of TP2 x CP2 with and without SP."""
     return launch(tmp_path_factory.mktemp("engines4"), 4,
                   ["--check", "engines", "--layouts", "tp2", "cp2", "pp2-tp2", "--also-groups",
-                   "--also-model", "tp2-cp2", "tp2-sp-cp2"])
+                   "--also-model", "tp2-cp2", "tp2-sp-cp2", "--also-documents", "pp2-tp2"])

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from megatiny.checkpoint.partition import partition_dim, shard_state_dict
+from megatiny.data.document_mask import DocumentInputs, DocumentMasking, document_inputs
 from megatiny.model import GPT, ModelRuntime, get_preset
 from megatiny.model.generate import generate
 from megatiny.parallel.context_parallel import split_for_context
@@ -41,8 +42,9 @@ STEPS, LR, CLIP = 8, 1e-3, 0.5
 LAYOUTS = {"one": {}, "tp2": {"tensor": 2}, "tp2-sp": {"tensor": 2, "sequence_parallel": True},
            "cp2": {"context": 2}, "pp2": {"pipeline": 2}, "pp2-tp2": {"pipeline": 2, "tensor": 2},
            "tp2-cp2": {"tensor": 2, "context": 2},
-           "tp2-sp-cp2": {"tensor": 2, "context": 2, "sequence_parallel": True}}
-PIPELINE_MICRO_BATCHES = 2
+           "tp2-sp-cp2": {"tensor": 2, "context": 2, "sequence_parallel": True},
+           "one-accum2": {}}
+PIPELINE_MICRO_BATCHES = 2  # (also the accumulation of "one-accum2", the pipelines' reference)
 
 
 MATH = ModelRuntime(attention_backend="math")
@@ -56,6 +58,19 @@ def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The global batch of `step` (two batches, alternating, to be memorized): inputs and
     already-shifted labels, Long[GLOBAL_BATCH, SEQ]."""
     tokens = torch.randint(0, 512, (GLOBAL_BATCH, SEQ + 1), generator=torch.Generator().manual_seed(step % 2))
+    return tokens[:, :-1], tokens[:, 1:]
+
+
+EOD = 2
+DOCUMENTS = DocumentMasking(EOD, reset_attention_mask=True, reset_position_ids=True, eod_mask_loss=True)
+
+
+def packed_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`batch(step)` with about one token in five made EOD (documents of a few tokens, some
+    consecutive EODs), for the document options."""
+    tokens = torch.randint(0, 512, (GLOBAL_BATCH, SEQ + 1), generator=torch.Generator().manual_seed(step % 2))
+    eods = torch.rand(tokens.shape, generator=torch.Generator().manual_seed(100 + step % 2)) < 0.2
+    tokens = tokens.masked_fill(eods, EOD)
     return tokens[:, :-1], tokens[:, 1:]
 
 
@@ -75,8 +90,9 @@ def rel_diff(ours: torch.Tensor, reference: torch.Tensor) -> float:
     return float((ours.double() - reference.double()).abs().max() / scale)
 
 
-def check_model(layout_name: str, tie: bool) -> dict[str, float]:
-    """Largest relative differences of a parallel GPT against the one-rank GPT (same seed)."""
+def check_model(layout_name: str, tie: bool, documents: bool = False) -> dict[str, float]:
+    """Largest relative differences of a parallel GPT against the one-rank GPT (same seed).
+    `documents`: a packed batch with the three document options on."""
     state = ParallelState(make_layout(layout_name, dist.get_world_size()))
     t, c = state.layout.tensor, state.layout.context
     config = model_config(tie, query_groups=max(2, t * c))  # every (tensor, context) rank: a group
@@ -86,15 +102,18 @@ def check_model(layout_name: str, tie: bool) -> dict[str, float]:
     model = GPT(config, state, runtime=MATH)
     expected = shard_state_dict(reference.state_dict(), state.tensor_rank, t)
     weights = max(rel_diff(v, expected[k]) for k, v in model.state_dict().items())
-    inputs, labels = batch(0)
-    my_inputs, my_labels = split_for_context(inputs, state.context_rank, c), \
-        split_for_context(labels, state.context_rank, c)
+    inputs, labels = packed_batch(0) if documents else batch(0)
+    doc = document_inputs(inputs, DOCUMENTS if documents else None)
+    mine = lambda x: split_for_context(x, state.context_rank, c)  # noqa: E731
+    my_inputs, my_labels = mine(inputs), mine(labels)
+    ref_extra = {"position_ids": doc.position_ids, "document_ids": doc.document_ids}
+    my_extra = {"position_ids": mine(doc.position_ids), "document_ids": doc.document_ids}
     with torch.no_grad():
-        logits = rel_diff(model(my_inputs),
-                          split_for_context_logits(reference(inputs), state.context_rank, c))
-    ref_loss = reference(inputs, labels=labels)
+        logits = rel_diff(model(my_inputs, **my_extra),
+                          split_for_context_logits(reference(inputs, **ref_extra), state.context_rank, c))
+    ref_loss = reference(inputs, labels=labels, loss_mask=doc.loss_mask, **ref_extra)
     ref_loss.backward()
-    loss = model(my_inputs, labels=my_labels)
+    loss = model(my_inputs, labels=my_labels, loss_mask=mine(doc.loss_mask), **my_extra)
     loss.backward()
     grads = 0.0
     for name, param in model.named_parameters():
@@ -109,7 +128,7 @@ def check_model(layout_name: str, tie: bool) -> dict[str, float]:
         grads = max(grads, rel_diff(grad, want))
     result = {"weights": weights, "logits": logits,
               "loss": rel_diff(loss.detach(), ref_loss.detach()), "grads": grads}
-    if not state.sequence_parallel and c == 1:  # generation: tensor parallelism alone
+    if not state.sequence_parallel and c == 1 and not documents:  # generation: tensor parallelism alone
         prompt = inputs[:, :5]
         result["same_generation"] = torch.equal(generate(model, prompt, 6), generate(reference, prompt, 6))
     return result
@@ -139,7 +158,8 @@ def run_config(layout_name: str, world: int, bf16: bool = False) -> RunConfig:
     sizes = LAYOUTS[layout_name]
     data = make_layout(layout_name, world).data
     pipelined = sizes.get("pipeline", 1) > 1
-    micro = GLOBAL_BATCH // (data * (PIPELINE_MICRO_BATCHES if pipelined else 1))
+    split = pipelined or layout_name.endswith("accum2")
+    micro = GLOBAL_BATCH // (data * (PIPELINE_MICRO_BATCHES if split else 1))
     return RunConfig.from_dict({
         "model": {"preset": "tiny-test", "num_layers": 2},
         "batch": {"global_batch_size": GLOBAL_BATCH, "micro_batch_size": micro, "seq_length": SEQ},
@@ -150,11 +170,14 @@ def run_config(layout_name: str, world: int, bf16: bool = False) -> RunConfig:
         "parallel": sizes, "seed": 0, "nan_policy": "stop" if pipelined else "skip"})
 
 
-def train_engine(layout_name: str, stage: int, bf16: bool = False) -> dict[str, list[float]]:
+def train_engine(layout_name: str, stage: int, bf16: bool = False,
+                 documents: bool = False) -> dict[str, list[float]]:
     """Global losses and gradient norms of STEPS steps of the trainer's engine
     (`megatiny.training.engine.build_engine`) under this layout and ZeRO stage; pipelines step
     through DeepSpeed's pipeline engine, starting from the one-rank GPT's initial weights. A
-    combination the run config refuses raises its ValueError (before any collective)."""
+    combination the run config refuses raises its ValueError (before any collective).
+    `documents`: packed batches with the three document options on (the loop's `DocumentInputs`
+    through `Engine.loss`)."""
     world = dist.get_world_size()
     run = run_config(layout_name, world, bf16)
     plan = run.plan(run.parallel.layout(world), {"zero_optimization": {"stage": stage}})
@@ -162,14 +185,24 @@ def train_engine(layout_name: str, stage: int, bf16: bool = False) -> dict[str, 
     layout, rank = plan.layout, dist.get_rank()
     losses, norms = [], []
     for step in range(STEPS):
-        inputs, labels = (rows.chunk(layout.data)[layout.coordinates(rank).data] for rows in batch(step))
+        make = packed_batch if documents else batch
+        data_rank = layout.coordinates(rank).data
+        inputs, labels = (rows.chunk(layout.data)[data_rank] for rows in make(step))
+        document = document_inputs(inputs, DOCUMENTS) if documents else DocumentInputs()
         if engine.pipelined:  # mean over micro-batches and replicas, on every stage
-            loss = engine.pipeline_step(list(zip(inputs.chunk(PIPELINE_MICRO_BATCHES),
-                                                 labels.chunk(PIPELINE_MICRO_BATCHES))), LR).item()
-        else:
-            replica_loss = engine.loss(inputs, labels)
-            engine.micro_step(replica_loss, LR)
-            total = replica_loss.detach().clone()  # equal on the tensor/context ranks of a replica
+            micro = [(ids, lab, document_inputs(ids, DOCUMENTS) if documents else DocumentInputs())
+                     for ids, lab in zip(inputs.chunk(PIPELINE_MICRO_BATCHES),
+                                         labels.chunk(PIPELINE_MICRO_BATCHES))]
+            loss = engine.pipeline_step(micro, LR).item()
+        else:  # one micro-batch per step, or PIPELINE_MICRO_BATCHES for "one-accum2"
+            parts = run.batch.global_batch_size // (run.batch.micro_batch_size * layout.data)
+            total = torch.zeros(())
+            for rows in torch.arange(inputs.shape[0]).chunk(parts):
+                piece = DocumentInputs(*(t[rows] if t is not None else None for t in
+                                         (document.position_ids, document.document_ids, document.loss_mask)))
+                replica_loss = engine.loss(inputs[rows], labels[rows], piece)
+                engine.micro_step(replica_loss, LR)
+                total += replica_loss.detach() / parts  # equal on the tensor/context ranks of a replica
             dist.all_reduce(total)
             loss = total.item() / world
         losses.append(loss)
@@ -299,6 +332,9 @@ def main() -> None:
     parser.add_argument("--also-groups", action="store_true", help="also record process groups")
     parser.add_argument("--also-model", nargs="*", default=[], help="also model-level check these layouts")
     parser.add_argument("--also-bf16", nargs="*", default=[], help="also train these in bf16, ZeRO-1")
+    parser.add_argument("--also-documents", nargs="*", default=[],
+                        help="model check: also these layouts with packed documents (document "
+                             "options on); engines: also train these with them, ZeRO-1 and 3")
     parser.add_argument("--also-deepspeed-sp", action="store_true",
                         help="also measure CP2 through DeepSpeed's own sequence-parallel groups")
     args = parser.parse_args()
@@ -316,6 +352,12 @@ def main() -> None:
                     results[f"{name}-zero{stage}"] = train_engine(name, stage)
                 except ValueError as refused:  # a combination the model refuses (same on every rank)
                     results[f"{name}-zero{stage}"] = {"refused": str(refused)}
+    for name in args.also_documents:
+        if args.check == "model":
+            results[f"{name}-documents"] = check_model(name, tie=False, documents=True)
+        else:
+            for stage in (1,) if LAYOUTS[name].get("pipeline", 1) > 1 or "accum" in name else (1, 3):
+                results[f"{name}-documents-zero{stage}"] = train_engine(name, stage, documents=True)
     for name in args.also_bf16:
         results[f"{name}-zero1-bf16"] = train_engine(name, 1, bf16=True)
     if args.also_deepspeed_sp:

@@ -31,6 +31,18 @@ def test_parallel_model_equals_one_rank_model(model_checks, layout):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("layout", ["tp2-sp", "cp2"])
+def test_parallel_model_with_packed_documents_equals_one_rank_model(model_checks, layout):
+    """Document options on (per-sample positions, block-diagonal attention, EOD loss mask): CP2
+    ranks hold their slice of positions and loss mask and the whole sequences' document ids."""
+    for rank, results in enumerate(model_checks):
+        diffs = results[f"{layout}-documents"]
+        assert diffs["weights"] == 0.0, (rank, diffs)
+        for key in ("logits", "loss", "grads"):
+            assert diffs[key] < TOLERANCE, (rank, key, diffs)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["tp2-cp2", "tp2-sp-cp2"])
 def test_tensor_and_context_parallel_together_equal_one_rank_model(four_rank_engines, layout):
     """Model level, 4 ranks, a tiny model with 4 kv groups (one per tensor x context rank)."""
@@ -73,6 +85,35 @@ def test_two_rank_engines_equal_one_rank(reference_engines, two_rank_engines, la
 def test_four_rank_engines_with_data_parallel_equal_one_rank(reference_engines, four_rank_engines,
                                                               layout, stage):
     _check_runs(four_rank_engines, reference_engines, [f"{layout}-zero{stage}"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [1, 3])
+@pytest.mark.parametrize("layout", ["tp2-sp", "cp2"])
+def test_engines_with_packed_documents_equal_one_rank(reference_engines, two_rank_engines, layout, stage):
+    """8 steps with the document options on, against the one-rank run with them on (which is not
+    the run without them: the options change the losses)."""
+    want = reference_engines[f"one-documents-zero{stage}"]
+    assert max_rel_diff(want["losses"], reference_engines[f"one-zero{stage}"]["losses"]) > 1e-2
+    for rank, results in enumerate(two_rank_engines):
+        run = results[f"{layout}-documents-zero{stage}"]
+        assert max_rel_diff(run["losses"], want["losses"]) < TOLERANCE, (layout, rank, run, want)
+        assert max_rel_diff(run["grad_norms"], want["grad_norms"]) < TOLERANCE, (layout, rank, run, want)
+
+
+@pytest.mark.slow
+def test_pipeline_engines_with_packed_documents_equal_one_rank_with_the_same_micro_batches(
+        reference_engines, two_rank_engines, four_rank_engines):
+    """The boundaries travel with the micro-batch through the stages. With eod_mask_loss a step's
+    loss is the mean of its micro-batches' means (as in Megatron), so the reference is the one-rank
+    engine accumulating the same PIPELINE_MICRO_BATCHES micro-batches, not the one-micro-batch run."""
+    want = reference_engines["one-accum2-documents-zero1"]
+    assert max_rel_diff(want["losses"], reference_engines["one-documents-zero1"]["losses"]) > 1e-5
+    for results in two_rank_engines + four_rank_engines:
+        key = "pp2-documents-zero1" if "pp2-documents-zero1" in results else "pp2-tp2-documents-zero1"
+        run = results[key]
+        assert max_rel_diff(run["losses"], want["losses"]) < TOLERANCE, (key, run, want)
+        assert max_rel_diff(run["grad_norms"], want["grad_norms"]) < TOLERANCE, (key, run, want)
 
 
 @pytest.mark.slow
