@@ -157,7 +157,10 @@ def _start_big_run(corpus, out: Path) -> tuple[subprocess.Popen, list[int], subp
     process = subprocess.Popen(
         [sys.executable, "-m", "megatiny", "preprocess", "--input", str(fifo),
          "--output-prefix", str(out / "big"), "--tokenizer", model, "--workers", "2", "--append-eod"],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # Ctrl-C as in a terminal, even when this test run inherited SIGINT ignored (nohup, some CI
+        # runners): Python then installs no KeyboardInterrupt handler of its own.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + timeout_s(extra_s=30)
     while time.monotonic() < deadline and process.poll() is None:
         written = [p for p in out.glob(".big*/data.bin") if p.stat().st_size > 0]

@@ -100,7 +100,7 @@ def test_a_hung_rank_is_named_dumped_killed_and_relaunched_bit_exact(reference, 
     hang_timeout = 10
     config = _config(tmp_path, tiny_data)
     job = _ranks(config, "--stop-at-step", "7", "--once", str(tmp_path / "fired"))
-    result = _supervise(job, "--max-restarts", "1", "--hang-timeout", str(hang_timeout), "--dump-wait", "2")
+    result = _supervise(job, "--max-restarts", "1", "--hang-timeout", str(hang_timeout), "--dump-wait", "5")
     save_dir = tmp_path / "ckpt"
     assert result.returncode == 0, result.stdout[-5000:]
     fault, = _events(save_dir, "fault")
