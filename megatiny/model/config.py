@@ -294,10 +294,10 @@ def check_model_parallel_features(config: ModelConfig, layout: Any) -> None:
 
     `layout` has `tensor`, `pipeline` and `context` sizes (a `ParallelLayout`). Attention biases
     are refused under tensor, pipeline and context parallelism (the split layers and the pipeline's
-    weight loader have no bias); a sliding window under context parallelism (Ulysses attends over
-    the gathered sequence without it). RoPE scaling and kv_channels work on every layout (the RoPE
-    tables and projection sizes are computed by the one model code), and data parallelism / ZeRO
-    handles biases as ordinary parameters."""
+    weight loader have no bias). A sliding window works under context parallelism (Ulysses attends
+    over the whole gathered sequence with the layer's window). RoPE scaling and kv_channels work
+    on every layout (the RoPE tables and projection sizes are computed by the one model code), and
+    data parallelism / ZeRO handles biases as ordinary parameters."""
     sizes = {"parallel.tensor": layout.tensor, "parallel.pipeline": layout.pipeline,
              "parallel.context": layout.context}
     split = [f"{name} = {size}" for name, size in sizes.items() if size > 1]
@@ -305,9 +305,6 @@ def check_model_parallel_features(config: ModelConfig, layout: Any) -> None:
         if getattr(config, field) and split:
             raise ValueError(f"ModelConfig.{field} (attention projection biases) is not supported with "
                              f"{', '.join(split)} yet; train this model with data parallelism / ZeRO")
-    if config.sliding_window is not None and layout.context > 1:
-        raise ValueError(f"ModelConfig.sliding_window ({config.sliding_window}) is not supported with "
-                         f"parallel.context = {layout.context} yet (Ulysses attention has no window)")
 
 
 # Llama 3.1 / 3.2's RoPE scaling (their config.json "rope_scaling").

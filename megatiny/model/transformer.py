@@ -190,7 +190,7 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_index, k, v)
-        if self.ulysses is not None:  # (a sliding window is refused with context parallelism)
+        if self.ulysses is not None:  # whole sequences for H/C heads: the window applies as is
             out = self.ulysses(q, k, v, backend, self.window, document_ids)
         else:
             out = causal_attention(q, k, v, backend, self.window, document_ids)  # [B, T, H, D]

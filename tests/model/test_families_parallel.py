@@ -1,6 +1,5 @@
 """Llama 3 RoPE scaling, an explicit head size and a sliding window under tensor (+ sequence) and
-context parallelism equal the one-rank model (one 2-rank launch of families_parallel_worker.py);
-a sliding window under context parallelism is refused naming the field."""
+context parallelism equal the one-rank model (one 2-rank launch of families_parallel_worker.py)."""
 import json
 
 import pytest
@@ -22,7 +21,7 @@ def results(tmp_path_factory):
 
 
 @pytest.mark.parametrize("case", ["tp2/llama3.2", "tp2-sp/llama3.2", "cp2/llama3.2", "tp2/mistral",
-                                  "tp2-sp/mistral"])
+                                  "tp2-sp/mistral", "cp2/mistral"])
 def test_parallel_model_equals_one_rank_model(results, case):
     for rank, per_rank in enumerate(results):
         diffs = per_rank[case]
@@ -30,9 +29,3 @@ def test_parallel_model_equals_one_rank_model(results, case):
             assert diffs[key] < TOLERANCE, (rank, key, diffs)
         if "same_generation" in diffs:
             assert diffs["same_generation"] is True, (rank, diffs)
-
-
-def test_sliding_window_with_context_parallelism_is_refused(results):
-    for per_rank in results:
-        assert "ModelConfig.sliding_window (5) is not supported with parallel.context = 2" in \
-            per_rank["cp2/mistral"]["refused"]

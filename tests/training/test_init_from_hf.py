@@ -90,12 +90,10 @@ def test_model_parallel_layouts_refuse_biases_before_any_process_group(hf_dir, c
     assert status != 0 and re.search(message, out + err), out + err
 
 
-def test_sliding_window_is_refused_with_context_parallelism():
+def test_sliding_window_is_accepted_with_tensor_and_context_parallelism():
     model = {"preset": "tiny-test", "family": "mistral", "sliding_window": 16}
-    RunConfig.from_dict({"model": model, "parallel": {"tensor": 2}})  # tensor parallelism: fine
-    with pytest.raises(ValueError, match=r"ModelConfig.sliding_window \(16\) is not supported with "
-                                         r"parallel.context = 2"):
-        RunConfig.from_dict({"model": model, "parallel": {"context": 2}})
+    for parallel in ({"tensor": 2}, {"context": 2}):
+        RunConfig.from_dict({"model": model, "parallel": parallel})
 
 
 def test_without_a_model_section_an_unreadable_init_from_is_an_error(tmp_path):
