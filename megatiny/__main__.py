@@ -1,7 +1,5 @@
 """`python -m megatiny COMMAND ARGS`: the `megatiny` command (see megatiny.cli)."""
-import sys
-
-from megatiny.cli import main
+from megatiny.cli import run
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -1,6 +1,7 @@
-"""megatiny.process_env: free ports and the interpreter's bin directory first on PATH."""
+"""megatiny.process_env: free ports, the interpreter's bin directory first on PATH, fast exit."""
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -27,3 +28,29 @@ def test_put_first_only_if_the_directory_has_the_executable(monkeypatch):
     assert os.environ["PATH"] == "/usr/bin"
     put_interpreter_bin_first(if_it_has=Path(sys.executable).name)
     assert os.environ["PATH"] == f"{Path(sys.executable).parent}{os.pathsep}/usr/bin"
+
+
+EXITING_PROGRAM = """
+import atexit, sys, threading, time
+from megatiny.process_env import exit_fast
+def late_writer():
+    time.sleep(0.3)
+    print("thread done", end="|")
+atexit.register(lambda: print("atexit ran", end="|"))
+threading.Thread(target=late_writer).start()
+print("buffered, no newline", end="|")
+sys.stderr.write("to stderr")
+exit_fast(3)
+print("never")
+"""
+
+
+def test_exit_fast_keeps_what_a_normal_exit_does(tmp_path):
+    """Status, a non-daemon thread joined, atexit run, both streams flushed into pipes (block-
+    buffered there, so an exit that skips the flush loses the text)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    result = subprocess.run([sys.executable, "-c", EXITING_PROGRAM], capture_output=True, text=True,
+                            timeout=60, env={**env, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert result.returncode == 3
+    assert result.stdout == "buffered, no newline|thread done|atexit ran|"
+    assert result.stderr.endswith("to stderr")

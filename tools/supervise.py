@@ -3,9 +3,8 @@
 `python tools/supervise.py ARGS` is `megatiny supervise ARGS` (megatiny/cli/supervise.py); the
 tools/ path is kept for scripts that take a script path.
 """
-import sys
-
 from megatiny.cli.supervise import main
+from megatiny.process_env import exit_fast
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_fast(main())

@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 
 import megatiny
+from megatiny.process_env import exit_fast
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     command = importlib.import_module(f"megatiny.cli.{COMMANDS[name].module}")
     sys.argv[0] = f"megatiny {name}"  # the subcommand's usage line reads `megatiny NAME ...`
     return command.main([*launcher_args, *args])
+
+
+def run() -> None:
+    """The `megatiny` console script: `main()`, then `exit_fast` with its status (the command's
+    work is done; the interpreter's teardown of torch and DeepSpeed would only add seconds)."""
+    exit_fast(main())
 
 
 def split_launcher_args(argv: list[str]) -> tuple[list[str], list[str]]:

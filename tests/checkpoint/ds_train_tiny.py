@@ -19,6 +19,7 @@ from megatiny.checkpoint.manager import CheckpointManager
 from megatiny.checkpoint.metadata import TrainState, WorldLayout
 from megatiny.model import GPT, ModelRuntime, get_preset
 from megatiny.parallel.process_group import skip_inference_shm_allreduce
+from megatiny.process_env import exit_fast
 
 GLOBAL_BATCH = 6  # divisible by 1, 2 and 3 ranks
 SEQ_LENGTH = 16
@@ -101,4 +102,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_fast(main())

@@ -14,6 +14,7 @@ from megatiny.checkpoint.manager import CheckpointManager
 from megatiny.checkpoint.metadata import TrainState, WorldLayout, read_metadata
 from megatiny.model import GPT
 from megatiny.parallel.process_group import skip_inference_shm_allreduce
+from megatiny.process_env import exit_fast
 
 STEP = 80
 
@@ -43,4 +44,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_fast(main())

@@ -13,6 +13,7 @@ import torch.distributed as dist
 
 from megatiny.parallel.process_group import skip_inference_shm_allreduce
 from megatiny.precision import detect_hardware, resolve_precision
+from megatiny.process_env import exit_fast
 from megatiny.training.config import precision_section
 
 
@@ -58,4 +59,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_fast(main())

@@ -20,6 +20,7 @@ from megatiny.parallel.context_parallel import split_for_context
 from megatiny.parallel.process_group import skip_inference_shm_allreduce
 from megatiny.parallel.state import ParallelLayout, ParallelState
 from megatiny.parallel.tensor_parallel import shard
+from megatiny.process_env import exit_fast
 
 SEQ = 16
 LAYOUTS = {"tp2": {"tensor": 2}, "tp2-sp": {"tensor": 2, "sequence_parallel": True}, "cp2": {"context": 2}}
@@ -90,4 +91,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_fast(main())

@@ -12,6 +12,7 @@ import torch.distributed as dist
 from megatiny.model import GPT, ModelRuntime, get_preset
 from megatiny.parallel.process_group import skip_inference_shm_allreduce
 from megatiny.precision import detect_hardware, resolve_precision
+from megatiny.process_env import exit_fast
 from megatiny.training.config import precision_section
 
 
@@ -75,4 +76,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_fast(main())

@@ -33,6 +33,7 @@ from megatiny.parallel.context_parallel import split_for_context
 from megatiny.parallel.process_group import skip_inference_shm_allreduce
 from megatiny.parallel.state import DeepSpeedMPU, ParallelLayout, ParallelState
 from megatiny.parallel.tensor_parallel import shard
+from megatiny.process_env import exit_fast
 from megatiny.training.config import RunConfig
 from megatiny.training.engine import build_engine, param_groups
 
@@ -374,4 +375,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_fast(main())

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from megatiny.process_env import exit_fast
 from megatiny.training.config import load_config
 from megatiny.training.loop import NonFiniteLoss, TrainCallbacks, train
 
@@ -91,4 +92,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_fast(main())
