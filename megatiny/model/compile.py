@@ -47,8 +47,11 @@ def default_cache_dir() -> Path:
     return Path(base) / "megatiny" / "torchinductor"
 
 
-def use_compile_cache() -> str:
-    """Make this process's Inductor cache $TORCHINDUCTOR_CACHE_DIR when set, else
-    `default_cache_dir()` (set in the environment, which is where Inductor reads it, so compile
-    workers inherit it); returns the directory."""
+def prepare_compile() -> str:
+    """Call before building a model with compiled blocks under `deepspeed.zero.Init`: imports
+    torch._dynamo (its first import fails inside zero.Init, which patches `torch.Tensor.__new__`;
+    not imported at module level, as it costs ~1.5 s) and makes this process's Inductor cache
+    $TORCHINDUCTOR_CACHE_DIR when set, else `default_cache_dir()` (set in the environment, where
+    Inductor reads it, so its compile workers inherit it). Returns the cache directory."""
+    import torch._dynamo  # noqa: F401
     return os.environ.setdefault(CACHE_ENV, str(default_cache_dir()))

@@ -24,7 +24,7 @@ from megatiny.checkpoint.manager import CheckpointManager, ResumePoint
 from megatiny.checkpoint.partition import load_full_state_dict, shard_state_dict
 from megatiny.data.document_mask import DocumentInputs
 from megatiny.model import GPT
-from megatiny.model.compile import use_compile_cache
+from megatiny.model.compile import prepare_compile
 from megatiny.model.config import ModelConfig
 from megatiny.model.pipeline import build_pipeline_model
 from megatiny.model.transformer import Block
@@ -137,7 +137,7 @@ def build_engine(run: RunConfig, plan: RunPlan, device: torch.device, *,
     # Plain data parallelism: the model is whole on every rank and DeepSpeed groups the world itself.
     parallel = ParallelState(layout) if model_parallel else ParallelState.single_process()
     if run.runtime.model_runtime().compile:
-        use_compile_cache()
+        prepare_compile()
     init_weights = resume is None and run.checkpoint.init_from is not None
     init_state = _initial_weights(run, plan, checkpoints) if init_weights else None
     torch.manual_seed(run.seed)
