@@ -38,7 +38,8 @@ def test_bench_document_mask_prints_the_ratio():
 @pytest.mark.slow
 def test_gpu_run_all_smoke_exercises_every_part_and_its_dry_run_fits_12_minutes(tmp_path):
     """benchmarks/gpu/run_all.sh: --smoke runs every part on CPU (tiny preset, compiled too) and
-    each writes its JSON; --dry-run's GPU estimate (the sum of the time caps) is under 12 minutes."""
+    each writes its JSON; --dry-run's GPU estimate (the sum of the time caps) is under 12 minutes.
+    (Also the CPU run of benchmarks/bench_train_gpu.py, once a test of its own.)"""
     env = {**ENV, "TORCHINDUCTOR_CACHE_DIR": str(REPO_ROOT / ".pytest_cache" / "torchinductor")}
     dry = run_command(["bash", "benchmarks/gpu/run_all.sh", "--dry-run"], timeout=timeout_s(), env=env)
     assert dry.returncode == 0, dry.stdout[-3000:]
@@ -47,6 +48,7 @@ def test_gpu_run_all_smoke_exercises_every_part_and_its_dry_run_fits_12_minutes(
     smoke = run_command(["bash", "benchmarks/gpu/run_all.sh", "--smoke", "--out", str(tmp_path)],
                         timeout=timeout_s(launches=4, extra_s=240), env=env)
     assert smoke.returncode == 0, smoke.stdout[-6000:]
+    assert "tokens/s/device" in smoke.stdout and "MFU n/a" in smoke.stdout  # bench_train_gpu, no peak
     parts = json.loads((tmp_path / "summary.json").read_text())["parts"]
     assert [p["part"] for p in parts] == ["model_step", "deepspeed_train", "loss_difference", "profile"]
     assert all(p["status"] == "ok" for p in parts), parts
