@@ -5,6 +5,9 @@ GPU (the TinyLlama figure, one device, ZeRO-3, precision auto = bf16 there):
 CPU smoke run (so the script is exercised without a GPU):
     python benchmarks/bench_train_gpu.py --preset tiny-test --seq 64 --micro-batch 4 --steps 4
 
+--compile: each block torch.compiled (runtime.compile: true); --json PATH: also write the figures
+and every step's loss (warmup steps included), which benchmarks/gpu/run_all.sh reads.
+
 Runs the same engine (`build_engine`) as tools/train.py on random tokens (data loading excluded). MFU uses
 the peak bf16 TFLOP/s table in megatiny.training.flops (`--peak-tflops` overrides; on CPU no MFU
 unless given).
@@ -12,6 +15,7 @@ unless given).
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import torch
@@ -38,13 +42,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peak-tflops", type=float, default=None)
     parser.add_argument("--precision", default="auto", choices=PRECISIONS,
                         help="runtime.precision (default auto: what training would pick here)")
+    parser.add_argument("--compile", action="store_true", help="runtime.compile: true")
+    parser.add_argument("--json", help="also write the figures and the losses of every step here")
     args = parser.parse_args(argv)
     mbs, acc = args.micro_batch, args.accumulation
     run = load_config(None, [f"model.preset={args.preset}", f"batch.seq_length={args.seq}",
                              f"batch.micro_batch_size={mbs}", f"batch.global_batch_size={mbs * acc}",
                              f"runtime.activation_checkpointing={args.activation_checkpointing}",
                              f"distributed.deepspeed_config={args.ds_config}",
-                             f"runtime.precision={args.precision}"])
+                             f"runtime.precision={args.precision}",
+                             f"runtime.compile={str(args.compile).lower()}"])
     model_config = run.model_config()
     dist_info = process_group.init_distributed(run.distributed.backend, run.distributed.timeout_s,
                                                 run.distributed.master_port)
@@ -63,12 +70,13 @@ def main(argv: list[str] | None = None) -> int:
                 engine.micro_step(loss, run.optimizer.lr)
             return loss.item()  # synchronises the device
 
-        for _ in range(args.warmup):
-            step()
+        first = time.perf_counter()
+        losses = [step() for _ in range(args.warmup)]
         started = time.perf_counter()
         for _ in range(args.steps):
-            loss = step()
+            losses.append(step())
         seconds = time.perf_counter() - started
+        loss = losses[-1]
         device = process_group.device_name(dist_info.device)
         peak = peak_tflops_for(device, args.peak_tflops)
         perf = throughput(args.steps * acc * mbs * args.seq * dist_info.world_size, seconds,
@@ -81,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tokens/s/device {perf['tokens_per_s_per_device']:.0f} | TFLOP/s/device "
               f"{perf['tflops_per_device']:.2f} | MFU {mfu} | "
               f"peak memory {memory_gb(dist_info.device):.2f} GiB")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"preset": args.preset, "seq": args.seq, "micro_batch": mbs,
+                           "ds_config": args.ds_config, "compile": args.compile, "precision": precision.name,
+                           "device": device, "warmup_s": started - first, "losses": losses,
+                           "peak_mem_gib": memory_gb(dist_info.device), **perf}, f, indent=1)
     finally:
         process_group.shutdown()
     return 0

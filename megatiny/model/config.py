@@ -261,10 +261,12 @@ class ModelRuntime:
 
     `attention_backend`: auto | flash_attn | sdpa | math (see `megatiny.model.attention`).
     `activation_checkpointing`: 0 = none, 1 = every block, k = every k-th block.
+    `compile`: torch.compile each transformer block (`megatiny.model.compile`).
     """
 
     attention_backend: str = "auto"
     activation_checkpointing: int = 0
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.attention_backend not in ATTENTION_BACKENDS:
@@ -274,6 +276,8 @@ class ModelRuntime:
         if isinstance(every, bool) or not isinstance(every, int) or every < 0:
             raise ValueError("activation_checkpointing must be an integer >= 0 "
                              f"(0 none, 1 every block, k every k-th block), got {every!r}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile must be true or false, got {self.compile!r}")
 
 
 RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(ModelRuntime))

@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 
 from megatiny.model.attention import resolve_backend
+from megatiny.model.compile import compile_blocks
 from megatiny.model.config import ModelConfig
 from megatiny.model.kernels import rope_cos_sin
 from megatiny.model.parallel_checks import check_pipeline_model, check_tensor_parallel
@@ -124,8 +125,10 @@ class PipelineLoss:
 
 
 def build_pipeline_model(config: ModelConfig, state: ParallelState, zero_stage: int,
-                         activation_checkpoint_interval: int = 0, attention_backend: str = "auto"):
-    """The `deepspeed.pipe.PipelineModule` of this rank's stage (`attention_backend`: ModelRuntime's)."""
+                         activation_checkpoint_interval: int = 0, attention_backend: str = "auto",
+                         compile: bool = False):
+    """The `deepspeed.pipe.PipelineModule` of this rank's stage (`attention_backend`, `compile`:
+    ModelRuntime's; compile: each of the stage's blocks, see `megatiny.model.compile`)."""
     from deepspeed.pipe import LayerSpec, PipelineModule
     from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 
@@ -141,6 +144,8 @@ def build_pipeline_model(config: ModelConfig, state: ParallelState, zero_stage: 
                             partition_method="parameters",
                             activation_checkpoint_interval=activation_checkpoint_interval,
                             checkpointable_layers=[BLOCK_CLASS])
+    if compile:
+        compile_blocks(m for m in module.forward_funcs if isinstance(m, BlockPipe))
     finals = [m for m in module.forward_funcs if isinstance(m, FinalPipe)]
     loss.final = finals[0] if finals else None
     return module

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from megatiny.model.attention import KVCache, causal_attention, check_installed, resolve_backend
+from megatiny.model.compile import compile_blocks
 from megatiny.model.config import ModelConfig, ModelRuntime, check_model_parallel_features
 from megatiny.model.kernels import apply_rotary, rms_norm, rope_cos_sin
 from megatiny.model.loss import linear_cross_entropy, vocab_parallel_linear_cross_entropy
@@ -242,6 +243,8 @@ class Decoder(nn.Module):
         self.runtime = runtime if runtime is not None else ModelRuntime()
         self.embed_tokens = token_embedding(config, parallel)
         self.layers = nn.ModuleList(Block(config, i, parallel) for i in range(config.num_layers))
+        if self.runtime.compile:
+            compile_blocks(self.layers)
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, _sequence_parallel_group(parallel))
 
     def forward(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None,

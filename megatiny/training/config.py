@@ -395,10 +395,17 @@ training ~7x |
     sdpa | math (reference)"""
     activation_checkpointing: int = 0
     """recompute blocks in the backward pass: 0 none, 1 every block, k every k-th block"""
+    compile: bool | str = False
+    """torch.compile each transformer block: false | true | auto (auto is off for now: on CPU
+    compiling costs a long first step and ran slower than eager; on GPU it stays off until
+    measured, see docs/PERFORMANCE.md). Compiled kernels are cached in $TORCHINDUCTOR_CACHE_DIR
+    (default ~/.cache/megatiny/torchinductor) so a rerun or resume of the same config reuses them"""
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"runtime.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not (isinstance(self.compile, bool) or self.compile == "auto"):
+            raise ValueError(f"runtime.compile must be false, true or auto, got {self.compile!r}")
         try:
             self.model_runtime()
         except ValueError as e:
@@ -406,7 +413,8 @@ training ~7x |
 
     def model_runtime(self) -> ModelRuntime:
         return ModelRuntime(attention_backend=self.attention_backend,
-                            activation_checkpointing=self.activation_checkpointing)
+                            activation_checkpointing=self.activation_checkpointing,
+                            compile=self.compile is True)  # auto: off until GPU figures show a gain
 
 
 @dataclass

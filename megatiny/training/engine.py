@@ -24,8 +24,10 @@ from megatiny.checkpoint.manager import CheckpointManager, ResumePoint
 from megatiny.checkpoint.partition import load_full_state_dict, shard_state_dict
 from megatiny.data.document_mask import DocumentInputs
 from megatiny.model import GPT
+from megatiny.model.compile import prepare_compile
 from megatiny.model.config import ModelConfig
 from megatiny.model.pipeline import build_pipeline_model
+from megatiny.model.transformer import Block
 from megatiny.parallel.context_parallel import split_for_context
 from megatiny.parallel.state import DeepSpeedMPU, ParallelState
 from megatiny.precision import Precision
@@ -101,7 +103,7 @@ def _pipeline_module(run: RunConfig, model_config: ModelConfig, parallel: Parall
         full = GPT(model_config, runtime=runtime).state_dict()
     module = build_pipeline_model(model_config, parallel, zero,
                                   activation_checkpoint_interval=runtime.activation_checkpointing,
-                                  attention_backend=runtime.attention_backend)
+                                  attention_backend=runtime.attention_backend, compile=runtime.compile)
     load_full_state_dict(module, full, model_config, parallel)
     return module
 
@@ -134,6 +136,8 @@ def build_engine(run: RunConfig, plan: RunPlan, device: torch.device, *,
     model_parallel = layout.tensor * layout.pipeline * layout.context > 1
     # Plain data parallelism: the model is whole on every rank and DeepSpeed groups the world itself.
     parallel = ParallelState(layout) if model_parallel else ParallelState.single_process()
+    if run.runtime.model_runtime().compile:
+        prepare_compile()
     init_weights = resume is None and run.checkpoint.init_from is not None
     init_state = _initial_weights(run, plan, checkpoints) if init_weights else None
     torch.manual_seed(run.seed)
@@ -165,11 +169,18 @@ def _initial_weights(run: RunConfig, plan: RunPlan, checkpoints: CheckpointManag
 def _model(run: RunConfig, parallel: ParallelState, mpu: DeepSpeedMPU | None,
            ds_config: dict[str, Any], stage: int) -> GPT:
     """The GPT with this rank's tensor / context parallel layers, created under
-    `deepspeed.zero.Init` for ZeRO-3 (partitioned over the data x context ranks as it is built)."""
+    `deepspeed.zero.Init` for ZeRO-3 (partitioned over the data x context ranks as it is built);
+    with compiled blocks under ZeRO-3, each block is a ZeRO-3 "leaf" (gathered whole)."""
     group = mpu.get_data_parallel_group() if mpu is not None else None
+    runtime = run.runtime.model_runtime()
     with deepspeed.zero.Init(data_parallel_group=group, mpu=mpu, config_dict_or_path=ds_config,
                              enabled=stage == 3):
-        return GPT(run.model_config(), parallel, runtime=run.runtime.model_runtime())
+        model = GPT(run.model_config(), parallel, runtime=runtime)
+    if stage == 3 and runtime.compile:
+        # ZeRO-3 then gathers a block's parameters in ONE hook around the compiled block and puts
+        # none on its submodules: their hooks, traced inside it, were graph breaks and recompiles.
+        deepspeed.utils.set_z3_leaf_modules(model, [Block])
+    return model
 
 
 class Engine:

@@ -1,4 +1,5 @@
 """The model benchmark scripts run end to end on CPU with a tiny preset (they are not dead code)."""
+import json
 import sys
 
 import pytest
@@ -32,3 +33,31 @@ def test_bench_document_mask_prints_the_ratio():
                          timeout=timeout_s(extra_s=60), env=ENV)
     assert result.returncode == 0, result.stdout[-3000:]
     assert "ratio masked/unmasked" in result.stdout
+
+
+@pytest.mark.slow
+def test_gpu_run_all_smoke_exercises_every_part_and_its_dry_run_fits_12_minutes(tmp_path):
+    """benchmarks/gpu/run_all.sh: --smoke runs every part on CPU (tiny preset, compiled too) and
+    each writes its JSON; --dry-run's GPU estimate (the sum of the time caps) is under 12 minutes.
+    (Also the CPU run of benchmarks/bench_train_gpu.py, once a test of its own.)"""
+    env = {**ENV, "TORCHINDUCTOR_CACHE_DIR": str(REPO_ROOT / ".pytest_cache" / "torchinductor")}
+    dry = run_command(["bash", "benchmarks/gpu/run_all.sh", "--dry-run"], timeout=timeout_s(), env=env)
+    assert dry.returncode == 0, dry.stdout[-3000:]
+    estimate = float(dry.stdout.split("estimated GPU time: at most ")[1].split(" s")[0])
+    assert 0 < estimate < 12 * 60, dry.stdout
+    smoke = run_command(["bash", "benchmarks/gpu/run_all.sh", "--smoke", "--out", str(tmp_path)],
+                        timeout=timeout_s(launches=4, extra_s=240), env=env)
+    assert smoke.returncode == 0, smoke.stdout[-6000:]
+    assert "tokens/s/device" in smoke.stdout and "MFU n/a" in smoke.stdout  # bench_train_gpu, no peak
+    parts = json.loads((tmp_path / "summary.json").read_text())["parts"]
+    assert [p["part"] for p in parts] == ["model_step", "deepspeed_train", "loss_difference", "profile"]
+    assert all(p["status"] == "ok" for p in parts), parts
+    steps = json.loads((tmp_path / "model_step.json").read_text())["results"]
+    assert {(r["compile"], r["activation_checkpointing"], r["micro_batch"]) for r in steps} == {
+        (c, a, m) for c in (False, True) for a in (0, 1) for m in (2, 4)}
+    assert all(r["tokens_per_s"] > 0 and "mfu" in r for r in steps)
+    trained = json.loads((tmp_path / "train_zero3_compiled.json").read_text())
+    assert trained["compile"] and trained["tokens_per_s"] > 0 and len(trained["losses"]) == 2
+    losses = json.loads((tmp_path / "loss_difference.json").read_text())
+    assert len(losses["abs_diff"]) == 2 and losses["max_rel_diff"] < 0.02, losses
+    assert len(json.loads((tmp_path / "profile_top10.json").read_text())["top"]) == 10

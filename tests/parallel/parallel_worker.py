@@ -151,11 +151,11 @@ def ds_config(stage: int, micro_batch: int) -> dict:
     }
 
 
-def run_config(layout_name: str, world: int, bf16: bool = False) -> RunConfig:
+def run_config(layout_name: str, world: int, bf16: bool = False, **runtime) -> RunConfig:
     """The run config of an engine check: the tiny model, GLOBAL_BATCH sequences of SEQ tokens per
     step (pipelines: PIPELINE_MICRO_BATCHES micro-batches), AdamW at LR with torch's default betas
     and weight decay 0.1 on matrices, clipping at CLIP, activation checkpointing on every block
-    (the recompute repeats the collectives), seed 0."""
+    (the recompute repeats the collectives), seed 0; `runtime`: other runtime settings."""
     sizes = LAYOUTS[layout_name]
     data = make_layout(layout_name, world).data
     pipelined = sizes.get("pipeline", 1) > 1
@@ -167,25 +167,28 @@ def run_config(layout_name: str, world: int, bf16: bool = False) -> RunConfig:
         "optimizer": {"lr": LR, "min_lr": LR, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
                       "weight_decay": 0.1, "grad_clip": CLIP},
         "runtime": {"precision": "bf16" if bf16 else "fp32", "attention_backend": "math",
-                    "activation_checkpointing": 1},
+                    "activation_checkpointing": 1, **runtime},
         "parallel": sizes, "seed": 0, "nan_policy": "stop" if pipelined else "skip"})
 
 
-def train_engine(layout_name: str, stage: int, bf16: bool = False,
-                 documents: bool = False) -> dict[str, list[float]]:
+def train_engine(layout_name: str, stage: int, bf16: bool = False, documents: bool = False,
+                 steps: int = STEPS, after_step=None, validate: bool = False,
+                 **runtime) -> dict[str, list[float]]:
     """Global losses and gradient norms of STEPS steps of the trainer's engine
     (`megatiny.training.engine.build_engine`) under this layout and ZeRO stage; pipelines step
     through DeepSpeed's pipeline engine, starting from the one-rank GPT's initial weights. A
     combination the run config refuses raises its ValueError (before any collective).
     `documents`: packed batches with the three document options on (the loop's `DocumentInputs`
-    through `Engine.loss`)."""
+    through `Engine.loss`); `steps` instead of STEPS, `runtime`: other runtime settings;
+    `after_step(step)` is called after each step; `validate`: also "valid_loss", the engine's
+    `evaluate` of one micro-batch of step 0's batch after the last step."""
     world = dist.get_world_size()
-    run = run_config(layout_name, world, bf16)
+    run = run_config(layout_name, world, bf16, **runtime)
     plan = run.plan(run.parallel.layout(world), {"zero_optimization": {"stage": stage}})
     engine = build_engine(run, plan, torch.device("cpu"))
     layout, rank = plan.layout, dist.get_rank()
     losses, norms = [], []
-    for step in range(STEPS):
+    for step in range(steps):
         make = packed_batch if documents else batch
         data_rank = layout.coordinates(rank).data
         inputs, labels = (rows.chunk(layout.data)[data_rank] for rows in make(step))
@@ -208,8 +211,15 @@ def train_engine(layout_name: str, stage: int, bf16: bool = False,
             loss = total.item() / world
         losses.append(loss)
         norms.append(engine.grad_norm())
+        if after_step is not None:
+            after_step(step)
+    result = {"losses": losses, "grad_norms": norms}
+    if validate:
+        inputs, labels = (rows.chunk(layout.data)[layout.coordinates(rank).data][:run.batch.micro_batch_size]
+                          for rows in batch(0))
+        result["valid_loss"] = engine.evaluate([(inputs, labels)])
     engine.deepspeed_engine.destroy()
-    return {"losses": losses, "grad_norms": norms}
+    return result
 
 
 class _DeepSpeedSequenceParallelMPU(DeepSpeedMPU):

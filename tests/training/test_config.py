@@ -240,3 +240,11 @@ def test_ds_batch_accounting_with_model_parallelism():
     config = build_ds_config(run, {}, data_parallel_size=2, precision=FP32, context_parallel_size=2)
     assert config["gradient_accumulation_steps"] == 4 and config["train_batch_size"] == 32
     assert config["train_micro_batch_size_per_gpu"] == 2
+
+
+def test_runtime_compile_is_false_true_or_auto_and_auto_stays_off():
+    for text, compiled in (("false", False), ("true", True), ("auto", False)):
+        assert load_config(None, [f"runtime.compile={text}"]).runtime.model_runtime().compile is compiled
+    for bad in ("1", "inductor", "[true]"):
+        with pytest.raises(ValueError, match=r"runtime\.compile must be false, true or auto"):
+            load_config(None, [f"runtime.compile={bad}"])
