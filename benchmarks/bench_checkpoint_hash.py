@@ -24,6 +24,8 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+from megatiny.process_env import exit_fast
+
 BLOCK = 8 * 2**20
 PARAMS_1B = 1.1e9
 CHECKPOINT_1B_GB = (PARAMS_1B * 2 + PARAMS_1B * 12) / 1e9  # bf16 weights + fp32 master, m, v
@@ -114,4 +116,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_fast(main())

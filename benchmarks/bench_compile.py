@@ -24,6 +24,7 @@ import torch
 
 from megatiny.model import GPT, ModelRuntime, get_preset
 from megatiny.precision import resolve_dtype
+from megatiny.process_env import exit_fast
 
 
 def _sync(device: torch.device) -> None:
@@ -97,3 +98,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     main()
+    exit_fast(0)

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from megatiny.process_env import exit_fast
+
 TIME_TARGET_S = 60.0
 BUILD_TIMEOUT_S = 3600.0    # building the ZeRO-3 checkpoint of the largest preset
 CONVERT_TIMEOUT_S = 3600.0
@@ -129,4 +131,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_fast(main())

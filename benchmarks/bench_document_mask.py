@@ -25,6 +25,7 @@ from megatiny.data.document_mask import DocumentMasking, document_inputs
 from megatiny.model import GPT, ModelRuntime, get_preset
 from megatiny.model.attention import causal_attention
 from megatiny.precision import resolve_dtype
+from megatiny.process_env import exit_fast
 
 EOD = 2
 SHAPES = {  # name: (preset, overrides, batch, seq, mean document length)
@@ -159,3 +160,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+    exit_fast(0)

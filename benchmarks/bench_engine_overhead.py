@@ -19,6 +19,7 @@ import torch
 from megatiny.model import GPT
 from megatiny.parallel import process_group
 from megatiny.precision import PRECISIONS
+from megatiny.process_env import exit_fast
 from megatiny.training.config import load_config, read_ds_file, run_precision
 from megatiny.training.engine import build_engine, param_groups
 
@@ -90,4 +91,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_fast(main())

@@ -25,6 +25,7 @@ from megatiny.eval.lm_eval_adapter import MegatinyLM
 from megatiny.eval.tasks import BUNDLED_TASKS_DIR
 from megatiny.eval.tasks.local_data import read_jsonl
 from megatiny.model import GPT, get_preset
+from megatiny.process_env import exit_fast
 
 
 def build_requests(items: list[dict], count: int, shots: int) -> list[tuple[str, str]]:
@@ -112,3 +113,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+    exit_fast(0)

@@ -22,6 +22,7 @@ import torch
 from megatiny.model import GPT, ModelRuntime, get_preset
 from megatiny.model.attention import FLASH_ATTN_AVAILABLE
 from megatiny.precision import resolve_dtype
+from megatiny.process_env import exit_fast
 from megatiny.training.flops import peak_tflops_for, throughput
 
 
@@ -146,3 +147,4 @@ def _measure_one(backend: str, compile: bool, every: int, size: int, args, devic
 
 if __name__ == "__main__":
     main()
+    exit_fast(0)

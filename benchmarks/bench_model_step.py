@@ -23,6 +23,7 @@ import torch
 from megatiny.checkpoint.hf import config_to_hf
 from megatiny.model import GPT, ModelRuntime, get_preset
 from megatiny.precision import resolve_dtype
+from megatiny.process_env import exit_fast
 
 WORKER_TIMEOUT_S = 3600.0   # one measured model step benchmark in its own process
 
@@ -125,3 +126,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+    exit_fast(0)

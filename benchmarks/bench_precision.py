@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from megatiny.precision import detect_hardware, resolve_precision
+from megatiny.process_env import exit_fast
 
 BENCH = Path(__file__).resolve().parent / "bench_train_gpu.py"
 RUN_TIMEOUT_S = 3600.0   # one precision's training benchmark
@@ -72,4 +73,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_fast(main())

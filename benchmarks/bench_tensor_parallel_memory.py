@@ -49,7 +49,7 @@ import torch.multiprocessing as mp
 from megatiny.model import GPT, ModelRuntime, get_preset
 from megatiny.parallel.process_group import skip_inference_shm_allreduce
 from megatiny.parallel.state import ParallelLayout, ParallelState
-from megatiny.process_env import free_port
+from megatiny.process_env import exit_fast, free_port
 from megatiny.training.engine import param_groups
 
 UNITS = (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10))
@@ -301,3 +301,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_fast(0)

@@ -22,6 +22,7 @@ import torch
 
 from megatiny.parallel import process_group
 from megatiny.precision import PRECISIONS
+from megatiny.process_env import exit_fast
 from megatiny.training.config import load_config, read_ds_file
 from megatiny.training.engine import build_engine
 from megatiny.training.flops import peak_tflops_for, throughput
@@ -101,4 +102,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_fast(main())

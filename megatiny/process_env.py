@@ -76,11 +76,13 @@ def launch_world_size(environ: dict[str, str] | None = None) -> int | None:
 
 
 def exit_fast(status: int | None) -> None:
-    """End this process with `status` (None = 0) the way `sys.exit` would, minus the interpreter's
+    """End this process with exit status `status` (None = 0) as `sys.exit` would, minus the interpreter's
     teardown of its modules: after torch, DeepSpeed and torch._dynamo/_inductor are loaded, that
     teardown takes 1-1.5 s of every process (measured on the 2-core CI machine), paid by each rank of
     every launch and by each tool the pipeline runs. What a normal exit does that matters is kept,
     in its order: non-daemon threads are joined, atexit handlers run, stdout/stderr are flushed."""
+    if status is not None and not isinstance(status, int):
+        raise TypeError(f"exit_fast: an exit status is an int or None, not {type(status).__name__}")
     main_thread = threading.main_thread()
     for thread in threading.enumerate():
         if thread is not main_thread and not thread.daemon and thread.is_alive():

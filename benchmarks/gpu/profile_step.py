@@ -16,6 +16,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from megatiny.model import GPT, ModelRuntime, get_preset
 from megatiny.precision import resolve_dtype
+from megatiny.process_env import exit_fast
 
 TOP = 10
 
@@ -70,3 +71,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 if __name__ == "__main__":
     main()
+    exit_fast(0)

@@ -44,4 +44,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    exit_fast(main())
+    main()
+    exit_fast(0)

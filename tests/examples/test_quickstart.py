@@ -7,21 +7,21 @@ import pytest
 from tests.helpers import free_port, run_command, timeout_s
 
 QUESTIONS = 112  # megatiny_local_mc
-EXPECTED_CORRECT = {"bf16": (24, 24), "fp32": (26, 22)}  # (acc, acc_norm) x 112 after 100 steps
+EXPECTED_CORRECT = {"bf16": (24, 21), "fp32": (24, 20)}  # (acc, acc_norm) x 112 after 50 steps
 
 
 @pytest.mark.slow
 def test_quickstart_runs_every_stage(tmp_path):
     run_dir = tmp_path / "quickstart"
     result = run_command(
-        ["bash", "examples/quickstart/run.sh", "schedule.train_steps=100", "logging.eval_interval=50",
-         "checkpoint.save_interval=50"],
-        # setup check, tokenizer, preprocess, 100 training steps, export, generation, lm-eval, report
-        timeout=timeout_s(launches=5, steps=100, seconds_per_step=3, extra_s=120),
+        ["bash", "examples/quickstart/run.sh", "schedule.train_steps=50", "logging.eval_interval=25",
+         "checkpoint.save_interval=25"],
+        # setup check, tokenizer, preprocess, 50 training steps, export, generation, lm-eval, report
+        timeout=timeout_s(launches=5, steps=50, seconds_per_step=3, extra_s=120),
         env={"MEGATINY_QUICKSTART_DIR": str(run_dir), "MASTER_PORT": str(free_port()),
-             # The first ~60 steps mostly learn unigram statistics; the full 300-step quickstart
-             # is 1.2 nats/token below the unigram baseline at step 100 and 1.95 at step 300.
-             "MEGATINY_QUICKSTART_MIN_GAIN": "0.5"},
+             # 0.44-0.45 nats/token below the unigram baseline at step 50 (fp32 and bf16), 1.71
+             # at the full quickstart's step 200 (fp32).
+             "MEGATINY_QUICKSTART_MIN_GAIN": "0.3"},
     )
     output = result.stdout
     assert result.returncode == 0, output[-5000:]
@@ -30,7 +30,7 @@ def test_quickstart_runs_every_stage(tmp_path):
     assert (run_dir / "tokenizer.model").is_file()
     for source in ("natural_language", "code"):
         assert (run_dir / "data" / f"{source}_text_document.bin").stat().st_size > 0
-    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_00000100"
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step_00000050"
     config = json.loads((run_dir / "hf" / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"]
     assert config["num_key_value_heads"] == 2
@@ -38,7 +38,7 @@ def test_quickstart_runs_every_stage(tmp_path):
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     scores = results["results"]["megatiny_local_mc"]
     assert scores["sample_len"] == QUESTIONS
-    # Questions the 100-step run answers (acc, acc_norm), deterministic for each precision on the
+    # Questions the 50-step run answers (acc, acc_norm), deterministic for each precision on the
     # development machine (2 CPU ranks): bf16 where the CPU has native bf16 (`precision: auto`
     # there), fp32 elsewhere (measured with runtime.precision=fp32). The band of 3 questions allows
     # another CPU's rounding to flip a few near-ties; a mis-read or mis-scored evaluation (a wrong

@@ -54,7 +54,7 @@ def test_gpu_run_all_smoke_exercises_every_part_and_its_dry_run_fits_12_minutes(
     assert all(p["status"] == "ok" for p in parts), parts
     steps = json.loads((tmp_path / "model_step.json").read_text())["results"]
     assert {(r["compile"], r["activation_checkpointing"], r["micro_batch"]) for r in steps} == {
-        (c, a, m) for c in (False, True) for a in (0, 1) for m in (2, 4)}
+        (c, a, 2) for c in (False, True) for a in (0, 1)}
     assert all(r["tokens_per_s"] > 0 and "mfu" in r for r in steps)
     trained = json.loads((tmp_path / "train_zero3_compiled.json").read_text())
     assert trained["compile"] and trained["tokens_per_s"] > 0 and len(trained["losses"]) == 2

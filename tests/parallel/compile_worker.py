@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch._dynamo.utils import counters
 
 from megatiny.parallel.process_group import skip_inference_shm_allreduce
+from megatiny.process_env import exit_fast
 from megatiny.training.engine import build_engine
 from tests.parallel.parallel_worker import LR, batch, run_config, train_engine
 
@@ -112,3 +113,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    exit_fast(0)
