@@ -80,13 +80,13 @@ def exit_fast(status: int | None) -> None:
     teardown of its modules: after torch, DeepSpeed and torch._dynamo/_inductor are loaded, that
     teardown takes 1-1.5 s of every process (measured on the 2-core CI machine), paid by each rank of
     every launch and by each tool the pipeline runs. What a normal exit does that matters is kept,
-    in its order: non-daemon threads are joined, atexit handlers run, stdout/stderr are flushed."""
+    in its order: idle thread pools are stopped and non-daemon threads joined, atexit handlers
+    run, stdout/stderr flushed."""
     if status is not None and not isinstance(status, int):
         raise TypeError(f"exit_fast: an exit status is an int or None, not {type(status).__name__}")
-    main_thread = threading.main_thread()
-    for thread in threading.enumerate():
-        if thread is not main_thread and not thread.daemon and thread.is_alive():
-            thread.join()
+    # What the interpreter itself does first at exit: threading's exit hooks (they stop idle
+    # thread-pool workers, e.g. Inductor's compile pool), then it joins the non-daemon threads.
+    threading._shutdown()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -31,8 +31,10 @@ def test_put_first_only_if_the_directory_has_the_executable(monkeypatch):
 
 
 EXITING_PROGRAM = """
-import atexit, sys, threading, time
+import atexit, concurrent.futures, sys, threading, time
 from megatiny.process_env import exit_fast
+pool = concurrent.futures.ThreadPoolExecutor(1)  # an idle worker, stopped only by threading's exit hooks
+pool.submit(int).result()
 def late_writer():
     time.sleep(0.3)
     print("thread done", end="|")
@@ -46,11 +48,12 @@ print("never")
 
 
 def test_exit_fast_keeps_what_a_normal_exit_does(tmp_path):
-    """Status, a non-daemon thread joined, atexit run, both streams flushed into pipes (block-
-    buffered there, so an exit that skips the flush loses the text)."""
+    """Status, a non-daemon thread joined (and an idle thread pool's worker stopped, not waited
+    for forever), atexit run, both streams flushed into pipes (block-buffered there, so an exit
+    that skips the flush loses the text)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     result = subprocess.run([sys.executable, "-c", EXITING_PROGRAM], capture_output=True, text=True,
-                            timeout=60, env={**env, "PYTHONPATH": str(Path(__file__).parents[1])})
+                            timeout=30, env={**env, "PYTHONPATH": str(Path(__file__).parents[1])})
     assert result.returncode == 3
     assert result.stdout == "buffered, no newline|thread done|atexit ran|"
     assert result.stderr.endswith("to stderr")
