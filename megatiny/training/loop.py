@@ -245,16 +245,17 @@ class _Trainer:
         for micro in range(accumulation):
             loss, indices, local, total_loss, stop_now = self._micro_batch(step, micro, batches, train_ds)
             stop_requested = stop_requested or stop_now
+            last = micro == accumulation - 1
             if math.isfinite(total_loss):
                 loss_sum += total_loss / self.world
                 finite_micro += 1
-                spike = micro == accumulation - 1 and self._is_spike(step, loss_sum / finite_micro)
-                self.engine.micro_step(loss, 0.0 if spike else lr)  # a spike (spike.policy: skip): LR 0
+                spike = last and self._is_spike(step, loss_sum / finite_micro)
+                self.engine.micro_step(loss, lr, update=not spike)  # a spike (spike.policy: skip): dropped
             else:
                 self._report_nonfinite(step, micro, indices, local.item())
-                last = micro == accumulation - 1
-                skip = last and (finite_micro == 0 or self._is_spike(step, loss_sum / finite_micro))
-                self.engine.micro_step(None, 0.0 if skip else lr)  # none finite, or a spike: LR 0
+                spike = last and finite_micro > 0 and self._is_spike(step, loss_sum / finite_micro)
+                none_finite = last and finite_micro == 0  # then LR 0: parameters unchanged
+                self.engine.micro_step(None, 0.0 if none_finite else lr, update=not spike)
         return loss_sum, finite_micro, stop_requested
 
     def _pipeline_step(self, step: int, accumulation: int, lr: float, batches, train_ds
@@ -377,13 +378,17 @@ class _Trainer:
         if self.spikes is None:
             return False
         verdict = self.spikes.judge_loss(loss)
-        if verdict.spike:
+        # The ranks judged the same all-reduced loss; one more all-reduce makes sure they agree
+        # (a ZeRO step that some ranks drop and others take would hang or diverge).
+        if process_group.all_reduce_sum([float(verdict.spike)], self.dist.device)[0] > 0:
             batch = self.run.batch.global_batch_size
             self.spike_skip = self.spikes.skip(step + 1, (step * batch, (step + 1) * batch), loss, verdict.z)
-            self.logger.print(f"[megatiny] step {step + 1}: loss {loss:.4f} is a spike (z {verdict.z:.1f} > "
+            z = "?" if verdict.z is None else f"{verdict.z:.1f}"
+            self.logger.print(f"[megatiny] step {step + 1}: loss {loss:.4f} is a spike (z {z} > "
                               f"{self.spikes.loss_z}): update skipped on every rank, samples "
                               f"{step * batch}..{(step + 1) * batch - 1}")
-        return verdict.spike
+            return True
+        return False
 
     def _spike_metrics(self, step: int, loss: float, grad_norm: float | None) -> dict:
         """The step's spike fields for the metrics (none without a spike policy)."""

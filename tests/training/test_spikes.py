@@ -67,23 +67,75 @@ def test_config_refuses_rewind_and_bad_thresholds():
     assert RunConfig.from_dict({"spike": {"policy": "skip", "window": 64}}).spike.window == 64
 
 
-@pytest.mark.slow
-def test_a_poisoned_step_is_skipped_on_every_rank_and_recorded(tiny_data, tmp_path):
-    poisoned = 5
-    config = _config(tmp_path, tiny_data, schedule={"train_steps": 6, "warmup_steps": 2},
-                     checkpoint={"save_interval": 1},
-                     spike={"policy": "skip", "min_history": 3, "window": 16, "loss_z": 6.0})
-    result = run_command(_ranks(config, "--poison-at-step", str(poisoned)), timeout=RUN_S, env=BASE_ENV)
+POISONED = 5
+STAGES = (1, 2, 3)
+
+
+def _optimizer_files(tag_dir) -> dict[str, object]:
+    """Every rank's optimizer-state file of a checkpoint (fp32 master weights, Adam's moments and
+    step count, DeepSpeed's counters), loaded."""
+    files = sorted(tag_dir.glob("*optim_states.pt"))
+    assert files, f"no optimizer states in {tag_dir}"
+    return {f.name: torch.load(f, map_location="cpu", weights_only=False) for f in files}
+
+
+def _differences(a, b, where: str = "") -> list[str]:
+    """Where two loaded checkpoint objects differ (tensors bit for bit, numbers exactly, other
+    objects by their attributes), except the learning rates (the schedule's, set every step)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        same = isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape \
+            and torch.equal(a, b)
+        return [] if same else [where]
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return [f"{where} keys"]
+        return [d for k in a if k != "lr" for d in _differences(a[k], b[k], f"{where}/{k}")]
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            return [f"{where} length"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{where}[{i}]")]
+    if hasattr(a, "__dict__") and type(a) is type(b):  # e.g. DeepSpeed's loss scaler
+        return _differences(vars(a), vars(b), where)
+    return [] if a == b else [where]
+
+
+@pytest.fixture(scope="module")
+def skip_runs(tiny_data, tmp_path_factory) -> dict[int, dict]:
+    """One 2-rank launch training, one after the other, a 6-step run under ZeRO-1, -2 and -3 with
+    `spike.policy: skip` and every rank's losses of step 5 poisoned (x1000), saving every step."""
+    root = tmp_path_factory.mktemp("spikes")
+    configs = {stage: _config(root / f"zero{stage}", tiny_data,
+                              schedule={"train_steps": 6, "warmup_steps": 2},
+                              checkpoint={"save_interval": 1},
+                              distributed={"deepspeed_config": f"ds_configs/zero{stage}.json",
+                                           "timeout_s": 120},
+                              spike={"policy": "skip", "min_history": 3, "window": 16, "loss_z": 6.0})
+               for stage in STAGES}
+    args = [a for stage in STAGES for a in ("--config", str(configs[stage]))]
+    job = _ranks(configs[STAGES[0]], *args[2:], "--poison-at-step", str(POISONED))
+    result = run_command(job, timeout=len(STAGES) * RUN_S, env=BASE_ENV)
     assert result.returncode == 0, result.stdout[-5000:]
-    assert f"step {poisoned}: loss" in result.stdout and "update skipped on every rank" in result.stdout
-    save_dir = tmp_path / "ckpt"
-    before, at, after = (_weights(save_dir / f"step_{s:08d}") for s in (poisoned - 1, poisoned, poisoned + 1))
-    for name, tensor in before.items():  # every rank's shard of every parameter: unchanged
-        assert torch.equal(at[name], tensor), name
-    assert any(not torch.equal(after[n], at[n]) for n in at)  # the next step updates again
+    return {stage: {"save_dir": root / f"zero{stage}" / "ckpt", "stdout": result.stdout} for stage in STAGES}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_poisoned_step_is_skipped_on_every_rank_and_recorded(skip_runs, stage):
+    save_dir = skip_runs[stage]["save_dir"]
+    assert f"step {POISONED}: loss" in skip_runs[stage]["stdout"]
+    before, at, after = (save_dir / f"step_{s:08d}" for s in (POISONED - 1, POISONED, POISONED + 1))
+    weights_before, weights_at = _weights(before), _weights(at)
+    for name, tensor in weights_before.items():  # every rank's shard of every parameter: unchanged
+        assert torch.equal(weights_at[name], tensor), name
+    assert any(not torch.equal(_weights(after)[n], weights_at[n]) for n in weights_at)  # updates again
+    # every rank's fp32 master weights and Adam state (moments, step count): unchanged too
+    optim_before, optim_at = _optimizer_files(before), _optimizer_files(at)
+    assert len(optim_before) == 2 and optim_before.keys() == optim_at.keys()
+    assert _differences(optim_before, optim_at) == []
+    assert _differences(optim_at, _optimizer_files(after)) != []
     records = {r["step"]: r for r in map(json.loads, (save_dir / "metrics.jsonl").read_text().splitlines())
                if "loss" in r}
-    assert records[poisoned]["spike_skipped"] is True and records[poisoned]["spike_samples"] == [32, 40]
-    assert [s for s, r in records.items() if r["spike_skipped"]] == [poisoned]
+    assert records[POISONED]["spike_skipped"] is True and records[POISONED]["spike_samples"] == [32, 40]
+    assert [s for s, r in records.items() if r["spike_skipped"]] == [POISONED]
     skipped = read_metadata(save_dir / "step_00000006")["train_state"].spike["skipped"]
-    assert [(r["step"], r["samples"]) for r in skipped] == [(poisoned, [32, 40])]
+    assert [(r["step"], r["samples"]) for r in skipped] == [(POISONED, [32, 40])]
