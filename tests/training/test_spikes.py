@@ -55,9 +55,12 @@ def test_the_state_round_trips_through_json():
     assert restored.judge_loss(2.5) == detector.judge_loss(2.5)
 
 
-def test_config_refuses_rewind_and_bad_thresholds():
-    with pytest.raises(ValueError, match="'rewind' is not implemented"):
-        SpikeConfig(policy="rewind")
+def test_config_refuses_a_rewind_without_checkpoints_and_bad_thresholds():
+    no_saves = RunConfig.from_dict({"spike": {"policy": "rewind"}})
+    with pytest.raises(ValueError, match="spike.policy: rewind .* checkpoint.save_interval"):
+        no_saves.plan(no_saves.parallel.layout(1), {"zero_optimization": {"stage": 1}})
+    with pytest.raises(ValueError, match="spike.rewind_steps"):
+        SpikeConfig(policy="rewind", rewind_steps=0)
     with pytest.raises(ValueError, match="spike.policy must be one of"):
         SpikeConfig(policy="sometimes")
     with pytest.raises(ValueError, match="spike.loss_z"):
@@ -99,30 +102,45 @@ def _differences(a, b, where: str = "") -> list[str]:
     return [] if a == b else [where]
 
 
+def _spike_config(root, tiny_data, stage: int = 3, resume: str = "auto", **spike):
+    return _config(root, tiny_data, schedule={"train_steps": 6, "warmup_steps": 2},
+                   checkpoint={"save_interval": 1, "resume": resume},
+                   distributed={"deepspeed_config": f"ds_configs/zero{stage}.json", "timeout_s": 120},
+                   spike={"policy": "skip", "min_history": 3, "window": 16, "loss_z": 6.0, **spike})
+
+
 @pytest.fixture(scope="module")
-def skip_runs(tiny_data, tmp_path_factory) -> dict[int, dict]:
-    """One 2-rank launch training, one after the other, a 6-step run under ZeRO-1, -2 and -3 with
-    `spike.policy: skip` and every rank's losses of step 5 poisoned (x1000), saving every step."""
+def spike_runs(tiny_data, tmp_path_factory) -> dict[str, dict]:
+    """One 2-rank launch training, one after the other, 6-step runs with every rank's losses of
+    step 5 poisoned (x1000), saving every step: `spike.policy: skip` under ZeRO-1, -2 and -3;
+    `rewind` (ZeRO-3) skipping 1 and 2 batches; and a run resumed from the 2-batch rewind's step-4
+    checkpoint (written after the rewind), which must go on skipping step 5."""
     root = tmp_path_factory.mktemp("spikes")
-    configs = {stage: _config(root / f"zero{stage}", tiny_data,
-                              schedule={"train_steps": 6, "warmup_steps": 2},
-                              checkpoint={"save_interval": 1},
-                              distributed={"deepspeed_config": f"ds_configs/zero{stage}.json",
-                                           "timeout_s": 120},
-                              spike={"policy": "skip", "min_history": 3, "window": 16, "loss_z": 6.0})
-               for stage in STAGES}
-    args = [a for stage in STAGES for a in ("--config", str(configs[stage]))]
-    job = _ranks(configs[STAGES[0]], *args[2:], "--poison-at-step", str(POISONED))
-    result = run_command(job, timeout=len(STAGES) * RUN_S, env=BASE_ENV)
+    configs = {f"zero{stage}": _spike_config(root / f"zero{stage}", tiny_data, stage) for stage in STAGES}
+    for steps in (1, 2):
+        configs[f"rewind{steps}"] = _spike_config(root / f"rewind{steps}", tiny_data, policy="rewind",
+                                                  rewind_steps=steps)
+    resume_from = root / "rewind2" / "ckpt" / "step_00000004"
+    configs["resumed"] = _spike_config(root / "resumed", tiny_data, resume=str(resume_from), policy="rewind",
+                                       rewind_steps=2)
+    args = [a for config in configs.values() for a in ("--config", str(config))]
+    job = _ranks(configs["zero1"], *args[2:], "--poison-at-step", str(POISONED))
+    result = run_command(job, timeout=len(configs) * RUN_S, env=BASE_ENV)
     assert result.returncode == 0, result.stdout[-5000:]
-    return {stage: {"save_dir": root / f"zero{stage}" / "ckpt", "stdout": result.stdout} for stage in STAGES}
+    return {name: {"save_dir": root / name / "ckpt", "stdout": result.stdout} for name in configs}
+
+
+def _records(save_dir) -> dict[int, dict]:
+    """metrics.jsonl's training records by step (a step replayed after a rewind: its last one)."""
+    return {r["step"]: r for r in map(json.loads, (save_dir / "metrics.jsonl").read_text().splitlines())
+            if "loss" in r}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", STAGES)
-def test_a_poisoned_step_is_skipped_on_every_rank_and_recorded(skip_runs, stage):
-    save_dir = skip_runs[stage]["save_dir"]
-    assert f"step {POISONED}: loss" in skip_runs[stage]["stdout"]
+def test_a_poisoned_step_is_skipped_on_every_rank_and_recorded(spike_runs, stage):
+    save_dir = spike_runs[f"zero{stage}"]["save_dir"]
+    assert f"step {POISONED}: loss" in spike_runs[f"zero{stage}"]["stdout"]
     before, at, after = (save_dir / f"step_{s:08d}" for s in (POISONED - 1, POISONED, POISONED + 1))
     weights_before, weights_at = _weights(before), _weights(at)
     for name, tensor in weights_before.items():  # every rank's shard of every parameter: unchanged
@@ -133,9 +151,49 @@ def test_a_poisoned_step_is_skipped_on_every_rank_and_recorded(skip_runs, stage)
     assert len(optim_before) == 2 and optim_before.keys() == optim_at.keys()
     assert _differences(optim_before, optim_at) == []
     assert _differences(optim_at, _optimizer_files(after)) != []
-    records = {r["step"]: r for r in map(json.loads, (save_dir / "metrics.jsonl").read_text().splitlines())
-               if "loss" in r}
+    records = _records(save_dir)
     assert records[POISONED]["spike_skipped"] is True and records[POISONED]["spike_samples"] == [32, 40]
     assert [s for s, r in records.items() if r["spike_skipped"]] == [POISONED]
     skipped = read_metadata(save_dir / "step_00000006")["train_state"].spike["skipped"]
     assert [(r["step"], r["samples"]) for r in skipped] == [(POISONED, [32, 40])]
+
+
+def _assert_same_end(save_dir, reference_dir) -> None:
+    """Step 6: the same loss, every weight and every rank's optimizer state bit for bit."""
+    assert _records(save_dir)[6]["loss"] == _records(reference_dir)[6]["loss"]
+    final, reference = save_dir / "step_00000006", reference_dir / "step_00000006"
+    weights, reference_weights = _weights(final), _weights(reference)
+    for name, tensor in reference_weights.items():
+        assert torch.equal(weights[name], tensor), name
+    assert _differences(_optimizer_files(final), _optimizer_files(reference)) == []
+
+
+@pytest.mark.slow
+def test_a_rewind_replays_without_the_spiking_batch_and_ends_like_a_skip(spike_runs):
+    """Rewinding to step 4 and passing over step 5's batch unread ends exactly where dropping step
+    5's update does (skip): same loss, weights and Adam state."""
+    save_dir = spike_runs["rewind1"]["save_dir"]
+    rewinding = f"step {POISONED}: loss spike, rewinding to {save_dir / 'step_00000004'}"
+    assert rewinding in spike_runs["rewind1"]["stdout"]
+    _assert_same_end(save_dir, spike_runs["zero3"]["save_dir"])
+    assert _records(save_dir)[POISONED]["spike_skipped"] is True
+    assert _records(save_dir)[POISONED]["spike_samples"] == [32, 40]
+    rewound = read_metadata(save_dir / "step_00000006")["train_state"].spike["rewound"]
+    assert rewound == [{"spike_step": POISONED, "steps": [5, 5], "samples": [32, 40]}]
+
+
+@pytest.mark.slow
+def test_a_longer_rewind_sets_newer_checkpoints_aside_and_a_resume_keeps_skipping(spike_runs):
+    save_dir = spike_runs["rewind2"]["save_dir"]
+    assert (save_dir / "step_00000004.rewound").is_dir()  # trained on step 4's batch, before the rewind
+    records = _records(save_dir)
+    assert [s for s, r in records.items() if r["spike_skipped"]] == [4, 5]
+    assert (records[4]["spike_samples"], records[5]["spike_samples"]) == ([24, 32], [32, 40])
+    for step in (4, 6):
+        rewound = read_metadata(save_dir / f"step_{step:08d}")["train_state"].spike["rewound"]
+        assert rewound == [{"spike_step": POISONED, "steps": [4, 5], "samples": [24, 40]}]
+    # resumed from the step-4 checkpoint written after the rewind: step 5 (poisoned) is passed
+    # over again, so no new spike and no rewind, and it ends where the rewound run ends
+    resumed = spike_runs["resumed"]["save_dir"]
+    assert "spike_rewind" not in (resumed / "metrics.jsonl").read_text()
+    _assert_same_end(resumed, save_dir)
