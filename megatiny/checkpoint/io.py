@@ -40,11 +40,12 @@ def remove_tag(save_dir: str | os.PathLike, tag: str) -> None:
             shutil.rmtree(doomed, ignore_errors=True)
 
 
-def set_aside(save_dir: str | os.PathLike, tag: str) -> Path:
-    """Rename a damaged tag dir to TAG.damaged (replacing an older one of that name): kept for a
-    person to look at, no longer a checkpoint (`layout.list_tags` ignores it). Returns the new path."""
+def set_aside(save_dir: str | os.PathLike, tag: str, reason: str = "damaged") -> Path:
+    """Rename a damaged tag dir to TAG.damaged (TAG.REASON; replacing an older one of that name):
+    kept for a person to look at, no longer a checkpoint (`layout.list_tags` ignores it). Returns
+    the new path."""
     save_dir = Path(save_dir)
-    target = save_dir / f"{tag}.damaged"
+    target = save_dir / f"{tag}.{reason}"
     if target.exists():
         shutil.rmtree(target, ignore_errors=True)
     os.replace(save_dir / tag, target)

@@ -240,6 +240,30 @@ class CheckpointManager:
         raise RuntimeError(f"no complete checkpoint in {root} verifies against its manifests (the damaged "
                            "files are listed above); to start over set checkpoint.resume=none")
 
+    def rewind_point(self, max_step: int) -> ResumePoint:
+        """The newest complete checkpoint of this run at step <= `max_step` that verifies, for a
+        rewind within the running job (same layout). Rank 0 points `latest` at it and renames
+        the newer checkpoints TAG.rewound (they hold the batches the rewind skips), so a later
+        `resume: auto` continues from the rewind, not from them. Every rank calls this."""
+        root = self.save_dir
+        if root is None:
+            raise ValueError("a rewind needs checkpoint.save_dir")
+        tags = [t for t in reversed(layout.list_tags(root))
+                if layout.step_of_tag(t) <= max_step and layout.is_complete_tag(root / t)]
+        tag = next((t for t in tags if self._verified(root / t)), None)
+        if tag is None:
+            raise RuntimeError(f"spike.policy rewind: no checkpoint in {root} at step {max_step} or before "
+                               "verifies, nothing to rewind to; save more often (checkpoint.save_interval) "
+                               "or keep more (checkpoint.keep_last)")
+        newer = [t for t in layout.list_tags(root) if layout.step_of_tag(t) > layout.step_of_tag(tag)]
+        barrier()  # every rank has read the tags before rank 0 renames any
+        if self.rank == 0:
+            io.write_latest(root, tag)
+            for skipped in newer:
+                io.set_aside(root, skipped, reason="rewound")
+        barrier()
+        return ResumePoint(root, tag, read_metadata(root / tag), root)
+
     def load(self, engine: Any, point: ResumePoint) -> TrainState:
         """Load weights, optimizer and DeepSpeed state of `point` into `engine` (built with
         `checkpoint.load_universal = point.universal`) and this rank's RNG states. A resharded

@@ -92,7 +92,8 @@ class TrainState:
     together (the sampler's position). skipped_steps: steps whose every micro-batch had a
     non-finite loss. world: the layout that wrote it (None for weights directories).
     data: `megatiny.data.describe_datasets` of the run's datasets. run_config: RunConfig.to_dict().
-    spike: the loss-spike detector's window and its skipped / flagged steps (`spike.policy: skip`).
+    spike: the loss-spike detector's window, its skipped / flagged steps (`spike.policy: skip`)
+    and the step ranges rewinds skip (`spike.policy: rewind`).
     """
 
     step: int = 0

@@ -266,20 +266,23 @@ class CheckpointConfig:
             raise ValueError("checkpoint.save_interval is set but checkpoint.save_dir is not")
 
 
-SPIKE_POLICIES = ("none", "skip")
+SPIKE_POLICIES = ("none", "skip", "rewind")
 
 
 @dataclass
 class SpikeConfig:
     """Loss spikes (`megatiny.training.spikes`): with `policy: skip`, a step whose loss is more than
-    `loss_z` standard deviations above the mean of the last `window` normal steps is taken with
-    learning rate 0 on every rank (parameters unchanged; Adam's moments see its clipped gradient),
-    and its step and global sample positions are recorded in the metrics and the checkpoint.
+    `loss_z` standard deviations above the mean of the last `window` normal steps has its update
+    dropped on every rank (parameters and optimizer state unchanged), and its step and global
+    sample positions are recorded in the metrics and the checkpoint. With `policy: rewind` the
+    run goes back to the newest checkpoint before the last `rewind_steps` batches (the spiking one
+    included) and replays from there with those batches skipped.
     A gradient norm over `grad_norm_z` is recorded and kept out of the window (DeepSpeed computes
     it inside the update, too late to skip it). Judging starts after `min_history` steps."""
 
     policy: str = "none"
-    """none | skip (`rewind`, restarting from the checkpoint before a spike, is not implemented)"""
+    """none | skip (drop the spiking step's update) | rewind (restart from an earlier checkpoint and
+    skip the spiking step's batch and the `rewind_steps` - 1 before it)"""
     window: int = 128
     """normal steps whose loss and gradient norm make the mean and standard deviation"""
     loss_z: float = 6.0
@@ -288,15 +291,15 @@ class SpikeConfig:
     """the same for the gradient norm (recorded and left out of the window, not skipped)"""
     min_history: int = 20
     """steps in the window before any step is judged"""
+    rewind_steps: int = 1
+    """policy rewind: the batches skipped on replay, ending with the spiking step's"""
 
     def __post_init__(self) -> None:
-        if self.policy == "rewind":
-            raise ValueError("spike.policy: 'rewind' is not implemented yet; use 'skip' (drops the update "
-                             "on every rank) or 'none'")
         if self.policy not in SPIKE_POLICIES:
             raise ValueError(f"spike.policy must be one of {SPIKE_POLICIES}, got {self.policy!r}")
         _positive_int("spike", "window", self.window)
         _positive_int("spike", "min_history", self.min_history)
+        _positive_int("spike", "rewind_steps", self.rewind_steps)
         if self.min_history < 2 or self.min_history > self.window:
             raise ValueError(f"spike.min_history must be between 2 and spike.window ({self.window}), "
                              f"got {self.min_history}")
@@ -550,8 +553,12 @@ class RunConfig:
         stage = zero_stage(ds_file)
         check_pipeline_zero_stage(layout, stage)
         if layout.pipeline > 1 and self.spike.policy != "none":
-            raise ValueError("spike.policy: skip needs the loss before the update; DeepSpeed's pipeline "
-                             "engine (parallel.pipeline > 1) applies it first: set spike.policy: none")
+            raise ValueError(f"spike.policy: {self.spike.policy} needs the loss before the update; "
+                             "DeepSpeed's pipeline engine (parallel.pipeline > 1) applies it first: set "
+                             "spike.policy: none")
+        if self.spike.policy == "rewind" and not self.checkpoint.save_interval:
+            raise ValueError("spike.policy: rewind restarts from a checkpoint before the spike: set "
+                             "checkpoint.save_dir and checkpoint.save_interval")
         if layout.pipeline > 1 and self.nan_policy != "stop":
             raise ValueError("parallel.pipeline > 1 needs nan_policy: stop (DeepSpeed's pipeline engine "
                              "applies the step before the loss is known, so a micro-batch cannot be "

@@ -14,6 +14,7 @@ loads. The process group itself is `megatiny.parallel.process_group`'s.
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -183,6 +184,10 @@ def _model(run: RunConfig, parallel: ParallelState, mpu: DeepSpeedMPU | None,
     return model
 
 
+def _no_update(closure=None) -> None:
+    """An optimizer step that changes nothing (see `Engine.micro_step`)."""
+
+
 class Engine:
     """A DeepSpeed engine and the five things the training loop asks of it (build it with
     `build_engine`). Batches are (input_ids, labels) Long[B, T] pairs: whole, already shifted
@@ -219,14 +224,41 @@ class Engine:
                  if value is not None}  # none: exactly today's call
         return self.deepspeed_engine(input_ids.to(self._device), labels=labels.to(self._device), **extra)
 
-    def micro_step(self, loss: torch.Tensor | None, lr: float) -> None:
+    def micro_step(self, loss: torch.Tensor | None, lr: float, *, update: bool = True) -> None:
         """Backward of a micro-batch's `loss` (None: the micro-batch is dropped, no backward), then
         DeepSpeed's step, which applies the update with learning rate `lr` at the last micro-batch
-        of the optimizer step. Call once per micro-batch, on every rank."""
+        of the optimizer step. Call once per micro-batch, on every rank.
+
+        `update=False` at the last micro-batch drops the optimizer step's update (a skipped loss
+        spike): parameters, fp32 master weights and the optimizer's state (Adam's moments and
+        step count) stay exactly as they were; the gradients are reduced, measured and cleared
+        as usual and DeepSpeed's step counters advance, so a skipped step is still a step. All
+        ranks must pass the same `update` (ZeRO's step is collective)."""
         if loss is not None:
             self.deepspeed_engine.backward(loss)
         self._set_lr(lr)
-        self.deepspeed_engine.step()
+        if update:
+            self.deepspeed_engine.step()
+            return
+        with self._update_dropped():
+            self.deepspeed_engine.step()
+
+    @contextlib.contextmanager
+    def _update_dropped(self):
+        """While open, the optimizer we gave DeepSpeed does nothing when stepped. Every DeepSpeed
+        wrapper (ZeRO-1/2/3, with or without offload, BF16_Optimizer, or none) updates the fp32
+        master weights only through it and then copies them into the model's parameters, which
+        leaves them as they were; a new wrapper that steps some other way fails the check."""
+        wrapper = self.deepspeed_engine.optimizer
+        base = getattr(wrapper, "optimizer", wrapper)
+        if base is not self._optimizer:
+            raise RuntimeError(f"cannot drop an update: DeepSpeed's optimizer {type(wrapper).__name__} does "
+                               "not step the optimizer megatiny built")
+        self._optimizer.step = _no_update  # an instance attribute shadows the class's method
+        try:
+            yield
+        finally:
+            del self._optimizer.step
 
     def pipeline_step(self, micro_batches: list[tuple[torch.Tensor, ...]], lr: float
                       ) -> torch.Tensor:

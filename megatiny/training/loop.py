@@ -155,8 +155,9 @@ class _Trainer:
         self._beat(0, "setup")
         spike = run.spike
         self.spikes = (SpikeDetector(spike.window, spike.loss_z, spike.grad_norm_z, spike.min_history)
-                       if spike.policy == "skip" else None)
+                       if spike.policy != "none" else None)
         self.spike_skip: dict | None = None  # the current step's skip record, if it is skipped
+        self.rewind_at: int | None = None  # spike.policy rewind: the 1-based step that spiked
 
     # ---------------------------------------------------------------- setup
     def _build_data(self):
@@ -210,10 +211,6 @@ class _Trainer:
         train_ds, valid_ds = self._build_data()
         self.data_description = describe_datasets((train_ds, valid_ds, None))
         self._warn_if_data_changed(resume, consumed)
-        sampler = PretrainingSampler(total_samples=len(train_ds), consumed_samples=consumed,
-                                     micro_batch_size=run.batch.micro_batch_size,
-                                     data_parallel_rank=self.data_rank,
-                                     data_parallel_size=self.layout.data)
         self.logger.print(
             f"[megatiny] {self.model_config.num_parameters() / 1e6:.2f}M parameters | {self.world} ranks | "
             f"ZeRO-{self.plan.zero_stage} | precision {self.engine.precision.describe()}\n"
@@ -221,7 +218,14 @@ class _Trainer:
             f"{run.batch.micro_batch_size} micro x {accumulation} accumulation x {self.layout.data} "
             f"data-parallel ranks | {self.layout.describe()} | "
             f"seq {run.batch.seq_length} | {run.schedule.train_steps} steps")
-        return self._loop(step, consumed, iter(sampler), train_ds, valid_ds)
+        return self._loop(step, consumed, self._batches(len(train_ds), consumed), train_ds, valid_ds)
+
+    def _batches(self, total_samples: int, consumed: int):
+        """This rank's micro-batches' sample indices from data position `consumed` on."""
+        return iter(PretrainingSampler(total_samples=total_samples, consumed_samples=consumed,
+                                       micro_batch_size=self.run.batch.micro_batch_size,
+                                       data_parallel_rank=self.data_rank,
+                                       data_parallel_size=self.layout.data))
 
     def _micro_batch(self, step: int, micro: int, batches, train_ds) -> tuple[torch.Tensor, list[int],
                                                                                 torch.Tensor, float, bool]:
@@ -245,17 +249,49 @@ class _Trainer:
         for micro in range(accumulation):
             loss, indices, local, total_loss, stop_now = self._micro_batch(step, micro, batches, train_ds)
             stop_requested = stop_requested or stop_now
+            last = micro == accumulation - 1
             if math.isfinite(total_loss):
                 loss_sum += total_loss / self.world
                 finite_micro += 1
-                spike = micro == accumulation - 1 and self._is_spike(step, loss_sum / finite_micro)
-                self.engine.micro_step(loss, 0.0 if spike else lr)  # a spike (spike.policy: skip): LR 0
+                spike = last and self._is_spike(step, loss_sum / finite_micro)
+                self.engine.micro_step(loss, lr, update=not spike)  # a spike (spike.policy: skip): dropped
             else:
                 self._report_nonfinite(step, micro, indices, local.item())
-                last = micro == accumulation - 1
-                skip = last and (finite_micro == 0 or self._is_spike(step, loss_sum / finite_micro))
-                self.engine.micro_step(None, 0.0 if skip else lr)  # none finite, or a spike: LR 0
+                spike = last and finite_micro > 0 and self._is_spike(step, loss_sum / finite_micro)
+                none_finite = last and finite_micro == 0  # then LR 0: parameters unchanged
+                self.engine.micro_step(None, 0.0 if none_finite else lr, update=not spike)
         return loss_sum, finite_micro, stop_requested
+
+    def _skip_rewound(self, step: int, accumulation: int, lr: float, batches, train_ds
+                      ) -> tuple[float, int, bool]:
+        """A step inside a range skipped by a rewind: its batches are passed over unread, the
+        engine is not called (no update; the learning rate schedule moves on with the step)."""
+        for _ in range(accumulation):
+            next(batches)
+        batch = self.run.batch.global_batch_size
+        self.spike_skip = {"step": step + 1, "samples": [step * batch, (step + 1) * batch], "z": None}
+        return 0.0, 0, False
+
+    def _rewind(self) -> tuple[int, int]:
+        """spike.policy rewind, after step `self.rewind_at` spiked (its update dropped): record the
+        `spike.rewind_steps` batches ending with it as skipped, load the newest checkpoint before
+        them and return its (step, consumed samples). Every rank calls this."""
+        spike_step, self.rewind_at = self.rewind_at, None
+        batch = self.run.batch.global_batch_size
+        first = max(1, spike_step - self.run.spike.rewind_steps + 1)
+        record = {"spike_step": spike_step, "steps": [first, spike_step],
+                  "samples": [(first - 1) * batch, spike_step * batch]}
+        rewound = [*self.spikes.rewound, record]
+        point = self.checkpoints.rewind_point(first - 1)
+        self.logger.print(f"[megatiny] step {spike_step}: loss spike, rewinding to {point.tag_dir}; steps "
+                          f"{first}..{spike_step} (samples {record['samples'][0]}.."
+                          f"{record['samples'][1] - 1}) will be skipped")
+        self.logger.record(spike_step, {"spike_rewind": record})
+        state = self.checkpoints.load(self.engine.deepspeed_engine, point)
+        self.spikes.load_state_dict(state.spike)
+        self.spikes.rewound = rewound  # the checkpoint predates this rewind (and maybe others)
+        self.skipped_steps = state.skipped_steps
+        return state.step, state.consumed_samples
 
     def _pipeline_step(self, step: int, accumulation: int, lr: float, batches, train_ds
                        ) -> tuple[float, int, bool]:
@@ -285,11 +321,17 @@ class _Trainer:
             started = time.perf_counter()
             self.callbacks.step_started(step, self.rank)
             lr = learning_rate(step, run.optimizer, run.schedule)
-            take_step = self._pipeline_step if self.engine.pipelined else self._accumulate
+            rewound = self.spikes is not None and self.spikes.rewound_range(step + 1) is not None
+            take_step = self._skip_rewound if rewound else \
+                self._pipeline_step if self.engine.pipelined else self._accumulate
             loss_sum, finite_micro, stop_requested = take_step(step, accumulation, lr, batches, train_ds)
+            if self.rewind_at is not None:  # spike.policy rewind: back to a checkpoint before it
+                step, consumed = self._rewind()
+                batches = self._batches(len(train_ds), consumed)
+                continue
             consumed += run.batch.global_batch_size
             step += 1
-            if finite_micro == 0:
+            if finite_micro == 0 and not rewound:
                 self.skipped_steps += 1
             elapsed = time.perf_counter() - started
             interval_time += elapsed
@@ -371,19 +413,27 @@ class _Trainer:
         return loss
 
     def _is_spike(self, step: int, loss: float) -> bool:
-        """spike.policy skip: whether step `step` (0-based)'s loss, the same number on every rank,
-        is a spike; if so it is recorded with its global sample positions."""
+        """spike.policy skip or rewind: whether step `step` (0-based)'s loss, the same number on
+        every rank, is a spike; if so it is recorded with its global sample positions (skip) or
+        marked for a rewind (`rewind_at`)."""
         self.spike_skip = None
         if self.spikes is None:
             return False
         verdict = self.spikes.judge_loss(loss)
-        if verdict.spike:
+        # The ranks judged the same all-reduced loss; one more all-reduce makes sure they agree
+        # (a ZeRO step that some ranks drop and others take would hang or diverge).
+        if process_group.all_reduce_sum([float(verdict.spike)], self.dist.device)[0] > 0:
+            if self.run.spike.policy == "rewind":
+                self.rewind_at = step + 1
+                return True
             batch = self.run.batch.global_batch_size
             self.spike_skip = self.spikes.skip(step + 1, (step * batch, (step + 1) * batch), loss, verdict.z)
-            self.logger.print(f"[megatiny] step {step + 1}: loss {loss:.4f} is a spike (z {verdict.z:.1f} > "
+            z = "?" if verdict.z is None else f"{verdict.z:.1f}"
+            self.logger.print(f"[megatiny] step {step + 1}: loss {loss:.4f} is a spike (z {z} > "
                               f"{self.spikes.loss_z}): update skipped on every rank, samples "
                               f"{step * batch}..{(step + 1) * batch - 1}")
-        return verdict.spike
+            return True
+        return False
 
     def _spike_metrics(self, step: int, loss: float, grad_norm: float | None) -> dict:
         """The step's spike fields for the metrics (none without a spike policy)."""

@@ -9,6 +9,10 @@ DeepSpeed computes the gradient norm inside its optimizer step, so a gradient-no
 (`grad_norm_z`) cannot stop its own update: it is recorded, and kept out of the window so that it
 does not widen what counts as normal. Skipped steps never enter the window either.
 
+With `spike.policy: rewind` the loop instead goes back to an earlier checkpoint and replays with
+the spiking batches skipped; the ranges it skips (`rewound`) are kept across the reload and travel
+in every later checkpoint, so a resumed run skips them too.
+
 The window and the records travel in the checkpoint (`TrainState.spike`), so a resumed run makes
 the same decisions as an uninterrupted one.
 """
@@ -46,6 +50,7 @@ class SpikeDetector:
         self.grad_norms: deque[float] = deque(maxlen=window)
         self.skipped: list[dict[str, Any]] = []
         self.flagged: list[dict[str, Any]] = []
+        self.rewound: list[dict[str, Any]] = []
 
     def judge_loss(self, loss: float) -> SpikeVerdict:
         """Before the update: is this step's loss a spike?"""
@@ -59,6 +64,10 @@ class SpikeDetector:
         record = {"step": step, "samples": list(samples), "loss": loss, "z": z}
         self.skipped.append(record)
         return record
+
+    def rewound_range(self, step: int) -> dict[str, Any] | None:
+        """The rewind record whose skipped steps (1-based, inclusive) contain `step`, if any."""
+        return next((r for r in self.rewound if r["steps"][0] <= step <= r["steps"][1]), None)
 
     def record(self, step: int, loss: float, grad_norm: float | None) -> float | None:
         """After a normal update: add it to the window, unless its gradient norm is a spike
@@ -77,7 +86,7 @@ class SpikeDetector:
 
     def state_dict(self) -> dict[str, Any]:
         return {"losses": list(self.losses), "grad_norms": list(self.grad_norms),
-                "skipped": list(self.skipped), "flagged": list(self.flagged)}
+                "skipped": list(self.skipped), "flagged": list(self.flagged), "rewound": list(self.rewound)}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         state = state or {}
@@ -85,3 +94,4 @@ class SpikeDetector:
         self.grad_norms = deque(state.get("grad_norms", []), maxlen=self.window)
         self.skipped = list(state.get("skipped", []))
         self.flagged = list(state.get("flagged", []))
+        self.rewound = list(state.get("rewound", []))

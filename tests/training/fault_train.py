@@ -1,8 +1,8 @@
 """`tools/train.py` with faults injected, for the crash and NaN tests (launched like tools/train.py):
 
-    python tests/training/fault_train.py --config RUN.yaml [--nan-at-step N] [--sigterm-at-step N]
-        [--kill-rank1-at-save N] [--kill-at-step N] [--stop-at-step N] [--crash-at-step N]
-        [--poison-at-step N] [--fault-rank R] [--once FILE] [key=value ...]
+    python tests/training/fault_train.py --config RUN.yaml [--config RUN2.yaml ...] [--nan-at-step N]
+        [--sigterm-at-step N] [--kill-rank1-at-save N] [--kill-at-step N] [--stop-at-step N]
+        [--crash-at-step N] [--poison-at-step N] [--fault-rank R] [--once FILE] [key=value ...]
 
 Steps are 1-based, as logged: `--nan-at-step 2` makes every rank's losses of step 2 NaN,
 `--sigterm-at-step 3` has rank 0 send itself SIGTERM during step 3, `--kill-rank1-at-save 16` has
@@ -10,7 +10,8 @@ rank 1 SIGKILL itself after writing its files of the step-16 checkpoint, before 
 For the supervisor: `--kill-at-step 7` has rank `--fault-rank` (default 1) SIGKILL itself at the
 start of step 7, `--stop-at-step 7` SIGSTOP itself (a hang), `--crash-at-step 2` exit with status 3;
 with `--once FILE` each of these fires only while FILE does not exist (it is created first), so
-the relaunched command runs clean. `--poison-at-step 3` multiplies every rank's losses of step 3
+the relaunched command runs clean. Several `--config`s are trained one after the other in the same
+processes (one launch for several runs). `--poison-at-step 3` multiplies every rank's losses of step 3
 by 1000 as the ranks compare them (a loss spike).
 """
 from __future__ import annotations
@@ -69,7 +70,7 @@ class Faults(TrainCallbacks):
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--config", required=True)
+    parser.add_argument("--config", required=True, action="append")
     parser.add_argument("--local_rank", type=int, default=None)  # deepspeed launcher
     parser.add_argument("--nan-at-step", type=int)
     parser.add_argument("--sigterm-at-step", type=int)
@@ -82,9 +83,12 @@ def main() -> int:
     parser.add_argument("--once", default=None)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    run = load_config(args.config, args.overrides)
     try:
-        train(run, Faults(args))
+        port = os.environ.get("MASTER_PORT")
+        for run, config in enumerate(args.config):
+            if run and port:  # a fresh rendezvous port for each run's process group
+                os.environ["MASTER_PORT"] = str(int(port) + run)
+            train(load_config(config, args.overrides), Faults(args))
     except NonFiniteLoss as e:  # as tools/train.py reports it
         print(f"error: {e}", file=sys.stderr)
         return 1
