@@ -289,24 +289,6 @@ def architecture_differences(found: ModelConfig, expected: ModelConfig) -> list[
             for f in dataclasses.fields(ModelConfig) if getattr(found, f.name) != getattr(expected, f.name)]
 
 
-def check_model_parallel_features(config: ModelConfig, layout: Any) -> None:
-    """ValueError for the architecture features not yet split by model parallelism, naming both.
-
-    `layout` has `tensor`, `pipeline` and `context` sizes (a `ParallelLayout`). Attention biases
-    are refused under tensor, pipeline and context parallelism (the split layers and the pipeline's
-    weight loader have no bias). A sliding window works under context parallelism (Ulysses attends
-    over the whole gathered sequence with the layer's window). RoPE scaling and kv_channels work
-    on every layout (the RoPE tables and projection sizes are computed by the one model code), and
-    data parallelism / ZeRO handles biases as ordinary parameters."""
-    sizes = {"parallel.tensor": layout.tensor, "parallel.pipeline": layout.pipeline,
-             "parallel.context": layout.context}
-    split = [f"{name} = {size}" for name, size in sizes.items() if size > 1]
-    for field in ("qkv_bias", "output_bias"):
-        if getattr(config, field) and split:
-            raise ValueError(f"ModelConfig.{field} (attention projection biases) is not supported with "
-                             f"{', '.join(split)} yet; train this model with data parallelism / ZeRO")
-
-
 # Llama 3.1 / 3.2's RoPE scaling (their config.json "rope_scaling").
 _LLAMA3_SCALING = RopeScaling(type="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
                               original_max_position_embeddings=8192)
