@@ -324,9 +324,10 @@ PRESETS: dict[str, ModelConfig] = {
                                 max_position_embeddings=131072, rope_theta=500000.0,
                                 rope_scaling=_LLAMA3_SCALING, tie_word_embeddings=True,
                                 bos_token_id=128000, eos_token_id=128001),
+    # (its published initializer_range is 1 / sqrt(576), not 0.02)
     "smollm2-135m": ModelConfig(vocab_size=49152, hidden_size=576, ffn_hidden_size=1536, num_layers=30,
                                 num_attention_heads=9, num_query_groups=3, max_position_embeddings=8192,
-                                rope_theta=100000.0, tie_word_embeddings=True,
+                                rope_theta=100000.0, tie_word_embeddings=True, init_std=0.041666666666666664,
                                 bos_token_id=0, eos_token_id=0),
     "smollm2-360m": ModelConfig(vocab_size=49152, hidden_size=960, ffn_hidden_size=2560, num_layers=32,
                                 num_attention_heads=15, num_query_groups=5, max_position_embeddings=8192,

@@ -1,6 +1,7 @@
 """Launched by tests/model/test_families_training.py: continued pretraining of each imported family
 model (`checkpoint.init_from` = a tiny random HF directory) with the trainer's own engines
-(`megatiny.training.engine.build_engine`, ZeRO-1, AdamW, gradient clipping, fp32) on fixed batches.
+(`megatiny.training.engine.build_engine`, ZeRO-1, one case ZeRO-3, AdamW, gradient clipping, fp32)
+on fixed batches.
 
 With one rank (`--reference`): every family on one rank for STEPS steps, saving at steps 2 and 4.
 With two ranks: each family on the layouts of `CASES`, saving at steps 2 and 4, then the resumes
@@ -32,11 +33,16 @@ GLOBAL_BATCH, SEQ, STEPS, LR, CLIP = 4, 32, 4, 2e-3, 0.5
 SAVE_AT = (2, 4)
 PIPELINE_MICRO_BATCHES = 2
 LAYOUTS = {"one": {}, "tp2": {"tensor": 2}, "tp2-sp": {"tensor": 2, "sequence_parallel": True},
-           "cp2": {"context": 2}, "pp2": {"pipeline": 2}}
+           "cp2": {"context": 2}, "pp2": {"pipeline": 2}, "tp2-zero3": {"tensor": 2}}
+
+
+def zero_stage(layout: str) -> int:
+    """ZeRO-1, or 3 for the layouts named so (sharded biases partitioned by ZeRO-3 too)."""
+    return 3 if layout.endswith("zero3") else 1
 # family -> its two-rank layouts. Pipelines refuse tied embeddings, so the tied families run PP2
 # as their untied variant (the same config with tie_word_embeddings false).
 CASES = {"llama3.2": ("tp2", "tp2-sp", "cp2"), "smollm2": ("tp2", "tp2-sp", "cp2"),
-         "qwen2.5": ("tp2", "tp2-sp", "cp2"), "mistral": ("tp2", "tp2-sp", "cp2", "pp2"),
+         "qwen2.5": ("tp2", "tp2-sp", "cp2", "tp2-zero3"), "mistral": ("tp2", "tp2-sp", "cp2", "pp2"),
          "llama3.2-untied": ("pp2",), "qwen2.5-untied": ("pp2",)}
 # (family, layout that wrote the step-2 checkpoint, layout that continues it)
 RESUMES = (("llama3.2", "tp2", "cp2"), ("smollm2", "cp2", "tp2-sp"), ("qwen2.5", "tp2-sp", "cp2"),
@@ -73,11 +79,12 @@ def train(hf_dir: Path, layout: str, out: Path, first_step: int = 0, resume_tag:
     SAVE_AT into `out`, exports the last checkpoint to out/hf (rank 0)."""
     world, rank = dist.get_world_size(), dist.get_rank()
     run = run_config(hf_dir, layout, out)
-    plan = run.plan(run.parallel.layout(world), {"zero_optimization": {"stage": 1}})
+    stage = zero_stage(layout)
+    plan = run.plan(run.parallel.layout(world), {"zero_optimization": {"stage": stage}})
     config = run.model_config()
     manager = CheckpointManager(out, rank=rank, world_size=world, parallel=plan.layout, verify="sizes",
                                 log=lambda text: None)
-    point = manager.find_resume(str(resume_tag), config, zero_stage=1) if resume_tag is not None else None
+    point = manager.find_resume(str(resume_tag), config, zero_stage=stage) if resume_tag is not None else None
     engine = build_engine(run, plan, torch.device("cpu"), checkpoints=manager, resume=point)
     if point is not None:
         manager.load(engine.deepspeed_engine, point)
@@ -98,7 +105,7 @@ def train(hf_dir: Path, layout: str, out: Path, first_step: int = 0, resume_tag:
         norms.append(engine.grad_norm())
         if step + 1 in SAVE_AT:
             state = TrainState(step=step + 1, consumed_samples=(step + 1) * GLOBAL_BATCH,
-                               world=WorldLayout.of_run(plan.layout, 1, "fp32"))
+                               world=WorldLayout.of_run(plan.layout, stage, "fp32"))
             manager.save(engine.deepspeed_engine, config, state)
     engine.deepspeed_engine.destroy()
     if rank == 0:
