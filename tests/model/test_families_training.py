@@ -27,15 +27,17 @@ TOLERANCE = 1e-5
 EXPORT_TOLERANCE, UPDATE_TOLERANCE = 1e-3, 2e-2
 WORKER = "tests/model/families_training_worker.py"
 BASE = {"llama3.2": "llama3.2", "smollm2": "smollm2", "qwen2.5": "qwen2.5", "mistral": "mistral",
-        "llama3.2-untied": "llama3.2", "qwen2.5-untied": "qwen2.5"}
+        "llama3.2-untied": "llama3.2", "qwen2.5-untied": "qwen2.5", "llama-bias": "smollm2"}
 
 
 def hf_config(family: str) -> dict:
     """The family's config dict of tests/checkpoint/test_hf_families.py, 2 layers (untied variants:
-    tie_word_embeddings false)."""
+    tie_word_embeddings false; llama-bias: SmolLM2's, untied, with Llama's attention_bias)."""
     values = {**FAMILIES[BASE[family]], "num_hidden_layers": 2}
-    if family.endswith("-untied"):
+    if family.endswith("-untied") or family == "llama-bias":
         values["tie_word_embeddings"] = False
+    if family == "llama-bias":  # biases on q, k, v and o
+        values["attention_bias"] = True
     return values
 
 
@@ -85,6 +87,7 @@ def test_families_are_what_they_claim_and_the_reference_trains_with_clipping(run
     configs = {family: config_from_hf(hf_config(family)) for family in CASES}
     assert configs["llama3.2"].rope_scaling.type == "llama3" and configs["llama3.2"].kv_channels == 32
     assert configs["qwen2.5"].qkv_bias and configs["qwen2.5-untied"].qkv_bias
+    assert configs["llama-bias"].qkv_bias and configs["llama-bias"].output_bias
     assert configs["mistral"].sliding_window == 8
     assert all(configs[f].tie_word_embeddings for f in ("llama3.2", "smollm2", "qwen2.5"))
     for family in CASES:
@@ -130,7 +133,7 @@ def test_export_equals_the_one_rank_runs_export(runs, case):
     assert json.loads((ours / "config.json").read_text()) == json.loads((theirs / "config.json").read_text())
     mine, want, initial = (read_safetensors_dir(d) for d in (ours, theirs, hf_root / family))
     assert sorted(mine) == sorted(want) == sorted(initial)
-    if BASE[family] == "qwen2.5":
+    if BASE[family] == "qwen2.5" or family == "llama-bias":
         assert any(k.endswith("q_proj.bias") for k in mine)
     differences = {k: (mine[k] - want[k]).abs().max().item() for k in want}
     of_tensor = max((differences[k] / want[k].abs().max().item(), k) for k in want)
