@@ -3,10 +3,10 @@ model (`checkpoint.init_from` = a tiny random HF directory) with the trainer's o
 (`megatiny.training.engine.build_engine`, ZeRO-1, one case ZeRO-3, AdamW, gradient clipping, fp32)
 on fixed batches.
 
-With one rank (`--reference`): every family on one rank for STEPS steps, saving at steps 2 and 4.
-With two ranks: each family on the layouts of `CASES`, saving at steps 2 and 4, then the resumes
-of `RESUMES` (a step-2 checkpoint of one layout, the one-rank run's included, continued on another
-layout for steps 3 and 4). Every run's step-4 checkpoint is exported to Hugging Face (fp32) by
+With one rank (`--reference`): every family on one rank for STEPS steps. With two ranks: each
+family on the layouts of `CASES`, then the resumes of `RESUMES` (a step-2 checkpoint of one
+layout, the one-rank run's included, continued on another layout for steps 3 and 4; the runs they
+continue save at step 2 too). Every run's step-4 checkpoint is exported to Hugging Face (fp32) by
 `megatiny.checkpoint.export_hf` into OUT_DIR/<family>/<run>/hf. Every rank writes
 OUT_DIR/runs-rank<R>.json: run name -> the global losses and DeepSpeed's gradient norms.
 """
@@ -74,10 +74,10 @@ def run_config(hf_dir: Path, layout: str, save_dir: Path) -> RunConfig:
         "parallel": LAYOUTS[layout], "seed": 0, "nan_policy": "stop" if pipelined else "skip"})
 
 
-def train(hf_dir: Path, layout: str, out: Path, first_step: int = 0, resume_tag: Path | None = None
-          ) -> dict[str, list[float]]:
-    """Steps first_step .. STEPS-1 on `layout` from the HF weights, or from `resume_tag`; saves at
-    SAVE_AT into `out`, exports the last checkpoint to out/hf (rank 0)."""
+def train(hf_dir: Path, layout: str, out: Path, first_step: int = 0, resume_tag: Path | None = None,
+          save_at: tuple[int, ...] = (STEPS,)) -> dict[str, list[float]]:
+    """Steps first_step .. STEPS-1 on `layout` from the HF weights, or from `resume_tag`; saves
+    after the steps `save_at` into `out`, exports the last checkpoint to out/hf (rank 0)."""
     world, rank = dist.get_world_size(), dist.get_rank()
     run = run_config(hf_dir, layout, out)
     stage = zero_stage(layout)
@@ -104,7 +104,7 @@ def train(hf_dir: Path, layout: str, out: Path, first_step: int = 0, resume_tag:
             loss = total.item() / world
         losses.append(loss)
         norms.append(engine.grad_norm())
-        if step + 1 in SAVE_AT:
+        if step + 1 in save_at:
             state = TrainState(step=step + 1, consumed_samples=(step + 1) * GLOBAL_BATCH,
                                world=WorldLayout.of_run(plan.layout, stage, "fp32"))
             manager.save(engine.deepspeed_engine, config, state)
@@ -126,10 +126,12 @@ def main() -> None:
     skip_inference_shm_allreduce()
     deepspeed.init_distributed(dist_backend="gloo")
     results = {}
+    sources = {(family, source) for family, source, _ in RESUMES}
     for family, layouts in CASES.items():
         for layout in ("one",) if args.reference else layouts:
+            save_at = SAVE_AT if (family, layout) in sources else SAVE_AT[-1:]
             results[f"{family}/{layout}"] = train(args.hf_root / family, layout,
-                                                  args.out_dir / family / layout)
+                                                  args.out_dir / family / layout, save_at=save_at)
     for family, source, layout in () if args.reference else RESUMES:
         root = args.reference_dir if source == "one" else args.out_dir
         tag = root / family / source / tag_for_step(SAVE_AT[0])
