@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from megatiny.model.config import ModelConfig
+from megatiny.model.pipeline import TIED_PREFIX
 from megatiny.parallel.tensor_parallel import shard
 
 if TYPE_CHECKING:
@@ -56,7 +57,10 @@ def shard_state_dict(full: dict[str, torch.Tensor], tensor_rank: int, tensor_siz
 
 
 def pipeline_hf_name(pipeline_name: str, num_layers: int) -> str:
-    """The Hugging Face name of a pipeline state_dict key ("<layer index>.<name>")."""
+    """The Hugging Face name of a pipeline state_dict key ("<layer index>.<name>", or the tied
+    embedding's TIED_PREFIX + its name, on the first and the last stage)."""
+    if pipeline_name.startswith(TIED_PREFIX):
+        return f"model.{pipeline_name[len(TIED_PREFIX):]}"
     match = re.fullmatch(r"(\d+)\.(.+)", pipeline_name)
     if match is None:
         raise ValueError(f"not a pipeline parameter name: {pipeline_name!r}")

@@ -39,15 +39,13 @@ LAYOUTS = {"one": {}, "tp2": {"tensor": 2}, "tp2-sp": {"tensor": 2, "sequence_pa
 def zero_stage(layout: str) -> int:
     """ZeRO-1, or 3 for the layouts named so (sharded biases partitioned by ZeRO-3 too)."""
     return 3 if layout.endswith("zero3") else 1
-# family -> its two-rank layouts. Pipelines refuse tied embeddings, so the tied families run PP2
-# as their untied variant (the same config with tie_word_embeddings false). llama-bias: Llama's
-# attention_bias (q/k/v/o), untied.
-CASES = {"llama3.2": ("tp2", "tp2-sp", "cp2"), "smollm2": ("tp2", "tp2-sp", "cp2"),
-         "qwen2.5": ("tp2", "tp2-sp", "cp2", "tp2-zero3"), "mistral": ("tp2", "tp2-sp", "cp2", "pp2"),
-         "llama3.2-untied": ("pp2",), "qwen2.5-untied": ("pp2",), "llama-bias": ("tp2-sp", "pp2")}
+# family -> its two-rank layouts (llama-bias: Llama's attention_bias on q/k/v/o, untied)
+CASES = {"llama3.2": ("tp2", "tp2-sp", "cp2", "pp2"), "smollm2": ("tp2", "tp2-sp", "cp2", "pp2"),
+         "qwen2.5": ("tp2", "tp2-sp", "cp2", "pp2", "tp2-zero3"), "mistral": ("tp2", "tp2-sp", "cp2", "pp2"),
+         "llama-bias": ("tp2-sp", "pp2")}
 # (family, layout that wrote the step-2 checkpoint, layout that continues it)
 RESUMES = (("llama3.2", "tp2", "cp2"), ("smollm2", "cp2", "tp2-sp"), ("qwen2.5", "tp2-sp", "cp2"),
-           ("qwen2.5", "one", "tp2"), ("qwen2.5-untied", "pp2", "tp2"), ("mistral", "one", "pp2"))
+           ("qwen2.5", "one", "tp2"), ("qwen2.5", "pp2", "tp2"), ("llama3.2", "one", "pp2"))
 
 
 def run_name(layout: str, resumed_from: str | None = None) -> str:

@@ -3,10 +3,10 @@ one-rank run: Llama 3.2 (llama3 RoPE scaling, tied, explicit head_dim), SmolLM2,
 biases) and Mistral (a window of 8 in sequences of 32), each a tiny random model built by
 transformers from its family's config dict with the symmetry broken (non-zero biases, norms
 1 + noise, q/k scaled up), trained from `checkpoint.init_from` by the trainer's engines under TP2,
-TP2+SP, CP2 and PP2 (ZeRO-1; pipelines refuse tied embeddings, so PP2 trains the untied variants
-and Mistral). Losses and gradient norms of 4 steps, step-2 checkpoints resumed on another layout,
-and the Hugging Face export of step 4, against the one-rank run (one 1-rank and one 2-rank launch
-of families_training_worker.py)."""
+TP2+SP, CP2 and PP2 (ZeRO-1; Qwen2.5 TP2 also ZeRO-3), and Llama's attention_bias (q/k/v/o)
+under TP2+SP and PP2. Losses and gradient norms of 4 steps, step-2 checkpoints resumed on another
+layout, and the Hugging Face export of step 4, against the one-rank run (one 1-rank and one
+2-rank launch of families_training_worker.py)."""
 import json
 
 import pytest
@@ -27,17 +27,15 @@ TOLERANCE = 1e-5
 EXPORT_TOLERANCE, UPDATE_TOLERANCE = 1e-3, 2e-2
 WORKER = "tests/model/families_training_worker.py"
 BASE = {"llama3.2": "llama3.2", "smollm2": "smollm2", "qwen2.5": "qwen2.5", "mistral": "mistral",
-        "llama3.2-untied": "llama3.2", "qwen2.5-untied": "qwen2.5", "llama-bias": "smollm2"}
+        "llama-bias": "smollm2"}
 
 
 def hf_config(family: str) -> dict:
-    """The family's config dict of tests/checkpoint/test_hf_families.py, 2 layers (untied variants:
-    tie_word_embeddings false; llama-bias: SmolLM2's, untied, with Llama's attention_bias)."""
+    """The family's config dict of tests/checkpoint/test_hf_families.py, 2 layers (llama-bias:
+    SmolLM2's, untied, with Llama's attention_bias: biases on q, k, v and o)."""
     values = {**FAMILIES[BASE[family]], "num_hidden_layers": 2}
-    if family.endswith("-untied") or family == "llama-bias":
-        values["tie_word_embeddings"] = False
-    if family == "llama-bias":  # biases on q, k, v and o
-        values["attention_bias"] = True
+    if family == "llama-bias":
+        values.update(tie_word_embeddings=False, attention_bias=True)
     return values
 
 
@@ -86,7 +84,7 @@ def test_families_are_what_they_claim_and_the_reference_trains_with_clipping(run
     one = runs[0]
     configs = {family: config_from_hf(hf_config(family)) for family in CASES}
     assert configs["llama3.2"].rope_scaling.type == "llama3" and configs["llama3.2"].kv_channels == 32
-    assert configs["qwen2.5"].qkv_bias and configs["qwen2.5-untied"].qkv_bias
+    assert configs["qwen2.5"].qkv_bias
     assert configs["llama-bias"].qkv_bias and configs["llama-bias"].output_bias
     assert configs["mistral"].sliding_window == 8
     assert all(configs[f].tie_word_embeddings for f in ("llama3.2", "smollm2", "qwen2.5"))
@@ -133,7 +131,7 @@ def test_export_equals_the_one_rank_runs_export(runs, case):
     assert json.loads((ours / "config.json").read_text()) == json.loads((theirs / "config.json").read_text())
     mine, want, initial = (read_safetensors_dir(d) for d in (ours, theirs, hf_root / family))
     assert sorted(mine) == sorted(want) == sorted(initial)
-    if BASE[family] == "qwen2.5" or family == "llama-bias":
+    if family in ("qwen2.5", "llama-bias"):
         assert any(k.endswith("q_proj.bias") for k in mine)
     differences = {k: (mine[k] - want[k]).abs().max().item() for k in want}
     of_tensor = max((differences[k] / want[k].abs().max().item(), k) for k in want)

@@ -4,13 +4,11 @@ process, before any process group or engine), naming the field."""
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 import torch
 import transformers
 
-from megatiny.cli.train import main
 from megatiny.training.config import RunConfig
 
 QWEN2 = dict(model_type="qwen2", vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
@@ -79,19 +77,12 @@ def test_unsupported_architectures_are_refused_at_config_load(tmp_path, changes,
 
 
 @pytest.mark.parametrize("parallel", [{"tensor": 2}, {"tensor": 2, "sequence_parallel": True},
-                                      {"context": 2}])
-def test_attention_biases_are_accepted_on_model_parallel_layouts(hf_dir, parallel):
+                                      {"context": 2}, {"pipeline": 2}])
+def test_attention_biases_and_tied_embeddings_are_accepted_on_model_parallel_layouts(hf_dir, parallel):
     """(Trained and compared with one rank in tests/model/test_families_training.py.)"""
-    run = RunConfig.from_dict({"checkpoint": {"init_from": str(hf_dir)}, "parallel": parallel})
+    run = RunConfig.from_dict({"checkpoint": {"init_from": str(hf_dir)}, "parallel": parallel,
+                               "nan_policy": "stop"})
     assert run.model_config().qkv_bias
-
-
-def test_tied_embeddings_stay_refused_with_pipelines_before_any_process_group(hf_dir, capsys):
-    status = main(["--dry-run", f"checkpoint.init_from={hf_dir}", "data.data_path=/nonexistent/x",
-                   "parallel.pipeline=2", "nan_policy=stop", "--world-size", "2"])
-    out, err = capsys.readouterr()
-    assert status != 0 and re.search(r"ModelConfig.tie_word_embeddings is not supported with "
-                                     r"parallel.pipeline > 1", out + err), out + err
 
 
 def test_sliding_window_is_accepted_with_tensor_and_context_parallelism():
