@@ -1,10 +1,11 @@
 """How full (Hugging Face named) weights map onto the shards of a model-parallel run.
 
 - tensor parallelism: `partition_dim(name)` is the dimension a full weight is split along over
-  the tensor-parallel ranks (rows of q/k/v, gate/up, the embedding and the LM head; columns of o
-  and down; None for the replicated norms), the model's parallel layers being
-  `megatiny.model.transformer`'s; `shard_state_dict` takes one rank's part of full weights
-  (`megatiny.checkpoint.model_parallel` concatenates a checkpoint's shards back).
+  the tensor-parallel ranks (rows of q/k/v and entries of their biases, gate/up, the embedding
+  and the LM head; columns of o and down; None for the replicated norms and o's bias), the
+  model's parallel layers being `megatiny.model.transformer`'s; `shard_state_dict` takes one
+  rank's part of full weights (`megatiny.checkpoint.model_parallel` concatenates a checkpoint's
+  shards back).
 - pipeline parallelism: a stage's state_dict keys are "<layer index>.<name>"
   (`megatiny.model.pipeline`); `pipeline_hf_name` turns one into its Hugging Face name and
   `load_full_state_dict` copies a stage's (and tensor rank's) part of full weights into it.
@@ -18,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from megatiny.model.config import ModelConfig
+from megatiny.model.pipeline import TIED_PREFIX
 from megatiny.parallel.tensor_parallel import shard
 
 if TYPE_CHECKING:
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
 # Which dimension of each full weight is split over the tensor-parallel ranks (None = replicated),
 # by the last two parts of its Hugging Face name.
 _COLUMN = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "gate_proj.weight", "up_proj.weight",
-           "embed_tokens.weight", "lm_head.weight")
+           "embed_tokens.weight", "lm_head.weight", "q_proj.bias", "k_proj.bias", "v_proj.bias")
 _ROW = ("o_proj.weight", "down_proj.weight")
 
 
@@ -45,7 +47,8 @@ def shard_state_dict(full: dict[str, torch.Tensor], tensor_rank: int, tensor_siz
 
     q/k/v are split contiguously along their output rows, which are head-major, so rank r gets
     query heads [r*H/T, (r+1)*H/T) and kv groups [r*G/T, (r+1)*G/T): exactly the groups those
-    query heads attend with (head i uses group i // (H/G)), as long as T divides G."""
+    query heads attend with (head i uses group i // (H/G)), as long as T divides G. Their biases
+    split the same way (entry j belongs to output row j); o_proj's bias is whole on every rank."""
     out = {}
     for name, tensor in full.items():
         dim = partition_dim(name)
@@ -54,7 +57,10 @@ def shard_state_dict(full: dict[str, torch.Tensor], tensor_rank: int, tensor_siz
 
 
 def pipeline_hf_name(pipeline_name: str, num_layers: int) -> str:
-    """The Hugging Face name of a pipeline state_dict key ("<layer index>.<name>")."""
+    """The Hugging Face name of a pipeline state_dict key ("<layer index>.<name>", or the tied
+    embedding's TIED_PREFIX + its name, on the first and the last stage)."""
+    if pipeline_name.startswith(TIED_PREFIX):
+        return f"model.{pipeline_name[len(TIED_PREFIX):]}"
     match = re.fullmatch(r"(\d+)\.(.+)", pipeline_name)
     if match is None:
         raise ValueError(f"not a pipeline parameter name: {pipeline_name!r}")

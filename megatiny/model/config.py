@@ -293,24 +293,6 @@ def architecture_differences(found: ModelConfig, expected: ModelConfig) -> list[
             for f in dataclasses.fields(ModelConfig) if getattr(found, f.name) != getattr(expected, f.name)]
 
 
-def check_model_parallel_features(config: ModelConfig, layout: Any) -> None:
-    """ValueError for the architecture features not yet split by model parallelism, naming both.
-
-    `layout` has `tensor`, `pipeline` and `context` sizes (a `ParallelLayout`). Attention biases
-    are refused under tensor, pipeline and context parallelism (the split layers and the pipeline's
-    weight loader have no bias). A sliding window works under context parallelism (Ulysses attends
-    over the whole gathered sequence with the layer's window). RoPE scaling and kv_channels work
-    on every layout (the RoPE tables and projection sizes are computed by the one model code), and
-    data parallelism / ZeRO handles biases as ordinary parameters."""
-    sizes = {"parallel.tensor": layout.tensor, "parallel.pipeline": layout.pipeline,
-             "parallel.context": layout.context}
-    split = [f"{name} = {size}" for name, size in sizes.items() if size > 1]
-    for field in ("qkv_bias", "output_bias"):
-        if getattr(config, field) and split:
-            raise ValueError(f"ModelConfig.{field} (attention projection biases) is not supported with "
-                             f"{', '.join(split)} yet; train this model with data parallelism / ZeRO")
-
-
 # Llama 3.1 / 3.2's RoPE scaling (their config.json "rope_scaling").
 _LLAMA3_SCALING = RopeScaling(type="llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,
                               original_max_position_embeddings=8192)
@@ -346,9 +328,10 @@ PRESETS: dict[str, ModelConfig] = {
                                 max_position_embeddings=131072, rope_theta=500000.0,
                                 rope_scaling=_LLAMA3_SCALING, tie_word_embeddings=True,
                                 bos_token_id=128000, eos_token_id=128001),
+    # (its published initializer_range is 1 / sqrt(576), not 0.02)
     "smollm2-135m": ModelConfig(vocab_size=49152, hidden_size=576, ffn_hidden_size=1536, num_layers=30,
                                 num_attention_heads=9, num_query_groups=3, max_position_embeddings=8192,
-                                rope_theta=100000.0, tie_word_embeddings=True,
+                                rope_theta=100000.0, tie_word_embeddings=True, init_std=0.041666666666666664,
                                 bos_token_id=0, eos_token_id=0),
     "smollm2-360m": ModelConfig(vocab_size=49152, hidden_size=960, ffn_hidden_size=2560, num_layers=32,
                                 num_attention_heads=15, num_query_groups=5, max_position_embeddings=8192,

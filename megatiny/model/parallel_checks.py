@@ -46,9 +46,7 @@ def check_pipeline_model(config: ModelConfig, layout: ParallelLayout) -> None:
     if layout.context > 1:
         raise ValueError(f"parallel.pipeline = {layout.pipeline} with parallel.context = "
                          f"{layout.context} is not supported; use one of them")
-    if config.tie_word_embeddings:
-        raise ValueError("ModelConfig.tie_word_embeddings is not supported with parallel.pipeline > 1 "
-                         "(the embedding and the head live on different stages)")
-    if config.num_layers + 2 < layout.pipeline:
+    layers = config.num_layers + (3 if config.tie_word_embeddings else 2)
+    if layers < layout.pipeline:
         raise ValueError(f"parallel.pipeline ({layout.pipeline}) exceeds the pipeline's layers "
-                         f"(ModelConfig.num_layers + 2 = {config.num_layers + 2})")
+                         f"(ModelConfig.num_layers + {layers - config.num_layers} = {layers})")

@@ -6,6 +6,14 @@ Layers, in order (global layer index in brackets; state_dict keys are "<index>.<
     [0]        EmbeddingPipe   embed_tokens                  Long[B, S] -> [B, S, h]
     [1 .. L]   BlockPipe       one transformer block         [B, S, h] -> [B, S, h]
     [L + 1]    FinalPipe       norm; lm_head (in the loss)   [B, S, h] -> normed [B, S, h]
+    [L + 2]    (tied only)     the embedding again           normed [B, S, h], passed on
+
+Tied embeddings (`tie_word_embeddings`): layers 0 and L + 2 are DeepSpeed `TiedLayerSpec`s of one
+EmbeddingPipe (key TIED_KEY): the first and the last stage each hold a copy, DeepSpeed broadcasts
+the first stage's at construction and sums the two copies' gradients after each backward (and
+counts the copy on the last stage once in the gradient norm: `ds_pipe_replicated`). The loss
+uses the last stage's copy as its LM head weight. Its state_dict key is
+"tied_modules.embed.embed_tokens.weight" on both stages (TIED_PREFIX + the embedding's name).
 
 The loss function given to DeepSpeed is the last stage's fused LM head + cross entropy, so no
 logits tensor is formed here either.
@@ -48,6 +56,8 @@ if TYPE_CHECKING:
     from megatiny.parallel.state import ParallelLayout, ParallelState
 
 BLOCK_CLASS = "BlockPipe"
+TIED_KEY = "embed"
+TIED_PREFIX = f"tied_modules.{TIED_KEY}."
 
 
 def check_pipeline(config: ModelConfig, state: ParallelState | ParallelLayout, zero_stage: int) -> None:
@@ -97,31 +107,37 @@ class BlockPipe(Block):
 
 
 class FinalPipe(nn.Module):
-    """Final norm; its LM head is applied by the pipeline's loss function."""
+    """Final norm; its LM head is applied by the pipeline's loss function (with tied embeddings
+    the head is the last stage's copy of the embedding, so this layer has none)."""
 
     def __init__(self, config: ModelConfig, parallel: ParallelState):
         super().__init__()
         sp_group = parallel.tensor_group if parallel.sequence_parallel else None
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, sp_group)
-        self.lm_head = LMHead(config, parallel)
+        self.lm_head = None if config.tie_word_embeddings else LMHead(config, parallel)
 
     def forward(self, x) -> torch.Tensor:
         return self.norm(x[0] if isinstance(x, tuple) else x)
+
+
+def _pass_on(embedding: nn.Module, hidden):
+    """The tied embedding's forward on the last stage: none (the loss uses its weight)."""
+    return hidden
 
 
 class PipelineLoss:
     """loss_fn(normed hidden, labels) -> the mean next-token loss, via the last stage's head."""
 
     def __init__(self):
-        self.final: FinalPipe | None = None
+        self.head: LMHead | None = None
 
     def __call__(self, hidden: torch.Tensor, labels) -> torch.Tensor:
         """labels Long[B, S], or (labels, loss_mask)."""
-        if self.final is None:
+        if self.head is None:
             raise RuntimeError("the pipeline loss runs on the last stage only")
         if isinstance(labels, tuple):
-            return self.final.lm_head(hidden, *labels)
-        return self.final.lm_head(hidden, labels)
+            return self.head(hidden, *labels)
+        return self.head(hidden, labels)
 
 
 def build_pipeline_model(config: ModelConfig, state: ParallelState, zero_stage: int,
@@ -129,14 +145,21 @@ def build_pipeline_model(config: ModelConfig, state: ParallelState, zero_stage: 
                          compile: bool = False):
     """The `deepspeed.pipe.PipelineModule` of this rank's stage (`attention_backend`, `compile`:
     ModelRuntime's; compile: each of the stage's blocks, see `megatiny.model.compile`)."""
-    from deepspeed.pipe import LayerSpec, PipelineModule
+    from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
     from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 
     check_pipeline(config, state, zero_stage)
     layout = state.layout
-    specs = ([LayerSpec(EmbeddingPipe, config, state)]
+    tied = config.tie_word_embeddings
+    weight = "embed_tokens.weight"
+    embedding = TiedLayerSpec(TIED_KEY, EmbeddingPipe, config, state, tied_weight_attr=weight) if tied \
+        else LayerSpec(EmbeddingPipe, config, state)
+    specs = ([embedding]
              + [LayerSpec(BlockPipe, config, i, state, attention_backend) for i in range(config.num_layers)]
              + [LayerSpec(FinalPipe, config, state)])
+    if tied:
+        specs.append(TiedLayerSpec(TIED_KEY, EmbeddingPipe, config, state, forward_fn=_pass_on,
+                                   tied_weight_attr=weight))
     loss = PipelineLoss()
     topology = PipeModelDataParallelTopology(num_pp=layout.pipeline, num_mp=layout.tensor,
                                              num_dp=layout.data)
@@ -147,5 +170,7 @@ def build_pipeline_model(config: ModelConfig, state: ParallelState, zero_stage: 
     if compile:
         compile_blocks(m for m in module.forward_funcs if isinstance(m, BlockPipe))
     finals = [m for m in module.forward_funcs if isinstance(m, FinalPipe)]
-    loss.final = finals[0] if finals else None
+    if finals:  # the last stage
+        loss.head = LMHead(config, state, tied_weight=module.tied_modules[TIED_KEY].embed_tokens.weight) \
+            if tied else finals[0].lm_head
     return module

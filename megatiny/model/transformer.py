@@ -43,7 +43,7 @@ from torch.utils.checkpoint import checkpoint
 
 from megatiny.model.attention import KVCache, causal_attention, check_installed, resolve_backend
 from megatiny.model.compile import compile_blocks
-from megatiny.model.config import ModelConfig, ModelRuntime, check_model_parallel_features
+from megatiny.model.config import ModelConfig, ModelRuntime
 from megatiny.model.kernels import apply_rotary, rms_norm, rope_cos_sin
 from megatiny.model.loss import linear_cross_entropy, vocab_parallel_linear_cross_entropy
 from megatiny.model.parallel_checks import check_context_parallel, check_tensor_parallel
@@ -73,11 +73,16 @@ class Embedding(nn.Embedding):
         nn.init.normal_(self.weight, mean=0.0, std=std)
 
 
-def linear_init(std: float) -> tp.InitMethod:
-    """Fills a full [out, in] weight with `Linear`'s draws: nn.Linear's kaiming-uniform reset,
-    then normal(0, std); the tensor-parallel layers keep their shard of it."""
+def linear_init(std: float, bias: bool = False) -> tp.InitMethod:
+    """Fills a full [out, in] weight with `Linear`'s draws: nn.Linear's kaiming-uniform reset
+    (and, with `bias`, its uniform draw of the bias, which `Linear` then zeroes: drawn here only to
+    keep the random stream the one-rank model's), then normal(0, std); the tensor-parallel layers
+    keep their shard of it."""
     def init(weight: torch.Tensor) -> torch.Tensor:
         nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+        if bias:
+            bound = 1.0 / math.sqrt(weight.shape[1])
+            nn.init.uniform_(torch.empty(weight.shape[0]), -bound, bound)
         return nn.init.normal_(weight, mean=0.0, std=std)
     return init
 
@@ -121,19 +126,16 @@ def _column_linear(in_features: int, out_features: int, std: float, parallel: Pa
                    bias: bool = False) -> nn.Module:
     if parallel.layout.tensor == 1:
         return Linear(in_features, out_features, std, bias)
-    if bias:
-        raise ValueError("attention projection biases are not supported with parallel.tensor > 1")
-    return tp.ColumnParallelLinear(in_features, out_features, linear_init(std), parallel.tensor_group)
+    return tp.ColumnParallelLinear(in_features, out_features, linear_init(std, bias), parallel.tensor_group,
+                                   bias)
 
 
 def _row_linear(in_features: int, out_features: int, std: float, parallel: ParallelState,
                 bias: bool = False) -> nn.Module:
     if parallel.layout.tensor == 1:
         return Linear(in_features, out_features, std, bias)
-    if bias:
-        raise ValueError("attention projection biases are not supported with parallel.tensor > 1")
-    return tp.RowParallelLinear(in_features, out_features, linear_init(std), parallel.tensor_group,
-                                parallel.sequence_parallel)
+    return tp.RowParallelLinear(in_features, out_features, linear_init(std, bias), parallel.tensor_group,
+                                parallel.sequence_parallel, bias)
 
 
 def _sequence_shard(x: torch.Tensor, parallel: ParallelState) -> tuple[torch.Tensor, ...]:
@@ -346,7 +348,6 @@ class GPT(nn.Module):
         runtime = runtime if runtime is not None else ModelRuntime()
         check_installed(runtime.attention_backend)  # fail at construction, not at the first forward
         parallel = parallel if parallel is not None else ParallelState.single_process()
-        check_model_parallel_features(config, parallel.layout)
         check_tensor_parallel(config, parallel.layout)  # (a run's config validation did too)
         check_context_parallel(config, parallel.layout)
         self.config = config

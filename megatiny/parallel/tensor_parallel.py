@@ -4,9 +4,11 @@ Over a tensor-parallel group of T ranks:
 
 - `ColumnParallelLinear` holds rows [r*out/T, (r+1)*out/T) of the full [out, in] weight (the
   model uses it for q/k/v, so each rank owns whole query heads and the kv groups they use, and
-  gate/up).
+  gate/up), and the same entries [r*out/T, ...) of its bias when it has one (Qwen2's q/k/v).
 - `RowParallelLinear` holds columns [r*in/T, ...) and sums the partial outputs of the ranks (o and
-  down). Between the two no communication is needed.
+  down). Between the two no communication is needed. Its bias (Llama's attention_bias on o) is
+  replicated and added once, after the sum (after the reduce-scatter under SP, to this rank's
+  sequence shard, so its gradient is all-reduced over the group like a norm weight's).
 - `VocabParallelEmbedding` holds rows [r*V/T, ...) of the vocabulary. (The vocabulary-parallel LM
   head and its loss are the model's: `megatiny.model.loss.vocab_parallel_linear_cross_entropy`.)
 
@@ -75,21 +77,25 @@ def mark_tensor_parallel(param: nn.Parameter, dim: int) -> None:
 
 
 class ColumnParallelLinear(nn.Module):
-    """y[..., out/T] = x[..., in] @ W_shard^T; the input must already be in the TP region.
+    """y[..., out/T] = x[..., in] @ W_shard^T (+ b_shard); the input must already be in the TP region.
 
     With sequence parallelism pass also `sequence_shard`, this rank's [B, S/T, in] part of x (x
     being its all-gather): then only the shard is kept for the backward pass, which all-gathers it
     again to form the weight gradient (Megatron's trade of one all-gather for S x in activations)."""
 
-    def __init__(self, in_features: int, out_features: int, init_method: InitMethod, group):
+    def __init__(self, in_features: int, out_features: int, init_method: InitMethod, group,
+                 bias: bool = False):
         super().__init__()
         self.group = group
         self.weight = sharded_parameter((out_features, in_features), init_method, 0, group)
+        # [out/T]: the entries of this rank's output rows (zeros, as the one-rank layer's)
+        self.bias = sharded_parameter((out_features,), nn.init.zeros_, 0, group) if bias else None
 
     def forward(self, x: torch.Tensor, sequence_shard: torch.Tensor | None = None) -> torch.Tensor:
         if sequence_shard is None:
-            return F.linear(x, self.weight)
-        return _LinearSavingSequenceShard.apply(x, sequence_shard, self.weight, self.group)
+            return F.linear(x, self.weight, self.bias)
+        out = _LinearSavingSequenceShard.apply(x, sequence_shard, self.weight, self.group)
+        return out if self.bias is None else out + self.bias
 
 
 class _LinearSavingSequenceShard(torch.autograd.Function):
@@ -110,20 +116,26 @@ class _LinearSavingSequenceShard(torch.autograd.Function):
 
 
 class RowParallelLinear(nn.Module):
-    """y[B, S, out] = sum over ranks of x_shard[..., in/T] @ W_shard^T.
+    """y[B, S, out] = sum over ranks of x_shard[..., in/T] @ W_shard^T (+ b).
 
     The sum is an all-reduce, or with sequence parallelism a reduce-scatter onto the sequence
-    shards ([B, S/T, out])."""
+    shards ([B, S/T, out]). The bias [out] is whole on every rank and added once, after the sum."""
 
     def __init__(self, in_features: int, out_features: int, init_method: InitMethod, group,
-                 sequence_parallel: bool):
+                 sequence_parallel: bool, bias: bool = False):
         super().__init__()
         self.group, self.sequence_parallel = group, sequence_parallel
         self.weight = sharded_parameter((out_features, in_features), init_method, 1, group)
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         partial = F.linear(x, self.weight)
-        return leave_tensor_parallel(partial, self.group, self.sequence_parallel)
+        out = leave_tensor_parallel(partial, self.group, self.sequence_parallel)
+        if self.bias is None:
+            return out
+        # SP: each rank adds it to its own tokens only, so the gradient is summed over the group.
+        bias = copy_to_group(self.bias, self.group) if self.sequence_parallel else self.bias
+        return out + bias
 
 
 def enter_tensor_parallel(x: torch.Tensor, group, sequence_parallel: bool) -> torch.Tensor:

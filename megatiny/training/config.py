@@ -38,7 +38,6 @@ from megatiny.model.config import (
     ModelConfig,
     ModelRuntime,
     architecture_differences,
-    check_model_parallel_features,
     get_preset,
 )
 from megatiny.model.parallel_checks import check_context_parallel, check_pipeline_model, check_tensor_parallel
@@ -474,7 +473,6 @@ class ParallelConfig:
         if self._is_default():
             return
         layout = self._sizes_only()
-        check_model_parallel_features(config, layout)
         check_tensor_parallel(config, layout)
         check_context_parallel(config, layout)
         check_sequence_split(layout, seq_length)

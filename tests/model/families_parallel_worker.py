@@ -1,6 +1,7 @@
-"""Launched by tests/model/test_families_parallel.py (2 CPU ranks, gloo): the family features that
-model parallelism does not refuse (llama3 RoPE scaling, an explicit head size, a sliding window)
-under TP2, TP2 + SP and CP2, against the one-rank GPT built with the same seed: logits, loss and
+"""Launched by tests/model/test_families_parallel.py (2 CPU ranks, gloo): the family features
+(llama3 RoPE scaling, an explicit head size, a sliding window, Qwen2's q/k/v biases, Llama's
+attention_bias on q/k/v/o) under TP2, TP2 + SP and CP2, against the one-rank GPT built with the
+same seed: the initial weights, then (with non-zero biases loaded into both) logits, loss and
 every gradient (the largest relative difference), and TP2 greedy generation with the KV cache.
 Every rank writes OUT_DIR/families-rank<R>.json."""
 from __future__ import annotations
@@ -29,6 +30,8 @@ LLAMA3 = {"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_fa
 CONFIGS = {
     "llama3.2": dict(kv_channels=16, rope_theta=500000.0, rope_scaling=LLAMA3, tie_word_embeddings=True),
     "mistral": dict(family="mistral", sliding_window=5),
+    "qwen2.5": dict(family="qwen2", qkv_bias=True, tie_word_embeddings=True),
+    "llama-bias": dict(qkv_bias=True, output_bias=True),
 }
 
 
@@ -48,6 +51,14 @@ def check(layout_name: str, config_name: str) -> dict[str, object]:
     except ValueError as refused:
         return {"refused": str(refused)}
     t, c = state.layout.tensor, state.layout.context
+    initial = shard_state_dict(reference.state_dict(), state.tensor_rank, t)
+    init = max(rel_diff(v, initial[k]) if v.abs().max() > 0 else float((v != initial[k]).any())
+               for k, v in model.state_dict().items())
+    with torch.no_grad():  # non-zero biases (initialized to zero) so a misplaced one shows
+        generator = torch.Generator().manual_seed(2)
+        for name, param in reference.named_parameters():
+            if name.endswith(".bias"):
+                param.copy_(0.3 * torch.randn(param.shape, generator=generator))
     model.load_state_dict(shard_state_dict(reference.state_dict(), state.tensor_rank, t))
     tokens = torch.randint(0, config.vocab_size, (2, SEQ + 1), generator=torch.Generator().manual_seed(1))
     inputs, labels = tokens[:, :-1], tokens[:, 1:]
@@ -69,7 +80,8 @@ def check(layout_name: str, config_name: str) -> dict[str, object]:
         dim = partition_dim(name)
         want = full if dim is None or t == 1 else shard(full, dim, state.tensor_rank, t)
         grads = max(grads, rel_diff(grad, want))
-    result = {"logits": logits, "loss": rel_diff(loss.detach(), ref_loss.detach()), "grads": grads}
+    result = {"init": init, "logits": logits, "loss": rel_diff(loss.detach(), ref_loss.detach()),
+              "grads": grads}
     if not state.sequence_parallel and c == 1:
         prompt = inputs[:, :3]
         result["same_generation"] = torch.equal(generate(model, prompt, 10), generate(reference, prompt, 10))

@@ -1,5 +1,6 @@
-"""Llama 3 RoPE scaling, an explicit head size and a sliding window under tensor (+ sequence) and
-context parallelism equal the one-rank model (one 2-rank launch of families_parallel_worker.py)."""
+"""Llama 3 RoPE scaling, an explicit head size, a sliding window and attention biases (Qwen2's
+q/k/v, Llama's q/k/v/o) under tensor (+ sequence) and context parallelism equal the one-rank model
+(one 2-rank launch of families_parallel_worker.py)."""
 import json
 
 import pytest
@@ -20,11 +21,12 @@ def results(tmp_path_factory):
     return [json.loads((out / f"families-rank{r}.json").read_text()) for r in range(2)]
 
 
-@pytest.mark.parametrize("case", ["tp2/llama3.2", "tp2-sp/llama3.2", "cp2/llama3.2", "tp2/mistral",
-                                  "tp2-sp/mistral", "cp2/mistral"])
+@pytest.mark.parametrize("case", [f"{layout}/{family}" for layout in ("tp2", "tp2-sp", "cp2")
+                                  for family in ("llama3.2", "mistral", "qwen2.5", "llama-bias")])
 def test_parallel_model_equals_one_rank_model(results, case):
     for rank, per_rank in enumerate(results):
         diffs = per_rank[case]
+        assert diffs["init"] == 0.0, (rank, diffs)  # the same seed draws the same weights (biases too)
         for key in ("logits", "loss", "grads"):
             assert diffs[key] < TOLERANCE, (rank, key, diffs)
         if "same_generation" in diffs:

@@ -38,3 +38,7 @@ def test_published_shape_details():
     assert get_preset("llama-3.2-1b").rope_scaling.original_max_position_embeddings == 8192
     assert get_preset("qwen2.5-1.5b").head_dim == 128 and get_preset("qwen2.5-0.5b").qkv_bias
     assert get_preset("smollm2-1.7b").rope_theta == 130000.0
+    # initializer_range of the published config.json (init_std, which init_from also compares)
+    assert get_preset("smollm2-135m").init_std == 0.041666666666666664
+    hf = config_to_hf(get_preset("smollm2-135m"), torch.bfloat16)
+    assert hf["initializer_range"] == 0.041666666666666664

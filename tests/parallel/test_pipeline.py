@@ -15,6 +15,7 @@ def test_pipeline_names_map_to_hugging_face_names():
     assert hf_name("2.post_attention_layernorm.weight", 2) == "model.layers.1.post_attention_layernorm.weight"
     assert hf_name("3.norm.weight", 2) == "model.norm.weight"
     assert hf_name("3.lm_head.weight", 2) == "lm_head.weight"
+    assert hf_name("tied_modules.embed.embed_tokens.weight", 2) == "model.embed_tokens.weight"
     with pytest.raises(ValueError, match="beyond 2 blocks"):
         hf_name("4.norm.weight", 2)
 
@@ -22,7 +23,6 @@ def test_pipeline_names_map_to_hugging_face_names():
 @pytest.mark.parametrize("layout, changes, stage, message", [
     (dict(pipeline=2), {}, 2, r"parallel.pipeline = 2 needs ZeRO stage 0 or 1 .* stage 2"),
     (dict(pipeline=2, context=2), {}, 1, r"parallel.context = 2 is not supported"),
-    (dict(pipeline=2), {"tie_word_embeddings": True}, 1, r"tie_word_embeddings is not supported"),
     (dict(pipeline=8), {}, 1, r"parallel.pipeline \(8\) exceeds .* = 4\)"),
     (dict(pipeline=2, tensor=4), {}, 1, r"must divide ModelConfig.num_query_groups"),
 ])

@@ -37,6 +37,24 @@ def test_shard_then_concatenate_is_the_identity(full_state, tensor_size):
     assert shards[-1]["model.layers.0.self_attn.o_proj.weight"].shape == (64, 64 // tensor_size)
 
 
+def test_attention_biases_split_with_their_output_rows():
+    """q/k/v biases: entry j belongs to output row j, so rank r holds the entries of its heads and kv
+    groups; o_proj's bias is whole on every rank (added once, after the reduce)."""
+    torch.manual_seed(0)
+    full = GPT(get_preset("tiny-test", num_layers=1, qkv_bias=True, output_bias=True)).state_dict()
+    prefix = "model.layers.0.self_attn."
+    for p in "qkvo":  # entry j = j, so where each entry went shows
+        full[prefix + f"{p}_proj.bias"] = torch.arange(float(full[prefix + f"{p}_proj.weight"].shape[0]))
+    shards = [shard_state_dict(full, r, 2) for r in range(2)]
+    for p in "qkv":
+        rows = full[prefix + f"{p}_proj.weight"].shape[0] // 2
+        for r, shard in enumerate(shards):
+            assert shard[prefix + f"{p}_proj.weight"].shape[0] == rows
+            want = torch.arange(r * rows, (r + 1) * rows).float()
+            assert torch.equal(shard[prefix + f"{p}_proj.bias"], want)
+    assert all(torch.equal(shard[prefix + "o_proj.bias"], full[prefix + "o_proj.bias"]) for shard in shards)
+
+
 def test_shards_hold_whole_query_groups(full_state):
     """tiny-test: 8 heads of 8 dims, 2 kv groups. TP2 rank 1 gets query heads 4..7, which all
     use kv group 1 (head i uses group i // 4), and kv group 1 itself."""

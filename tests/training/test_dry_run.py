@@ -38,9 +38,6 @@ def _dry_run(capsys, *args: str) -> tuple[int, str, str]:
     # test_pipeline.py: what the pipeline model refuses
     ((ZERO[1], "parallel.pipeline=2", "parallel.context=2", "nan_policy=stop"),
      r"parallel.pipeline = 2 with parallel.context = 2 is not supported"),
-    ((ZERO[1], "parallel.pipeline=2", "model.preset=tiny-test", "model.tie_word_embeddings=true",
-      "nan_policy=stop"),
-     r"tie_word_embeddings is not supported with parallel.pipeline > 1"),
     ((ZERO[1], "parallel.pipeline=8", "nan_policy=stop"), r"parallel.pipeline \(8\) exceeds .* = 4\)"),
     ((ZERO[1], "parallel.pipeline=2", "parallel.tensor=4", "nan_policy=stop"),
      r"parallel.tensor \(4\) must divide ModelConfig.num_query_groups \(2\)"),
