@@ -36,6 +36,6 @@ setup(
     entry_points={
         # `megatiny COMMAND ...` (megatiny/cli), and lm-eval's CLI with megatiny's model registered:
         # `megatiny-lm-eval --model megatiny ...`
-        "console_scripts": ["megatiny=megatiny.cli:main", "megatiny-lm-eval=megatiny.eval.__main__:main"],
+        "console_scripts": ["megatiny=megatiny.cli:run", "megatiny-lm-eval=megatiny.eval.__main__:main"],
     },
 )

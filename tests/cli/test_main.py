@@ -48,9 +48,11 @@ def _from_usage(text: str) -> str:
 
 
 def test_the_console_script_names_the_dispatcher():
-    """setup.py's `megatiny` entry point resolves to megatiny.cli.main (the quickstart runs it)."""
+    """setup.py's `megatiny` entry point resolves to megatiny.cli.run, main with a fast exit (the
+    quickstart runs it), as `python -m megatiny` does."""
     [spec] = re.findall(r'"megatiny=([\w.]+):(\w+)"', (REPO_ROOT / "setup.py").read_text())
-    assert getattr(importlib.import_module(spec[0]), spec[1]) is megatiny.cli.main
+    assert getattr(importlib.import_module(spec[0]), spec[1]) is megatiny.cli.run
+    assert "run()" in (REPO_ROOT / "megatiny" / "__main__.py").read_text()
 
 
 def test_unknown_command_and_no_command(capsys):
