@@ -81,13 +81,16 @@ def exit_fast(status: int | None) -> None:
     teardown takes 1-1.5 s of every process (measured on the 2-core CI machine), paid by each rank of
     every launch and by each tool the pipeline runs. What a normal exit does that matters is kept,
     in its order: idle thread pools are stopped and non-daemon threads joined, atexit handlers
-    run, stdout/stderr flushed."""
+    run, MPI finalized if mpi4py initialized it, stdout/stderr flushed."""
     if status is not None and not isinstance(status, int):
         raise TypeError(f"exit_fast: an exit status is an int or None, not {type(status).__name__}")
     # What the interpreter itself does first at exit: threading's exit hooks (they stop idle
     # thread-pool workers, e.g. Inductor's compile pool), then it joins the non-daemon threads.
     threading._shutdown()
     atexit._run_exitfuncs()
+    mpi = sys.modules.get("mpi4py.MPI")  # loaded under mpirun (DeepSpeed's rank discovery)
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        mpi.Finalize()  # mpi4py calls it at teardown; mpirun fails a rank that exits without it
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

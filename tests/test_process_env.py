@@ -1,9 +1,12 @@
 """megatiny.process_env: free ports, the interpreter's bin directory first on PATH, fast exit."""
 import os
+import shutil
 import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from megatiny.process_env import free_port, path_with_interpreter_bin, put_interpreter_bin_first
 
@@ -57,3 +60,26 @@ def test_exit_fast_keeps_what_a_normal_exit_does(tmp_path):
     assert result.returncode == 3
     assert result.stdout == "buffered, no newline|thread done|atexit ran|"
     assert result.stderr.endswith("to stderr")
+
+
+MPI_PROGRAM = """
+from mpi4py import MPI
+from megatiny.process_env import exit_fast
+print("rank", MPI.COMM_WORLD.Get_rank(), flush=True)
+exit_fast(0)
+"""
+
+
+def test_exit_fast_finalizes_mpi_under_mpirun(tmp_path):
+    """mpirun counts a rank that exits without MPI_Finalize as failed (mpi4py calls it only in the
+    interpreter's teardown, which exit_fast skips)."""
+    if shutil.which("mpirun") is None:
+        pytest.skip("mpirun not installed")
+    program = tmp_path / "mpi_exit.py"
+    program.write_text(MPI_PROGRAM)
+    mpirun = ["mpirun", "-np", "2", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none",
+              "-x", "PYTHONPATH"]
+    result = subprocess.run([*mpirun, sys.executable, str(program)], capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(result.stdout.split("\n")[:2]) == ["rank 0", "rank 1"]
