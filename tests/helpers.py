@@ -90,3 +90,15 @@ def run_command(cmd: list[str], timeout: float, cwd: Path | str = REPO_ROOT,
             pytest.fail(f"timed out after {timeout:.0f} s: {' '.join(map(str, cmd))}\n"
                         f"--- last output ---\n{output_tail(partial + (rest or ''))}", pytrace=False)
     return subprocess.CompletedProcess(cmd, process.returncode, stdout, None)
+
+
+def finish_rank(out_dir: str | Path, name: str, results: dict) -> None:
+    """The end of a launched worker script's rank: `results` to OUT_DIR/NAME-rankR.json, then a
+    barrier (the test reads every rank's file once the launch exits) and the process group's end."""
+    import json
+
+    import torch.distributed as dist
+
+    (Path(out_dir) / f"{name}-rank{dist.get_rank()}.json").write_text(json.dumps(results, indent=1))
+    dist.barrier()
+    dist.destroy_process_group()

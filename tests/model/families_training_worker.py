@@ -13,8 +13,6 @@ OUT_DIR/runs-rank<R>.json: run name -> the global losses and DeepSpeed's gradien
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
 
 import deepspeed
@@ -29,6 +27,7 @@ from megatiny.parallel.process_group import skip_inference_shm_allreduce
 from megatiny.process_env import exit_fast
 from megatiny.training.config import RunConfig
 from megatiny.training.engine import build_engine
+from tests.helpers import finish_rank
 
 GLOBAL_BATCH, SEQ, STEPS, LR, CLIP = 4, 32, 4, 2e-3, 0.5
 SAVE_AT = (2, 4)
@@ -137,10 +136,7 @@ def main() -> None:
         name = run_name(layout, source)
         results[f"{family}/{name}"] = train(args.hf_root / family, layout, args.out_dir / family / name,
                                             first_step=SAVE_AT[0], resume_tag=tag)
-    with open(os.path.join(args.out_dir, f"runs-rank{dist.get_rank()}.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    dist.barrier()
-    dist.destroy_process_group()
+    finish_rank(args.out_dir, "runs", results)
 
 
 if __name__ == "__main__":

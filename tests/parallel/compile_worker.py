@@ -16,18 +16,17 @@ Every rank writes OUT_DIR/compile-rank<R>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 import deepspeed
 import torch
 import torch._dynamo
-import torch.distributed as dist
 from torch._dynamo.utils import counters
 
 from megatiny.parallel.process_group import skip_inference_shm_allreduce
 from megatiny.process_env import exit_fast
 from megatiny.training.engine import build_engine
+from tests.helpers import finish_rank
 from tests.parallel.parallel_worker import LR, batch, run_config, train_engine
 
 STEPS = 4
@@ -105,10 +104,7 @@ def main() -> None:
         for compile in (False, True):
             results[f"resume-compile-{compile}"] = resumed_run(os.path.join(args.out_dir, f"ckpt-{compile}"),
                                                                compile)
-    with open(os.path.join(args.out_dir, f"compile-rank{dist.get_rank()}.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    dist.barrier()
-    dist.destroy_process_group()
+    finish_rank(args.out_dir, "compile", results)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,6 @@ Every rank writes OUT_DIR/<check>-rank<R>.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 
 import deepspeed
 import torch
@@ -36,6 +34,7 @@ from megatiny.parallel.tensor_parallel import shard
 from megatiny.process_env import exit_fast
 from megatiny.training.config import RunConfig
 from megatiny.training.engine import build_engine, param_groups
+from tests.helpers import finish_rank
 
 GLOBAL_BATCH, SEQ = 4, 16
 STEPS, LR, CLIP = 8, 1e-3, 0.5
@@ -377,11 +376,7 @@ def main() -> None:
         results[f"model-{name}"] = check_model(name, tie=False)
     if args.check == "groups" or args.also_groups:
         results["groups"] = record_groups()
-    path = os.path.join(args.out_dir, f"{args.check}-rank{dist.get_rank()}.json")
-    with open(path, "w") as f:
-        json.dump(results, f, indent=1)
-    dist.barrier()
-    dist.destroy_process_group()
+    finish_rank(args.out_dir, args.check, results)
 
 
 if __name__ == "__main__":
