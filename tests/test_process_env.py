@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from megatiny.process_env import free_port, path_with_interpreter_bin, put_interpreter_bin_first
+from tests.helpers import timeout_s
 
 
 def test_free_port_can_be_bound():
@@ -56,7 +57,7 @@ def test_exit_fast_keeps_what_a_normal_exit_does(tmp_path):
     that skips the flush loses the text)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     result = subprocess.run([sys.executable, "-c", EXITING_PROGRAM], capture_output=True, text=True,
-                            timeout=30, env={**env, "PYTHONPATH": str(Path(__file__).parents[1])})
+                            timeout=timeout_s(), env={**env, "PYTHONPATH": str(Path(__file__).parents[1])})
     assert result.returncode == 3
     assert result.stdout == "buffered, no newline|thread done|atexit ran|"
     assert result.stderr.endswith("to stderr")
@@ -79,7 +80,8 @@ def test_exit_fast_finalizes_mpi_under_mpirun(tmp_path):
     program.write_text(MPI_PROGRAM)
     mpirun = ["mpirun", "-np", "2", "--allow-run-as-root", "--oversubscribe", "--bind-to", "none",
               "-x", "PYTHONPATH"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     result = subprocess.run([*mpirun, sys.executable, str(program)], capture_output=True, text=True,
-                            timeout=60, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+                            timeout=timeout_s(), env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert sorted(result.stdout.split("\n")[:2]) == ["rank 0", "rank 1"]
