@@ -53,6 +53,14 @@ def launch_ranks(ranks: int) -> list[str]:
             "--master-port", str(free_port())]
 
 
+def inductor_cache_dir() -> str:
+    """The suite's own Inductor cache (.pytest_cache/torchinductor, kept between suite runs so a
+    rerun skips the C++ compiles), one subdirectory per CPU kind as in megatiny.model.compile."""
+    from megatiny.model.compile import cache_dir_for_this_cpu
+
+    return str(cache_dir_for_this_cpu(REPO_ROOT / ".pytest_cache" / "torchinductor"))
+
+
 def venv_bin(name: str) -> str:
     """Path of an executable installed beside the running interpreter (e.g. `deepspeed`)."""
     candidate = Path(sys.executable).parent / name

@@ -16,10 +16,15 @@ final norm and the fused LM-head loss stay eager. Why per block and not the whol
 The compiled code is cached by PyTorch (Inductor's FX-graph and AOTAutograd caches, on by
 default) in $TORCHINDUCTOR_CACHE_DIR; `megatiny.training` points it at a per-user directory
 (see `default_cache_dir`), so a restarted or resumed run of the same config reuses the kernels
-instead of compiling them again (dynamo's tracing is still redone: a few seconds).
+instead of compiling them again (dynamo's tracing is still redone: a few seconds). That directory
+has one subdirectory per CPU kind (`cache_dir_for_this_cpu`): Inductor's cache does not tell
+apart graphs compiled for different CPU instruction sets (torch 2.13), and reusing one on another
+crashes the process (measured: a graph cached with ATEN_CPU_CAPABILITY=avx2 aborts a run without
+it, and the reverse segfaults), as it would on a home directory shared by unlike nodes.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -38,13 +43,36 @@ def compile_blocks(blocks: Iterable[nn.Module]) -> None:
             block._megatiny_compiled = True
 
 
+# Environment variables that change the CPU code torch and Inductor generate (instruction-set caps).
+CPU_ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def cpu_kind() -> str:
+    """A short name of this CPU's kind as compiled code sees it: a hash of the CPU's feature flags
+    (/proc/cpuinfo, where there is one) and of the CPU_ISA_ENV caps set in the environment."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            flags = next((line for line in cpuinfo if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        pass
+    caps = [f"{key}={os.environ.get(key, '')}" for key in CPU_ISA_ENV]
+    text = "\n".join([" ".join(sorted(flags.split(":", 1)[-1].split())), *caps])
+    return "cpu-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def cache_dir_for_this_cpu(root: str | os.PathLike) -> Path:
+    """ROOT/<cpu_kind()>: Inductor's cache for this CPU kind under a cache root shared by several."""
+    return Path(root) / cpu_kind()
+
+
 def default_cache_dir() -> Path:
     """Where compiled kernels are kept between runs when $TORCHINDUCTOR_CACHE_DIR is unset:
-    $XDG_CACHE_HOME/megatiny/torchinductor (default ~/.cache/...), a per-user directory that,
-    unlike PyTorch's own default /tmp/torchinductor_$USER, survives /tmp being cleaned between
-    jobs."""
+    $XDG_CACHE_HOME/megatiny/torchinductor/<cpu_kind()> (default ~/.cache/...), a per-user
+    directory that, unlike PyTorch's own default /tmp/torchinductor_$USER, survives /tmp being
+    cleaned between jobs."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "megatiny" / "torchinductor"
+    return cache_dir_for_this_cpu(Path(base) / "megatiny" / "torchinductor")
 
 
 def prepare_compile() -> str:

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO_ROOT, run_command, timeout_s
+from tests.helpers import REPO_ROOT, inductor_cache_dir, run_command, timeout_s
 
 ENV = {"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
 
@@ -40,7 +40,7 @@ def test_gpu_run_all_smoke_exercises_every_part_and_its_dry_run_fits_12_minutes(
     """benchmarks/gpu/run_all.sh: --smoke runs every part on CPU (tiny preset, compiled too) and
     each writes its JSON; --dry-run's GPU estimate (the sum of the time caps) is under 12 minutes.
     (Also the CPU run of benchmarks/bench_train_gpu.py, once a test of its own.)"""
-    env = {**ENV, "TORCHINDUCTOR_CACHE_DIR": str(REPO_ROOT / ".pytest_cache" / "torchinductor")}
+    env = {**ENV, "TORCHINDUCTOR_CACHE_DIR": inductor_cache_dir()}
     dry = run_command(["bash", "benchmarks/gpu/run_all.sh", "--dry-run"], timeout=timeout_s(), env=env)
     assert dry.returncode == 0, dry.stdout[-3000:]
     estimate = float(dry.stdout.split("estimated GPU time: at most ")[1].split(" s")[0])

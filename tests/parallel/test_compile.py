@@ -18,7 +18,7 @@ import json
 
 import pytest
 
-from tests.helpers import REPO_ROOT, launch_ranks, run_command, timeout_s
+from tests.helpers import REPO_ROOT, inductor_cache_dir, launch_ranks, run_command, timeout_s
 
 WORKER = "tests/parallel/compile_worker.py"
 TOLERANCE = 1e-5
@@ -34,7 +34,7 @@ def _launch(tmp_path, ranks: int, args: list[str]) -> list[dict]:
         [*launch_ranks(ranks), WORKER, "--out-dir", str(tmp_path), *args],
         timeout=timeout_s(steps=8 * 8, seconds_per_step=2, extra_s=300),  # + cold C++ compiles
         env={"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1",
-             "TORCHINDUCTOR_CACHE_DIR": str(REPO_ROOT / ".pytest_cache" / "torchinductor")})
+             "TORCHINDUCTOR_CACHE_DIR": inductor_cache_dir()})
     assert result.returncode == 0, result.stdout[-6000:]
     return [json.loads((tmp_path / f"compile-rank{r}.json").read_text()) for r in range(ranks)]
 
