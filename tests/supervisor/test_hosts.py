@@ -9,8 +9,14 @@ import time
 import pytest
 
 from megatiny.heartbeat import Beat
-from megatiny.supervisor.hosts import (find_hostfile, hostfile_launch, read_hostfile, shrink_problem,
-                                       silent_hosts, write_hostfile)
+from megatiny.supervisor.hosts import (
+    find_hostfile,
+    hostfile_launch,
+    read_hostfile,
+    shrink_problem,
+    silent_hosts,
+    write_hostfile,
+)
 from megatiny.supervisor.supervise import Options, Supervisor
 
 DEAD = "127.0.0.1"  # nothing listens on port 22 here: ssh is refused at once
