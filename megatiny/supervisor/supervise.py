@@ -186,11 +186,18 @@ class Supervisor:
         silent = hostfiles.silent_hosts(list(hosts), self.options.host_timeout_s)
         if not silent:
             return None
+        if not self.options.allow_shrink:
+            why = "; ".join(f"{host}: {reason}" for host, reason in silent.items())
+            return (f"host(s) {', '.join(silent)} of the hostfile {self.hostfile.path} do not answer "
+                    f"({why}); relaunching needs every host (--allow-shrink goes on without them)")
+        return self._shrink(launch, hosts, silent, started)
+
+    def _shrink(self, launch: int, hosts: dict[str, int], silent: dict[str, str],
+                started: float) -> str | None:
+        """Relaunch on the hosts not in `silent` (a new hostfile, put in the command), or the reason
+        the run cannot go on without them."""
         named = ", ".join(silent)
         why = "; ".join(f"{host}: {reason}" for host, reason in silent.items())
-        if not self.options.allow_shrink:
-            return (f"host(s) {named} of the hostfile {self.hostfile.path} do not answer ({why}); "
-                    "relaunching needs every host (--allow-shrink goes on without them)")
         left = {host: slots for host, slots in hosts.items() if host not in silent}
         before, after = self.hostfile.world_size(hosts), self.hostfile.world_size(left)
         problem = hostfiles.shrink_problem(after, self.sizes)

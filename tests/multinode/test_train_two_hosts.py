@@ -300,9 +300,11 @@ def _weights(tag_dir: Path) -> dict:
 def test_supervised_kill9_across_two_hosts_relaunches_and_continues_exactly(supervised, runs, two_hosts):
     import torch
 
-    events, output = supervised["events"], supervised["output"]
+    events = supervised["events"]
+    assert len(_of(events, "launch")) >= 2, supervised["output"][-8000:]
     fault, kill = _of(events, "fault")[0], _of(events, "kill")[0]
-    assert (fault["kind"], fault["rank"], fault["step"]) == ("rank_died", 0, KILL_AT_STEP), output[-8000:]
+    # rank 0's pid vanished (or, if it noticed first, the launcher exited listing the ranks' steps)
+    assert fault["kind"] in ("rank_died", "exited") and f"step {KILL_AT_STEP}" in fault["message"], fault
     # rank 1 on host B killed over ssh (by the hostname its heartbeat gives), the pids that were alive
     assert kill["problems"] == [] and list(kill["remote_killed"]) == [two_hosts.hosts[1].hostname], kill
     restart = _of(events, "restart")[0]
