@@ -4,7 +4,10 @@ When `$MEGATINY_HEARTBEAT_DIR` is set (the supervisor sets it for the job it lau
 writes DIR/rank{R}.json at set-up, at the start of every step, before every save and at the end:
 
     {"rank": R, "world_size": W, "host": "node1", "pid": 1234, "step": S, "phase": "setup" |
-     "step" | "save" | "done", "time": UNIX_SECONDS, "save_dir": "...", "resume": "auto"}
+     "step" | "save" | "done", "time": UNIX_SECONDS, "save_dir": "...", "resume": "auto",
+     "model_parallel": TPxPPxCP, "micro_batch_size": M, "global_batch_size": G}
+
+(the last three let a supervisor that drops a host check that the ranks left still fit the run).
 
 `step` is the 1-based step the rank is working on (`setup`: the step it starts from). Each write
 goes to a temporary name and is renamed over the old file, so a reader sees a whole record; no
@@ -41,6 +44,10 @@ class Beat:
     time: float
     save_dir: str | None = None
     resume: str | None = None
+    model_parallel: int | None = None
+    """tensor x pipeline x context: the world size must stay a multiple of it"""
+    micro_batch_size: int | None = None
+    global_batch_size: int | None = None
 
     @property
     def started(self) -> bool:
@@ -52,10 +59,12 @@ class Heartbeat:
     """The writer of one rank's heartbeat file."""
 
     def __init__(self, directory: str | os.PathLike, rank: int, world_size: int, *,
-                 save_dir: str | None = None, resume: str | None = None):
+                 save_dir: str | None = None, resume: str | None = None, **sizes: int | None):
+        """`sizes`: model_parallel, micro_batch_size, global_batch_size (see `Beat`)."""
         self.path = Path(directory) / f"rank{rank}.json"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rank, self.world_size, self.save_dir, self.resume = rank, world_size, save_dir, resume
+        self.sizes = sizes
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.warned = False
 
@@ -73,7 +82,7 @@ class Heartbeat:
         """Write the heartbeat; a failed write (full disk, lost mount) is reported once and never
         stops training (the supervisor then sees no progress and acts on that)."""
         beat = Beat(self.rank, self.world_size, self.host, self.pid, step, phase, time.time(),
-                    self.save_dir, self.resume)
+                    self.save_dir, self.resume, **self.sizes)
         tmp = self.path.with_name(f".{self.path.name}.{self.pid}.tmp")
         try:
             tmp.write_text(json.dumps(asdict(beat)))

@@ -44,7 +44,14 @@ import torch.distributed as dist
 from megatiny.checkpoint import io, layout, manifest
 from megatiny.checkpoint.load import load_model
 from megatiny.checkpoint.metadata import METADATA_FILE, TrainState, WorldLayout, read_metadata, write_metadata
-from megatiny.checkpoint.reshard import ResumeMode, load_resharded, open_checkpoint, resume_mode
+from megatiny.checkpoint.reshard import (
+    ResumeMode,
+    group_options,
+    load_resharded,
+    open_checkpoint,
+    repair_universal_load,
+    resume_mode,
+)
 from megatiny.model.config import ModelConfig, architecture_differences
 from megatiny.parallel.process_group import barrier
 from megatiny.parallel.state import ParallelLayout
@@ -277,10 +284,13 @@ class CheckpointManager:
                            num_layers=model.num_layers)
             barrier()
         else:
+            options = group_options(engine)
             path, _ = engine.load_checkpoint(str(point.load_root), tag=point.tag, load_optimizer_states=True,
                                              load_lr_scheduler_states=False)
             if path is None:
                 raise RuntimeError(f"DeepSpeed could not load the checkpoint {point.load_root / point.tag}")
+            if point.universal:
+                repair_universal_load(engine, options)
             io.load_rng_state(point.tag_dir, self.rank)  # False (kept seeded) for ranks it did not have
         state = point.state
         self.log(f"[megatiny] resumed from {point.tag_dir}: step {state.step}, "

@@ -109,6 +109,32 @@ def load_resharded(engine: Any, source: ModelParallelCheckpoint, *, tensor_rank:
     engine.global_steps = step
 
 
+def group_options(engine: Any) -> list[dict[str, Any]]:
+    """The torch optimizer's per-group options (weight decay, betas, ...) of `engine`'s ZeRO
+    optimizer, to put back after a universal load (`repair_universal_load`)."""
+    base = getattr(getattr(engine, "optimizer", None), "optimizer", None)
+    if base is None:
+        return []
+    return [{k: v for k, v in group.items() if k != "params"} for group in base.param_groups]
+
+
+def repair_universal_load(engine: Any, options: list[dict[str, Any]]) -> None:
+    """Undo two slips of DeepSpeed's ZeRO-3 universal load (`load_hp_checkpoint_state_from_
+    checkpoint_dir_stage3`): it gives every fp32 partition's Adam state the same `step` tensor, which
+    torch's AdamW then advances in place once per partition each step (Adam's bias correction runs
+    ahead: losses drift ~1e-4 relative within 3 steps instead of ~1e-8); and it copies group 0's
+    options into every group (weight decay then also hits the norm weights). Each partition gets
+    its own step and each group its `options` back (those of the run, from `group_options`)."""
+    base = getattr(getattr(engine, "optimizer", None), "optimizer", None)
+    if base is None:
+        return
+    for state in base.state.values():
+        if isinstance(state.get("step"), torch.Tensor):
+            state["step"] = state["step"].clone()
+    for group, saved in zip(base.param_groups, options):
+        group.update(saved)
+
+
 def _create_adam_state(base: torch.optim.Optimizer, flats: list[torch.Tensor], step: int) -> None:
     """Zero Adam moments and step count `step` in `base.state` for each flat fp32 partition."""
     for flat in flats:

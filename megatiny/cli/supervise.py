@@ -3,12 +3,20 @@
     megatiny supervise --max-restarts 3 --hang-timeout 600 -- \\
         deepspeed --num_gpus 8 tools/train.py --config run.yaml
     megatiny supervise -- python tools/train.py --config run.yaml
+    megatiny supervise --allow-shrink -- \\
+        deepspeed --hostfile hosts.txt tools/train.py --config run.yaml
 
 The run must use `checkpoint.resume: auto` and a `checkpoint.save_dir` (the relaunch continues
 from the newest complete checkpoint that verifies). Events (launch, fault with rank, host and
 step, kill, restart with the step it resumes from, give-up) are printed and appended to
-SAVE_DIR/supervisor_events.jsonl. Exit status: 0 when the run finished, the job's status when
-stopped by SIGTERM/SIGINT, non-zero with the reason when it gave up. docs/RESILIENCE.md.
+SAVE_DIR/supervisor_events.jsonl. Before relaunching a `deepspeed --hostfile` command, every
+host of the hostfile must answer `ssh HOST true` (BatchMode, --host-timeout); if one does not, the
+supervisor gives up naming it, or, with --allow-shrink, relaunches on the hosts that answer (a new
+hostfile SAVE_DIR/supervisor_hostfile_launchN; same global batch, more gradient accumulation per
+rank, the checkpoint resharded to the smaller world; a world the run's tensor x pipeline x context
+size or batch no longer divides is a reason to give up). Exit status: 0 when the run finished,
+the job's status when stopped by SIGTERM/SIGINT, non-zero with the reason when it gave up.
+docs/RESILIENCE.md.
 """
 from __future__ import annotations
 
@@ -39,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heartbeat-dir", default=None,
                         help="where ranks write heartbeats (shared by every host; default "
                              "SAVE_DIR/.heartbeats or a temporary directory)")
+    parser.add_argument("--allow-shrink", action="store_true",
+                        help="with `deepspeed --hostfile`: relaunch on the hosts that still answer over ssh, "
+                             "same global batch (default: give up naming the host that does not answer)")
+    parser.add_argument("--host-timeout", type=float, default=10.0, metavar="S",
+                        help="before a relaunch, how long each host of the hostfile has to answer ssh (10 s)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the launch command, after --")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -47,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
                           startup_timeout_s=args.startup_timeout, save_timeout_s=args.save_timeout,
                           stop_timeout_s=args.stop_timeout,
                           dump_wait_s=args.dump_wait, save_dir=args.save_dir,
-                          heartbeat_dir=args.heartbeat_dir)
+                          heartbeat_dir=args.heartbeat_dir, allow_shrink=args.allow_shrink,
+                          host_timeout_s=args.host_timeout)
         supervisor = Supervisor(command, options)
     except ValueError as e:
         parser.error(str(e))

@@ -20,6 +20,8 @@ class Job:
 
     def __init__(self, command: list[str], env: dict[str, str]):
         self.command = command
+        self.remote_killed: dict[str, list[int]] = {}
+        """host -> pids `kill` found alive there and killed over ssh"""
         self.process = subprocess.Popen(command, env=env, start_new_session=True)
         self.pgid = self.process.pid
 
@@ -73,7 +75,8 @@ class Job:
                     os.kill(beat.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-        problems += kill_remote(beats)
+        remote_problems, self.remote_killed = kill_remote(beats)
+        problems += remote_problems
         if self.wait(KILL_WAIT_S) is None:
             problems.append(f"the launcher (pid {self.process.pid}) did not exit {KILL_WAIT_S:.0f} s "
                             "after SIGKILL")
@@ -92,18 +95,29 @@ def _send(beats: list[Beat], signum: int) -> list[int]:
     return sent
 
 
-def kill_remote(beats: dict[int, Beat]) -> list[str]:
-    """`ssh HOST kill -9 PIDS` for the ranks of other hosts (their heartbeats name host and pid)."""
+def kill_remote(beats: dict[int, Beat]) -> tuple[list[str], dict[str, list[int]]]:
+    """`ssh HOST kill -9 PIDS` for the ranks of other hosts (their heartbeats name host and pid).
+    Returns what could not be done, and host -> the pids that were still alive and were killed."""
     by_host: dict[str, list[int]] = {}
     for beat in beats.values():
         if not is_local(beat) and beat.host != socket.gethostname():
             by_host.setdefault(beat.host, []).append(beat.pid)
-    problems = []
+    problems, killed = [], {}
     for host, pids in sorted(by_host.items()):
-        command = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", host,
-                   "kill -9 " + " ".join(map(str, pids))]
+        # prints the pids it killed; exit status 0 whenever the shell ran (255: ssh failed)
+        listed = " ".join(map(str, sorted(pids)))
+        script = f"for p in {listed}; do kill -9 $p 2>/dev/null && echo $p; done; true"
+        command = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", host, script]
         try:
-            subprocess.run(command, timeout=SSH_TIMEOUT_S, capture_output=True)
+            result = subprocess.run(command, timeout=SSH_TIMEOUT_S, capture_output=True, text=True,
+                                    stdin=subprocess.DEVNULL)
         except (OSError, subprocess.TimeoutExpired) as e:
             problems.append(f"could not kill pids {pids} on {host} over ssh: {e}")
-    return problems
+            continue
+        if result.returncode != 0:
+            last = (result.stderr.strip().splitlines() or ["no message"])[-1]
+            problems.append(f"could not kill pids {pids} on {host} over ssh "
+                            f"(status {result.returncode}: {last})")
+            continue
+        killed[host] = [int(p) for p in result.stdout.split() if p.isdigit()]
+    return problems, killed

@@ -12,7 +12,11 @@ A launch ends in one of these ways (checked every `poll_s`):
                `auto`, or no checkpoint.save_dir): killed, given up at once
 After a fault the whole job is killed (its process group; ranks elsewhere over ssh) and, unless
 `RestartPolicy` says to give up, the same command is launched again; `checkpoint.resume: auto`
-makes it continue from the newest complete checkpoint that verifies.
+makes it continue from the newest complete checkpoint that verifies. Before relaunching a
+`deepspeed --hostfile` command every host of the hostfile is asked over ssh whether it answers;
+when one does not, the supervisor gives up naming it, or with `allow_shrink` relaunches on the
+hosts that answer (a new hostfile beside the events file; the run keeps its global batch, so each
+rank accumulates more micro-batches, and resumes its checkpoint resharded to the smaller world).
 """
 from __future__ import annotations
 
@@ -21,10 +25,11 @@ import re
 import signal
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from megatiny.heartbeat import HEARTBEAT_DIR_ENV, Beat, clear_beats, read_beats
+from megatiny.supervisor import hosts as hostfiles
 from megatiny.supervisor.events import EVENTS_FILE, EventLog
 from megatiny.supervisor.job import Job
 from megatiny.supervisor.policy import RestartPolicy
@@ -54,10 +59,14 @@ class Options:
     """the run's checkpoint root (default: what rank 0's heartbeat says)"""
     heartbeat_dir: str | None = None
     """default: SAVE_DIR/.heartbeats with save_dir, else a temporary directory"""
+    allow_shrink: bool = False
+    """relaunch a `deepspeed --hostfile` job on the hosts that still answer (else give up)"""
+    host_timeout_s: float = 10.0
+    """before a relaunch, how long each host of the hostfile gets to answer over ssh"""
 
     def __post_init__(self) -> None:
         for name in ("hang_timeout_s", "startup_timeout_s", "save_timeout_s", "stop_timeout_s", "dump_wait_s",
-                     "poll_s"):
+                     "poll_s", "host_timeout_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
@@ -107,6 +116,9 @@ class Supervisor:
         if not command:
             raise ValueError("no launch command given (megatiny supervise [OPTIONS] -- COMMAND ...)")
         self.command, self.options = command, options
+        self.hostfile = hostfiles.hostfile_launch(command, options.allow_shrink)
+        self.sizes: Beat | None = None
+        """a heartbeat of the last launch that reported the run's sizes (for `shrink_problem`)"""
         self.policy = RestartPolicy(options.max_restarts)
         self.save_dir = options.save_dir
         self.events = events or EventLog()
@@ -150,6 +162,7 @@ class Supervisor:
             new_checkpoint = after is not None and (before is None or after > before)
             reason = ("relaunching cannot resume this run: " + outcome.message if outcome.kind == "refused"
                       else self.policy.after_failure(outcome.reached_first_step, new_checkpoint))
+            reason = reason or self._check_hosts(launch + 1)
             if reason is not None:
                 self.events.emit("give_up", f"giving up after launch {launch}: {reason}", launch=launch,
                                  reason=reason, checkpoint_step=after)
@@ -158,6 +171,50 @@ class Supervisor:
             self.events.emit("restart", f"relaunching (launch {launch + 1}); it resumes from {start}",
                              launch=launch + 1, resume_step=after,
                              restarts_without_checkpoint=self.policy.without_checkpoint)
+
+    # ---------------------------------------------------------------- the hosts
+    def _check_hosts(self, launch: int) -> str | None:
+        """Before launch `launch` of a hostfile job: ask every host over ssh. The reason to give up,
+        or None (with `allow_shrink`, after switching the command to a hostfile of those that answer)."""
+        if self.hostfile is None or self.hostfile.selection is not None:
+            return None
+        try:
+            hosts = hostfiles.read_hostfile(self.hostfile.path)
+        except ValueError as e:  # (deepspeed itself launches locally when the file is missing)
+            return str(e) if self.options.allow_shrink else None
+        started = time.monotonic()
+        silent = hostfiles.silent_hosts(list(hosts), self.options.host_timeout_s)
+        if not silent:
+            return None
+        if not self.options.allow_shrink:
+            why = "; ".join(f"{host}: {reason}" for host, reason in silent.items())
+            return (f"host(s) {', '.join(silent)} of the hostfile {self.hostfile.path} do not answer "
+                    f"({why}); relaunching needs every host (--allow-shrink goes on without them)")
+        return self._shrink(launch, hosts, silent, started)
+
+    def _shrink(self, launch: int, hosts: dict[str, int], silent: dict[str, str],
+                started: float) -> str | None:
+        """Relaunch on the hosts not in `silent` (a new hostfile, put in the command), or the reason
+        the run cannot go on without them."""
+        named = ", ".join(silent)
+        why = "; ".join(f"{host}: {reason}" for host, reason in silent.items())
+        left = {host: slots for host, slots in hosts.items() if host not in silent}
+        before, after = self.hostfile.world_size(hosts), self.hostfile.world_size(left)
+        problem = hostfiles.shrink_problem(after, self.sizes)
+        if problem is not None:
+            return f"host(s) {named} do not answer ({why}), and the run cannot go on without them: {problem}"
+        path = hostfiles.write_hostfile(self._beside_events(f"supervisor_hostfile_launch{launch}"), left)
+        self.command = self.hostfile.with_hostfile(path)
+        self.hostfile = replace(self.hostfile, command=tuple(self.command))
+        self.events.emit("shrink", f"host(s) {named} do not answer ({why}): relaunching on "
+                         f"{', '.join(left)}, {before} -> {after} ranks, same global batch (more "
+                         f"accumulation per rank); hostfile {path}", dropped=list(silent), reasons=silent,
+                         hosts=list(left), world_size_before=before, world_size=after, hostfile=str(path),
+                         check_s=round(time.monotonic() - started, 3))
+        return None
+
+    def _beside_events(self, name: str) -> Path:
+        return (self.events.path.parent if self.events.path is not None else self.heartbeat_dir) / name
 
     # ---------------------------------------------------------------- one launch
     def _launch_once(self, launch: int, checkpoint_step: int | None) -> Outcome:
@@ -183,6 +240,7 @@ class Supervisor:
                 return self._stop(job, beats)
             returncode = job.poll()
             beats = read_beats(self.heartbeat_dir) or beats
+            self.sizes = next((b for b in beats.values() if b.model_parallel is not None), self.sizes)
             reached = any(b.started for b in beats.values())
             if reached and not announced:
                 step = min(b.step for b in beats.values())
@@ -238,9 +296,10 @@ class Supervisor:
 
     def _kill(self, job: Job, beats: dict[int, Beat]) -> None:
         problems = job.kill(beats)
-        self.events.emit("kill", "killed the job (process group" + (", ranks on other hosts over ssh"
-                         if any(b.host != (beats.get(0) or b).host for b in beats.values()) else "") + ")"
-                         + ("; " + "; ".join(problems) if problems else ""), problems=problems)
+        remote = "".join(f", pids {pids} on {host} over ssh" for host, pids in job.remote_killed.items())
+        self.events.emit("kill", f"killed the job (process group{remote})"
+                         + ("; " + "; ".join(problems) if problems else ""), problems=problems,
+                         remote_killed=job.remote_killed)
 
     def _hang(self, job: Job, beats: dict[int, Beat], reached: bool, stalled_s: float) -> Outcome:
         beat, why = culprit(beats)
@@ -266,3 +325,4 @@ class Supervisor:
         else:
             job.kill(read_beats(self.heartbeat_dir) or beats)
         return Outcome("stopped", returncode, True, name)
+

@@ -150,8 +150,10 @@ class _Trainer:
                                              parallel=self.layout, verify=run.checkpoint.verify)
         self.skipped_steps = 0
         # `megatiny supervise` watches these (None when not supervised).
-        self.heartbeat = Heartbeat.from_env(self.rank, self.world, save_dir=save_dir,
-                                            resume=run.checkpoint.resume)
+        self.heartbeat = Heartbeat.from_env(
+            self.rank, self.world, save_dir=save_dir, resume=run.checkpoint.resume,
+            model_parallel=self.layout.tensor * self.layout.pipeline * self.layout.context,
+            micro_batch_size=run.batch.micro_batch_size, global_batch_size=run.batch.global_batch_size)
         self._beat(0, "setup")
         spike = run.spike
         self.spikes = (SpikeDetector(spike.window, spike.loss_z, spike.grad_norm_z, spike.min_history)

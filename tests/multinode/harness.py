@@ -190,10 +190,12 @@ class TwoHosts:
         for index, host in enumerate(self.hosts):
             host_key = self.workdir / f"host{index}_key"
             _sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)])
-            known_hosts.append(f"{host.address} {host_key.with_suffix('.pub').read_text().strip()}")
+            # by address (the hostfile) and by hostname (what a rank's heartbeat names its host)
+            public_key = host_key.with_suffix(".pub").read_text().strip()
+            known_hosts.append(f"{host.address},{host.hostname} {public_key}")
         (self.workdir / "known_hosts").write_text("\n".join(known_hosts) + "\n")
         self.ssh_config.write_text(
-            f"Host {SUBNET_PREFIX}*\n"
+            f"Host {SUBNET_PREFIX}* {' '.join(h.hostname for h in self.hosts)}\n"
             "  User root\n"
             f"  IdentityFile {key}\n"
             "  IdentitiesOnly yes\n"

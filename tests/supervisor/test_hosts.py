@@ -1,0 +1,104 @@
+"""`megatiny supervise --allow-shrink`'s pure parts, in-process and without launches: the hostfile
+in a launch command, reading and rewriting it, the ranks left, whether the run still fits them,
+and the supervisor's decision before a relaunch when a host does not answer (a real `ssh` to an
+address where nothing listens). The shrink itself runs in tests/multinode/test_train_two_hosts.py."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from megatiny.heartbeat import Beat
+from megatiny.supervisor.hosts import (
+    find_hostfile,
+    hostfile_launch,
+    read_hostfile,
+    shrink_problem,
+    silent_hosts,
+    write_hostfile,
+)
+from megatiny.supervisor.supervise import Options, Supervisor
+
+DEAD = "127.0.0.1"  # nothing listens on port 22 here: ssh is refused at once
+
+
+def _sizes(model_parallel: int = 1, micro: int = 2, total: int = 8) -> Beat:
+    return Beat(0, 2, "h", 1, 3, "step", time.time(), "/ckpt", "auto", model_parallel, micro, total)
+
+
+def test_the_hostfile_is_found_among_the_launcher_options_only():
+    launch = find_hostfile(["deepspeed", "--hostfile", "h.txt", "--master_port", "1", "train.py",
+                            "--hostfile", "not-this"])
+    assert str(launch.path) == "h.txt"
+    assert launch.with_hostfile("/new") == ["deepspeed", "--hostfile", "/new", "--master_port", "1",
+                                            "train.py", "--hostfile", "not-this"]
+    short = find_hostfile(["/venv/bin/deepspeed", "-H=h.txt", "--num_gpus", "2", "train.py"])
+    assert str(short.path) == "h.txt" and short.with_hostfile("/n")[1] == "-H=/n"
+    assert short.world_size({"a": 4, "b": 1}) == 3          # --num_gpus caps each host's slots
+    assert find_hostfile(["deepspeed", "--num_gpus", "2", "train.py"]) is None
+    assert find_hostfile(["python", "train.py", "--hostfile", "h.txt"]) is None
+    assert find_hostfile(["deepspeed", "--hostfile", "h", "-i", "a:0", "t.py"]).selection == "-i"
+
+
+def test_allow_shrink_refuses_commands_it_cannot_shrink(tmp_path):
+    with pytest.raises(ValueError, match="needs a `deepspeed --hostfile HOSTFILE ...` launch command"):
+        hostfile_launch(["deepspeed", "--num_gpus", "2", "train.py"], allow_shrink=True)
+    with pytest.raises(ValueError, match="also picks hosts with --exclude"):
+        hostfile_launch(["deepspeed", "--hostfile", "h", "--exclude", "b", "t.py"], allow_shrink=True)
+    with pytest.raises(ValueError, match="cannot read the hostfile"):
+        hostfile_launch(["deepspeed", "--hostfile", str(tmp_path / "missing"), "t.py"], allow_shrink=True)
+    with pytest.raises(ValueError, match="--allow-shrink needs"):  # the CLI's path: refused before a launch
+        Supervisor(["python", "train.py"], Options(allow_shrink=True))
+    assert hostfile_launch(["python", "train.py"], allow_shrink=False) is None
+
+
+def test_hostfiles_are_read_like_deepspeed_and_written_back(tmp_path):
+    path = tmp_path / "hosts"
+    path.write_text("# cluster\nnode1 slots=8\n\n  node2 slots=4\n")
+    assert read_hostfile(path) == {"node1": 8, "node2": 4}
+    assert read_hostfile(write_hostfile(tmp_path / "new", {"node2": 4})) == {"node2": 4}
+    path.write_text("node1 slots=8\nnode1 slots=2\n")
+    with pytest.raises(ValueError, match="line 2: 'node1 slots=2' is a second entry"):
+        read_hostfile(path)
+    path.write_text("node1 8\n")
+    with pytest.raises(ValueError, match="line 1: 'node1 8' is not `HOST slots=N`"):
+        read_hostfile(path)
+    path.write_text("# nothing\n")
+    with pytest.raises(ValueError, match="lists no host"):
+        read_hostfile(path)
+
+
+def test_a_shrunk_world_must_still_fit_the_layout_and_the_batch():
+    assert shrink_problem(1, _sizes()) is None                     # 8 = 2 x 4 accumulation x 1
+    assert shrink_problem(3, None) is None                         # nothing reported: the launch decides
+    assert "no host is left" in shrink_problem(0, _sizes())
+    assert "not a multiple of the run's tensor x pipeline x context size 2" in shrink_problem(3, _sizes(2))
+    assert ("batch.global_batch_size 8 is not a multiple of batch.micro_batch_size x data-parallel size "
+            "(2 x 3)") in shrink_problem(3, _sizes())
+
+
+def test_a_host_that_does_not_answer_is_named(tmp_path):
+    started = time.monotonic()
+    silent = silent_hosts([DEAD, "no-such-host.invalid"], timeout_s=5)
+    assert time.monotonic() - started < 5
+    assert "Connection refused" in silent[DEAD] and "status 255" in silent[DEAD]
+    assert set(silent) == {DEAD, "no-such-host.invalid"}
+
+
+def _supervisor(tmp_path, allow_shrink: bool) -> Supervisor:
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text(f"{DEAD} slots=1\n")
+    command = ["deepspeed", "--hostfile", str(hostfile), "train.py"]
+    return Supervisor(command, Options(allow_shrink=allow_shrink, save_dir=str(tmp_path / "ckpt"),
+                                       host_timeout_s=2))
+
+
+def test_before_a_relaunch_a_silent_host_is_a_reason_to_give_up(tmp_path):
+    reason = _supervisor(tmp_path, allow_shrink=False)._check_hosts(2)
+    assert f"host(s) {DEAD} of the hostfile {tmp_path / 'hosts'} do not answer" in reason
+    assert "Connection refused" in reason and "--allow-shrink goes on without them" in reason
+    shrinking = _supervisor(tmp_path, allow_shrink=True)
+    reason = shrinking._check_hosts(2)
+    assert "the run cannot go on without them: no host is left" in reason
+    assert shrinking.command[2] == str(tmp_path / "hosts")         # unchanged: nothing to launch on
+    assert not (tmp_path / "ckpt" / "supervisor_events.jsonl").exists()   # no shrink event
