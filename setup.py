@@ -30,8 +30,9 @@ setup(
         "eval": ["lm-eval>=0.4.5", "accelerate", "matplotlib"],
         "mpi": ["mpi4py"],
         "gpu": ["flash-attn"],
-        # datasets: writes the save_to_disk fixtures of tests/data/test_sources.py
-        "dev": ["pytest", "pytest-timeout", "ruff", "datasets"],
+        # datasets: writes the save_to_disk fixtures of tests/data/test_sources.py;
+        # pytest-xdist: scripts/test.sh runs the suite on 2 workers
+        "dev": ["pytest", "pytest-timeout", "pytest-xdist", "ruff", "datasets"],
     },
     entry_points={
         # `megatiny COMMAND ...` (megatiny/cli), and lm-eval's CLI with megatiny's model registered:

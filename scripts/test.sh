@@ -10,5 +10,10 @@ venv="${MEGATINY_VENV:-$repo/.venv}"
 # every process it starts.
 echo "[test] ruff check"
 "$venv/bin/ruff" check .
-echo "[test] pytest"
-exec "$venv/bin/python" -m pytest "$@"
+# Two pytest-xdist workers, a test module per work unit (module fixtures stay shared), handed out
+# in collection order (tests/conftest.py puts multi-process modules first): about half the CPU of
+# a serial run is idle (launches starting, ranks waiting on each other, hang and timeout tests
+# waiting), which the second worker fills. MEGATINY_TEST_WORKERS=0 runs it serially.
+workers="${MEGATINY_TEST_WORKERS:-2}"
+echo "[test] pytest ($workers workers)"
+exec "$venv/bin/python" -m pytest -n "$workers" --dist loadfile --no-loadscope-reorder "$@"

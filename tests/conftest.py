@@ -67,3 +67,16 @@ def pytest_runtest_protocol(item, nextitem):
     finally:
         if timeout > 0:
             faulthandler.cancel_dump_traceback_later()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Modules with multi-process (`slow`) tests run first, each module's tests together and in
+    their order. scripts/test.sh runs the suite on 2 pytest-xdist workers, one module per work unit
+    handed out in this order: the long launches start early and the many quick in-process tests
+    fill the end, so neither worker idles while the other finishes a long launch chain."""
+    slow_modules = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    order = {}
+    for item in items:
+        order.setdefault(item.nodeid.split("::")[0], len(order))
+    items.sort(key=lambda item: (item.nodeid.split("::")[0] not in slow_modules,
+                                 order[item.nodeid.split("::")[0]]))
