@@ -21,6 +21,14 @@ has one subdirectory per CPU kind (`cache_dir_for_this_cpu`): Inductor's cache d
 apart graphs compiled for different CPU instruction sets (torch 2.13), and reusing one on another
 crashes the process (measured: a graph cached with ATEN_CPU_CAPABILITY=avx2 aborts a run without
 it, and the reverse segfaults), as it would on a home directory shared by unlike nodes.
+
+`ModelRuntime.compile_backend` (`runtime.compile_backend`) picks torch.compile's backend:
+"inductor" (the default: generated C++/Triton kernels) or "aot_eager", which traces the same
+graphs (Dynamo's graph breaks, guards and recompiles, AOTAutograd's forward and backward) but runs
+them with PyTorch's eager kernels: no code generated, no C++ compile, eager numerics. It is the
+usual first step when a compiled run misbehaves (a problem that remains is in the tracing, one
+that goes away is in Inductor), and the test suite's way to check the tracing of parallel
+layouts without paying Inductor's compiles for each (tests/parallel/test_compile.py).
 """
 from __future__ import annotations
 
@@ -35,11 +43,12 @@ import torch.nn as nn
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
 
-def compile_blocks(blocks: Iterable[nn.Module]) -> None:
-    """Replace each block's `forward` by its compiled version (in place; idempotent)."""
+def compile_blocks(blocks: Iterable[nn.Module], backend: str = "inductor") -> None:
+    """Replace each block's `forward` by its version compiled with `backend` (`COMPILE_BACKENDS`;
+    in place; idempotent)."""
     for block in blocks:
         if not getattr(block, "_megatiny_compiled", False):
-            block.forward = torch.compile(block.forward)
+            block.forward = torch.compile(block.forward, backend=backend)
             block._megatiny_compiled = True
 
 

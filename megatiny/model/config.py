@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 ATTENTION_BACKENDS = ("auto", "flash_attn", "sdpa", "math")
+# torch.compile backends of the compiled blocks: Inductor generates kernels; aot_eager traces the
+# same forward and backward graphs (Dynamo, AOTAutograd) and runs them with eager kernels.
+COMPILE_BACKENDS = ("inductor", "aot_eager")
 # Hugging Face model families megatiny imports and exports (`megatiny.checkpoint.hf.FAMILIES`).
 FAMILIES = ("llama", "qwen2", "mistral")
 ROPE_SCALING_TYPES = ("llama3", "linear")
@@ -262,11 +265,13 @@ class ModelRuntime:
     `attention_backend`: auto | flash_attn | sdpa | math (see `megatiny.model.attention`).
     `activation_checkpointing`: 0 = none, 1 = every block, k = every k-th block.
     `compile`: torch.compile each transformer block (`megatiny.model.compile`).
+    `compile_backend`: the backend of those compiles, inductor | aot_eager (COMPILE_BACKENDS).
     """
 
     attention_backend: str = "auto"
     activation_checkpointing: int = 0
     compile: bool = False
+    compile_backend: str = "inductor"
 
     def __post_init__(self) -> None:
         if self.attention_backend not in ATTENTION_BACKENDS:
@@ -278,6 +283,9 @@ class ModelRuntime:
                              f"(0 none, 1 every block, k every k-th block), got {every!r}")
         if not isinstance(self.compile, bool):
             raise ValueError(f"compile must be true or false, got {self.compile!r}")
+        if self.compile_backend not in COMPILE_BACKENDS:
+            raise ValueError(f"compile_backend must be one of {COMPILE_BACKENDS}, "
+                             f"got {self.compile_backend!r}")
 
 
 RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(ModelRuntime))

@@ -142,9 +142,10 @@ class PipelineLoss:
 
 def build_pipeline_model(config: ModelConfig, state: ParallelState, zero_stage: int,
                          activation_checkpoint_interval: int = 0, attention_backend: str = "auto",
-                         compile: bool = False):
-    """The `deepspeed.pipe.PipelineModule` of this rank's stage (`attention_backend`, `compile`:
-    ModelRuntime's; compile: each of the stage's blocks, see `megatiny.model.compile`)."""
+                         compile: bool = False, compile_backend: str = "inductor"):
+    """The `deepspeed.pipe.PipelineModule` of this rank's stage (`attention_backend`, `compile`,
+    `compile_backend`: ModelRuntime's; compile: each of the stage's blocks, see
+    `megatiny.model.compile`)."""
     from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
     from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 
@@ -168,7 +169,7 @@ def build_pipeline_model(config: ModelConfig, state: ParallelState, zero_stage: 
                             activation_checkpoint_interval=activation_checkpoint_interval,
                             checkpointable_layers=[BLOCK_CLASS])
     if compile:
-        compile_blocks(m for m in module.forward_funcs if isinstance(m, BlockPipe))
+        compile_blocks((m for m in module.forward_funcs if isinstance(m, BlockPipe)), compile_backend)
     finals = [m for m in module.forward_funcs if isinstance(m, FinalPipe)]
     if finals:  # the last stage
         loss.head = LMHead(config, state, tied_weight=module.tied_modules[TIED_KEY].embed_tokens.weight) \

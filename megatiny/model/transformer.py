@@ -246,7 +246,7 @@ class Decoder(nn.Module):
         self.embed_tokens = token_embedding(config, parallel)
         self.layers = nn.ModuleList(Block(config, i, parallel) for i in range(config.num_layers))
         if self.runtime.compile:
-            compile_blocks(self.layers)
+            compile_blocks(self.layers, self.runtime.compile_backend)
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, _sequence_parallel_group(parallel))
 
     def forward(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None,

@@ -402,6 +402,10 @@ training ~7x |
     compiling costs a long first step and ran slower than eager; on GPU it stays off until
     measured, see docs/PERFORMANCE.md). Compiled kernels are cached in $TORCHINDUCTOR_CACHE_DIR
     (default ~/.cache/megatiny/torchinductor) so a rerun or resume of the same config reuses them"""
+    compile_backend: str = "inductor"
+    """torch.compile's backend for `compile`: inductor (generated kernels) | aot_eager (the same
+    Dynamo and AOTAutograd tracing, forward and backward, run with eager kernels: no code generated;
+    to tell a tracing problem, e.g. graph breaks or recompiles, from an Inductor one)"""
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -416,7 +420,8 @@ training ~7x |
     def model_runtime(self) -> ModelRuntime:
         return ModelRuntime(attention_backend=self.attention_backend,
                             activation_checkpointing=self.activation_checkpointing,
-                            compile=self.compile is True)  # auto: off until GPU figures show a gain
+                            compile=self.compile is True,  # auto: off until GPU figures show a gain
+                            compile_backend=self.compile_backend)
 
 
 @dataclass

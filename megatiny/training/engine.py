@@ -104,7 +104,8 @@ def _pipeline_module(run: RunConfig, model_config: ModelConfig, parallel: Parall
         full = GPT(model_config, runtime=runtime).state_dict()
     module = build_pipeline_model(model_config, parallel, zero,
                                   activation_checkpoint_interval=runtime.activation_checkpointing,
-                                  attention_backend=runtime.attention_backend, compile=runtime.compile)
+                                  attention_backend=runtime.attention_backend, compile=runtime.compile,
+                                  compile_backend=runtime.compile_backend)
     load_full_state_dict(module, full, model_config, parallel)
     return module
 

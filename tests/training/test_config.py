@@ -248,3 +248,13 @@ def test_runtime_compile_is_false_true_or_auto_and_auto_stays_off():
     for bad in ("1", "inductor", "[true]"):
         with pytest.raises(ValueError, match=r"runtime\.compile must be false, true or auto"):
             load_config(None, [f"runtime.compile={bad}"])
+
+
+def test_runtime_compile_backend_is_inductor_or_aot_eager_and_reaches_the_model_runtime():
+    assert load_config(None, []).runtime.model_runtime().compile_backend == "inductor"
+    runtime = load_config(None, ["runtime.compile=true", "runtime.compile_backend=aot_eager"]).runtime
+    assert runtime.model_runtime() == ModelRuntime(attention_backend="auto", compile=True,
+                                                   compile_backend="aot_eager")
+    for bad in ("eager", "Inductor", "true"):
+        with pytest.raises(ValueError, match=r"runtime\.compile_backend must be one of"):
+            load_config(None, [f"runtime.compile_backend={bad}"])
