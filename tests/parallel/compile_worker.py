@@ -1,6 +1,7 @@
 """Launched by tests/parallel/test_compile.py (gloo, CPU ranks): compiled blocks against eager.
 
-For each case (a layout of parallel_worker.LAYOUTS and a ZeRO stage) the trainer's own engine
+For each case (a layout of parallel_worker.LAYOUTS, a ZeRO stage and optionally "ac0", no
+activation checkpointing, and a `runtime.compile_backend`, default inductor) the trainer's own engine
 (`megatiny.training.engine.build_engine`, activation checkpointing on every block) trains STEPS
 steps eagerly and then with `runtime.compile: true`, from the same initial weights and batches;
 then both evaluate one batch (validation: no grad, evaluation mode). Recorded per case: losses,
@@ -27,9 +28,10 @@ from megatiny.parallel.process_group import skip_inference_shm_allreduce
 from megatiny.process_env import exit_fast
 from megatiny.training.engine import build_engine
 from tests.helpers import finish_rank
-from tests.parallel.parallel_worker import LR, batch, run_config, train_engine
+from tests.parallel.parallel_worker import LR, PIPELINE_MICRO_BATCHES, batch, run_config, train_engine
 
 STEPS = 4
+MICRO_BATCHES = PIPELINE_MICRO_BATCHES  # of layout "one-accum2"
 
 
 def dynamo_counts() -> dict:
@@ -39,10 +41,21 @@ def dynamo_counts() -> dict:
             "graph_breaks": sum(breaks.values()), "break_reasons": sorted(breaks)[:8]}
 
 
-def compiled_case(layout: str, stage: int, **runtime) -> dict:
+def parse_case(case: str) -> tuple[str, int, dict]:
+    """"LAYOUT:STAGE[:ac0][:BACKEND]" -> layout, ZeRO stage, the runtime settings of the case
+    (BACKEND: `runtime.compile_backend`, which the eager run ignores)."""
+    layout, stage, *rest = case.split(":")
+    runtime = {"activation_checkpointing": 0} if "ac0" in rest else {}
+    backends = [part for part in rest if part != "ac0"]
+    if backends:
+        runtime["compile_backend"] = backends[0]
+    return layout, int(stage), runtime
+
+
+def compiled_case(layout: str, stage: int, runtime: dict) -> dict:
     """Eager and compiled engines of one layout and stage: their losses, norms, validation loss
     and the compiled run's dynamo counts (after step 1 and at the end)."""
-    result = {"eager": train_engine(layout, stage, steps=STEPS, validate=True, **runtime)}
+    result = {"eager": train_engine(layout, stage, steps=STEPS, validate=True, **runtime)}  # compile: false
     torch._dynamo.reset()
     counters.clear()
     first = {}
@@ -58,16 +71,28 @@ def compiled_case(layout: str, stage: int, **runtime) -> dict:
     return result
 
 
+def accumulated_step(engine, step: int) -> float:
+    """One optimizer step of layout "one-accum2" (one rank, MICRO_BATCHES micro-batches of
+    `batch(step)`): the mean of their losses."""
+    losses = []
+    for inputs, labels in zip(*(rows.chunk(MICRO_BATCHES) for rows in batch(step))):
+        loss = engine.loss(inputs, labels)
+        engine.micro_step(loss, LR)
+        losses.append(loss.item())
+    return sum(losses) / len(losses)
+
+
 def resumed_run(directory: str, compile: bool) -> dict:
-    """One rank, ZeRO-1: 2 steps, a DeepSpeed checkpoint, then a fresh engine (and, compiled, a
-    fresh dynamo: what a restarted process has, the on-disk compile cache aside) loads it and
-    trains 2 more. Losses and norms of the 2 resumed steps, and the dynamo/Inductor counters of
-    the resumed part."""
-    run = run_config("one", 1, compile=compile)
+    """One rank, ZeRO-1, layout "one-accum2" (the one-rank cases' shapes, so their compiled code
+    is reused): 2 steps, a DeepSpeed checkpoint, then a fresh engine (and, compiled, a fresh
+    dynamo: what a restarted process has, the on-disk compile cache aside) loads it and trains 2
+    more. Losses and norms of the 2 resumed steps, and the dynamo/Inductor counters of the
+    resumed part."""
+    run = run_config("one-accum2", 1, compile=compile)
     plan = run.plan(run.parallel.layout(1), {"zero_optimization": {"stage": 1}})
     engine = build_engine(run, plan, torch.device("cpu"))
     for step in range(2):
-        engine.micro_step(engine.loss(*batch(step)), LR)
+        accumulated_step(engine, step)
     engine.deepspeed_engine.save_checkpoint(directory, tag="step2")
     engine.deepspeed_engine.destroy()
     torch._dynamo.reset()
@@ -76,9 +101,7 @@ def resumed_run(directory: str, compile: bool) -> dict:
     engine.deepspeed_engine.load_checkpoint(directory, tag="step2")
     losses, norms = [], []
     for step in range(2, 4):
-        loss = engine.loss(*batch(step))
-        engine.micro_step(loss, LR)
-        losses.append(loss.item())
+        losses.append(accumulated_step(engine, step))
         norms.append(engine.grad_norm())
     engine.deepspeed_engine.destroy()
     return {"losses": losses, "grad_norms": norms, "counts": dynamo_counts(),
@@ -90,16 +113,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--local_rank", type=int, default=-1)
     parser.add_argument("--out-dir", required=True)
-    parser.add_argument("--cases", nargs="*", default=[], help="LAYOUT:STAGE[:ac0]")
+    parser.add_argument("--cases", nargs="*", default=[], help="LAYOUT:STAGE[:ac0][:BACKEND]")
     parser.add_argument("--resume", action="store_true", help="also the resume check (one rank)")
     args = parser.parse_args()
     skip_inference_shm_allreduce()
     deepspeed.init_distributed(dist_backend="gloo")
     results = {}
     for case in args.cases:
-        layout, stage, *rest = case.split(":")
-        runtime = {"activation_checkpointing": 0} if "ac0" in rest else {}
-        results[case] = compiled_case(layout, int(stage), **runtime)
+        results[case] = compiled_case(*parse_case(case))
     if args.resume:
         for compile in (False, True):
             results[f"resume-compile-{compile}"] = resumed_run(os.path.join(args.out_dir, f"ckpt-{compile}"),
