@@ -27,6 +27,10 @@ GPU_LIMIT_S = 12 * 60
 INSTALL_CAP_S = 30  # run_all.sh's install from the carried wheels (pip --no-index), before the parts
 PRESET, SEQ, MICRO = "tinyllama-1.1b", 2048, 8
 TRAIN, PROFILE = "benchmarks/bench_train_gpu.py", "benchmarks/gpu/profile_step.py"
+TIMEOUT_SCALE_ENV = "MEGATINY_TEST_TIMEOUT_SCALE"  # tests/helpers.py's: the smoke is the suite's
+# The smoke's sequence length: with micro-batch 2 its compiled blocks' training graph is the one of
+# tests/parallel/test_compile.py's Inductor cases, so the suite (one Inductor cache) compiles it once.
+SMOKE_SEQ = 16
 
 
 @dataclass
@@ -68,13 +72,20 @@ def gpu_plan(out: Path) -> list[Part]:
     ]
 
 
+def smoke_cap_s(seconds: int) -> int:
+    """A smoke part's cap: `seconds` times $MEGATINY_TEST_TIMEOUT_SCALE (as the suite scales every
+    subprocess budget, e.g. 3 on a slow laptop)."""
+    return round(seconds * float(os.environ.get(TIMEOUT_SCALE_ENV, "1")))
+
+
 def smoke_plan(out: Path) -> list[Part]:
-    """Every part on CPU with the tiny preset and 2 steps (the suite runs this)."""
+    """Every part on CPU with the tiny preset and 2 steps (the suite runs this); caps scaled by
+    `smoke_cap_s`."""
     model_step = _python("benchmarks/bench_gpu_model.py", "--device", "cpu", "--preset", "tiny-test",
-                         "--seq", 32, "--batch", 2, "--dtype", "fp32", "--backends", "sdpa",
+                         "--seq", SMOKE_SEQ, "--batch", 2, "--dtype", "fp32", "--backends", "sdpa",
                          "--activation-checkpointing", 0, 1, "--compile", "--max-batch", 2,
                          "--steps", 1, "--warmup", 1, "--peak-tflops", 1, "--json", out / "model_step.json")
-    train = [_python(TRAIN, "--preset", "tiny-test", "--seq", 32, "--micro-batch", 2,
+    train = [_python(TRAIN, "--preset", "tiny-test", "--seq", SMOKE_SEQ, "--micro-batch", 2,
                      "--steps", 1, "--warmup", 1, "--ds-config", f"ds_configs/zero{stage}.json",
                      "--precision", "fp32", "--peak-tflops", 1, *(["--compile"] if compile else []),
                      "--json", out / f"train_zero{stage}_{'compiled' if compile else 'eager'}.json")
@@ -82,13 +93,14 @@ def smoke_plan(out: Path) -> list[Part]:
     return [
         Part("model_step", "tiny-test fp32 on CPU: sdpa (both backends: tests/model/test_benchmarks.py), "
              "eager and compiled, checkpointing 0/1, micro-batch 2 (the largest-batch search stops at 2: "
-             "each compiled shape costs a cold compile on CI)", 240, [model_step]),
+             "each compiled shape costs a cold compile on CI)", smoke_cap_s(240), [model_step]),
         Part("deepspeed_train", "tiny-test on CPU: ZeRO-3 compiled (ZeRO-1 eager runs in loss_difference)",
-             240, train),
-        *_loss_and_profile(out, device_preset="tiny-test", seq=32, micro=2, steps=1, warmup=1,
-                           profile=("--device", "cpu", "--preset", "tiny-test", "--seq", 32, "--batch", 2,
-                                    "--dtype", "fp32", "--steps", 1, "--warmup", 1),
-                           caps=(240, 120), device_env={"CUDA_VISIBLE_DEVICES": ""}),
+             smoke_cap_s(240), train),
+        *_loss_and_profile(out, device_preset="tiny-test", seq=SMOKE_SEQ, micro=2, steps=1, warmup=1,
+                           profile=("--device", "cpu", "--preset", "tiny-test", "--seq", SMOKE_SEQ,
+                                    "--batch", 2, "--dtype", "fp32", "--steps", 1, "--warmup", 1),
+                           caps=(smoke_cap_s(240), smoke_cap_s(120)),
+                           device_env={"CUDA_VISIBLE_DEVICES": ""}),
     ]
 
 

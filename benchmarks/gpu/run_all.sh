@@ -29,14 +29,26 @@ for arg in "$@"; do
   esac
 done
 
-# module:package pairs; a module that does not import is installed from $WHEELS
+# module:package pairs; a module that does not import is installed from $WHEELS. One interpreter
+# tries them all (one start and one torch import, not one per module) and prints the packages.
 NEEDED="deepspeed:deepspeed hjson:hjson msgpack:msgpack ninja:ninja cpuinfo:py-cpuinfo pydantic:pydantic
 einops:einops yaml:pyyaml sentencepiece:sentencepiece safetensors:safetensors zstandard:zstandard
 tokenizers:tokenizers transformers:transformers pyarrow:pyarrow psutil:psutil tensorboard:tensorboard"
-missing=()
-for pair in $NEEDED; do
-  "$PYTHON" -c "import ${pair%%:*}" 2>/dev/null || missing+=("${pair#*:}")
-done
+# shellcheck disable=SC2086
+not_importing=$("$PYTHON" - $NEEDED 2>/dev/null <<'PY'
+import contextlib, importlib, io, sys
+missing = []
+for pair in sys.argv[1:]:
+    module, package = pair.split(":")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            importlib.import_module(module)
+    except Exception:
+        missing.append(package)
+print(" ".join(missing))
+PY
+)
+read -r -a missing <<< "$not_importing"
 if compgen -G "$WHEELS/flash_attn-*.whl" >/dev/null && ! "$PYTHON" -c "import flash_attn" 2>/dev/null; then
   missing+=(flash-attn)
 fi

@@ -1,7 +1,8 @@
 """`runtime.compile: true` (each transformer block torch.compiled) trains exactly as eager.
 
-Real DeepSpeed engines (`build_engine`), fp32, the tiny 2-layer model, activation checkpointing on
-every block unless the case says ac0; 4 steps eager then 4 compiled in the same process
+Real DeepSpeed engines (`build_engine`), fp32, the tiny 2-layer model, SDPA attention (what `auto`
+runs on CPU), activation checkpointing on every block unless the case says ac0; 4 steps eager then
+4 compiled in the same process
 (tests/parallel/compile_worker.py): losses, DeepSpeed's gradient norms and a validation loss
 within 1e-5. Dynamo's counters are asserted: no graph break, one graph for the training step (the
 pipeline: two, see below) however many blocks, nothing compiled after the first step (a ZeRO-3
@@ -16,7 +17,9 @@ What each case proves, by `runtime.compile_backend`:
   gathering around compiled blocks that are ZeRO-3 leaves). All four train on [2, 16]
   micro-batches, so they share one set of compiled graphs: the one-rank launch compiles them
   (a cold compile, ~35 CPU-seconds here) and the two-rank launch, after it, finds them in
-  Inductor's on-disk cache (dynamo still traces every case and every rank).
+  Inductor's on-disk cache (dynamo still traces every case and every rank). In the whole suite
+  the training graph is already there: the GPU script's smoke run (tests/model/test_benchmarks.py,
+  earlier in the suite, same cache) compiles the same block graph, leaving the validation graph.
 - aot_eager (Dynamo and AOTAutograd trace the same forward and backward graphs, run with eager
   kernels; no code generated), where the risk is in the tracing: TP2 + SP under ZeRO-3, CP2 and
   PP2. Their collectives and hooks (tensor-parallel regions, sequence-parallel scatter/gather,
