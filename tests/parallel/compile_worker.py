@@ -1,8 +1,9 @@
 """Launched by tests/parallel/test_compile.py (gloo, CPU ranks): compiled blocks against eager.
 
-For each case (a layout of parallel_worker.LAYOUTS, a ZeRO stage and optionally "ac0", no
-activation checkpointing, and a `runtime.compile_backend`, default inductor) the trainer's own engine
-(`megatiny.training.engine.build_engine`, activation checkpointing on every block) trains STEPS
+For each case (a layout of parallel_worker.LAYOUTS, a ZeRO stage, optionally "ac0" and a
+`runtime.compile_backend`, default inductor) the trainer's own engine
+(`megatiny.training.engine.build_engine`, SDPA attention, activation checkpointing on every block
+unless "ac0") trains STEPS
 steps eagerly and then with `runtime.compile: true`, from the same initial weights and batches;
 then both evaluate one batch (validation: no grad, evaluation mode). Recorded per case: losses,
 gradient norms, the validation loss, and dynamo's counters of the compiled run after its first
