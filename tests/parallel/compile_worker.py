@@ -35,7 +35,7 @@ STEPS = 4
 MICRO_BATCHES = PIPELINE_MICRO_BATCHES  # of layout "one-accum2"
 # Attention of every case and the resume. With SDPA the blocks' training graph on [2, 16]
 # micro-batches is also the one the GPU script's smoke run compiles (benchmarks/gpu/run_all.py,
-# tiny-test, seq 16, micro-batch 2), so in the suite, which runs that first into the same Inductor
+# tiny-test, seq 16, micro-batch 2), so when the suite has run that first into the same Inductor
 # cache, the inductor cases here compile only their validation graph.
 ATTENTION = "sdpa"
 

@@ -18,8 +18,9 @@ What each case proves, by `runtime.compile_backend`:
   micro-batches, so they share one set of compiled graphs: the one-rank launch compiles them
   (a cold compile, ~35 CPU-seconds here) and the two-rank launch, after it, finds them in
   Inductor's on-disk cache (dynamo still traces every case and every rank). In the whole suite
-  the training graph is already there: the GPU script's smoke run (tests/model/test_benchmarks.py,
-  earlier in the suite, same cache) compiles the same block graph, leaving the validation graph.
+  the training graph is usually there already: the GPU script's smoke run
+  (tests/model/test_benchmarks.py, handed out earlier by tests/conftest.py's order, same cache)
+  compiles the same block graph, leaving the validation graph (if both run at once, each compiles).
 - aot_eager (Dynamo and AOTAutograd trace the same forward and backward graphs, run with eager
   kernels; no code generated), where the risk is in the tracing: TP2 + SP under ZeRO-3, CP2 and
   PP2. Their collectives and hooks (tensor-parallel regions, sequence-parallel scatter/gather,
@@ -31,7 +32,7 @@ What each case proves, by `runtime.compile_backend`:
 
 Two launches: one rank, then two ranks (DP2 under ZeRO-3, TP2 + SP under ZeRO-3, CP2, PP2; ZeRO-2
 is left to the eager exactness tests). Inductor's cache is the suite's own
-(.pytest_cache/torchinductor), so a rerun of the suite skips the C++ compiles too.
+(`tests.helpers.inductor_cache_dir`), so a rerun of the suite skips the C++ compiles too.
 """
 import json
 
