@@ -79,7 +79,7 @@ class Precision:
         return f"{self.name} ({self.reason})"
 
 
-def _cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
     """The CPU feature flags of the first processor (x86 `flags`, Arm `Features`); empty if unknown."""
     try:
         text = cpuinfo.read_text(errors="replace")
@@ -100,7 +100,7 @@ def _onednn_cap() -> str | None:
 
 def detect_cpu(flags: set[str] | None = None, onednn_cap: str | None = None) -> Hardware:
     """The CPU's `Hardware`; `flags` / `onednn_cap` default to this machine's."""
-    flags = _cpu_flags() if flags is None else flags
+    flags = cpu_flags() if flags is None else flags
     onednn_cap = _onednn_cap() if onednn_cap is None else onednn_cap.upper()
     found = [f for f in NATIVE_BF16_CPU_FLAGS if f in flags]
     if not found:

@@ -8,22 +8,26 @@ import torch
 
 from megatiny.checkpoint import hf
 from megatiny.checkpoint.sources import open_weights
-from megatiny.model import GPT
+from megatiny.model import GPT, ModelRuntime
+from megatiny.model.compile import prepare_compile
 
 
 def load_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
                device: str | torch.device = "cpu", *, tag: str | None = None,
-               weights: str = "auto") -> tuple[GPT, dict[str, Any]]:
+               weights: str = "auto", runtime: ModelRuntime | None = None) -> tuple[GPT, dict[str, Any]]:
     """Build a GPT in eval mode from `path` and return (model, metadata).
 
     `path`: a DeepSpeed checkpoint root (its `latest` tag, or `tag`), a tag directory, a megatiny
     weights directory or a Hugging Face Llama directory. `metadata` is the `megatiny.json` content
     (`model` is the ModelConfig; for an HF dir, `tokenizer` is the dir itself if it holds
-    tokenizer files). `weights`: see `megatiny.checkpoint.sources.open_weights`.
+    tokenizer files). `weights`: see `megatiny.checkpoint.sources.open_weights`. `runtime`: how the
+    model computes (attention backend, compiled blocks; default: `ModelRuntime()`).
     """
+    if runtime is not None and runtime.compile:
+        prepare_compile()
     source = open_weights(path, tag=tag, weights=weights)
     with torch.device("meta"):
-        model = GPT(source.config)
+        model = GPT(source.config, runtime=runtime)
     state = {}
     for name in source.names():
         state[name] = source.tensor(name).to(dtype=dtype, device=device)

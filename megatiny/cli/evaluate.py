@@ -6,6 +6,9 @@ Benchmarks (lm-evaluation-harness; results.json + results.md in --output-dir):
     megatiny evaluate --checkpoint runs/x/hf --backend hf --suite tinyllama-commonsense
     megatiny evaluate --checkpoint W --tasks my_task --include-path my_tasks/
 
+Add --compile to torch.compile each transformer block (megatiny checkpoints; Inductor's kernels
+are cached as in training, see docs/PERFORMANCE.md).
+
 Perplexity (one epoch of the chosen split, cut as training cuts it; a blend is scored one dataset
 at a time, with a token-weighted total):
     megatiny evaluate --perplexity --checkpoint runs/x/checkpoints \\
@@ -25,6 +28,7 @@ from pathlib import Path
 from megatiny.eval.perplexity import run_perplexity
 from megatiny.eval.suites import SUITES
 from megatiny.fileio import atomic_write_text
+from megatiny.model import ModelRuntime
 from megatiny.parsing import bool_argument
 
 
@@ -38,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default="auto", help="float32 | bfloat16 | float16 | auto")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--output-dir", help="write results.json and results.md here")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile each transformer block (megatiny models; as runtime.compile)")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="inductor | aot_eager (as runtime.compile_backend)")
 
     bench = parser.add_argument_group("lm-eval tasks")
     chosen = bench.add_mutually_exclusive_group()
@@ -66,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def model_runtime(args: argparse.Namespace) -> ModelRuntime:
+    """--compile / --compile-backend as the model's ModelRuntime; ValueError naming the flag."""
+    try:
+        return ModelRuntime(compile=args.compile, compile_backend=args.compile_backend)
+    except ValueError as e:
+        raise ValueError(f"--compile-backend: {e}") from None
+
+
 def run_benchmarks(args: argparse.Namespace) -> int:
     # lm-eval is an optional extra (megatiny[eval]); perplexity runs without it.
     from megatiny.eval.harness import LmEvalConfig, run_lm_eval
@@ -79,7 +95,7 @@ def run_benchmarks(args: argparse.Namespace) -> int:
         include_paths=args.include_path, num_fewshot=args.num_fewshot, batch_size=args.batch_size,
         device=args.device, dtype=args.dtype, add_bos_token=args.add_bos_token, limit=limit,
         output_dir=args.output_dir, log_samples=args.log_samples,
-        confirm_run_unsafe_code=args.confirm_run_unsafe_code, seed=args.seed)
+        confirm_run_unsafe_code=args.confirm_run_unsafe_code, seed=args.seed, runtime=model_runtime(args))
     report = run_lm_eval(config)
     print(report.table)
     for kind, path in report.paths.items():
@@ -92,7 +108,7 @@ def run_perplexity_cli(args: argparse.Namespace) -> int:
         raise ValueError("--perplexity needs --data-path PREFIX and --seq-length N")
     result = run_perplexity(args.checkpoint, args.data_path, args.seq_length, args.split_name, args.split,
                             args.num_samples, args.batch_size, args.device, args.dtype, args.seed,
-                            args.cache_dir)
+                            args.cache_dir, model_runtime(args))
     for prefix, part in result.datasets.items():
         print(f"{prefix}: loss {part.loss:.4f} nats/token | perplexity {part.perplexity:.3f} | "
               f"tokens {part.tokens} | samples {part.samples}")

@@ -26,6 +26,7 @@ from megatiny.eval.lm_eval_adapter import MegatinyLM
 from megatiny.eval.suites import Suite, adhoc_suite, get_suite, markdown_table, suite_scores
 from megatiny.eval.tasks import BUNDLED_TASKS_DIR
 from megatiny.fileio import atomic_write_text
+from megatiny.model import ModelRuntime
 from megatiny.precision import DTYPE_NAMES, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class LmEvalConfig:
     num_fewshot: override the shots of every task (default: the suite's, else the task's).
     limit: evaluate only the first N documents per task (or a fraction < 1), for quick checks.
     output_dir: where results.json / results.md (and samples_*.jsonl with log_samples) go.
+    runtime: how the megatiny backend's model computes (compiled blocks: `ModelRuntime(compile=True)`).
     """
 
     checkpoint: str | None = None
@@ -61,10 +63,14 @@ class LmEvalConfig:
     log_samples: bool = False
     confirm_run_unsafe_code: bool = False
     seed: int = 1234
+    runtime: ModelRuntime = field(default_factory=ModelRuntime)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"LmEvalConfig.backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.runtime.compile and self.backend != "megatiny":
+            raise ValueError("compiled blocks (LmEvalConfig.runtime.compile, --compile) need the megatiny "
+                             f"backend, not {self.backend!r}")
         if bool(self.suite) == bool(self.tasks):
             raise ValueError("LmEvalConfig: give exactly one of suite (e.g. 'tinyllama-commonsense') "
                              "or tasks (lm-eval task names)")
@@ -119,7 +125,8 @@ def build_lm(config: LmEvalConfig):
     if config.backend == "megatiny":
         return MegatinyLM(checkpoint=config.checkpoint, tokenizer=config.tokenizer,
                           batch_size=config.batch_size, device=config.device, dtype=config.dtype,
-                          add_bos_token=config.add_bos_token, seed=config.seed)
+                          add_bos_token=config.add_bos_token, seed=config.seed,
+                          compile=config.runtime.compile, compile_backend=config.runtime.compile_backend)
     # lm-eval's hf model defaults to cuda even on machines without it.
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     # Our "auto", not transformers' (which takes the export's bf16 even where bf16 is emulated).

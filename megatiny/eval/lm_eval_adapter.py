@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from megatiny.checkpoint import load_model
 from megatiny.data.tokenizer import load_tokenizer
-from megatiny.model import GPT
+from megatiny.model import GPT, ModelRuntime
 from megatiny.model.generate import generate
 from megatiny.parsing import parse_bool
 from megatiny.precision import resolve_device, resolve_dtype
@@ -67,14 +67,15 @@ def _parse_batch_size(value: Any) -> int:
 
 
 def load_checkpoint_and_tokenizer(checkpoint: str | os.PathLike, tokenizer: Any, dtype: torch.dtype,
-                                  device: torch.device) -> tuple[torch.nn.Module, Any, dict]:
+                                  device: torch.device, runtime: ModelRuntime | None = None,
+                                  ) -> tuple[torch.nn.Module, Any, dict]:
     """(model in eval mode, tokenizer object, metadata) for a checkpoint `load_model` accepts.
 
     The tokenizer is `tokenizer` (a path or a loaded object) if given, else the one named in the
     checkpoint's metadata, else the checkpoint directory itself (a Hugging Face export keeps its
-    tokenizer files beside the weights).
+    tokenizer files beside the weights). `runtime`: as in `load_model` (e.g. compiled blocks).
     """
-    model, metadata = load_model(checkpoint, dtype=dtype, device=device)
+    model, metadata = load_model(checkpoint, dtype=dtype, device=device, runtime=runtime)
     if tokenizer is None:
         tokenizer = metadata.get("tokenizer") or checkpoint
     if isinstance(tokenizer, (str, os.PathLike)):
@@ -86,6 +87,15 @@ def load_checkpoint_and_tokenizer(checkpoint: str | os.PathLike, tokenizer: Any,
                 f"{tokenizer}: {e}. Pass tokenizer=PATH (a sentencepiece .model file or a Hugging "
                 f"Face tokenizer directory) in --model_args.") from None
     return model.eval(), tokenizer, metadata
+
+
+def _runtime(compile: bool | str, backend: str) -> ModelRuntime:
+    """The ModelRuntime of the `compile` and `compile_backend` model arguments."""
+    try:
+        return ModelRuntime(compile=bool(parse_bool(compile, "megatiny lm-eval model: compile")),
+                            compile_backend=backend)
+    except ValueError as e:
+        raise ValueError(f"megatiny lm-eval model: {e}") from None
 
 
 @register_model("megatiny")
@@ -104,6 +114,8 @@ class MegatinyLM(TemplateLM):
         add_bos_token: put BOS before every context (default: true when the tokenizer has one).
         max_gen_toks: default generation budget when a task does not set one.
         seed: seed of the sampling generator (only used when a task samples).
+        compile: torch.compile each transformer block of the checkpoint's model (default false).
+        compile_backend: inductor (default) | aot_eager, as `runtime.compile_backend` in training.
     """
 
     backend = "causal"
@@ -112,14 +124,15 @@ class MegatinyLM(TemplateLM):
                  tokenizer: Any = None, batch_size: int | str | None = 8,
                  max_length: int | str | None = None, device: str | None = None,
                  dtype: str | torch.dtype = "auto", add_bos_token: bool | str | None = None,
-                 max_gen_toks: int | str = 256, seed: int | str = 1234,
-                 max_batch_size: int | None = None, **unknown: Any) -> None:
+                 max_gen_toks: int | str = 256, seed: int | str = 1234, compile: bool | str = False,
+                 compile_backend: str = "inductor", max_batch_size: int | None = None,
+                 **unknown: Any) -> None:
         super().__init__()
         del max_batch_size  # lm-eval passes it to every model; only "auto" batch sizes use it
         if unknown:
             raise ValueError(f"megatiny lm-eval model: unknown argument(s) {sorted(unknown)}; known: "
                              "checkpoint, tokenizer, batch_size, max_length, device, dtype, "
-                             "add_bos_token, max_gen_toks, seed")
+                             "add_bos_token, max_gen_toks, seed, compile, compile_backend")
         self._device = resolve_device(device)
         if (checkpoint is None) == (model is None):
             raise ValueError("megatiny lm-eval model: give exactly one of checkpoint=PATH or "
@@ -130,7 +143,7 @@ class MegatinyLM(TemplateLM):
             except ValueError as e:
                 raise ValueError(f"megatiny lm-eval model: {e} (or 'auto')") from None
             model, tokenizer, self.metadata = load_checkpoint_and_tokenizer(
-                checkpoint, tokenizer, torch_dtype, self._device)
+                checkpoint, tokenizer, torch_dtype, self._device, _runtime(compile, compile_backend))
         else:
             if tokenizer is None:
                 raise ValueError("megatiny lm-eval model: an in-memory model needs tokenizer=...")

@@ -29,7 +29,7 @@ from megatiny.data.config import DataConfig, parse_blend
 from megatiny.data.document_mask import DocumentInputs, DocumentMasking, document_inputs
 from megatiny.data.gpt_dataset import split_document_ranges
 from megatiny.data.indexed_dataset import IndexedDataset
-from megatiny.model import GPT
+from megatiny.model import GPT, ModelRuntime
 from megatiny.precision import resolve_device, resolve_dtype
 
 SPLITS = ("train", "valid", "test", "all")
@@ -164,11 +164,13 @@ def batch_loss_sum(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.T
 def run_perplexity(checkpoint: str | os.PathLike, data_path: str, seq_length: int, which: str = "valid",
                    split: str = "969,30,1", num_samples: int | None = None, batch_size: int = 8,
                    device: str | None = None, dtype: str = "auto", seed: int = 1234,
-                   cache_dir: str | None = None) -> PerplexityResult:
+                   cache_dir: str | None = None, runtime: ModelRuntime | None = None) -> PerplexityResult:
     """Load `checkpoint` (anything `megatiny.checkpoint.load_model` reads) and evaluate it on every
-    dataset of `data_path`; for a blend the result's `datasets` holds each one's numbers."""
+    dataset of `data_path`; for a blend the result's `datasets` holds each one's numbers.
+    `runtime`: how the model computes (e.g. compiled blocks), as in `load_model`."""
     torch_device = resolve_device(device)
-    model, metadata = load_model(checkpoint, dtype=resolve_dtype(dtype, torch_device), device=torch_device)
+    model, metadata = load_model(checkpoint, dtype=resolve_dtype(dtype, torch_device), device=torch_device,
+                                 runtime=runtime)
     max_positions = metadata["model"].max_position_embeddings
     if seq_length > max_positions:
         raise ValueError(f"--seq-length {seq_length} exceeds the model's max_position_embeddings "

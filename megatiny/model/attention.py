@@ -167,8 +167,13 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None 
         repeats = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
     extra = {"enable_gqa": True} if SDPA_SUPPORTS_GQA else {}
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                          is_causal=(mask is None and t == s and t > 1), **extra)
+    # A branch, not `is_causal=(... t > 1)`: with dynamic shapes under torch.compile (evaluation's
+    # varying lengths) that value is a symbolic bool, which SDPA refuses (a graph break per call);
+    # a branch makes dynamo decide it while tracing, under a guard.
+    causal = False
+    if mask is None and t == s and t > 1:
+        causal = True
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, **extra)
 
 
 def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,

@@ -40,6 +40,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from megatiny.precision import cpu_flags
+
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
 
@@ -59,14 +61,8 @@ CPU_ISA_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", 
 def cpu_kind() -> str:
     """A short name of this CPU's kind as compiled code sees it: a hash of the CPU's feature flags
     (/proc/cpuinfo, where there is one) and of the CPU_ISA_ENV caps set in the environment."""
-    flags = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
-            flags = next((line for line in cpuinfo if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        pass
     caps = [f"{key}={os.environ.get(key, '')}" for key in CPU_ISA_ENV]
-    text = "\n".join([" ".join(sorted(flags.split(":", 1)[-1].split())), *caps])
+    text = "\n".join([" ".join(sorted(cpu_flags())), *caps])
     return "cpu-" + hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

@@ -49,6 +49,9 @@ def test_tool_errors(weights_dir, tmp_path, capsys):
     assert evaluate_tool.main(["--checkpoint", str(weights_dir), "--tasks", TASK,
                                "--include-path", str(tmp_path / "missing")]) == 2
     assert "include_paths" in capsys.readouterr().err
+    assert evaluate_tool.main(["--checkpoint", str(weights_dir), "--tasks", TASK, "--backend", "hf",
+                               "--compile"]) == 2
+    assert "need the megatiny backend, not 'hf'" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -193,3 +193,36 @@ def test_constructor_errors_are_clear(trained_model, tokenizer):
         MegatinyLM(model=trained_model, tokenizer=tokenizer, batch_size="many")
     with pytest.raises(ValueError, match="max_position_embeddings"):
         MegatinyLM(model=trained_model, tokenizer=tokenizer, max_length=4096)
+
+
+def test_compiled_checkpoint_scores_and_generates_like_eager(weights_dir, trained_model, tokenizer, manager):
+    """`compile=true` (lm-eval's --model_args, `megatiny evaluate --compile`): the checkpoint's
+    blocks compiled (aot_eager: dynamo's tracing, eager kernels) give the eager log-likelihoods and
+    greedy generations, with no graph break (SDPA once refused a symbolic is_causal: a break per
+    call); once each kind of call (batch 1 or more, with or without the KV cache) has been seen
+    with two lengths, requests of other lengths compile nothing more (the lengths became dynamic)."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    lm = MegatinyLM(checkpoint=str(weights_dir), batch_size=2, device="cpu", dtype="float32", compile="true",
+                    compile_backend="aot_eager")
+    eager = MegatinyLM(model=trained_model, tokenizer=tokenizer, device="cpu")
+    assert lm.model.model.layers[0]._megatiny_compiled
+    graphs = []
+    rounds = ((PAIRS, "What is the capital of France?"), (PAIRS[::-1][:4], "What do bees make?"),
+              (PAIRS[1:], "Which language uses the keyword def?"))
+    for pairs, question in rounds:
+        results = lm.loglikelihood(instances("loglikelihood", pairs), disable_tqdm=True)
+        for (context, continuation), (logprob, greedy) in zip(pairs, results):
+            expected, expected_greedy = direct_loglikelihood(trained_model, tokenizer, context, continuation)
+            assert logprob == pytest.approx(expected, abs=1e-4), (context, continuation)
+            assert greedy == expected_greedy
+        prompt = [tokenizer.bos_id, *tokenizer.encode(f"Question: {question}\nAnswer:")]
+        assert lm.generate_tokens([prompt], 6, until=[]) == eager.generate_tokens([prompt], 6, until=[])
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert sum(counters["graph_break"].values()) == 0, sorted(counters["graph_break"])[:3]
+    assert graphs[0] > 0 and graphs[2] == graphs[1], graphs
+    torch._dynamo.reset()
+    with pytest.raises(ValueError, match="compile_backend must be one of"):
+        MegatinyLM(checkpoint=str(weights_dir), compile=True, compile_backend="cudagraphs")

@@ -122,6 +122,25 @@ def test_perplexity_tool(prefix, weights_dir, trained_model, tmp_path, capsys):
     assert f"perplexity {saved['perplexity']:.3f}" in printed and f"tokens {tokens}" in printed
 
 
+def test_perplexity_tool_with_compiled_blocks(prefix, weights_dir, trained_model, capsys):
+    """--compile (aot_eager here: dynamo's tracing without Inductor's C++ compiles): the same loss
+    as the eager computation, with the blocks really traced; a bad backend names the flag."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    args = ["--perplexity", "--checkpoint", str(weights_dir), "--data-path", prefix, "--seq-length", str(SEQ),
+            "--split", "70,30,0", "--batch-size", "3", "--device", "cpu", "--dtype", "float32"]
+    assert evaluate_tool.main([*args, "--compile", "--compile-backend", "aot_eager"]) == 0
+    expected, tokens = direct_loss(trained_model, held_out_dataset(prefix, SEQ, "valid", "70,30,0"))
+    loss = float(capsys.readouterr().out.split("loss ")[1].split(" nats")[0])
+    assert loss == pytest.approx(expected, abs=1e-4)
+    assert counters["stats"]["unique_graphs"] > 0 and sum(counters["graph_break"].values()) == 0
+    torch._dynamo.reset()
+    assert evaluate_tool.main([*args, "--compile", "--compile-backend", "tvm"]) == 2
+    assert "--compile-backend: compile_backend must be one of" in capsys.readouterr().err
+
+
 def test_perplexity_tool_errors(prefix, weights_dir, capsys):
     args = ["--perplexity", "--checkpoint", str(weights_dir), "--data-path", prefix, "--device", "cpu"]
     assert evaluate_tool.main([*args, "--seq-length", "4096"]) == 2
