@@ -51,6 +51,7 @@ from megatiny.checkpoint.metadata import read_metadata
 from megatiny.cli import convert as convert_checkpoint
 from tests.helpers import REPO_ROOT, launch_ranks, output_tail, rank_env, run_command, timeout_s, venv_bin
 from tests.training.conftest import write_run_config
+from tests.training.train_sequence import PlannedRun, last_log, run_result, write_plan
 
 pytestmark = pytest.mark.slow
 
@@ -100,30 +101,16 @@ def _launch(root: Path, tiny_data, ranks: int, runs: list[Run],
         save_dirs[run.name] = _save_dir(root, run.name)
         (root / run.name).mkdir(parents=True)
         config = write_run_config(root / run.name / "run.yaml", tiny_data, save_dirs[run.name], **SECTIONS)
-        copy = [str(save_dirs[run.resumes] / STEP_2), str(save_dirs[run.name])] if run.resumes else None
-        plan.append({"name": run.name, "argv": ["--config", str(config), *run.overrides], "copy_step": copy})
-    plan_file = root / "plan.json"
-    plan_file.write_text(json.dumps({"out_dir": str(root / "logs"), "wait_s": RUN_S, "runs": plan}))
+        copy = (str(save_dirs[run.resumes] / STEP_2), str(save_dirs[run.name])) if run.resumes else None
+        plan.append(PlannedRun(run.name, ("--config", str(config), *run.overrides), copy_step=copy))
+    plan_file = write_plan(root / "plan.json", root / "logs", plan, wait_s=RUN_S)
     start = [venv_bin("python")] if ranks == 1 else launch_ranks(ranks)
     # 4 ranks on 2 cores take about twice as long per step
     budget = timeout_s(extra_s=len(runs) * RUN_S * max(1, ranks // 2))
     launch = run_command([*start, TRAIN_SEQUENCE, "--plan", str(plan_file)], timeout=budget, env=ENV)
     assert launch.returncode == 0, f"the launch of {[run.name for run in runs]} failed:\n" + \
-        output_tail(launch.stdout + _last_log(root / "logs"), 100)
-    return {run.name: (_result(root / "logs" / run.name, ranks), save_dirs[run.name]) for run in runs}
-
-
-def _result(log_dir: Path, ranks: int) -> subprocess.CompletedProcess:
-    """A run's exit status (the first non-zero one of its ranks) and its ranks' output, in order."""
-    statuses = [int((log_dir / f"rank{r}.status").read_text()) for r in range(ranks)]
-    output = "".join((log_dir / f"rank{r}.log").read_text() for r in range(ranks))
-    return subprocess.CompletedProcess(log_dir.name, next((s for s in statuses if s), 0), output)
-
-
-def _last_log(log_dir: Path) -> str:
-    """Rank 0's output of the newest run that has one (where a crashed launch was)."""
-    logs = sorted(log_dir.glob("*/rank0.log"), key=lambda path: path.stat().st_mtime)
-    return f"\n--- {logs[-1]} ---\n" + logs[-1].read_text() if logs else ""
+        output_tail(launch.stdout + last_log(root / "logs"), 100)
+    return {run.name: (run_result(root / "logs", run.name, ranks), save_dirs[run.name]) for run in runs}
 
 
 def _ok(launched: dict, name: str) -> tuple[subprocess.CompletedProcess, Path]:
