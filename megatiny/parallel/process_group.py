@@ -96,10 +96,12 @@ def all_reduce_sum_tensor(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def shutdown() -> None:
-    """Destroy the process group (without it gloo ranks abort at exit).
+    """Destroy the process group (without it gloo ranks abort at exit), and with it every group
+    DeepSpeed remembers, so that the same process can train again, on another layout too.
 
-    DeepSpeed caches a clone of the world group (`deepspeed.utils.groups._WORLD_GROUP`) that dies
-    with it; forgetting it lets one process train again (e.g. a resume in the same test)."""
+    Through `deepspeed.comm`, which also drops DeepSpeed's references to the groups that die
+    with the world: its clone of the world group (`deepspeed.utils.groups._WORLD_GROUP`) and the
+    `mpu` a tensor-parallel engine left in `deepspeed.utils.groups.mpu`; a later engine without
+    one (plain data parallelism) would otherwise take its dead data-parallel group."""
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-    deepspeed.utils.groups._WORLD_GROUP = None
+        deepspeed.comm.destroy_process_group()

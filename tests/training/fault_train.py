@@ -68,7 +68,8 @@ class Faults(TrainCallbacks):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """Train with the faults of `argv` (default: the command line); the exit status."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", required=True, action="append")
     parser.add_argument("--local_rank", type=int, default=None)  # deepspeed launcher
@@ -82,7 +83,7 @@ def main() -> int:
     parser.add_argument("--fault-rank", type=int, default=1)
     parser.add_argument("--once", default=None)
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     try:
         port = os.environ.get("MASTER_PORT")
         for run, config in enumerate(args.config):

@@ -1,17 +1,30 @@
 """End-to-end training runs: real DeepSpeed engines in real multi-process launches, on CPU.
 
+Runs that need no launch of their own share one (tests/training/train_sequence.py: several runs
+one after the other in the same ranks, each with its own process group, output and exit status).
+
 One chain of runs shares its outputs across assertions (module-scoped fixtures):
   reference  2 ranks, ZeRO-3, precision auto, `deepspeed --hostfile` over ssh to localhost: 16 steps,
              saves 8, 16
-  killed     `deepspeed --num_gpus 2` resumes the step-8 checkpoint; rank 1 SIGKILLs itself while
-             saving step 16
-  single     plain `python` (1 rank) resumes the same directory: picks step 8 (the last complete
-             save), converts it to a universal checkpoint (2 -> 1 ranks) and finishes
+  one `deepspeed --num_gpus 2` launch of two runs:
+    init-2   2 steps from the reference's weights (checkpoint.init_from, fresh optimizer)
+    killed   resumes the reference's step-8 checkpoint; rank 1 SIGKILLs itself while saving
+             step 16 (so the launch fails: the last run)
+  one plain `python` launch (1 rank) of two runs:
+    single   resumes the killed run's directory: picks step 8 (the last complete save), converts
+             it to a universal checkpoint (2 -> 1 ranks) and finishes
+    init-1   init-2's run on one rank
+Runs with injected faults (tests/training/fault_train.py), one plain `python` launch (1 rank):
+  sigterm    ZeRO-1, SIGTERM during step 3: saves and stops
+  nan-skip   ZeRO-3 with CPU offload and CPUAdam, a NaN loss at step 2 skipped
+  nan-stop   bf16, nan_policy stop, a NaN loss at step 2: exit status 1
+Launches of their own: `mpirun` (2 ranks, ZeRO-2), a bad config, the precision benchmark.
 """
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,11 +35,12 @@ from megatiny.precision import detect_hardware, resolve_precision
 from tests.helpers import REPO_ROOT, free_port, rank_env, run_command, timeout_s, venv_bin
 from tests.training.conftest import write_run_config
 from tests.training.sshd import LocalSshd, missing_tools
+from tests.training.train_sequence import PlannedRun, last_log, run_result, write_plan
 
 pytestmark = pytest.mark.slow
 
 TRAIN = str(REPO_ROOT / "tools" / "train.py")
-FAULT_TRAIN = str(REPO_ROOT / "tests" / "training" / "fault_train.py")  # train.py with injected faults
+TRAIN_SEQUENCE = str(REPO_ROOT / "tests" / "training" / "train_sequence.py")  # several runs, one launch
 BASE_ENV = {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO_ROOT), **rank_env()}
 
 
@@ -42,13 +56,24 @@ def _metrics(save_dir: Path) -> dict[int, dict]:
 
 # A 16-step tiny-test run with its saves and validations (the longest single launch here).
 RUN_TIMEOUT_S = timeout_s(steps=16, seconds_per_step=4, extra_s=60)
+RUN_S = timeout_s(launches=0, steps=16, seconds_per_step=4, extra_s=60)  # one such run in a sequence
 
 
-def _python_run(config: Path, *overrides: str, faults: tuple[str, ...] = (), timeout: float = RUN_TIMEOUT_S):
-    """Plain `python` (one rank) of tools/train.py, or of fault_train.py when `faults` are given."""
-    script = [FAULT_TRAIN, *faults] if faults else [TRAIN]
-    return run_command([venv_bin("python"), *script, "--config", str(config), *overrides], timeout=timeout,
-                       env=BASE_ENV)
+def _python_run(config: Path, *overrides: str):
+    """Plain `python` (one rank) of tools/train.py."""
+    return run_command([venv_bin("python"), TRAIN, "--config", str(config), *overrides],
+                       timeout=RUN_TIMEOUT_S, env=BASE_ENV)
+
+
+def _sequence(root: Path, start: list[str], ranks: int, runs: list[PlannedRun]
+              ) -> tuple[subprocess.CompletedProcess, dict[str, subprocess.CompletedProcess]]:
+    """One launch (`start`: the launcher's command, `ranks` ranks) of tests/training/train_sequence.py
+    training `runs` in order: (the launch's result, run name -> its exit status and output)."""
+    plan = write_plan(root / "plan.json", root / "logs", runs, wait_s=RUN_S)
+    launch = run_command([*start, TRAIN_SEQUENCE, "--plan", str(plan)],
+                         timeout=timeout_s(extra_s=len(runs) * RUN_S), env=BASE_ENV)
+    launch.stdout += last_log(root / "logs")  # where it stopped, if it failed
+    return launch, {run.name: run_result(root / "logs", run.name, ranks) for run in runs}
 
 
 @pytest.fixture(scope="module")
@@ -72,26 +97,84 @@ def reference(tiny_data, tmp_path_factory):
     return {"result": result, "save_dir": save_dir, "config": config, "port": port}
 
 
+def _init_from_config(root: Path, tiny_data, reference: dict) -> Path:
+    """A 2-step run from the reference run's checkpoint root (weights only: fresh optimizer)."""
+    root.mkdir()
+    return write_run_config(root / "run.yaml", tiny_data, root / "ckpt", schedule={"train_steps": 2},
+                            logging={"log_interval": 1, "eval_interval": 0},
+                            checkpoint={"save_dir": str(root / "ckpt"), "save_interval": 0,
+                                        "init_from": str(reference["save_dir"])})
+
+
 @pytest.fixture(scope="module")
-def killed(reference, tiny_data, tmp_path_factory):
-    """Resume step 8 of the reference on 2 ranks; rank 1 dies (SIGKILL) in the middle of saving step 16."""
-    root = tmp_path_factory.mktemp("killed")
-    save_dir = root / "ckpt"
-    save_dir.mkdir()
+def two_rank_runs(reference, tiny_data, tmp_path_factory):
+    """`deepspeed --num_gpus 2`: init-2, then killed (resume step 8 of the reference on 2 ranks;
+    rank 1 dies, SIGKILL, in the middle of saving step 16, and with it the launch)."""
+    root = tmp_path_factory.mktemp("two-ranks")
+    save_dir = root / "killed" / "ckpt"
+    save_dir.mkdir(parents=True)
     shutil.copytree(reference["save_dir"] / "step_00000008", save_dir / "step_00000008")
     write_latest(save_dir, "step_00000008")
-    config = write_run_config(root / "run.yaml", tiny_data, save_dir)
-    result = run_command(
-        [venv_bin("deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()), FAULT_TRAIN,
-         "--kill-rank1-at-save", "16", "--config", str(config)], timeout=RUN_TIMEOUT_S, env=BASE_ENV)
-    return {"result": result, "save_dir": save_dir, "config": config}
+    killed = write_run_config(root / "killed" / "run.yaml", tiny_data, save_dir)
+    init = _init_from_config(root / "init-2", tiny_data, reference)
+    deepspeed = [venv_bin("deepspeed"), "--num_gpus", "2", "--master_port", str(free_port())]
+    launch, runs = _sequence(root, deepspeed, 2, [
+        PlannedRun("init-2", ("--config", str(init))),
+        PlannedRun("killed", ("--config", str(killed)), faults=("--kill-rank1-at-save", "16"))])
+    assert runs["killed"].stdout, f"the launch ended before the killed run:\n{launch.stdout[-5000:]}"
+    runs["killed"].returncode = launch.returncode  # the launch ended with it
+    return {"killed": {"result": runs["killed"], "save_dir": save_dir, "config": killed},
+            "init": (runs["init-2"], init.parent / "ckpt")}
 
 
 @pytest.fixture(scope="module")
-def single(killed):
-    """Plain python, one rank, resume auto in the directory of the killed run."""
-    result = _python_run(killed["config"])
-    return {"result": result, "save_dir": killed["save_dir"]}
+def killed(two_rank_runs):
+    return two_rank_runs["killed"]
+
+
+@pytest.fixture(scope="module")
+def one_rank_runs(reference, killed, tiny_data, tmp_path_factory):
+    """Plain python, one rank: single (resume auto in the directory of the killed run), init-1."""
+    root = tmp_path_factory.mktemp("one-rank")
+    init = _init_from_config(root / "init-1", tiny_data, reference)
+    launch, runs = _sequence(root, [venv_bin("python")], 1,
+                             [PlannedRun("single", ("--config", str(killed["config"]))),
+                              PlannedRun("init-1", ("--config", str(init)))])
+    assert launch.returncode == 0, launch.stdout[-5000:]
+    return {"single": runs["single"], "init": (runs["init-1"], init.parent / "ckpt")}
+
+
+@pytest.fixture(scope="module")
+def single(killed, one_rank_runs):
+    return {"result": one_rank_runs["single"], "save_dir": killed["save_dir"]}
+
+
+FAULT_RUN_SECTIONS = {
+    "sigterm": dict(distributed={"deepspeed_config": "ds_configs/zero1.json"}),
+    "nan-skip": dict(schedule={"train_steps": 4}, logging={"log_interval": 1, "eval_interval": 0},
+                     optimizer={"cpu_adam": True},
+                     distributed={"deepspeed_config": "ds_configs/zero3_offload.json"}),
+    "nan-stop": dict(nan_policy="stop", schedule={"train_steps": 4}, logging={"eval_interval": 0},
+                     distributed={"deepspeed_config": "ds_configs/zero2.json"},
+                     runtime={"precision": "bf16"}),
+}
+
+
+@pytest.fixture(scope="module")
+def fault_runs(tiny_data, tmp_path_factory):
+    """Plain python, one rank, fault_train.py's runs: sigterm, nan-skip, nan-stop (see the tests)."""
+    root = tmp_path_factory.mktemp("faults")
+    configs = {name: (root / name / "run.yaml", root / name / "ckpt") for name in FAULT_RUN_SECTIONS}
+    for name, (config, save_dir) in configs.items():
+        config.parent.mkdir()
+        write_run_config(config, tiny_data, save_dir, **FAULT_RUN_SECTIONS[name])
+    launch, runs = _sequence(root, [venv_bin("python")], 1, [
+        PlannedRun("sigterm", ("--config", str(configs["sigterm"][0]), "runtime.precision=fp32"),
+                   faults=("--sigterm-at-step", "3")),
+        PlannedRun("nan-skip", ("--config", str(configs["nan-skip"][0])), faults=("--nan-at-step", "2")),
+        PlannedRun("nan-stop", ("--config", str(configs["nan-stop"][0])), faults=("--nan-at-step", "2"))])
+    assert launch.returncode == 0, launch.stdout[-5000:]
+    return {name: (runs[name], configs[name][1]) for name in configs}
 
 
 def test_hostfile_launch_over_ssh_trains_and_logs(reference):
@@ -185,41 +268,31 @@ def test_mpirun_two_ranks_zero2(tiny_data, tmp_path):
     assert (tmp_path / "ckpt" / "latest").read_text() == "step_00000003"
 
 
-def test_single_process_zero1_stops_cleanly_on_sigterm(tiny_data, tmp_path):
-    config = write_run_config(tmp_path / "run.yaml", tiny_data, tmp_path / "ckpt",
-                              distributed={"deepspeed_config": "ds_configs/zero1.json"})
-    result = _python_run(config, "runtime.precision=fp32", faults=("--sigterm-at-step", "3"))
+def test_single_process_zero1_stops_cleanly_on_sigterm(fault_runs):
+    result, save_dir = fault_runs["sigterm"]
     assert result.returncode == 0, result.stdout[-5000:]
     assert "1 ranks | ZeRO-1 | precision fp32 (requested)" in result.stdout
     assert "stop signal received" in result.stdout
-    assert (tmp_path / "ckpt" / "latest").read_text() == "step_00000003"
-    assert sorted(_metrics(tmp_path / "ckpt")) == [1, 2, 3]
+    assert (save_dir / "latest").read_text() == "step_00000003"
+    assert sorted(_metrics(save_dir)) == [1, 2, 3]
 
 
-def test_offload_and_nan_skip(tiny_data, tmp_path):
+def test_offload_and_nan_skip(fault_runs):
     """ZeRO-3 with CPU offload of parameters and optimizer states, stepped by DeepSpeed's fused
     CPUAdam (JIT-built on first use, ~1 min, then cached); a NaN loss at step 2 is skipped."""
-    config = write_run_config(tmp_path / "run.yaml", tiny_data, tmp_path / "ckpt",
-                              schedule={"train_steps": 4}, logging={"log_interval": 1, "eval_interval": 0},
-                              optimizer={"cpu_adam": True},
-                              distributed={"deepspeed_config": "ds_configs/zero3_offload.json"})
-    result = _python_run(config, faults=("--nan-at-step", "2"))
+    result, save_dir = fault_runs["nan-skip"]
     assert result.returncode == 0, result.stdout[-5000:]
     assert "non-finite loss nan at step 2, micro-batch 0" in result.stdout
-    metrics = _metrics(tmp_path / "ckpt")
+    metrics = _metrics(save_dir)
     assert metrics[2]["loss"] is None and metrics[2]["skipped_steps"] == 1
     assert all(metrics[s]["loss"] is not None for s in (1, 3, 4))
     assert metrics[3]["loss"] < 7.0
 
 
-def test_nan_stop_policy_exits_with_error(tiny_data, tmp_path):
+def test_nan_stop_policy_exits_with_error(fault_runs):
     """bf16 explicitly (it has no loss scaler to catch a NaN): on a CPU without native bf16 it runs
     emulated, with a warning; the run stops at its second step either way."""
-    config = write_run_config(tmp_path / "run.yaml", tiny_data, tmp_path / "ckpt", nan_policy="stop",
-                              schedule={"train_steps": 4}, logging={"eval_interval": 0},
-                              distributed={"deepspeed_config": "ds_configs/zero2.json"},
-                              runtime={"precision": "bf16"})
-    result = _python_run(config, faults=("--nan-at-step", "2"))
+    result, _ = fault_runs["nan-stop"]
     assert result.returncode == 1, result.stdout[-3000:]
     assert "precision bf16 (requested" in result.stdout
     emulated = not detect_hardware("cpu").native_bf16
@@ -237,26 +310,15 @@ def test_bad_config_is_a_clear_error(tmp_path):
     assert "Traceback" not in result.stdout
 
 
-def test_init_from_continues_pretraining(reference, tiny_data, tmp_path):
+def test_init_from_continues_pretraining(reference, one_rank_runs, two_rank_runs):
     """Weights from the reference run's checkpoint root (ZeRO-3, 2 ranks), fresh optimizer, on 1 rank
     (plain python) and on 2 ZeRO-3 ranks (every rank must join the parameter gathers of the copy, or
     rank 0 hangs). Both see the same first global batch with the same weights: the same loss."""
     first = {}
-    for ranks in (1, 2):
-        root = tmp_path / f"ranks{ranks}"
-        root.mkdir()
-        config = write_run_config(root / "run.yaml", tiny_data, root / "ckpt", schedule={"train_steps": 2},
-                                  logging={"log_interval": 1, "eval_interval": 0},
-                                  checkpoint={"save_dir": str(root / "ckpt"), "save_interval": 0,
-                                              "init_from": str(reference["save_dir"])})
-        if ranks == 1:
-            result = _python_run(config)
-        else:
-            result = run_command([venv_bin("deepspeed"), "--num_gpus", "2", "--master_port", str(free_port()),
-                                  TRAIN, "--config", str(config)], timeout=RUN_TIMEOUT_S, env=BASE_ENV)
+    for ranks, (result, save_dir) in ((1, one_rank_runs["init"]), (2, two_rank_runs["init"])):
         assert result.returncode == 0, result.stdout[-5000:]
         assert "initialised the weights from" in result.stdout
-        first[ranks] = _metrics(root / "ckpt")[1]["loss"]
+        first[ranks] = _metrics(save_dir)[1]["loss"]
     trained = _metrics(reference["save_dir"])[16]["loss"]
     assert first[1] < trained + 0.5 < 5.0, (first, trained)  # an untrained model starts near ln(320) = 5.8
     assert first[2] == pytest.approx(first[1], abs=0.02), first  # sums in another order (bf16: visibly)
