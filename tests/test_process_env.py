@@ -67,7 +67,7 @@ MPI_PROGRAM = """
 from mpi4py import MPI
 from megatiny.process_env import exit_fast
 import os
-os.write(1, f"rank {MPI.COMM_WORLD.Get_rank()}\n".encode())  # one write: the ranks' lines never interleave
+os.write(1, f"rank {MPI.COMM_WORLD.Get_rank()}\\n".encode())  # one write: the ranks' lines never interleave
 exit_fast(0)
 """
 
