@@ -2,10 +2,14 @@
 venv's executables."""
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -110,3 +114,34 @@ def finish_rank(out_dir: str | Path, name: str, results: dict) -> None:
     (Path(out_dir) / f"{name}-rank{dist.get_rank()}.json").write_text(json.dumps(results, indent=1))
     dist.barrier()
     dist.destroy_process_group()
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """A directory NAME that `build(directory)` fills once per test run, however many pytest-xdist
+    workers ask for it (each worker has its own session fixtures): the first builds it under a lock,
+    the others wait for it (at most a test's deadline) and reuse it. A failed build leaves nothing,
+    so a later caller builds again and fails with its own output."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    directory, done = shared / f"once-{name}", shared / f"once-{name}.done"
+    deadline = time.monotonic() + per_test_timeout_s()
+    with open(shared / f"once-{name}.lock", "w") as lock:
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"waited {per_test_timeout_s():.0f} s for another worker to build "
+                                f"{directory}")
+                time.sleep(0.2)
+        try:
+            if not done.exists():
+                if directory.exists():  # left by a build that failed
+                    shutil.rmtree(directory)
+                directory.mkdir()
+                build(directory)
+                done.touch()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return directory

@@ -1,11 +1,12 @@
-"""Shared, expensive fixtures for tests/checkpoint: real DeepSpeed runs and a real tokenizer."""
+"""Shared, expensive fixtures for tests/checkpoint: real DeepSpeed runs (each once per test run,
+shared by the suite's xdist workers) and a real tokenizer."""
 import random
 from pathlib import Path
 
 import pytest
 
 from megatiny.data.tokenizer import train_sentencepiece
-from tests.helpers import launch_ranks, run_command, timeout_s
+from tests.helpers import built_once, launch_ranks, run_command, timeout_s
 
 TRAIN_SCRIPT = "tests/checkpoint/ds_train_tiny.py"
 STEPS = 3
@@ -27,26 +28,21 @@ def launch(save_root: Path, num_ranks: int, runs: list[str]) -> None:
 def ds_two_ranks(tmp_path_factory) -> Path:
     """Checkpoint roots trained by 2 ranks: z3 (ZeRO-3) and z1 (ZeRO-1) in bf16, z3f and z1f the
     same in fp32 (the layout `precision: auto` gives on CPUs without native bf16)."""
-    root = tmp_path_factory.mktemp("ds_w2")
-    launch(root, 2, ["z3:3", "z1:1", "z3f:3:fp32", "z1f:1:fp32"])
-    return root
+    return built_once(tmp_path_factory, "ds_w2", lambda root: launch(root, 2, ["z3:3", "z1:1", "z3f:3:fp32",
+                                                                              "z1f:1:fp32"]))
 
 
 @pytest.fixture(scope="session")
 def ds_one_rank(tmp_path_factory) -> Path:
     """The same ZeRO-3 run as ds_two_ranks/z3, by a single rank."""
-    root = tmp_path_factory.mktemp("ds_w1")
-    launch(root, 1, ["z3:3"])
-    return root
+    return built_once(tmp_path_factory, "ds_w1", lambda root: launch(root, 1, ["z3:3"]))
 
 
 @pytest.fixture(scope="session")
 def ds_three_ranks(tmp_path_factory) -> Path:
     """3 ranks, so parameters do not divide evenly and ZeRO pads: z3 (ZeRO-3) and z2t (ZeRO-2 with
     tied embeddings)."""
-    root = tmp_path_factory.mktemp("ds_w3")
-    launch(root, 3, ["z3:3", "z2t:2:tie"])
-    return root
+    return built_once(tmp_path_factory, "ds_w3", lambda root: launch(root, 3, ["z3:3", "z2t:2:tie"]))
 
 
 @pytest.fixture(scope="session")
