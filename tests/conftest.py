@@ -80,3 +80,13 @@ def pytest_collection_modifyitems(config, items):
         order.setdefault(item.nodeid.split("::")[0], len(order))
     items.sort(key=lambda item: (item.nodeid.split("::")[0] not in slow_modules,
                                  order[item.nodeid.split("::")[0]]))
+
+
+@pytest.fixture
+def restore_environment():
+    """The environment as it was before the test: for tests that make an in-process group of one
+    (train(), init_distributed), which sets RANK, WORLD_SIZE, MASTER_PORT, ... in os.environ."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)

@@ -141,6 +141,16 @@ def runs(two_hosts, tmp_path_factory):
     return out
 
 
+def _end_and_restore_hosts(hosts: TwoHosts, process) -> None:
+    """After a test that broke host B: if `process` (launched on host A) hung, kill everything on
+    host A and bring it back; then bring host B back for the next test."""
+    if process.poll() is None:
+        hosts.kill_host(0)
+        process.wait(timeout=30)
+        hosts.restart_host(0)
+    hosts.restart_host(1)
+
+
 def _kill_host_b_mid_run(hosts: TwoHosts, config: Path, save_dir: Path) -> dict:
     """Start a two-host run; once a checkpoint is complete, freeze host B (so the run cannot
     finish meanwhile), then SIGKILL everything on it. Returns what the launcher did."""
@@ -263,11 +273,7 @@ def supervised(runs, two_hosts):
         lost = _kill_host_b_after(two_hosts, supervisor, save_dir, beats)
         output, _ = supervisor.communicate(timeout=2 * LAUNCH_TIMEOUT_S)
     finally:
-        if supervisor.poll() is None:  # the supervisor hung: end it, and bring host A back too
-            two_hosts.kill_host(0)
-            supervisor.wait(timeout=30)
-            two_hosts.restart_host(0)
-        two_hosts.restart_host(1)
+        _end_and_restore_hosts(two_hosts, supervisor)
     events = read_events(save_dir / "supervisor_events.jsonl")
     return {"returncode": supervisor.returncode, "output": output, "events": events, "lost": lost,
             "save_dir": save_dir}
@@ -366,11 +372,7 @@ def test_vanished_host_is_noticed_after_the_distributed_timeout(two_hosts, runs)
         output, _ = launcher.communicate(timeout=timeout_s + 60)
         seconds = time.monotonic() - unplugged_at
     finally:
-        if launcher.poll() is None:  # the launcher hung: end it, and bring host A back too
-            two_hosts.kill_host(0)
-            launcher.wait(timeout=30)
-            two_hosts.restart_host(0)
-        two_hosts.restart_host(1)
+        _end_and_restore_hosts(two_hosts, launcher)
     assert launcher.returncode != 0, output[-8000:]
     assert f"Timed out waiting {timeout_s * 1000}ms" in output, output[-8000:]
     assert f"{two_hosts.hosts[1].address}: ssh exited with exit code 255" in output, output[-8000:]

@@ -1,23 +1,11 @@
 """megatiny.parallel.process_group in this process: a world of one made, ended and made again."""
 from __future__ import annotations
 
-import os
-
-import pytest
 import torch
 import torch.distributed as dist
 
 from megatiny.parallel import process_group
 from megatiny.parallel.state import ParallelLayout, ParallelState
-
-
-@pytest.fixture
-def restore_environment():
-    """init_distributed makes a process group of one and sets RANK, MASTER_PORT, ... for it."""
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
 
 
 def test_shutdown_forgets_deepspeed_groups_so_the_process_can_start_again(restore_environment):

@@ -39,15 +39,6 @@ class Faults(TrainCallbacks):
         self.saves.append(step)
 
 
-@pytest.fixture
-def restore_environment():
-    """train() makes a process group of one and sets RANK, MASTER_PORT, ... for it."""
-    saved = dict(os.environ)
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
-
-
 def test_nan_skip_then_sigterm_then_resume_in_process(tiny_data, tmp_path, restore_environment, capsys):
     save_dir = tmp_path / "ckpt"
     config = write_run_config(tmp_path / "run.yaml", tiny_data, save_dir,
