@@ -175,7 +175,8 @@ def test_supervised_kill9_of_a_rank_on_host_b_relaunches_and_ends_bit_exact(supe
     # relaunched on both hosts within 60 s of the kill, from the step-4 checkpoint
     assert launches[1]["time"] - killed_at < 60, (killed_at, fault, launches)
     assert launches[1]["command"] == launches[0]["command"]
-    assert restart["resume_step"] == SAVE_INTERVAL and _of(events, "running")[1]["step"] == SAVE_INTERVAL + 1
+    assert restart["resume_step"] == launches[1]["checkpoint_step"] == SAVE_INTERVAL, (restart, launches)
+    assert f"resumed from {supervised['save_dir'] / f'step_{SAVE_INTERVAL:08d}'}" in output, output[-8000:]
     # and it ends where the uninterrupted two-host run ends, bit for bit: every loss, the weights
     save_dir, reference_dir = supervised["save_dir"], runs["root"] / "two_hosts"
     losses, reference = _losses(save_dir / "metrics.jsonl"), _losses(reference_dir / "metrics.jsonl")
