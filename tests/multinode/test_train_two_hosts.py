@@ -14,6 +14,7 @@ One chain of real runs (tiny-test model, ZeRO-3 + fp32, 2 ranks, 12 steps), shar
              (kill -9) at step 5, the job is killed (rank 1 over ssh) and relaunched on both hosts;
              once that launch has saved step 8, host B is killed for good and the supervisor
              relaunches on host A alone (1 rank, 4 micro-batches of accumulation instead of 2)
+             (the same kill -9 with 4 ranks, two per host: test_tensor_parallel_two_hosts.py)
 
 fp32 (not `auto`, which is bf16 on this CPU): the runs on fewer ranks sum the same samples in
 another order, and only in fp32 is that close enough (1e-5 relative) to check the shrink's losses.
