@@ -5,9 +5,13 @@ writes DIR/rank{R}.json at set-up, at the start of every step, before every save
 
     {"rank": R, "world_size": W, "host": "node1", "pid": 1234, "step": S, "phase": "setup" |
      "step" | "save" | "done", "time": UNIX_SECONDS, "save_dir": "...", "resume": "auto",
-     "model_parallel": TPxPPxCP, "micro_batch_size": M, "global_batch_size": G}
+     "model_parallel": TPxPPxCP, "micro_batch_size": M, "global_batch_size": G, "error": null}
 
-(the last three let a supervisor that drops a host check that the ranks left still fit the run).
+(the sizes let a supervisor that drops a host check that the ranks left still fit the run).
+A rank whose training raises writes its last step and phase once more with `error` set (the
+exception's type and first line): a supervisor can then tell ranks that failed (often of a peer's
+death: a closed connection) from one that died without a word (SIGKILL, a crash in C, the OOM
+killer), which is where the fault is.
 
 `step` is the 1-based step the rank is working on (`setup`: the step it starts from). Each write
 goes to a temporary name and is renamed over the old file, so a reader sees a whole record; no
@@ -29,6 +33,7 @@ from pathlib import Path
 
 HEARTBEAT_DIR_ENV = "MEGATINY_HEARTBEAT_DIR"
 PHASES = ("setup", "step", "save", "done")
+ERROR_CHARS = 300  # of a failed rank's error in its heartbeat
 
 
 @dataclass(frozen=True)
@@ -48,11 +53,18 @@ class Beat:
     """tensor x pipeline x context: the world size must stay a multiple of it"""
     micro_batch_size: int | None = None
     global_batch_size: int | None = None
+    error: str | None = None
+    """set when the rank's training raised: its type and first line, e.g. "OSError: disk full"."""
 
     @property
     def started(self) -> bool:
         """The rank got past set-up to its first step."""
         return self.phase != "setup"
+
+    @property
+    def settled(self) -> bool:
+        """The rank said how it ended: finished, or failed with an error."""
+        return self.phase == "done" or self.error is not None
 
 
 class Heartbeat:
@@ -67,6 +79,7 @@ class Heartbeat:
         self.sizes = sizes
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.warned = False
+        self.step, self.phase = 0, "setup"
 
     @classmethod
     def from_env(cls, rank: int, world_size: int, **details) -> Heartbeat | None:
@@ -81,8 +94,19 @@ class Heartbeat:
     def beat(self, step: int, phase: str = "step") -> None:
         """Write the heartbeat; a failed write (full disk, lost mount) is reported once and never
         stops training (the supervisor then sees no progress and acts on that)."""
-        beat = Beat(self.rank, self.world_size, self.host, self.pid, step, phase, time.time(),
-                    self.save_dir, self.resume, **self.sizes)
+        self.step, self.phase = step, phase
+        self._write(Beat(self.rank, self.world_size, self.host, self.pid, step, phase, time.time(),
+                         self.save_dir, self.resume, **self.sizes))
+
+    def fail(self, error: BaseException) -> None:
+        """The last step and phase again, with `error` (its type and first line, at most
+        `ERROR_CHARS`): training raised and the process is about to end."""
+        lines = str(error).strip().splitlines()
+        text = type(error).__name__ + (f": {lines[0]}" if lines else "")
+        self._write(Beat(self.rank, self.world_size, self.host, self.pid, self.step, self.phase, time.time(),
+                         self.save_dir, self.resume, **self.sizes, error=text[:ERROR_CHARS]))
+
+    def _write(self, beat: Beat) -> None:
         tmp = self.path.with_name(f".{self.path.name}.{self.pid}.tmp")
         try:
             tmp.write_text(json.dumps(asdict(beat)))

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from megatiny.heartbeat import Beat
+from megatiny.supervisor.ssh import run_on_hosts
 
 HOSTFILE_OPTIONS = ("--hostfile", "-H")
 # DeepSpeed's runner picks hosts by these too; a shrunk hostfile and a selection that names a
@@ -144,26 +143,9 @@ def write_hostfile(path: str | os.PathLike, hosts: dict[str, int]) -> Path:
 
 def silent_hosts(hosts: list[str], timeout_s: float) -> dict[str, str]:
     """host -> why it does not answer, for the hosts where `ssh HOST true` (BatchMode, ConnectTimeout)
-    fails or does not return within `timeout_s`. All hosts are asked at once."""
-    connect = max(1, int(timeout_s))
-    probes = {host: subprocess.Popen(["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect}",
-                                      host, "true"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True)
-              for host in hosts}
-    deadline = time.monotonic() + timeout_s + 5
-    silent = {}
-    for host, probe in probes.items():
-        try:
-            _, err = probe.communicate(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            probe.kill()
-            probe.communicate(timeout=10)
-            silent[host] = f"ssh did not return within {timeout_s + 5:.0f} s"
-            continue
-        if probe.returncode != 0:
-            last = (err.strip().splitlines() or ["no message"])[-1]
-            silent[host] = f"ssh exited with status {probe.returncode}: {last}"
-    return silent
+    fails or does not return within `timeout_s` + 5 s. All hosts are asked at once."""
+    answers = run_on_hosts({host: "true" for host in hosts}, timeout_s)
+    return {host: answer.problem for host, answer in answers.items() if answer.problem is not None}
 
 
 def shrink_problem(world_size: int, beat: Beat | None) -> str | None:

@@ -8,10 +8,11 @@ import subprocess
 import time
 
 from megatiny.heartbeat import Beat
+from megatiny.supervisor.ssh import run_on_hosts
 from megatiny.supervisor.watch import is_local, process_state
 
 KILL_WAIT_S = 30.0   # after SIGKILL, the launcher is reaped within this (else it is reported)
-SSH_TIMEOUT_S = 15.0  # killing the ranks of another host over ssh
+SSH_TIMEOUT_S = 10.0  # to connect, killing the ranks of another host over ssh (+ 5 s to finish)
 
 
 class Job:
@@ -94,29 +95,49 @@ def _send(beats: list[Beat], signum: int) -> list[int]:
     return sent
 
 
-def kill_remote(beats: dict[int, Beat]) -> tuple[list[str], dict[str, list[int]]]:
-    """`ssh HOST kill -9 PIDS` for the ranks of other hosts (their heartbeats name host and pid).
-    Returns what could not be done, and host -> the pids that were still alive and were killed."""
+def _remote_pids(beats: list[Beat]) -> dict[str, list[int]]:
+    """host -> the pids of its ranks, for the ranks of other hosts among `beats`."""
     by_host: dict[str, list[int]] = {}
-    for beat in beats.values():
+    for beat in beats:
         if not is_local(beat):
             by_host.setdefault(beat.host, []).append(beat.pid)
+    return {host: sorted(pids) for host, pids in sorted(by_host.items())}
+
+
+def kill_remote(beats: dict[int, Beat]) -> tuple[list[str], dict[str, list[int]]]:
+    """`ssh HOST kill -9 PIDS` for the ranks of other hosts (their heartbeats name host and pid),
+    every host at once. Returns what could not be done, and host -> the pids that were still
+    alive and were killed."""
+    by_host = _remote_pids(list(beats.values()))
+    # each prints the pids it killed and exits 0 whenever the shell ran (255: ssh failed)
+    scripts = {host: f"for p in {' '.join(map(str, pids))}; do kill -9 $p 2>/dev/null && echo $p; done; true"
+               for host, pids in by_host.items()}
     problems, killed = [], {}
-    for host, pids in sorted(by_host.items()):
-        # prints the pids it killed; exit status 0 whenever the shell ran (255: ssh failed)
-        listed = " ".join(map(str, sorted(pids)))
-        script = f"for p in {listed}; do kill -9 $p 2>/dev/null && echo $p; done; true"
-        command = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", host, script]
-        try:
-            result = subprocess.run(command, timeout=SSH_TIMEOUT_S, capture_output=True, text=True,
-                                    stdin=subprocess.DEVNULL)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            problems.append(f"could not kill pids {pids} on {host} over ssh: {e}")
-            continue
-        if result.returncode != 0:
-            last = (result.stderr.strip().splitlines() or ["no message"])[-1]
-            problems.append(f"could not kill pids {pids} on {host} over ssh "
-                            f"(status {result.returncode}: {last})")
-            continue
-        killed[host] = [int(p) for p in result.stdout.split() if p.isdigit()]
+    for host, answer in run_on_hosts(scripts, SSH_TIMEOUT_S).items():
+        if answer.problem is not None:
+            problems.append(f"could not kill pids {by_host[host]} on {host} over ssh ({answer.problem})")
+        else:
+            killed[host] = [int(p) for p in answer.stdout.split() if p.isdigit()]
     return problems, killed
+
+
+def remote_states(beats: list[Beat], timeout_s: float) -> dict[int, str]:
+    """rank -> "alive", "gone" (no such process, or a zombie) or why its host did not answer, for
+    the ranks of other hosts among `beats`, asked over ssh (every host at once, `timeout_s` to
+    connect)."""
+    by_host = _remote_pids(beats)
+    # each prints the pids that are alive and not zombies
+    scripts = {host: f"for p in {' '.join(map(str, pids))}; do "
+                     "s=$(sed 's/.*) //' /proc/$p/stat 2>/dev/null | cut -c1); "
+                     '[ -n "$s" ] && [ "$s" != Z ] && echo $p; done; true'
+               for host, pids in by_host.items()}
+    answers = run_on_hosts(scripts, timeout_s)
+    states = {}
+    for beat in beats:
+        if is_local(beat):
+            continue
+        answer = answers[beat.host]
+        alive = {int(p) for p in answer.stdout.split() if p.isdigit()}
+        states[beat.rank] = (f"its host does not answer ({answer.problem})" if answer.problem is not None
+                             else "alive" if beat.pid in alive else "gone")
+    return states

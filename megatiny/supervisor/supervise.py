@@ -5,11 +5,16 @@ A launch ends in one of these ways (checked every `poll_s`):
   stopped      SIGTERM/SIGINT reached the supervisor: handed to the launcher (the ranks save and
                exit), waited for up to `stop_timeout_s`, no restart; exits with the job's status
   exited       the launcher exits non-zero (a rank crashed, the launcher noticed)
-  rank died    a local rank's process is gone while the launcher still runs
+  rank died    a local rank's process is gone while the launcher still runs, without an error
+  rank failed  a rank (on any host) reported that its training raised
   hang         no rank's heartbeat moved for `hang_timeout_s` (`startup_timeout_s` before the
                first step): stacks dumped (SIGUSR1), then the job killed
   refused      the ranks report a run that relaunching cannot resume (checkpoint.resume is not
                `auto`, or no checkpoint.save_dir): killed, given up at once
+The fault names the rank it is on (`watch.blame`): the supervisor first waits up to `settle_s`
+for the ranks to report how they ended, so that ranks that failed of a peer's death (a closed
+connection, reported in their heartbeats) are told from the rank that died without a word, even
+on another host (asked over ssh whether its process lives).
 After a fault the whole job is killed (its process group; ranks elsewhere over ssh) and, unless
 `RestartPolicy` says to give up, the same command is launched again; `checkpoint.resume: auto`
 makes it continue from the newest complete checkpoint that verifies. Before relaunching a
@@ -31,9 +36,18 @@ from pathlib import Path
 from megatiny.heartbeat import HEARTBEAT_DIR_ENV, Beat, clear_beats, read_beats
 from megatiny.supervisor import hosts as hostfiles
 from megatiny.supervisor.events import EVENTS_FILE, EventLog
-from megatiny.supervisor.job import Job
+from megatiny.supervisor.job import Job, remote_states
 from megatiny.supervisor.policy import RestartPolicy
-from megatiny.supervisor.watch import Progress, culprit, dead_ranks, describe
+from megatiny.supervisor.watch import (
+    Blame,
+    Progress,
+    blame,
+    culprit,
+    dead_ranks,
+    describe,
+    is_local,
+    unreported,
+)
 
 # The checkpoint root's pointer to its newest complete tag (megatiny.checkpoint.layout.LATEST_FILE),
 # read here without importing the checkpoint package (and torch) into the supervisor.
@@ -63,10 +77,13 @@ class Options:
     """relaunch a `deepspeed --hostfile` job on the hosts that still answer (else give up)"""
     host_timeout_s: float = 10.0
     """before a relaunch, how long each host of the hostfile gets to answer over ssh"""
+    settle_s: float = 3.0
+    """after a rank failed or died, how long the others get to report how they ended before the
+    rank at fault is named (less when that is clear sooner)"""
 
     def __post_init__(self) -> None:
         for name in ("hang_timeout_s", "startup_timeout_s", "save_timeout_s", "stop_timeout_s", "dump_wait_s",
-                     "poll_s", "host_timeout_s"):
+                     "poll_s", "host_timeout_s", "settle_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
@@ -84,12 +101,13 @@ class Options:
 
 @dataclass
 class Outcome:
-    kind: str                  # finished | stopped | exited | rank_died | hang | refused
+    kind: str                  # finished | stopped | exited | rank_died | rank_failed | hang | refused
     returncode: int
     reached_first_step: bool
     message: str = ""
     beat: Beat | None = None   # the rank at fault, when known
     stalled_s: float | None = None  # a hang: how long nothing had moved when it was declared
+    suspects: tuple[int, ...] = ()  # ranks that fit the fault as well as `beat`'s (it first)
 
 
 def latest_step(save_dir: str | os.PathLike | None) -> int | None:
@@ -252,9 +270,8 @@ class Supervisor:
             if refusal is not None:
                 return self._fault(job, beats, Outcome("refused", 1, reached, refusal))
             dead = dead_ranks(beats)
-            if dead:
-                message = describe(dead[0], "died")
-                return self._fault(job, beats, Outcome("rank_died", 1, reached, message, dead[0]))
+            if dead or any(b.error is not None for b in beats.values()):
+                return self._rank_fault(job, beats, reached, [b.rank for b in dead])
             now = time.monotonic()
             progress.update(beats, now)
             if progress.stalled_for(now) > self.options.limit_s(beats):
@@ -280,15 +297,43 @@ class Supervisor:
         if returncode == 0:
             job.kill(beats)  # leftovers of the group, if any
             return Outcome("finished", 0, reached)
-        steps = ", ".join(f"rank {r} step {b.step} ({b.phase})" for r, b in sorted(beats.items())) or "none"
-        message = f"the launcher exited with status {returncode} (last heartbeats: {steps})"
-        return self._fault(job, beats, Outcome("exited", returncode, reached, message))
+        found = self._blame(beats, [b.rank for b in dead_ranks(beats)])
+        message = f"the launcher exited with status {returncode}: {found.what}"
+        return self._fault(job, beats, Outcome("exited", returncode, reached, message, found.beat,
+                                               suspects=found.suspects))
+
+    def _rank_fault(self, job: Job, beats: dict[int, Beat], reached: bool, gone: list[int]) -> Outcome:
+        """A local rank is gone or some rank reported an error: name the rank at fault, kill the job."""
+        found = self._blame(beats, gone)
+        return self._fault(job, beats, Outcome("rank_died" if found.died else "rank_failed", 1, reached,
+                                               found.what, found.beat, suspects=found.suspects))
+
+    def _blame(self, beats: dict[int, Beat], gone: list[int]) -> Blame:
+        """The rank at fault (`watch.blame`), once the ranks have said how they ended: wait, up to
+        `settle_s`, until a local rank is gone without an error or every rank has reported; the
+        ranks of other hosts that are left are asked over ssh whether their process is alive (once
+        this host's ranks have all reported, or at the deadline)."""
+        deadline = time.monotonic() + self.options.settle_s
+        remote: dict[int, str] = {}
+        while not any(not beats[r].settled for r in gone):
+            waiting = [beats[r] for r in unreported(beats, gone)]
+            elsewhere = [b for b in waiting if not is_local(b)]
+            late = time.monotonic() >= deadline
+            if elsewhere and not remote and (late or len(elsewhere) == len(waiting)):
+                remote = remote_states(elsewhere, self.options.host_timeout_s)
+            if late or not waiting or all(remote.get(b.rank, "alive") != "alive" for b in waiting):
+                break
+            time.sleep(self.options.poll_s)
+            beats = {**beats, **read_beats(self.heartbeat_dir)}  # (a rank's file may be unreadable a moment)
+            gone = gone + [b.rank for b in dead_ranks(beats) if b.rank not in gone]
+        return blame(beats, gone, remote)
 
     def _fault(self, job: Job, beats: dict[int, Beat], outcome: Outcome) -> Outcome:
         beat = outcome.beat
         self.events.emit("fault", outcome.message, kind=outcome.kind, returncode=outcome.returncode,
                          rank=beat.rank if beat else None, host=beat.host if beat else None,
-                         step=beat.step if beat else None, reached_first_step=outcome.reached_first_step,
+                         step=beat.step if beat else None, error=beat.error if beat else None,
+                         suspects=list(outcome.suspects), reached_first_step=outcome.reached_first_step,
                          last_beat_age_s=round(time.time() - beat.time, 3) if beat else None,
                          stalled_s=None if outcome.stalled_s is None else round(outcome.stalled_s, 3))
         self._kill(job, beats)

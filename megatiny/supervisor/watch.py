@@ -1,4 +1,5 @@
-"""Reading a job's heartbeats (`megatiny.heartbeat`): progress, dead ranks, who a hang is on."""
+"""Reading a job's heartbeats (`megatiny.heartbeat`): progress, dead ranks, who a hang or a failure
+is on."""
 from __future__ import annotations
 
 import socket
@@ -22,9 +23,82 @@ def is_local(beat: Beat) -> bool:
 
 
 def dead_ranks(beats: dict[int, Beat]) -> list[Beat]:
-    """Local ranks whose process is gone (or a zombie) without having finished."""
-    return [b for b in beats.values()
+    """Local ranks whose process is gone (or a zombie) without having finished, by rank."""
+    return [b for _, b in sorted(beats.items())
             if b.phase != "done" and is_local(b) and process_state(b.pid) in (None, "Z", "X")]
+
+
+def unreported(beats: dict[int, Beat], gone: list[int]) -> list[int]:
+    """Ranks whose end is not known yet: not finished, no error reported, and not a local rank
+    whose process is gone (`gone`)."""
+    return [r for r, b in sorted(beats.items()) if not b.settled and r not in gone]
+
+
+@dataclass(frozen=True)
+class Blame:
+    """Who a failure is most likely on (`beat`, None when no rank can be named), what happened to
+    it (`what`, a sentence), and the other ranks that fit as well (`suspects`, the named one first)."""
+
+    beat: Beat | None
+    what: str
+    suspects: tuple[int, ...] = ()
+    died: bool = False
+    """the rank at fault is gone, or went silent on another host, without reporting an error"""
+
+
+def blame(beats: dict[int, Beat], gone: list[int], remote: dict[int, str] | None = None) -> Blame:
+    """The rank a failure is on, once ranks died or failed. `gone`: local ranks whose process is
+    gone, in the order the supervisor saw them go; `remote`: what is known of ranks on other hosts
+    (`job.remote_states`: "alive", "gone", or why their host did not answer). Ranks that fail
+    because a peer died say so with an error (a closed connection), so the rank at fault is, best
+    first:
+      1. a rank whose process is gone without an error (SIGKILL, a crash in C, the OOM killer):
+         local ones in the order seen, then other hosts' ones;
+      2. (no rank named) ranks of the world that never reported a heartbeat;
+      3. a rank of another host that reported no error and could not be asked (its host does not
+         answer, or it was not asked);
+      4. a local rank stopped (T) or in uninterruptible sleep (D) that reported no error (its
+         peers gave up waiting for it);
+      5. the first rank to report an error (by the hosts' clocks): the others failed of it, and
+         ranks still running without an error are on their way to failing."""
+    remote = remote or {}
+    failed = sorted((b for b in beats.values() if b.error is not None), key=lambda b: (b.time, b.rank))
+    after = _errors(failed)
+    waiting = [beats[r] for r in unreported(beats, gone)]
+    died = ([beats[r] for r in gone if not beats[r].settled]
+            + [b for b in waiting if remote.get(b.rank) == "gone"])
+    if died:
+        how = " (checked over ssh)" if not is_local(died[0]) else ""
+        return Blame(died[0], describe(died[0], "died") + f" without reporting an error{how}" + after,
+                     tuple(b.rank for b in died), died=True)
+    missing = _never_reported(beats)
+    if missing is not None:
+        return Blame(None, missing[1] + after, tuple(missing[0]))
+    silent = [b for b in waiting if not is_local(b) and remote.get(b.rank) != "alive"]
+    if silent:
+        why = remote.get(silent[0].rank, "not asked")
+        return Blame(silent[0], describe(silent[0], "went silent") + f" (on another host: {why}; it reported "
+                     "no error)" + after, tuple(b.rank for b in silent), died=True)
+    states = {b.rank: process_state(b.pid) for b in waiting if is_local(b)}
+    stuck = [b for b in waiting if states.get(b.rank) in ("T", "t", "D")]
+    if stuck:
+        state = "was in uninterruptible sleep" if states[stuck[0].rank] == "D" else "was stopped"
+        return Blame(stuck[0], describe(stuck[0], state) + " and reported no error" + after,
+                     tuple(b.rank for b in stuck))
+    if not failed:
+        return Blame(None, "no rank reported an error or died")
+    first = failed[0]
+    running = f"; rank(s) {[b.rank for b in waiting]} still running" if waiting else ""
+    return Blame(first, describe(first, "failed") + f": {first.error}" + _errors(failed[1:], "then ")
+                 + running, tuple(b.rank for b in failed))
+
+
+def _errors(failed: list[Beat], lead: str = "") -> str:
+    """"; ranks [1, 2] failed (first: rank 1: RuntimeError: Connection closed by peer)", or ""."""
+    if not failed:
+        return ""
+    error = failed[0].error if len(failed[0].error) <= 160 else failed[0].error[:157] + "..."
+    return f"; {lead}rank(s) {sorted(b.rank for b in failed)} failed (first: rank {failed[0].rank}: {error})"
 
 
 @dataclass
@@ -48,18 +122,24 @@ def culprit(beats: dict[int, Beat]) -> tuple[Beat | None, str]:
     """The rank a hang is most likely on, and why: a local rank that is stopped (state T) or in
     uninterruptible sleep (D), else the rank furthest behind (lowest step, then lowest rank).
     (None, why) when no rank has reported, or ranks of the recorded world never did."""
-    if not beats:
-        return None, "no rank ever reported a heartbeat"
-    world = max(b.world_size for b in beats.values())
-    silent = sorted(set(range(world)) - set(beats))
-    if silent:
-        return None, f"rank(s) {silent} never reported a heartbeat"
+    missing = _never_reported(beats)
+    if missing is not None:
+        return None, missing[1]
     for beat in sorted(beats.values(), key=lambda b: b.rank):
         state = process_state(beat.pid) if is_local(beat) else None
         if state in ("T", "t", "D"):
             return beat, f"its process is {'stopped' if state in ('T', 't') else 'in uninterruptible sleep'}"
     behind = min(beats.values(), key=lambda b: (b.step, b.rank))
     return behind, "furthest behind"
+
+
+def _never_reported(beats: dict[int, Beat]) -> tuple[list[int], str] | None:
+    """The ranks of the recorded world without a heartbeat, and a sentence; None when all have one."""
+    if not beats:
+        return [], "no rank ever reported a heartbeat"
+    world = max(b.world_size for b in beats.values())
+    silent = sorted(set(range(world)) - set(beats))
+    return (silent, f"rank(s) {silent} never reported a heartbeat") if silent else None
 
 
 def describe(beat: Beat, what: str = "stopped") -> str:

@@ -196,6 +196,15 @@ class _Trainer:
 
     # ---------------------------------------------------------------- main
     def execute(self) -> TrainResult:
+        """Train; when that raises, the heartbeat (if supervised) says so before the error goes on."""
+        try:
+            return self._execute()
+        except Exception as e:
+            if self.heartbeat is not None:
+                self.heartbeat.fail(e)
+            raise
+
+    def _execute(self) -> TrainResult:
         run = self.run
         seed_everything(run.seed)
         resume = self.checkpoints.find_resume(run.checkpoint.resume, self.model_config,

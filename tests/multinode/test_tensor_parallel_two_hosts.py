@@ -160,11 +160,14 @@ def test_supervised_kill9_of_a_rank_on_host_b_relaunches_and_ends_bit_exact(supe
     launches, (fault,), (kill,), (restart,) = (_of(events, "launch"), _of(events, "fault"),
                                                _of(events, "kill"), _of(events, "restart"))
     assert len(launches) == 2 and _of(events, "finished"), output[-8000:]
-    # The supervisor (on host A) cannot see host B's pids: it notices the fault when a rank on host A
-    # dies of the reset connections (or the launcher exits), at the step rank 3 died in.
+    # The supervisor (on host A) cannot see host B's pids: the ranks that failed of the closed
+    # connections report their errors, and rank 3, which reported nothing, is asked for over ssh.
     assert fault["kind"] in ("rank_died", "exited"), fault
-    assert (fault["step"] == KILL_AT_STEP if fault["kind"] == "rank_died"
-            else f"step {KILL_AT_STEP}" in fault["message"]), fault
+    assert (fault["rank"], fault["host"], fault["step"]) == (KILLED_RANK, hosts.hosts[1].hostname,
+                                                             KILL_AT_STEP), fault
+    named = f"rank {KILLED_RANK} on host {hosts.hosts[1].hostname} (pid "
+    died = f"died at step {KILL_AT_STEP} without reporting an error (checked over ssh)"
+    assert named in fault["message"] and died in fault["message"], fault
     assert 0 <= fault["time"] - killed_at < DEAD_PEER_TIMEOUT_S, (killed_at, fault)
     # the job killed on both hosts: its process group on host A, host B's ranks over ssh (by the host
     # name their heartbeats give; the pids still alive there are listed, maybe none: host B's own

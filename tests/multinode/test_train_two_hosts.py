@@ -310,8 +310,11 @@ def test_supervised_kill9_across_two_hosts_relaunches_and_continues_exactly(supe
     events = supervised["events"]
     assert len(_of(events, "launch")) >= 2, supervised["output"][-8000:]
     fault, kill = _of(events, "fault")[0], _of(events, "kill")[0]
-    # rank 0's pid vanished (or, if it noticed first, the launcher exited listing the ranks' steps)
+    # rank 0's pid vanished (or, if it noticed first, the launcher exited): rank 0 on host A is named,
+    # not rank 1 on host B that failed of it
     assert fault["kind"] in ("rank_died", "exited") and f"step {KILL_AT_STEP}" in fault["message"], fault
+    host_a = two_hosts.hosts[0].hostname
+    assert (fault["rank"], fault["host"], fault["step"]) == (0, host_a, KILL_AT_STEP), fault
     # rank 1 on host B killed over ssh (by the hostname its heartbeat gives), the pids that were alive
     assert kill["problems"] == [] and list(kill["remote_killed"]) == [two_hosts.hosts[1].hostname], kill
     restart = _of(events, "restart")[0]
@@ -352,6 +355,10 @@ def test_allow_shrink_continues_on_host_a_with_the_same_global_batch(supervised,
         assert losses[s] == pytest.approx(reference[s], rel=1e-5), (s, losses[s], reference[s])
     fault = _of(events, "fault")[1]
     lost = supervised["lost"]
+    # host A's rank failed on the lost connection; host B's rank, gone with its host, is named
+    assert fault["kind"] in ("rank_died", "exited") and fault["rank"] == 1, fault
+    assert fault["host"] == two_hosts.hosts[1].hostname, fault
+    assert "went silent at step" in fault["message"] and "its host does not answer" in fault["message"], fault
     print(f"host B lost: fault {fault['time'] - lost['time']:.2f} s after the kill ({fault['kind']}); hosts "
           f"checked in {shrink['check_s']} s; relaunched {launches[2]['time'] - fault['time']:.2f} s "
           f"after the fault; training again {_of(events, 'running')[2]['time'] - fault['time']:.1f} s after; "

@@ -1,9 +1,11 @@
 """`megatiny supervise --allow-shrink`'s pure parts, in-process and without launches: the hostfile
 in a launch command, reading and rewriting it, the ranks left, whether the run still fits them,
-and the supervisor's decision before a relaunch when a host does not answer (a real `ssh` to an
-address where nothing listens). The shrink itself runs in tests/multinode/test_train_two_hosts.py."""
+and the supervisor's decision before a relaunch when a host does not answer, and what it says of a
+rank on such a host (a real `ssh` to an address where nothing listens). The shrink itself runs
+in tests/multinode/test_train_two_hosts.py."""
 from __future__ import annotations
 
+import socket
 import time
 
 import pytest
@@ -17,6 +19,7 @@ from megatiny.supervisor.hosts import (
     silent_hosts,
     write_hostfile,
 )
+from megatiny.supervisor.job import remote_states
 from megatiny.supervisor.supervise import Options, Supervisor
 
 DEAD = "127.0.0.1"  # nothing listens on port 22 here: ssh is refused at once
@@ -83,6 +86,15 @@ def test_a_host_that_does_not_answer_is_named(tmp_path):
     assert time.monotonic() - started < 5
     assert "Connection refused" in silent[DEAD] and "status 255" in silent[DEAD]
     assert set(silent) == {DEAD, "no-such-host.invalid"}
+
+
+def test_ranks_of_a_host_that_does_not_answer_are_said_so():
+    beats = [Beat(rank, 3, host, 100 + rank, 5, "step", 0.0) for rank, host in
+             ((0, socket.gethostname()), (1, DEAD), (2, DEAD))]
+    states = remote_states(beats, timeout_s=5)
+    assert sorted(states) == [1, 2] and states[1] == states[2]    # this host's rank is not asked
+    assert states[1].startswith("its host does not answer (ssh exited with status 255")
+    assert "Connection refused" in states[1]
 
 
 def _supervisor(tmp_path, allow_shrink: bool) -> Supervisor:

@@ -1,5 +1,6 @@
 """The supervisor's pure parts, in-process: give-up rules, the event log, reading heartbeats,
-naming the rank a hang is on (with real stopped and dead processes), the stack-dump signal."""
+naming the rank a hang or a failure is on (with real stopped and dead processes), the stack-dump
+signal."""
 from __future__ import annotations
 
 import os
@@ -15,13 +16,26 @@ from megatiny.heartbeat import Beat, Heartbeat, clear_beats, read_beats
 from megatiny.supervisor.events import EventLog, read_events
 from megatiny.supervisor.policy import RestartPolicy
 from megatiny.supervisor.supervise import Options, exit_status, latest_step
-from megatiny.supervisor.watch import Progress, culprit, dead_ranks, describe, process_state
+from megatiny.supervisor.watch import (
+    Progress,
+    blame,
+    culprit,
+    dead_ranks,
+    describe,
+    process_state,
+    unreported,
+)
 
 HOST = socket.gethostname()
 
 
-def _beat(rank: int, step: int, pid: int = 1, phase: str = "step", world: int = 2, host: str = HOST) -> Beat:
-    return Beat(rank, world, host, pid, step, phase, time.time(), "/ckpt", "auto")
+def _beat(rank: int, step: int, pid: int = 1, phase: str = "step", world: int = 2, host: str = HOST,
+          error: str | None = None, at: float | None = None) -> Beat:
+    return Beat(rank, world, host, pid, step, phase, time.time() if at is None else at, "/ckpt", "auto",
+                error=error)
+
+
+CLOSED = "RuntimeError: Connection closed by peer [10.77.0.2]:41234"
 
 
 def test_gives_up_after_n_restarts_without_a_new_checkpoint():
@@ -152,3 +166,85 @@ def test_a_heartbeat_that_cannot_be_written_never_stops_training(tmp_path, capsy
     heartbeat.beat(1)
     heartbeat.beat(2)
     assert capsys.readouterr().out.count("cannot write the heartbeat") == 1
+
+
+def test_a_failing_rank_reports_its_error_at_its_last_step(tmp_path):
+    heartbeat = Heartbeat(tmp_path, 1, 2)
+    heartbeat.beat(6)
+    assert not read_beats(tmp_path)[1].settled
+    try:
+        raise RuntimeError("Connection closed by peer\n  (a second line that is left out)")
+    except RuntimeError as e:
+        heartbeat.fail(e)
+    beat = read_beats(tmp_path)[1]
+    assert (beat.step, beat.phase, beat.error) == (6, "step", "RuntimeError: Connection closed by peer")
+    assert beat.settled and beat.started
+
+
+def test_a_rank_of_another_host_that_reported_nothing_is_named_before_those_that_failed_of_it():
+    """4 ranks, 2 per host: rank 3 (host B) was killed; its peers failed on the closed
+    connections, host A's rank 1 first seen gone (with an error); rank 0 has not reported yet."""
+    beats = {0: _beat(0, 6, os.getpid(), world=4), 1: _beat(1, 6, 99999999, world=4, error=CLOSED),
+             2: _beat(2, 6, 7, world=4, host="host-b", error=CLOSED),
+             3: _beat(3, 6, 8, world=4, host="host-b")}
+    assert unreported(beats, gone=[1]) == [0, 3]
+    failed_of_it = "; rank(s) [1, 2] failed (first: rank 1: RuntimeError: Connection closed by peer"
+    # asked over ssh: its process is gone
+    found = blame(beats, gone=[1], remote={3: "gone"})
+    assert found.beat.rank == 3 and found.suspects == (3,) and found.died, found
+    assert found.what.startswith("rank 3 on host host-b (pid 8) died at step 6 without reporting an error "
+                                 "(checked over ssh)" + failed_of_it)
+    # its host does not answer, or it was not asked
+    found = blame(beats, gone=[1], remote={3: "its host does not answer (ssh exited with status 255)"})
+    assert found.beat.rank == 3 and found.died and found.what.startswith(
+        "rank 3 on host host-b (pid 8) went silent at step 6 (on another host: its host does not answer")
+    assert "(on another host: not asked; it reported no error)" in blame(beats, gone=[1]).what
+    # alive: on its way to failing like the others; the first error is named
+    found = blame(beats, gone=[1], remote={3: "alive"})
+    assert found.beat.rank == 1 and not found.died and found.what.endswith("rank(s) [0, 3] still running")
+
+
+def test_a_rank_gone_without_an_error_is_named_before_all_others(sleeper):
+    beats = {0: _beat(0, 7, os.getpid(), error=CLOSED), 1: _beat(1, 7, sleeper.pid),
+             2: _beat(2, 7, 8, world=3, host="host-b")}
+    sleeper.kill()
+    sleeper.wait(timeout=10)
+    gone = [b.rank for b in dead_ranks(beats)]
+    found = blame(beats, gone)
+    assert gone == [1] and found.beat.rank == 1 and found.died
+    assert found.what.startswith(f"rank 1 on host {HOST} (pid {sleeper.pid}) died at step 7 without "
+                                 "reporting an error; rank(s) [0] failed")
+    # several gone: the first seen gone
+    assert blame({0: _beat(0, 7, 5), 1: _beat(1, 7, 6)}, gone=[1, 0]).suspects == (1, 0)
+
+
+def test_a_stopped_rank_is_named_when_its_peers_failed_waiting_for_it(sleeper):
+    os.kill(sleeper.pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 10
+    while process_state(sleeper.pid) not in ("T", "t") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    timed_out = "RuntimeError: [gloo] Timed out waiting 10000ms for recv operation to complete"
+    beats = {0: _beat(0, 7, os.getpid()), 1: _beat(1, 7, sleeper.pid),
+             2: _beat(2, 7, 1, world=3, error=timed_out)}
+    found = blame(beats, gone=[])
+    assert found.beat.rank == 1 and found.suspects == (1,) and "was stopped at step 7" in found.what
+    assert not found.died
+    # running, not stopped: the error is named (rank 1 is on its way to failing of it)
+    os.kill(sleeper.pid, signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    while process_state(sleeper.pid) in ("T", "t") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    found = blame(beats, gone=[])
+    assert found.beat.rank == 2 and found.what.endswith("; rank(s) [0, 1] still running"), found
+
+
+def test_when_every_rank_failed_the_first_error_is_named():
+    beats = {0: _beat(0, 2, 5, error=CLOSED, at=100.5),
+             1: _beat(1, 2, 6, error="OSError: disk full", at=100.0)}
+    found = blame(beats, gone=[0, 1])
+    assert found.beat.rank == 1 and not found.died and found.suspects == (1, 0)
+    assert found.what.startswith(f"rank 1 on host {HOST} (pid 6) failed at step 2: OSError: disk full; "
+                                 "then rank(s) [0]")
+    assert blame({}, gone=[]).beat is None
+    assert blame({0: _beat(0, 2, 5, world=3, error=CLOSED)}, gone=[0]).what.startswith(
+        "rank(s) [1, 2] never reported a heartbeat")

@@ -2,13 +2,13 @@
 
     python tests/training/fault_train.py --config RUN.yaml [--config RUN2.yaml ...] [--nan-at-step N]
         [--sigterm-at-step N] [--kill-rank1-at-save N] [--kill-at-step N] [--stop-at-step N]
-        [--crash-at-step N] [--poison-at-step N] [--fault-rank R] [--once FILE] [key=value ...]
+        [--raise-at-step N] [--poison-at-step N] [--fault-rank R] [--once FILE] [key=value ...]
 
 Steps are 1-based, as logged: `--nan-at-step 2` makes every rank's losses of step 2 NaN,
 `--sigterm-at-step 3` has rank 0 send itself SIGTERM during step 3, `--kill-rank1-at-save 16` has
 rank 1 SIGKILL itself after writing its files of the step-16 checkpoint, before it is complete.
 For the supervisor: `--kill-at-step 7` has rank `--fault-rank` (default 1) SIGKILL itself at the
-start of step 7, `--stop-at-step 7` SIGSTOP itself (a hang), `--crash-at-step 2` exit with status 3;
+start of step 7, `--stop-at-step 7` SIGSTOP itself (a hang), `--raise-at-step 2` raise `InjectedFailure`;
 with `--once FILE` each of these fires only while FILE does not exist (it is created first), so
 the relaunched command runs clean. Several `--config`s are trained one after the other in the same
 processes (one launch for several runs). `--poison-at-step 3` multiplies every rank's losses of step 3
@@ -27,6 +27,10 @@ import torch
 from megatiny.process_env import exit_fast
 from megatiny.training.config import load_config
 from megatiny.training.loop import NonFiniteLoss, TrainCallbacks, train
+
+
+class InjectedFailure(RuntimeError):
+    """A rank's training raising (a bug, a full disk), as `--raise-at-step` injects it."""
 
 
 class Faults(TrainCallbacks):
@@ -55,8 +59,8 @@ class Faults(TrainCallbacks):
             os.kill(os.getpid(), signal.SIGKILL)
         if step + 1 == self.args.stop_at_step and self._fire_once():
             os.kill(os.getpid(), signal.SIGSTOP)
-        if step + 1 == self.args.crash_at_step and self._fire_once():
-            os._exit(3)
+        if step + 1 == self.args.raise_at_step and self._fire_once():
+            raise InjectedFailure(f"rank {rank} failed at the start of step {step + 1}")
 
     def micro_batch_loss(self, step: int, micro: int, rank: int, loss: torch.Tensor) -> torch.Tensor:
         if step + 1 == self.args.poison_at_step:
@@ -78,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kill-rank1-at-save", type=int)
     parser.add_argument("--kill-at-step", type=int)
     parser.add_argument("--stop-at-step", type=int)
-    parser.add_argument("--crash-at-step", type=int)
+    parser.add_argument("--raise-at-step", type=int)
     parser.add_argument("--poison-at-step", type=int)
     parser.add_argument("--fault-rank", type=int, default=1)
     parser.add_argument("--once", default=None)

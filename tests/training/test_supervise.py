@@ -85,7 +85,9 @@ def test_kill9_of_a_rank_under_deepspeed_is_relaunched_and_ends_bit_exact(refere
     save_dir = tmp_path / "ckpt"
     assert result.returncode == 0, result.stdout[-5000:]
     fault, = _events(save_dir, "fault")
-    assert "step 7" in fault["message"], fault   # the dead rank, or the launcher that noticed it first
+    # the dead rank (or the launcher that noticed it first), not rank 0 that failed of it
+    assert fault["kind"] in ("rank_died", "exited") and (fault["rank"], fault["step"]) == (1, 7), fault
+    assert "rank 1" in fault["message"] and "died at step 7 without reporting an error" in fault["message"]
     restart, = _events(save_dir, "restart")
     assert restart["resume_step"] == 4 and len(_events(save_dir, "launch")) == 2
     assert "resumed from" in result.stdout and "step_00000004: step 4" in result.stdout
@@ -121,10 +123,16 @@ def test_a_hung_rank_is_named_dumped_killed_and_relaunched_bit_exact(reference, 
 
 def test_a_crash_before_every_checkpoint_gives_up_after_n_restarts(tiny_data, tmp_path):
     config = _config(tmp_path, tiny_data)
-    result = _supervise(_ranks(config, "--crash-at-step", "2"), "--max-restarts", "1")
+    result = _supervise(_ranks(config, "--raise-at-step", "2"), "--max-restarts", "1")
     save_dir = tmp_path / "ckpt"
     assert result.returncode != 0, result.stdout[-3000:]
-    assert len(_events(save_dir, "launch")) == 2 and len(_events(save_dir, "fault")) == 2
+    faults = _events(save_dir, "fault")
+    assert len(_events(save_dir, "launch")) == 2 and len(faults) == 2
+    # named: the rank that raised, not rank 0 that failed of it (on the closed connection, or a
+    # SIGTERM from the launcher) after it
+    for fault in faults:
+        assert (fault["kind"], fault["rank"], fault["step"]) == ("rank_failed", 1, 2), fault
+        assert fault["error"] == "InjectedFailure: rank 1 failed at the start of step 2", fault
     give_up, = _events(save_dir, "give_up")
     assert "1 restart(s) in a row produced no new checkpoint" in give_up["reason"]
     assert "giving up after launch 2" in result.stdout
