@@ -5,7 +5,8 @@ writes DIR/rank{R}.json at set-up, at the start of every step, before every save
 
     {"rank": R, "world_size": W, "host": "node1", "pid": 1234, "step": S, "phase": "setup" |
      "step" | "save" | "done", "time": UNIX_SECONDS, "save_dir": "...", "resume": "auto",
-     "model_parallel": TPxPPxCP, "micro_batch_size": M, "global_batch_size": G, "error": null}
+     "model_parallel": TPxPPxCP, "micro_batch_size": M, "global_batch_size": G, "train_steps": N,
+     "error": null}
 
 (the sizes let a supervisor that drops a host check that the ranks left still fit the run).
 A rank whose training raises writes its last step and phase once more with `error` set (the
@@ -17,6 +18,9 @@ killer), which is where the fault is.
 goes to a temporary name and is renamed over the old file, so a reader sees a whole record; no
 fsync (a heartbeat is worthless after a crash of the host). One small write per step.
 
+A supervisor asks the job to save a checkpoint and stop (as SIGTERM would, but on every host
+at once) by creating DIR/stop (`request_stop`); each rank looks for it at the start of every step.
+
 `install_stack_dump` makes SIGUSR1 print every thread's Python stack to stderr (the rank's log):
 the supervisor sends it to a hung job's ranks before killing them.
 """
@@ -27,6 +31,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +39,7 @@ from pathlib import Path
 HEARTBEAT_DIR_ENV = "MEGATINY_HEARTBEAT_DIR"
 PHASES = ("setup", "step", "save", "done")
 ERROR_CHARS = 300  # of a failed rank's error in its heartbeat
+STOP_FILE = "stop"
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,8 @@ class Beat:
     """tensor x pipeline x context: the world size must stay a multiple of it"""
     micro_batch_size: int | None = None
     global_batch_size: int | None = None
+    train_steps: int | None = None
+    """the run's last step: a rank "done" at it finished the run (not a stop on request)"""
     error: str | None = None
     """set when the rank's training raised: its type and first line, e.g. "OSError: disk full"."""
 
@@ -72,7 +80,7 @@ class Heartbeat:
 
     def __init__(self, directory: str | os.PathLike, rank: int, world_size: int, *,
                  save_dir: str | None = None, resume: str | None = None, **sizes: int | None):
-        """`sizes`: model_parallel, micro_batch_size, global_batch_size (see `Beat`)."""
+        """`sizes`: model_parallel, micro_batch_size, global_batch_size, train_steps (see `Beat`)."""
         self.path = Path(directory) / f"rank{rank}.json"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rank, self.world_size, self.save_dir, self.resume = rank, world_size, save_dir, resume
@@ -106,6 +114,10 @@ class Heartbeat:
         self._write(Beat(self.rank, self.world_size, self.host, self.pid, self.step, self.phase, time.time(),
                          self.save_dir, self.resume, **self.sizes, error=text[:ERROR_CHARS]))
 
+    def stop_requested(self) -> bool:
+        """Whether the supervisor asked the job to save and stop (DIR/stop exists)."""
+        return (self.path.parent / STOP_FILE).exists()
+
     def _write(self, beat: Beat) -> None:
         tmp = self.path.with_name(f".{self.path.name}.{self.pid}.tmp")
         try:
@@ -133,11 +145,25 @@ def read_beats(directory: str | os.PathLike) -> dict[int, Beat]:
 
 
 def clear_beats(directory: str | os.PathLike) -> None:
-    """Remove the heartbeats of an earlier launch."""
+    """Remove the heartbeats (and the stop request) of an earlier launch."""
     for path in Path(directory).glob("rank*.json"):
         path.unlink(missing_ok=True)
+    (Path(directory) / STOP_FILE).unlink(missing_ok=True)
 
 
-def install_stack_dump(signum: int = signal.SIGUSR1) -> None:
-    """`signum` prints every thread's Python stack to stderr (the process keeps running)."""
-    faulthandler.register(signum, all_threads=True, chain=False)
+def request_stop(directory: str | os.PathLike) -> None:
+    """Ask the job whose ranks beat in `directory` to save a checkpoint at the end of the step and stop."""
+    (Path(directory) / STOP_FILE).touch()
+
+
+def install_stack_dump(signum: int = signal.SIGUSR1) -> bool:
+    """`signum` prints every thread's Python stack to stderr (the process keeps running). Where
+    sys.stderr is no file (captured, in a notebook) the process's own stderr is used; False when
+    neither can be."""
+    for stream in (sys.stderr, sys.__stderr__):
+        try:
+            faulthandler.register(signum, file=stream, all_threads=True, chain=False)
+            return True
+        except (AttributeError, ValueError, OSError):  # no fileno (io.UnsupportedOperation), or None
+            continue
+    return False

@@ -14,8 +14,10 @@ host of the hostfile must answer `ssh HOST true` (BatchMode, --host-timeout); if
 supervisor gives up naming it, or, with --allow-shrink, relaunches on the hosts that answer (a new
 hostfile SAVE_DIR/supervisor_hostfile_launchN; same global batch, more gradient accumulation per
 rank, the checkpoint resharded to the smaller world; a world the run's tensor x pipeline x context
-size or batch no longer divides is a reason to give up). Exit status: 0 when the run finished,
-the job's status when stopped by SIGTERM/SIGINT, non-zero with the reason when it gave up.
+size or batch no longer divides is a reason to give up). A dropped host that answers again is
+taken back (asked every --regrow-interval seconds; the job saves, stops and is relaunched with it).
+Exit status: 0 when the run finished, the job's status when stopped by SIGTERM/SIGINT, non-zero
+with the reason when it gave up.
 docs/RESILIENCE.md.
 """
 from __future__ import annotations
@@ -52,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
                              "same global batch (default: give up naming the host that does not answer)")
     parser.add_argument("--host-timeout", type=float, default=10.0, metavar="S",
                         help="before a relaunch, how long each host of the hostfile has to answer ssh (10 s)")
+    parser.add_argument("--regrow-interval", type=float, default=300.0, metavar="S",
+                        help="with --allow-shrink, after a shrink: ask the dropped hosts this often whether "
+                             "they answer again, and if so save, stop and relaunch with them (300 s)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="the launch command, after --")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -61,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                           stop_timeout_s=args.stop_timeout,
                           dump_wait_s=args.dump_wait, save_dir=args.save_dir,
                           heartbeat_dir=args.heartbeat_dir, allow_shrink=args.allow_shrink,
-                          host_timeout_s=args.host_timeout)
+                          host_timeout_s=args.host_timeout, regrow_interval_s=args.regrow_interval)
         supervisor = Supervisor(command, options)
     except ValueError as e:
         parser.error(str(e))

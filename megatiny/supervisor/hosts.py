@@ -1,11 +1,14 @@
 """The hosts of a `deepspeed --hostfile` launch: finding the hostfile in the command, reading and
-writing it, asking each host whether it answers over ssh, and deciding whether a job can go on
-without the hosts that do not (`megatiny supervise --allow-shrink`)."""
+writing it, asking each host whether it answers over ssh, deciding whether a job can go on
+without the hosts that do not (`megatiny supervise --allow-shrink`), and noticing when they answer
+again."""
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from megatiny.heartbeat import Beat
@@ -164,3 +167,116 @@ def shrink_problem(world_size: int, beat: Beat | None) -> str | None:
         return (f"batch.global_batch_size {total} is not a multiple of batch.micro_batch_size x "
                 f"data-parallel size ({micro} x {data}) on the {world_size} rank(s) left")
     return None
+
+
+@dataclass(frozen=True)
+class Resize:
+    """A change of the hosts a job launches on: `event` "shrink" (hosts dropped) or "grow" (hosts
+    taken back), a sentence, and the fields of the supervisor's event."""
+
+    event: str
+    message: str
+    fields: dict
+
+
+class JobHosts:
+    """The hosts of a supervised `deepspeed --hostfile` job. Before each relaunch every host of
+    the user's hostfile is asked over ssh (`check`): without `allow_shrink` a silent one is a
+    reason to give up; with it, the job is relaunched on the hosts that answer (a new hostfile in
+    the command), which drops silent hosts and takes back dropped ones that answer again."""
+
+    def __init__(self, launch: HostfileLaunch, allow_shrink: bool, timeout_s: float):
+        self.launch, self.allow_shrink, self.timeout_s = launch, allow_shrink, timeout_s
+        self.user_hostfile = launch.path
+
+    @property
+    def command(self) -> list[str]:
+        return list(self.launch.command)
+
+    def check(self, new_hostfile: Path, sizes: Beat | None) -> tuple[str | None, Resize | None]:
+        """Ask the hosts: (the reason to give up, or None) and the change made to the command, if
+        any (its hostfile then written to `new_hostfile`). `sizes`: a heartbeat of the run, to
+        check that the ranks still fit it (`shrink_problem`)."""
+        try:
+            hosts = read_hostfile(self.user_hostfile if self.allow_shrink else self.launch.path)
+            current = read_hostfile(self.launch.path)
+        except ValueError as e:  # (deepspeed itself launches locally when the file is missing)
+            return (str(e) if self.allow_shrink else None), None
+        started = time.monotonic()
+        silent = silent_hosts(list(hosts), self.timeout_s)
+        if silent and not self.allow_shrink:
+            why = "; ".join(f"{host}: {reason}" for host, reason in silent.items())
+            return (f"host(s) {', '.join(silent)} of the hostfile {self.launch.path} do not answer ({why}); "
+                    "relaunching needs every host (--allow-shrink goes on without them)"), None
+        left = {host: slots for host, slots in hosts.items() if host not in silent}
+        return self._resize(current, left, silent, new_hostfile, sizes, time.monotonic() - started)
+
+    def missing(self) -> list[str]:
+        """Hosts of the user's hostfile that the job does not launch on now (dropped by a shrink)."""
+        try:
+            hosts, current = read_hostfile(self.user_hostfile), read_hostfile(self.launch.path)
+        except ValueError:
+            return []
+        return [host for host in hosts if host not in current]
+
+    def grow_problem(self, back: list[str], sizes: Beat | None) -> str | None:
+        """Why the run cannot use the hosts `back` as well as its own (None when it can)."""
+        try:
+            hosts, current = read_hostfile(self.user_hostfile), read_hostfile(self.launch.path)
+        except ValueError as e:
+            return str(e)
+        grown = {host: slots for host, slots in hosts.items() if host in current or host in back}
+        return shrink_problem(self.launch.world_size(grown), sizes)
+
+    def _resize(self, current: dict[str, int], left: dict[str, int], silent: dict[str, str],
+                new_hostfile: Path, sizes: Beat | None, check_s: float) -> tuple[str | None, Resize | None]:
+        dropped = [host for host in current if host not in left]
+        added = [host for host in left if host not in current]
+        why = "; ".join(f"{host}: {silent[host]}" for host in dropped)
+        before, after = self.launch.world_size(current), self.launch.world_size(left)
+        problem = shrink_problem(after, sizes)
+        if problem is not None and dropped:
+            return (f"host(s) {', '.join(dropped)} do not answer ({why}), and the run cannot go on without "
+                    f"them: {problem}"), None
+        if problem is not None or not (dropped or added):  # a host back that the run cannot use: as before
+            return None, None
+        path = write_hostfile(new_hostfile, left)
+        self.launch = replace(self.launch, command=tuple(self.launch.with_hostfile(path)))
+        change = (f"host(s) {', '.join(dropped)} do not answer ({why})" if dropped else "") + \
+                 ("; " if dropped and added else "") + \
+                 (f"host(s) {', '.join(added)} answer again" if added else "")
+        batch = "more accumulation per rank" if after < before else "less accumulation per rank"
+        message = (f"{change}: relaunching on {', '.join(left)}, {before} -> {after} ranks, same global "
+                   f"batch ({batch}); hostfile {path}")
+        fields = {"dropped": dropped, "added": added, "reasons": {host: silent[host] for host in dropped},
+                  "hosts": list(left), "world_size_before": before, "world_size": after,
+                  "hostfile": str(path), "check_s": round(check_s, 3)}
+        return None, Resize("shrink" if dropped else "grow", message, fields)
+
+
+class ReturningHosts:
+    """Asks hosts whether they answer again (`ssh HOST true`) every `interval_s`, in a thread of
+    its own, so that the supervisor's watch loop never waits on ssh."""
+
+    def __init__(self, hosts: list[str], interval_s: float, timeout_s: float):
+        self.hosts, self.interval_s, self.timeout_s = hosts, interval_s, timeout_s
+        self.next_check = time.monotonic() + interval_s
+        self.thread: threading.Thread | None = None
+        self.silent: dict[str, str] = {}
+
+    def answered(self) -> list[str]:
+        """The hosts that answered the check that just finished, else []; starts a check when one
+        is due."""
+        if self.thread is not None:
+            if self.thread.is_alive():
+                return []
+            self.thread = None
+            self.next_check = time.monotonic() + self.interval_s
+            return [host for host in self.hosts if host not in self.silent]
+        if time.monotonic() >= self.next_check:
+            self.thread = threading.Thread(target=self._check, name="megatiny-returning-hosts", daemon=True)
+            self.thread.start()
+        return []
+
+    def _check(self) -> None:
+        self.silent = silent_hosts(self.hosts, self.timeout_s)

@@ -22,6 +22,9 @@ makes it continue from the newest complete checkpoint that verifies. Before rela
 when one does not, the supervisor gives up naming it, or with `allow_shrink` relaunches on the
 hosts that answer (a new hostfile beside the events file; the run keeps its global batch, so each
 rank accumulates more micro-batches, and resumes its checkpoint resharded to the smaller world).
+While it runs on fewer hosts, the dropped ones are asked every `regrow_interval_s` whether they
+answer again; when they do, the job is asked to save and stop (`heartbeat.request_stop`) and is
+relaunched with them (a `regrow`, then a `grow` event).
 """
 from __future__ import annotations
 
@@ -30,10 +33,10 @@ import re
 import signal
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from megatiny.heartbeat import HEARTBEAT_DIR_ENV, Beat, clear_beats, read_beats
+from megatiny.heartbeat import HEARTBEAT_DIR_ENV, Beat, clear_beats, read_beats, request_stop
 from megatiny.supervisor import hosts as hostfiles
 from megatiny.supervisor.events import EVENTS_FILE, EventLog
 from megatiny.supervisor.job import Job, remote_states
@@ -77,13 +80,15 @@ class Options:
     """relaunch a `deepspeed --hostfile` job on the hosts that still answer (else give up)"""
     host_timeout_s: float = 10.0
     """before a relaunch, how long each host of the hostfile gets to answer over ssh"""
+    regrow_interval_s: float = 300.0
+    """with allow_shrink, after a shrink: how often the dropped hosts are asked whether they answer again"""
     settle_s: float = 3.0
     """after a rank failed or died, how long the others get to report how they ended before the
     rank at fault is named (less when that is clear sooner)"""
 
     def __post_init__(self) -> None:
         for name in ("hang_timeout_s", "startup_timeout_s", "save_timeout_s", "stop_timeout_s", "dump_wait_s",
-                     "poll_s", "host_timeout_s", "settle_s"):
+                     "poll_s", "host_timeout_s", "regrow_interval_s", "settle_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {value!r}")
@@ -101,7 +106,7 @@ class Options:
 
 @dataclass
 class Outcome:
-    kind: str                  # finished | stopped | exited | rank_died | rank_failed | hang | refused
+    kind: str  # finished | regrow | stopped | exited | rank_died | rank_failed | hang | refused
     returncode: int
     reached_first_step: bool
     message: str = ""
@@ -134,7 +139,13 @@ class Supervisor:
         if not command:
             raise ValueError("no launch command given (megatiny supervise [OPTIONS] -- COMMAND ...)")
         self.command, self.options = command, options
-        self.hostfile = hostfiles.hostfile_launch(command, options.allow_shrink)
+        launch = hostfiles.hostfile_launch(command, options.allow_shrink)
+        self.hosts = (hostfiles.JobHosts(launch, options.allow_shrink, options.host_timeout_s)
+                      if launch is not None and launch.selection is None else None)
+        self.returning: hostfiles.ReturningHosts | None = None
+        """after a shrink: the dropped hosts, asked whether they answer again"""
+        self.regrowing = False
+        """the job was asked to stop so that it is relaunched with hosts that came back"""
         self.sizes: Beat | None = None
         """a heartbeat of the last launch that reported the run's sizes (for `shrink_problem`)"""
         self.policy = RestartPolicy(options.max_restarts)
@@ -178,8 +189,12 @@ class Supervisor:
                 return exit_status(outcome.returncode)
             after = latest_step(self.save_dir)
             new_checkpoint = after is not None and (before is None or after > before)
-            reason = ("relaunching cannot resume this run: " + outcome.message if outcome.kind == "refused"
-                      else self.policy.after_failure(outcome.reached_first_step, new_checkpoint))
+            if outcome.kind == "regrow":  # stopped on request, to take back hosts: not a failure
+                reason, self.regrowing = None, False
+            elif outcome.kind == "refused":
+                reason = "relaunching cannot resume this run: " + outcome.message
+            else:
+                reason = self.policy.after_failure(outcome.reached_first_step, new_checkpoint)
             reason = reason or self._check_hosts(launch + 1)
             if reason is not None:
                 self.events.emit("give_up", f"giving up after launch {launch}: {reason}", launch=launch,
@@ -192,44 +207,33 @@ class Supervisor:
 
     # ---------------------------------------------------------------- the hosts
     def _check_hosts(self, launch: int) -> str | None:
-        """Before launch `launch` of a hostfile job: ask every host over ssh. The reason to give up,
-        or None (with `allow_shrink`, after switching the command to a hostfile of those that answer)."""
-        if self.hostfile is None or self.hostfile.selection is not None:
+        """Before launch `launch` of a hostfile job: ask every host over ssh (`hosts.JobHosts`). The
+        reason to give up, or None (with `allow_shrink`, the command may now name another hostfile)."""
+        if self.hosts is None:
             return None
-        try:
-            hosts = hostfiles.read_hostfile(self.hostfile.path)
-        except ValueError as e:  # (deepspeed itself launches locally when the file is missing)
-            return str(e) if self.options.allow_shrink else None
-        started = time.monotonic()
-        silent = hostfiles.silent_hosts(list(hosts), self.options.host_timeout_s)
-        if not silent:
-            return None
-        if not self.options.allow_shrink:
-            why = "; ".join(f"{host}: {reason}" for host, reason in silent.items())
-            return (f"host(s) {', '.join(silent)} of the hostfile {self.hostfile.path} do not answer "
-                    f"({why}); relaunching needs every host (--allow-shrink goes on without them)")
-        return self._shrink(launch, hosts, silent, started)
+        new_hostfile = self._beside_events(f"supervisor_hostfile_launch{launch}")
+        reason, change = self.hosts.check(new_hostfile, self.sizes)
+        if change is not None:
+            self.command = self.hosts.command
+            self.events.emit(change.event, change.message, **change.fields)
+        return reason
 
-    def _shrink(self, launch: int, hosts: dict[str, int], silent: dict[str, str],
-                started: float) -> str | None:
-        """Relaunch on the hosts not in `silent` (a new hostfile, put in the command), or the reason
-        the run cannot go on without them."""
-        named = ", ".join(silent)
-        why = "; ".join(f"{host}: {reason}" for host, reason in silent.items())
-        left = {host: slots for host, slots in hosts.items() if host not in silent}
-        before, after = self.hostfile.world_size(hosts), self.hostfile.world_size(left)
-        problem = hostfiles.shrink_problem(after, self.sizes)
+    def _check_returning(self) -> None:
+        """After a shrink: when hosts that were dropped answer again (asked in the background every
+        `regrow_interval_s`), ask the job to save a checkpoint and stop, to relaunch it with them."""
+        back = self.returning.answered() if self.returning is not None and not self.regrowing else []
+        if not back:
+            return
+        problem = self.hosts.grow_problem(back, self.sizes)
         if problem is not None:
-            return f"host(s) {named} do not answer ({why}), and the run cannot go on without them: {problem}"
-        path = hostfiles.write_hostfile(self._beside_events(f"supervisor_hostfile_launch{launch}"), left)
-        self.command = self.hostfile.with_hostfile(path)
-        self.hostfile = replace(self.hostfile, command=tuple(self.command))
-        self.events.emit("shrink", f"host(s) {named} do not answer ({why}): relaunching on "
-                         f"{', '.join(left)}, {before} -> {after} ranks, same global batch (more "
-                         f"accumulation per rank); hostfile {path}", dropped=list(silent), reasons=silent,
-                         hosts=list(left), world_size_before=before, world_size=after, hostfile=str(path),
-                         check_s=round(time.monotonic() - started, 3))
-        return None
+            self.events.emit("grow_refused", f"host(s) {', '.join(back)} answer again, but the run cannot "
+                             f"use them: {problem}; going on without them", hosts=back, reason=problem)
+            self.returning = None
+            return
+        request_stop(self.heartbeat_dir)
+        self.regrowing = True
+        self.events.emit("regrow", f"host(s) {', '.join(back)} answer again: asking the job to save a "
+                         "checkpoint at the end of its step and stop, to relaunch it with them", hosts=back)
 
     def _beside_events(self, name: str) -> Path:
         return (self.events.path.parent if self.events.path is not None else self.heartbeat_dir) / name
@@ -239,6 +243,9 @@ class Supervisor:
         self.heartbeat_dir.mkdir(parents=True, exist_ok=True)
         clear_beats(self.heartbeat_dir)
         env = dict(os.environ, **{HEARTBEAT_DIR_ENV: str(self.heartbeat_dir)})
+        missing = self.hosts.missing() if self.hosts is not None and self.options.allow_shrink else []
+        self.returning = (hostfiles.ReturningHosts(missing, self.options.regrow_interval_s,
+                                                   self.options.host_timeout_s) if missing else None)
         job = Job(self.command, env)
         self.events.emit("launch", f"launch {launch}: {' '.join(self.command)} (pid {job.process.pid})",
                          launch=launch, command=self.command, pid=job.process.pid,
@@ -266,6 +273,7 @@ class Supervisor:
                 announced = True
             if returncode is not None:
                 return self._exited(job, beats, returncode, reached)
+            self._check_returning()
             refusal = self._check_run(beats)
             if refusal is not None:
                 return self._fault(job, beats, Outcome("refused", 1, reached, refusal))
@@ -296,7 +304,9 @@ class Supervisor:
     def _exited(self, job: Job, beats: dict[int, Beat], returncode: int, reached: bool) -> Outcome:
         if returncode == 0:
             job.kill(beats)  # leftovers of the group, if any
-            return Outcome("finished", 0, reached)
+            finished = bool(beats) and all(b.phase == "done" and b.train_steps is not None
+                                           and b.step >= b.train_steps for b in beats.values())
+            return Outcome("regrow" if self.regrowing and not finished else "finished", 0, reached)
         found = self._blame(beats, [b.rank for b in dead_ranks(beats)])
         message = f"the launcher exited with status {returncode}: {found.what}"
         return self._fault(job, beats, Outcome("exited", returncode, reached, message, found.beat,

@@ -85,16 +85,24 @@ class TrainCallbacks:
 
 
 class _StopFlag:
-    """SIGTERM/SIGINT set a flag; the loop agrees on it across ranks within each step's collectives."""
+    """SIGTERM/SIGINT, or a supervisor's request, set a flag; the loop agrees on it across ranks
+    within each step's collectives."""
 
     def __init__(self) -> None:
-        self.signum: int | None = None
+        self.reason: str | None = None
         self._previous = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._previous[sig] = signal.signal(sig, self._handle)
 
+    @property
+    def requested(self) -> bool:
+        return self.reason is not None
+
+    def request(self, reason: str) -> None:
+        self.reason = self.reason or reason
+
     def _handle(self, signum, frame) -> None:
-        self.signum = signum
+        self.request(signal.Signals(signum).name)
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -153,7 +161,8 @@ class _Trainer:
         self.heartbeat = Heartbeat.from_env(
             self.rank, self.world, save_dir=save_dir, resume=run.checkpoint.resume,
             model_parallel=self.layout.tensor * self.layout.pipeline * self.layout.context,
-            micro_batch_size=run.batch.micro_batch_size, global_batch_size=run.batch.global_batch_size)
+            micro_batch_size=run.batch.micro_batch_size, global_batch_size=run.batch.global_batch_size,
+            train_steps=run.schedule.train_steps)
         self._beat(0, "setup")
         spike = run.spike
         self.spikes = (SpikeDetector(spike.window, spike.loss_z, spike.grad_norm_z, spike.min_history)
@@ -247,7 +256,7 @@ class _Trainer:
         input_ids, labels, document = self._batch(train_ds, indices)
         loss = self.engine.loss(input_ids, labels, document)
         local = self.callbacks.micro_batch_loss(step, micro, self.rank, loss.detach().float())
-        stop_requested = local.new_full((), float(self.stop.signum is not None))  # a fill, no copy
+        stop_requested = local.new_full((), float(self.stop.requested))  # a fill, no copy
         total, stops = process_group.all_reduce_sum_tensor(torch.stack([local, stop_requested])).tolist()
         return loss, indices, local, total, stops > 0
 
@@ -311,7 +320,7 @@ class _Trainer:
         update before the loss is known, so a non-finite loss stops the run (nan_policy: stop)."""
         micro_batches = [self._batch(train_ds, next(batches)) for _ in range(accumulation)]
         loss = self.engine.pipeline_step(micro_batches, lr)  # the global mean, on every stage
-        stop_flag = loss.new_full((), float(self.stop.signum is not None))
+        stop_flag = loss.new_full((), float(self.stop.requested))
         total, stops = process_group.all_reduce_sum_tensor(torch.stack([loss.float(), stop_flag])).tolist()
         if not math.isfinite(total):
             self._report_nonfinite(step, 0, [], total)
@@ -329,6 +338,8 @@ class _Trainer:
         last_saved = step if step > 0 else None
         while step < total:
             self._beat(step + 1, "step")
+            if self.heartbeat is not None and self.heartbeat.stop_requested():
+                self.stop.request("the supervisor's request")
             started = time.perf_counter()
             self.callbacks.step_started(step, self.rank)
             lr = learning_rate(step, run.optimizer, run.schedule)
@@ -362,9 +373,9 @@ class _Trainer:
                 interval_time, interval_steps = 0.0, 0
             if run.logging.eval_interval and (step % run.logging.eval_interval == 0 or step == total):
                 self._evaluate(step, valid_ds)
-            if stop_requested:  # some rank was signalled during this step: all stop together
-                self.logger.print(f"[megatiny] stop signal received: saving a checkpoint at step {step} and "
-                                  "exiting")
+            if stop_requested:  # some rank was asked to stop during this step: all stop together
+                self.logger.print(f"[megatiny] stop requested ({self.stop.reason or 'on another rank'}): "
+                                  f"saving a checkpoint at step {step} and exiting")
                 if run.checkpoint.save_dir:
                     self._save(step, consumed)
                 result.stopped_by_signal = True

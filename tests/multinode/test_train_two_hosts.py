@@ -13,7 +13,9 @@ One chain of real runs (tiny-test model, ZeRO-3 + fp32, 2 ranks, 12 steps), shar
   supervised `megatiny supervise --allow-shrink` of the run on the two hosts: rank 0 kills itself
              (kill -9) at step 5, the job is killed (rank 1 over ssh) and relaunched on both hosts;
              once that launch has saved step 8, host B is killed for good and the supervisor
-             relaunches on host A alone (1 rank, 4 micro-batches of accumulation instead of 2)
+             relaunches on host A alone (1 rank, 4 micro-batches of accumulation instead of 2);
+             then host B is brought back, the supervisor notices, the job saves and stops at the
+             end of its step and is relaunched on both hosts again
              (the same kill -9 with 4 ranks, two per host: test_tensor_parallel_two_hosts.py)
 
 fp32 (not `auto`, which is bf16 on this CPU): the runs on fewer ranks sum the same samples in
@@ -268,16 +270,17 @@ def supervised(runs, two_hosts):
            "--fault-rank", "0", "--once", str(root / "supervised_fired"), "--config", str(config)]
     supervisor = two_hosts.popen_on([venv_bin("python"), "-m", "megatiny", "supervise", "--allow-shrink",
                                      "--max-restarts", "2", "--hang-timeout", "60", "--host-timeout", "5",
-                                     "--heartbeat-dir", str(beats), "--", *job],
+                                     "--regrow-interval", "1", "--heartbeat-dir", str(beats), "--", *job],
                                     env={"DS_ENV_FILE": str(env_file)})
     try:
         lost = _kill_host_b_after(two_hosts, supervisor, save_dir, beats)
+        back = _bring_host_b_back_after_the_shrink(two_hosts, supervisor, save_dir)
         output, _ = supervisor.communicate(timeout=2 * LAUNCH_TIMEOUT_S)
     finally:
         _end_and_restore_hosts(two_hosts, supervisor)
     events = read_events(save_dir / "supervisor_events.jsonl")
     return {"returncode": supervisor.returncode, "output": output, "events": events, "lost": lost,
-            "save_dir": save_dir}
+            "back": back, "save_dir": save_dir}
 
 
 def _kill_host_b_after(hosts: TwoHosts, supervisor, save_dir: Path, beats: Path) -> dict:
@@ -291,6 +294,16 @@ def _kill_host_b_after(hosts: TwoHosts, supervisor, save_dir: Path, beats: Path)
     steps = {rank: beat.step for rank, beat in read_beats(beats).items()}
     hosts.kill_host(1)
     return {"time": time.time(), "latest": _latest(save_dir), "steps": steps}
+
+
+def _bring_host_b_back_after_the_shrink(hosts: TwoHosts, supervisor, save_dir: Path) -> dict:
+    """Once the supervisor has relaunched on host A alone (launch 3), restart host B's sshd. When."""
+    events, deadline = save_dir / "supervisor_events.jsonl", time.monotonic() + LAUNCH_TIMEOUT_S
+    while (supervisor.poll() is None and time.monotonic() < deadline
+           and not any(e["event"] == "launch" and e["launch"] == 3 for e in read_events(events))):
+        time.sleep(0.05)
+    hosts.restart_host(1)
+    return {"time": time.time()}
 
 
 def _of(events: list[dict], kind: str) -> list[dict]:
@@ -344,7 +357,7 @@ def test_allow_shrink_continues_on_host_a_with_the_same_global_batch(supervised,
     assert (shrink["world_size_before"], shrink["world_size"]) == (2, 1)
     assert Path(shrink["hostfile"]).read_text() == f"{alive} slots=1\n"
     launches = _of(events, "launch")
-    assert len(launches) == 3 and launches[2]["command"][2] == shrink["hostfile"]
+    assert len(launches) == 4 and launches[2]["command"][2] == shrink["hostfile"]
     assert "global batch 8 = 2 micro x 4 accumulation x 1 data-parallel ranks" in output
     assert _of(events, "finished") and _latest(supervised["save_dir"]) == f"step_{STEPS:08d}"
     resumed = _of(events, "restart")[1]["resume_step"]
@@ -363,6 +376,32 @@ def test_allow_shrink_continues_on_host_a_with_the_same_global_batch(supervised,
           f"checked in {shrink['check_s']} s; relaunched {launches[2]['time'] - fault['time']:.2f} s "
           f"after the fault; training again {_of(events, 'running')[2]['time'] - fault['time']:.1f} s after; "
           f"steps reached {lost['steps']}, resumed from step {resumed}")
+
+
+def test_a_host_that_answers_again_is_taken_back(supervised, two_hosts):
+    events, output = supervised["events"], supervised["output"]
+    assert supervised["returncode"] == 0, output[-8000:]
+    host_a, host_b = two_hosts.hosts[0].address, two_hosts.hosts[1].address
+    regrow, = _of(events, "regrow")
+    grow, = _of(events, "grow")
+    assert regrow["hosts"] == [host_b] and regrow["time"] > supervised["back"]["time"], (regrow, supervised)
+    # the job on host A saved at the end of its step and exited 0 (no fault); relaunched on both hosts
+    stopped_at = _of(events, "restart")[2]["resume_step"]
+    assert len(_of(events, "fault")) == 2, events
+    assert f"stop requested (the supervisor's request): saving a checkpoint at step {stopped_at}" in output
+    assert (grow["added"], grow["dropped"], grow["hosts"]) == ([host_b], [], [host_a, host_b]), grow
+    assert (grow["world_size_before"], grow["world_size"]) == (1, 2)
+    assert Path(grow["hostfile"]).read_text() == f"{host_a} slots=1\n{host_b} slots=1\n"
+    launches = _of(events, "launch")
+    assert launches[3]["command"][2] == grow["hostfile"] and launches[3]["checkpoint_step"] == stopped_at
+    assert stopped_at < STEPS and _of(events, "finished")[0]["launch"] == 4, events
+    # (its losses after the regrow are checked with the shrink's, against the uninterrupted run)
+    two_ranks = "global batch 8 = 2 micro x 2 accumulation x 2 data-parallel ranks"
+    assert output.count(two_ranks) == 3, output[-8000:]   # launches 1, 2 and 4
+    print(f"host B back: noticed {regrow['time'] - supervised['back']['time']:.2f} s after its sshd answered "
+          f"again; the job saved step {stopped_at} and stopped; relaunched on both hosts "
+          f"{launches[3]['time'] - regrow['time']:.2f} s after the regrow event; training again "
+          f"{_of(events, 'running')[3]['time'] - regrow['time']:.1f} s after it")
 
 
 def test_vanished_host_is_noticed_after_the_distributed_timeout(two_hosts, runs):

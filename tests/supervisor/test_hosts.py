@@ -12,6 +12,8 @@ import pytest
 
 from megatiny.heartbeat import Beat
 from megatiny.supervisor.hosts import (
+    JobHosts,
+    ReturningHosts,
     find_hostfile,
     hostfile_launch,
     read_hostfile,
@@ -114,3 +116,40 @@ def test_before_a_relaunch_a_silent_host_is_a_reason_to_give_up(tmp_path):
     assert "the run cannot go on without them: no host is left" in reason
     assert shrinking.command[2] == str(tmp_path / "hosts")         # unchanged: nothing to launch on
     assert not (tmp_path / "ckpt" / "supervisor_events.jsonl").exists()   # no shrink event
+
+
+def test_a_dropped_host_that_answers_again_is_taken_back_when_the_run_can_use_it(tmp_path):
+    user = write_hostfile(tmp_path / "hosts", {"a": 1, "b": 1, "c": 2})
+    shrunk = write_hostfile(tmp_path / "shrunk", {"a": 1})
+    hosts = JobHosts(find_hostfile(["deepspeed", "--hostfile", str(shrunk), "t.py"]), True, 5)
+    hosts.user_hostfile = user          # as after a shrink: the command names the smaller hostfile
+    assert hosts.missing() == ["b", "c"]
+    # b answers again (c does not): 1 -> 2 ranks, a new hostfile in the command
+    reason, change = hosts._resize({"a": 1}, {"a": 1, "b": 1}, {"c": "refused"}, tmp_path / "grown",
+                                   _sizes(), 0.5)
+    assert reason is None and change.event == "grow", change
+    assert (change.fields["added"], change.fields["dropped"], change.fields["world_size"]) == (["b"], [], 2)
+    assert "host(s) b answer again: relaunching on a, b, 1 -> 2 ranks" in change.message
+    assert hosts.command[2] == str(tmp_path / "grown")
+    assert read_hostfile(tmp_path / "grown") == {"a": 1, "b": 1}
+    # c back too, but 4 ranks do not fit a tensor x pipeline x context size of 3: stays as it is
+    assert hosts.grow_problem(["c"], _sizes(model_parallel=3)) is not None
+    assert hosts._resize({"a": 1, "b": 1}, {"a": 1, "b": 1, "c": 2}, {}, tmp_path / "x", _sizes(3), 0.1) == \
+        (None, None)
+    # a host dropped that the run cannot do without: a reason to give up, naming it
+    reason, change = hosts._resize({"a": 1, "b": 1}, {"a": 1}, {"b": "refused"}, tmp_path / "y",
+                                   _sizes(2), 0.1)
+    assert change is None and reason.startswith("host(s) b do not answer (b: refused), and the run cannot")
+
+
+def test_returning_hosts_are_asked_in_the_background_and_a_silent_one_is_not_back():
+    returning = ReturningHosts([DEAD], interval_s=0.01, timeout_s=2)
+    deadline = time.monotonic() + 20
+    asked = False
+    while time.monotonic() < deadline:
+        assert returning.answered() == []       # never waits for ssh: [] while a check runs
+        asked = asked or returning.thread is not None
+        if asked and returning.thread is None:  # a check ended
+            break
+        time.sleep(0.01)
+    assert asked and DEAD in returning.silent and "Connection refused" in returning.silent[DEAD]
