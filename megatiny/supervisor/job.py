@@ -60,9 +60,10 @@ class Job:
             time.sleep(wait_s)
         return sorted(signalled)
 
-    def kill(self, beats: dict[int, Beat]) -> list[str]:
+    def kill(self, beats: dict[int, Beat], skip_hosts: set[str] = frozenset()) -> list[str]:
         """SIGKILL the whole process group, any local rank that left it, and the ranks on other
-        hosts (over ssh, bounded); reap the launcher. Returns what could not be done."""
+        hosts (over ssh, bounded; not on `skip_hosts`, which just did not answer); reap the
+        launcher. Returns what could not be done."""
         problems = []
         for kill, target in ((os.killpg, self.pgid), (os.kill, self.process.pid)):
             try:
@@ -75,7 +76,7 @@ class Job:
                     os.kill(beat.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-        remote_problems, self.remote_killed = kill_remote(beats)
+        remote_problems, self.remote_killed = kill_remote(beats, skip_hosts)
         problems += remote_problems
         if self.wait(KILL_WAIT_S) is None:
             problems.append(f"the launcher (pid {self.process.pid}) did not exit {KILL_WAIT_S:.0f} s "
@@ -104,15 +105,19 @@ def _remote_pids(beats: list[Beat]) -> dict[str, list[int]]:
     return {host: sorted(pids) for host, pids in sorted(by_host.items())}
 
 
-def kill_remote(beats: dict[int, Beat]) -> tuple[list[str], dict[str, list[int]]]:
+def kill_remote(beats: dict[int, Beat], skip_hosts: set[str] = frozenset()
+                ) -> tuple[list[str], dict[str, list[int]]]:
     """`ssh HOST kill -9 PIDS` for the ranks of other hosts (their heartbeats name host and pid),
-    every host at once. Returns what could not be done, and host -> the pids that were still
-    alive and were killed."""
+    every host at once, except `skip_hosts`. Returns what could not be done, and host -> the pids
+    that were still alive and were killed."""
     by_host = _remote_pids(list(beats.values()))
+    problems = [f"pids {pids} on {host} not killed: the host did not answer just before"
+                for host, pids in by_host.items() if host in skip_hosts]
+    by_host = {host: pids for host, pids in by_host.items() if host not in skip_hosts}
     # each prints the pids it killed and exits 0 whenever the shell ran (255: ssh failed)
     scripts = {host: f"for p in {' '.join(map(str, pids))}; do kill -9 $p 2>/dev/null && echo $p; done; true"
                for host, pids in by_host.items()}
-    problems, killed = [], {}
+    killed = {}
     for host, answer in run_on_hosts(scripts, SSH_TIMEOUT_S).items():
         if answer.problem is not None:
             problems.append(f"could not kill pids {by_host[host]} on {host} over ssh ({answer.problem})")

@@ -146,6 +146,8 @@ class Supervisor:
         """after a shrink: the dropped hosts, asked whether they answer again"""
         self.regrowing = False
         """the job was asked to stop so that it is relaunched with hosts that came back"""
+        self.unreachable: set[str] = set()
+        """hosts that did not answer when asked about their ranks (not waited for again to kill)"""
         self.sizes: Beat | None = None
         """a heartbeat of the last launch that reported the run's sizes (for `shrink_problem`)"""
         self.policy = RestartPolicy(options.max_restarts)
@@ -242,6 +244,7 @@ class Supervisor:
     def _launch_once(self, launch: int, checkpoint_step: int | None) -> Outcome:
         self.heartbeat_dir.mkdir(parents=True, exist_ok=True)
         clear_beats(self.heartbeat_dir)
+        self.unreachable = set()
         env = dict(os.environ, **{HEARTBEAT_DIR_ENV: str(self.heartbeat_dir)})
         missing = self.hosts.missing() if self.hosts is not None and self.options.allow_shrink else []
         self.returning = (hostfiles.ReturningHosts(missing, self.options.regrow_interval_s,
@@ -331,6 +334,8 @@ class Supervisor:
             late = time.monotonic() >= deadline
             if elsewhere and not remote and (late or len(elsewhere) == len(waiting)):
                 remote = remote_states(elsewhere, self.options.host_timeout_s)
+                self.unreachable = {beats[r].host for r, state in remote.items()
+                                    if state not in ("alive", "gone")}
             if late or not waiting or all(remote.get(b.rank, "alive") != "alive" for b in waiting):
                 break
             time.sleep(self.options.poll_s)
@@ -350,7 +355,7 @@ class Supervisor:
         return outcome
 
     def _kill(self, job: Job, beats: dict[int, Beat]) -> None:
-        problems = job.kill(beats)
+        problems = job.kill(beats, skip_hosts=self.unreachable)
         remote = "".join(f", pids {pids} on {host} over ssh" for host, pids in job.remote_killed.items())
         self.events.emit("kill", f"killed the job (process group{remote})"
                          + ("; " + "; ".join(problems) if problems else ""), problems=problems,
