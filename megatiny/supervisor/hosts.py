@@ -1,7 +1,7 @@
-"""The hosts of a `deepspeed --hostfile` launch: finding the hostfile in the command, reading and
-writing it, asking each host whether it answers over ssh, deciding whether a job can go on
-without the hosts that do not (`megatiny supervise --allow-shrink`), and noticing when they answer
-again."""
+"""The hosts of a launch (`deepspeed --hostfile`, `mpirun --hostfile` or `mpirun -H`): finding
+them in the command, reading and rewriting them, asking each host whether it answers over ssh,
+deciding whether a job can go on without the hosts that do not (`megatiny supervise
+--allow-shrink`), and noticing when they answer again."""
 from __future__ import annotations
 
 import os
@@ -14,43 +14,79 @@ from pathlib import Path
 from megatiny.heartbeat import Beat
 from megatiny.supervisor.ssh import run_on_hosts
 
-HOSTFILE_OPTIONS = ("--hostfile", "-H")
+DEEPSPEED_HOSTFILE = ("--hostfile", "-H")
 # DeepSpeed's runner picks hosts by these too; a shrunk hostfile and a selection that names a
 # dropped host (or a number of nodes) would contradict each other.
-SELECTION_OPTIONS = ("--include", "-i", "--exclude", "-e", "--num_nodes")
+DEEPSPEED_SELECTION = ("--include", "-i", "--exclude", "-e", "--num_nodes")
+MPIRUN_NAMES = ("mpirun", "mpiexec", "orterun")
+MPIRUN_HOSTFILE = ("--hostfile", "-hostfile", "--machinefile", "-machinefile")
+MPIRUN_HOST_LIST = ("-H", "--host", "-host")
+MPIRUN_RANKS = ("-np", "--np", "-n", "--n", "-c")
+MPIRUN_SELECTION = ("--rankfile", "-rf", "-npernode", "--npernode")  # ranks pinned to hosts
 HOSTFILE_LINE = re.compile(r"^(\S+)\s+slots=(\d+)\s*$")
+HOST_LIST_ENTRY = re.compile(r"^([^:,\s]+)(?::(\d+))?$")
 
 
 @dataclass(frozen=True)
-class HostfileLaunch:
-    """A `deepspeed ... --hostfile PATH ...` command: where PATH is in it."""
+class HostLaunch:
+    """A launch command that lists its hosts, and where: `deepspeed --hostfile H`, `mpirun
+    --hostfile H` or `mpirun -H a:2,b:2` (with mpirun's `-np N`, its number of ranks)."""
 
     command: tuple[str, ...]
     index: int
-    """position of the hostfile's path in `command`"""
+    """position in `command` of the hostfile's path or of the host list"""
     option_form: bool = False
-    """the path is written `--hostfile=PATH` (index points at that token)"""
+    """written `--hostfile=PATH` (`index` points at that token)"""
     gpus_per_host: int | None = None
     """deepspeed's --num_gpus: at most this many slots of each host are used"""
     selection: str | None = None
-    """the launcher option that also picks hosts (--include, --exclude, --num_nodes), if any"""
+    """a launcher option that also picks hosts or pins ranks to them (--include, --rankfile, ...)"""
+    inline: bool = False
+    """mpirun -H: the hosts are written in the command, not in a file"""
+    ranks_index: int | None = None
+    """mpirun -np N: position of N (kept equal to the world size of the hosts launched on)"""
+    ranks_option_form: bool = False
+    ranks: int | None = None
+    """the user's -np: a launch never starts more ranks than this"""
+
+    def _get(self, index: int, option_form: bool) -> str:
+        token = self.command[index]
+        return token.split("=", 1)[1] if option_form else token
+
+    def _set(self, command: list[str], index: int, option_form: bool, value: str) -> None:
+        command[index] = f"{command[index].split('=', 1)[0]}={value}" if option_form else value
 
     @property
-    def path(self) -> Path:
-        token = self.command[self.index]
-        return Path(token.split("=", 1)[1] if self.option_form else token)
+    def path(self) -> Path | None:
+        """The hostfile (None for a host list in the command)."""
+        return None if self.inline else Path(self._get(self.index, self.option_form))
 
-    def with_hostfile(self, path: str | os.PathLike) -> list[str]:
-        """The same command launching on the hostfile `path`."""
+    def describe(self) -> str:
+        return f"the host list {self._get(self.index, self.option_form)}" if self.inline else \
+            f"the hostfile {self.path}"
+
+    def hosts(self) -> dict[str, int]:
+        """host -> slots, as the command lists them now. ValueError when they cannot be read."""
+        if self.inline:
+            return parse_host_list(self._get(self.index, self.option_form))
+        return read_hostfile(self.path)
+
+    def with_hosts(self, hosts: dict[str, int], hostfile: Path) -> tuple[list[str], Path | None]:
+        """The same command launching on `hosts`: a host list in its place, or a hostfile written to
+        `hostfile` (returned); mpirun's -np set to their world size."""
         command = list(self.command)
-        token = command[self.index]
-        command[self.index] = f"{token.split('=', 1)[0]}={path}" if self.option_form else str(path)
-        return command
+        written = None if self.inline else write_hostfile(hostfile, hosts)
+        value = format_host_list(hosts) if self.inline else str(written)
+        self._set(command, self.index, self.option_form, value)
+        if self.ranks_index is not None:
+            self._set(command, self.ranks_index, self.ranks_option_form, str(self.world_size(hosts)))
+        return command, written
 
     def world_size(self, hosts: dict[str, int]) -> int:
         """Ranks the launch starts on `hosts` (host -> slots)."""
         cap = self.gpus_per_host
-        return sum(min(slots, cap) if cap else slots for slots in hosts.values())
+        slots = sum(min(n, cap) if cap else n for n in hosts.values())
+        return min(slots, self.ranks) if self.ranks else slots
 
 
 def _launcher_args(command: list[str]) -> list[str]:
@@ -77,43 +113,70 @@ def _value(args: list[str], found: tuple[int, bool]) -> str | None:
     return args[position] if position < len(args) else None
 
 
-def find_hostfile(command: list[str]) -> HostfileLaunch | None:
-    """The hostfile launch in `command` (`deepspeed --hostfile PATH ...`), or None when the
-    command is no deepspeed launch with a hostfile. ValueError when --hostfile has no path."""
-    if not command or Path(command[0]).name != "deepspeed":
+def _positive(value: str | None) -> int | None:
+    return int(value) if value is not None and value.isdigit() and int(value) > 0 else None
+
+
+def find_host_launch(command: list[str]) -> HostLaunch | None:
+    """Where `command` lists its hosts (`deepspeed --hostfile H`, `mpirun --hostfile H`, `mpirun
+    -H LIST`), or None when it is no such launch. ValueError when that option has no value."""
+    if not command:
         return None
-    args = _launcher_args(command)
-    found = _option(args, HOSTFILE_OPTIONS)
+    launcher, args = Path(command[0]).name, _launcher_args(command)
+    if launcher == "deepspeed":
+        found, inline, selection_options = _option(args, DEEPSPEED_HOSTFILE), False, DEEPSPEED_SELECTION
+    elif launcher in MPIRUN_NAMES:
+        found, inline, selection_options = _option(args, MPIRUN_HOSTFILE), False, MPIRUN_SELECTION
+        if found is None:
+            found, inline = _option(args, MPIRUN_HOST_LIST), True
+    else:
+        return None
     if found is None:
         return None
     if _value(args, found) is None:
-        raise ValueError("the launch command's --hostfile has no path after it")
-    selection = next((t.split("=", 1)[0] for t in args if t.split("=", 1)[0] in SELECTION_OPTIONS), None)
-    gpus = _option(args, ("--num_gpus",))
-    value = _value(args, gpus) if gpus else None
-    cap = int(value) if value is not None and value.isdigit() and int(value) > 0 else None
-    return HostfileLaunch(tuple(command), found[0] + 1, found[1], cap, selection)
+        raise ValueError(f"the launch command's {args[found[0] - 1]} has no value after it")
+    selection = next((t.split("=", 1)[0] for t in args if t.split("=", 1)[0] in selection_options), None)
+    gpus = _option(args, ("--num_gpus",)) if launcher == "deepspeed" else None
+    ranks = _option(args, MPIRUN_RANKS) if launcher in MPIRUN_NAMES else None
+    return HostLaunch(tuple(command), found[0] + 1, found[1], _positive(_value(args, gpus)) if gpus else None,
+                      selection, inline, ranks[0] + 1 if ranks else None, bool(ranks and ranks[1]),
+                      _positive(_value(args, ranks)) if ranks else None)
 
 
-def hostfile_launch(command: list[str], allow_shrink: bool) -> HostfileLaunch | None:
-    """The command's hostfile launch; ValueError when `allow_shrink` cannot work with the command."""
-    launch = find_hostfile(command)
+def host_launch(command: list[str], allow_shrink: bool) -> HostLaunch | None:
+    """The command's host list; ValueError when `allow_shrink` cannot work with the command."""
+    launch = find_host_launch(command)
     if not allow_shrink:
         return launch
     if launch is None:
         shown = " ".join(command[:4]) + (" ..." if len(command) > 4 else "")
-        raise ValueError("--allow-shrink needs a `deepspeed --hostfile HOSTFILE ...` launch command (it "
-                         f"drops the hosts of the hostfile that stop answering); this one has no --hostfile: "
-                         f"{shown}")
+        raise ValueError("--allow-shrink needs a launch command that lists its hosts (`deepspeed --hostfile "
+                         "H ...`, `mpirun --hostfile H ...` or `mpirun -H a:N,b:N ...`: it drops those that "
+                         f"stop answering); this one lists none: {shown}")
     if launch.selection is not None:
-        raise ValueError(f"--allow-shrink rewrites the hostfile, and the launch command also picks hosts "
-                         f"with {launch.selection}: list the hosts in the hostfile only")
-    read_hostfile(launch.path)  # a hostfile that cannot be read is refused now, not at the first fault
+        raise ValueError(f"--allow-shrink rewrites the hosts, and the launch command also picks hosts or "
+                         f"places ranks with {launch.selection}: list the hosts only")
+    launch.hosts()  # hosts that cannot be read are refused now, not at the first fault
     return launch
 
 
+def parse_host_list(value: str) -> dict[str, int]:
+    """host -> slots of an mpirun host list (`a:2,b:2`; `a,a,b` counts a twice)."""
+    hosts: dict[str, int] = {}
+    for entry in value.split(","):
+        match = HOST_LIST_ENTRY.match(entry.strip())
+        if match is None:
+            raise ValueError(f"host list {value!r}: {entry!r} is not HOST or HOST:SLOTS")
+        hosts[match.group(1)] = hosts.get(match.group(1), 0) + int(match.group(2) or 1)
+    return hosts
+
+
+def format_host_list(hosts: dict[str, int]) -> str:
+    return ",".join(f"{host}:{slots}" for host, slots in hosts.items())
+
+
 def read_hostfile(path: str | os.PathLike) -> dict[str, int]:
-    """host -> slots of a DeepSpeed hostfile (`HOST slots=N` lines; `#` comments and blank lines
+    """host -> slots of a DeepSpeed (or Open MPI) hostfile (`HOST slots=N` lines; `#` comments and blank lines
     skipped). ValueError naming the file and the line when it cannot be read as one."""
     try:
         lines = Path(path).read_text().splitlines()
@@ -135,7 +198,8 @@ def read_hostfile(path: str | os.PathLike) -> dict[str, int]:
 
 
 def write_hostfile(path: str | os.PathLike, hosts: dict[str, int]) -> Path:
-    """Write `hosts` as a DeepSpeed hostfile (temp name, then renamed)."""
+    """Write `hosts` as a hostfile (`HOST slots=N` lines, as DeepSpeed and Open MPI read them; temp
+    name, then renamed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -180,14 +244,16 @@ class Resize:
 
 
 class JobHosts:
-    """The hosts of a supervised `deepspeed --hostfile` job. Before each relaunch every host of
-    the user's hostfile is asked over ssh (`check`): without `allow_shrink` a silent one is a
-    reason to give up; with it, the job is relaunched on the hosts that answer (a new hostfile in
-    the command), which drops silent hosts and takes back dropped ones that answer again."""
+    """The hosts of a supervised job whose command lists them (`HostLaunch`). Before each relaunch
+    every host the user listed is asked over ssh (`check`): without `allow_shrink` a silent one is
+    a reason to give up; with it, the job is relaunched on the hosts that answer (a new hostfile
+    or host list in the command), which drops silent hosts and takes back dropped ones that
+    answer again."""
 
-    def __init__(self, launch: HostfileLaunch, allow_shrink: bool, timeout_s: float):
+    def __init__(self, launch: HostLaunch, allow_shrink: bool, timeout_s: float):
         self.launch, self.allow_shrink, self.timeout_s = launch, allow_shrink, timeout_s
-        self.user_hostfile = launch.path
+        self.user_launch = launch
+        """the command as the user wrote it: its hostfile is read again at each check"""
 
     @property
     def command(self) -> list[str]:
@@ -195,26 +261,29 @@ class JobHosts:
 
     def check(self, new_hostfile: Path, sizes: Beat | None) -> tuple[str | None, Resize | None]:
         """Ask the hosts: (the reason to give up, or None) and the change made to the command, if
-        any (its hostfile then written to `new_hostfile`). `sizes`: a heartbeat of the run, to
+        any (a hostfile then written to `new_hostfile`). `sizes`: a heartbeat of the run, to
         check that the ranks still fit it (`shrink_problem`)."""
         try:
-            hosts = read_hostfile(self.user_hostfile if self.allow_shrink else self.launch.path)
-            current = read_hostfile(self.launch.path)
+            hosts = (self.user_launch if self.allow_shrink else self.launch).hosts()
+            current = self.launch.hosts()
         except ValueError as e:  # (deepspeed itself launches locally when the file is missing)
             return (str(e) if self.allow_shrink else None), None
         started = time.monotonic()
         silent = silent_hosts(list(hosts), self.timeout_s)
         if silent and not self.allow_shrink:
             why = "; ".join(f"{host}: {reason}" for host, reason in silent.items())
-            return (f"host(s) {', '.join(silent)} of the hostfile {self.launch.path} do not answer ({why}); "
+            return (f"host(s) {', '.join(silent)} of {self.launch.describe()} do not answer ({why}); "
                     "relaunching needs every host (--allow-shrink goes on without them)"), None
         left = {host: slots for host, slots in hosts.items() if host not in silent}
         return self._resize(current, left, silent, new_hostfile, sizes, time.monotonic() - started)
 
+    def _user_and_current(self) -> tuple[dict[str, int], dict[str, int]]:
+        return self.user_launch.hosts(), self.launch.hosts()
+
     def missing(self) -> list[str]:
-        """Hosts of the user's hostfile that the job does not launch on now (dropped by a shrink)."""
+        """Hosts the user listed that the job does not launch on now (dropped by a shrink)."""
         try:
-            hosts, current = read_hostfile(self.user_hostfile), read_hostfile(self.launch.path)
+            hosts, current = self._user_and_current()
         except ValueError:
             return []
         return [host for host in hosts if host not in current]
@@ -222,7 +291,7 @@ class JobHosts:
     def grow_problem(self, back: list[str], sizes: Beat | None) -> str | None:
         """Why the run cannot use the hosts `back` as well as its own (None when it can)."""
         try:
-            hosts, current = read_hostfile(self.user_hostfile), read_hostfile(self.launch.path)
+            hosts, current = self._user_and_current()
         except ValueError as e:
             return str(e)
         grown = {host: slots for host, slots in hosts.items() if host in current or host in back}
@@ -240,17 +309,17 @@ class JobHosts:
                     f"them: {problem}"), None
         if problem is not None or not (dropped or added):  # a host back that the run cannot use: as before
             return None, None
-        path = write_hostfile(new_hostfile, left)
-        self.launch = replace(self.launch, command=tuple(self.launch.with_hostfile(path)))
+        command, path = self.launch.with_hosts(left, new_hostfile)
+        self.launch = replace(self.launch, command=tuple(command))
         change = (f"host(s) {', '.join(dropped)} do not answer ({why})" if dropped else "") + \
                  ("; " if dropped and added else "") + \
                  (f"host(s) {', '.join(added)} answer again" if added else "")
         batch = "more accumulation per rank" if after < before else "less accumulation per rank"
         message = (f"{change}: relaunching on {', '.join(left)}, {before} -> {after} ranks, same global "
-                   f"batch ({batch}); hostfile {path}")
+                   f"batch ({batch}); {self.launch.describe()}")
         fields = {"dropped": dropped, "added": added, "reasons": {host: silent[host] for host in dropped},
                   "hosts": list(left), "world_size_before": before, "world_size": after,
-                  "hostfile": str(path), "check_s": round(check_s, 3)}
+                  "hostfile": str(path) if path is not None else None, "check_s": round(check_s, 3)}
         return None, Resize("shrink" if dropped else "grow", message, fields)
 
 

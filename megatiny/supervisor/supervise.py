@@ -18,9 +18,10 @@ on another host (asked over ssh whether its process lives).
 After a fault the whole job is killed (its process group; ranks elsewhere over ssh) and, unless
 `RestartPolicy` says to give up, the same command is launched again; `checkpoint.resume: auto`
 makes it continue from the newest complete checkpoint that verifies. Before relaunching a
-`deepspeed --hostfile` command every host of the hostfile is asked over ssh whether it answers;
-when one does not, the supervisor gives up naming it, or with `allow_shrink` relaunches on the
-hosts that answer (a new hostfile beside the events file; the run keeps its global batch, so each
+command that lists its hosts (`deepspeed --hostfile`, `mpirun --hostfile` or `-H`) every host is
+asked over ssh whether it answers; when one does not, the supervisor gives up naming it, or with
+`allow_shrink` relaunches on the hosts that answer (a new hostfile beside the events file, or
+host list, and mpirun's -np to match; the run keeps its global batch, so each
 rank accumulates more micro-batches, and resumes its checkpoint resharded to the smaller world).
 While it runs on fewer hosts, the dropped ones are asked every `regrow_interval_s` whether they
 answer again; when they do, the job is asked to save and stop (`heartbeat.request_stop`) and is
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megatiny.heartbeat import HEARTBEAT_DIR_ENV, Beat, clear_beats, read_beats, request_stop
-from megatiny.supervisor import hosts as hostfiles
+from megatiny.supervisor import hosts as job_hosts
 from megatiny.supervisor.events import EVENTS_FILE, EventLog
 from megatiny.supervisor.job import Job, remote_states
 from megatiny.supervisor.policy import RestartPolicy
@@ -77,9 +78,9 @@ class Options:
     heartbeat_dir: str | None = None
     """default: SAVE_DIR/.heartbeats with save_dir, else a temporary directory"""
     allow_shrink: bool = False
-    """relaunch a `deepspeed --hostfile` job on the hosts that still answer (else give up)"""
+    """relaunch a job that lists its hosts on those that still answer (else give up)"""
     host_timeout_s: float = 10.0
-    """before a relaunch, how long each host of the hostfile gets to answer over ssh"""
+    """before a relaunch, how long each host gets to answer over ssh"""
     regrow_interval_s: float = 300.0
     """with allow_shrink, after a shrink: how often the dropped hosts are asked whether they answer again"""
     settle_s: float = 3.0
@@ -139,10 +140,10 @@ class Supervisor:
         if not command:
             raise ValueError("no launch command given (megatiny supervise [OPTIONS] -- COMMAND ...)")
         self.command, self.options = command, options
-        launch = hostfiles.hostfile_launch(command, options.allow_shrink)
-        self.hosts = (hostfiles.JobHosts(launch, options.allow_shrink, options.host_timeout_s)
+        launch = job_hosts.host_launch(command, options.allow_shrink)
+        self.hosts = (job_hosts.JobHosts(launch, options.allow_shrink, options.host_timeout_s)
                       if launch is not None and launch.selection is None else None)
-        self.returning: hostfiles.ReturningHosts | None = None
+        self.returning: job_hosts.ReturningHosts | None = None
         """after a shrink: the dropped hosts, asked whether they answer again"""
         self.regrowing = False
         """the job was asked to stop so that it is relaunched with hosts that came back"""
@@ -209,8 +210,9 @@ class Supervisor:
 
     # ---------------------------------------------------------------- the hosts
     def _check_hosts(self, launch: int) -> str | None:
-        """Before launch `launch` of a hostfile job: ask every host over ssh (`hosts.JobHosts`). The
-        reason to give up, or None (with `allow_shrink`, the command may now name another hostfile)."""
+        """Before launch `launch` of a job that lists its hosts: ask every host over ssh
+        (`hosts.JobHosts`). The reason to give up, or None (with `allow_shrink`, the command may now
+        list other hosts)."""
         if self.hosts is None:
             return None
         new_hostfile = self._beside_events(f"supervisor_hostfile_launch{launch}")
@@ -247,7 +249,7 @@ class Supervisor:
         self.unreachable = set()
         env = dict(os.environ, **{HEARTBEAT_DIR_ENV: str(self.heartbeat_dir)})
         missing = self.hosts.missing() if self.hosts is not None and self.options.allow_shrink else []
-        self.returning = (hostfiles.ReturningHosts(missing, self.options.regrow_interval_s,
+        self.returning = (job_hosts.ReturningHosts(missing, self.options.regrow_interval_s,
                                                    self.options.host_timeout_s) if missing else None)
         job = Job(self.command, env)
         self.events.emit("launch", f"launch {launch}: {' '.join(self.command)} (pid {job.process.pid})",

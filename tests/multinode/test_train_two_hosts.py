@@ -9,7 +9,9 @@ One chain of real runs (tiny-test model, ZeRO-3 + fp32, 2 ranks, 12 steps), shar
              exists; the launcher must fail fast, naming host B, with the checkpoint intact
   resumed    `checkpoint.resume=auto` on the two hosts continues the killed run to the last step
   single     the killed run's checkpoint resumed on host A alone (world size 1)
-  mpirun     the reference run launched by Open MPI's mpirun across the two hosts instead
+  mpirun     the reference run launched by Open MPI's mpirun across the two hosts instead, under
+             `megatiny supervise --allow-shrink`; host B killed for good after step 8: relaunched
+             by mpirun on host A alone
   supervised `megatiny supervise --allow-shrink` of the run on the two hosts: rank 0 kills itself
              (kill -9) at step 5, the job is killed (rank 1 over ssh) and relaunched on both hosts;
              once that launch has saved step 8, host B is killed for good and the supervisor
@@ -130,17 +132,6 @@ def runs(two_hosts, tmp_path_factory):
     out["single"] = two_hosts.run_on(
         [venv_bin("python"), TRAIN, "--config", str(root / "killed.yaml"), f"checkpoint.resume={tag_dir}",
          f"checkpoint.save_dir={root / 'single'}"], timeout=LAUNCH_TIMEOUT_S)
-
-    if shutil.which("mpirun"):
-        slots = ",".join(f"{h.address}:1" for h in two_hosts.hosts)
-        out["mpirun"] = two_hosts.run_on(
-            ["mpirun", "--allow-run-as-root", "-np", "2", "-H", slots,
-             "-x", "PATH", "-x", "GLOO_SOCKET_IFNAME=mt0", "-x", "OMP_NUM_THREADS=1",
-             *[arg for key in rank_env() for arg in ("-x", key)],
-             "--mca", "btl_tcp_if_include", "mt0", "--mca", "oob_tcp_if_include", "mt0",
-             venv_bin("python"), TRAIN, "--config", str(root / "reference.yaml"),
-             f"checkpoint.save_dir={root / 'mpirun'}", f"distributed.master_port={free_port()}"],
-            timeout=LAUNCH_TIMEOUT_S)
     return out
 
 
@@ -247,14 +238,57 @@ def test_resume_on_one_host_with_world_size_one(runs):
         assert loss == pytest.approx(reference[s], rel=1e-5), (s, losses, reference)
 
 
-def test_mpirun_across_two_hosts_matches_the_reference(runs):
-    if "mpirun" not in runs:
+@pytest.fixture(scope="module")
+def supervised_mpirun(runs, two_hosts):
+    """The reference run launched by Open MPI's mpirun across the two hosts (`-np 2 -H A:1,B:1`)
+    under `megatiny supervise --allow-shrink`; host B killed for good once step 8 is saved."""
+    if not shutil.which("mpirun"):
         pytest.skip("Open MPI's mpirun is not installed")
-    result = runs["mpirun"]
-    assert result.returncode == 0, result.stdout[-8000:]
-    assert "| 2 ranks |" in result.stdout
+    root = runs["root"]
+    save_dir, beats = root / "mpirun", root / "mpirun_beats"
+    slots = ",".join(f"{h.address}:1" for h in two_hosts.hosts)
+    job = ["mpirun", "--allow-run-as-root", "-np", "2", "-H", slots,
+           "-x", "PATH", "-x", "GLOO_SOCKET_IFNAME=mt0", "-x", "OMP_NUM_THREADS=1",
+           "-x", "MEGATINY_HEARTBEAT_DIR",  # set by the supervisor
+           *[arg for key in rank_env() for arg in ("-x", key)],
+           "--mca", "btl_tcp_if_include", "mt0", "--mca", "oob_tcp_if_include", "mt0",
+           venv_bin("python"), TRAIN, "--config", str(root / "reference.yaml"),
+           f"checkpoint.save_dir={save_dir}", f"distributed.master_port={free_port()}"]
+    supervisor = two_hosts.popen_on([venv_bin("python"), "-m", "megatiny", "supervise", "--allow-shrink",
+                                     "--max-restarts", "1", "--host-timeout", "5",
+                                     "--heartbeat-dir", str(beats), "--", *job])
+    try:
+        _kill_host_b_after(two_hosts, supervisor, save_dir, beats)
+        output, _ = supervisor.communicate(timeout=2 * LAUNCH_TIMEOUT_S)
+    finally:
+        _end_and_restore_hosts(two_hosts, supervisor)
+    events = read_events(save_dir / "supervisor_events.jsonl")
+    return {"returncode": supervisor.returncode, "output": output, "events": events, "save_dir": save_dir}
+
+
+def test_mpirun_across_two_hosts_matches_the_reference_and_shrinks_under_the_supervisor(
+        supervised_mpirun, runs, two_hosts):
+    output, events = supervised_mpirun["output"], supervised_mpirun["events"]
+    assert supervised_mpirun["returncode"] == 0, output[-8000:]
+    assert "| 2 ranks |" in output and "| 1 ranks |" in output
+    # rank 1's host is gone: rank 0 failed of it and rank 1 is named
+    fault, = _of(events, "fault")
+    assert (fault["rank"], fault["host"]) == (1, two_hosts.hosts[1].hostname), fault
+    # relaunched by mpirun on host A alone: host list and rank count rewritten together
+    shrink, = _of(events, "shrink")
+    host_a, host_b = two_hosts.hosts[0].address, two_hosts.hosts[1].address
+    assert shrink["dropped"] == [host_b] and shrink["hostfile"] is None, shrink
+    command = _of(events, "launch")[1]["command"]
+    assert command[command.index("-np") + 1] == "1" and command[command.index("-H") + 1] == f"{host_a}:1"
+    resumed = _of(events, "restart")[0]["resume_step"]
     reference = _losses(runs["root"] / "reference" / "metrics.jsonl")
-    assert _losses(runs["root"] / "mpirun" / "metrics.jsonl") == reference
+    losses = _losses(supervised_mpirun["save_dir"] / "metrics.jsonl")
+    assert sorted(losses) == list(range(1, STEPS + 1)) and resumed >= HOST_LOST_AFTER
+    assert {s: losses[s] for s in range(1, resumed + 1)} == {s: reference[s] for s in range(1, resumed + 1)}
+    for s in range(resumed + 1, STEPS + 1):  # fp32: the same samples on one rank
+        assert losses[s] == pytest.approx(reference[s], rel=1e-5), (s, losses[s], reference[s])
+    print(f"mpirun, host B lost: fault ({fault['kind']}: {fault['message'][:160]}); relaunched "
+          f"{_of(events, 'launch')[1]['time'] - fault['time']:.2f} s after, from step {resumed}")
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,9 @@ from megatiny.heartbeat import Beat
 from megatiny.supervisor.hosts import (
     JobHosts,
     ReturningHosts,
-    find_hostfile,
-    hostfile_launch,
+    find_host_launch,
+    host_launch,
+    parse_host_list,
     read_hostfile,
     shrink_problem,
     silent_hosts,
@@ -31,30 +32,52 @@ def _sizes(model_parallel: int = 1, micro: int = 2, total: int = 8) -> Beat:
     return Beat(0, 2, "h", 1, 3, "step", time.time(), "/ckpt", "auto", model_parallel, micro, total)
 
 
-def test_the_hostfile_is_found_among_the_launcher_options_only():
-    launch = find_hostfile(["deepspeed", "--hostfile", "h.txt", "--master_port", "1", "train.py",
-                            "--hostfile", "not-this"])
+def test_the_hostfile_is_found_among_the_launcher_options_only(tmp_path):
+    launch = find_host_launch(["deepspeed", "--hostfile", "h.txt", "--master_port", "1", "train.py",
+                               "--hostfile", "not-this"])
     assert str(launch.path) == "h.txt"
-    assert launch.with_hostfile("/new") == ["deepspeed", "--hostfile", "/new", "--master_port", "1",
-                                            "train.py", "--hostfile", "not-this"]
-    short = find_hostfile(["/venv/bin/deepspeed", "-H=h.txt", "--num_gpus", "2", "train.py"])
-    assert str(short.path) == "h.txt" and short.with_hostfile("/n")[1] == "-H=/n"
+    command, written = launch.with_hosts({"a": 2}, tmp_path / "new")
+    assert command == ["deepspeed", "--hostfile", str(tmp_path / "new"), "--master_port", "1", "train.py",
+                       "--hostfile", "not-this"]
+    assert written == tmp_path / "new" and read_hostfile(written) == {"a": 2}
+    short = find_host_launch(["/venv/bin/deepspeed", "-H=h.txt", "--num_gpus", "2", "train.py"])
+    assert str(short.path) == "h.txt"
+    assert short.with_hosts({"a": 1}, tmp_path / "n")[0][1] == f"-H={tmp_path / 'n'}"
     assert short.world_size({"a": 4, "b": 1}) == 3          # --num_gpus caps each host's slots
-    assert find_hostfile(["deepspeed", "--num_gpus", "2", "train.py"]) is None
-    assert find_hostfile(["python", "train.py", "--hostfile", "h.txt"]) is None
-    assert find_hostfile(["deepspeed", "--hostfile", "h", "-i", "a:0", "t.py"]).selection == "-i"
+    assert find_host_launch(["deepspeed", "--num_gpus", "2", "train.py"]) is None
+    assert find_host_launch(["python", "train.py", "--hostfile", "h.txt"]) is None
+    assert find_host_launch(["deepspeed", "--hostfile", "h", "-i", "a:0", "t.py"]).selection == "-i"
+
+
+def test_mpirun_host_lists_and_rank_counts_are_rewritten_together(tmp_path):
+    command = ["mpirun", "--allow-run-as-root", "-np", "4", "-H", "a:2,b:1,b", "-x", "PATH",
+               "/venv/bin/python", "tools/train.py", "--config", "run.yaml"]
+    launch = find_host_launch(command)
+    assert launch.inline and launch.path is None and launch.ranks == 4
+    assert launch.hosts() == {"a": 2, "b": 2} and launch.describe() == "the host list a:2,b:1,b"
+    shrunk, written = launch.with_hosts({"a": 2}, tmp_path / "unused")
+    assert written is None and not (tmp_path / "unused").exists()
+    assert shrunk == ["mpirun", "--allow-run-as-root", "-np", "2", "-H", "a:2", *command[6:]]
+    assert launch.world_size({"a": 8}) == 4                 # never more ranks than the user's -np
+    from_file = find_host_launch(["mpiexec", "--hostfile", "h.txt", "t.py"])
+    assert str(from_file.path) == "h.txt" and from_file.ranks_index is None and from_file.ranks is None
+    assert find_host_launch(["mpirun", "-rf", "ranks.txt", "-H", "a,b", "t.py"]).selection == "-rf"
+    with pytest.raises(ValueError, match="'a:x' is not HOST or HOST:SLOTS"):
+        parse_host_list("a:x,b")
 
 
 def test_allow_shrink_refuses_commands_it_cannot_shrink(tmp_path):
-    with pytest.raises(ValueError, match="needs a `deepspeed --hostfile HOSTFILE ...` launch command"):
-        hostfile_launch(["deepspeed", "--num_gpus", "2", "train.py"], allow_shrink=True)
-    with pytest.raises(ValueError, match="also picks hosts with --exclude"):
-        hostfile_launch(["deepspeed", "--hostfile", "h", "--exclude", "b", "t.py"], allow_shrink=True)
+    with pytest.raises(ValueError, match="needs a launch command that lists its hosts"):
+        host_launch(["deepspeed", "--num_gpus", "2", "train.py"], allow_shrink=True)
+    with pytest.raises(ValueError, match="needs a launch command that lists its hosts"):
+        host_launch(["mpirun", "-np", "2", "train.py"], allow_shrink=True)
+    with pytest.raises(ValueError, match="also picks hosts or places ranks with --exclude"):
+        host_launch(["deepspeed", "--hostfile", "h", "--exclude", "b", "t.py"], allow_shrink=True)
     with pytest.raises(ValueError, match="cannot read the hostfile"):
-        hostfile_launch(["deepspeed", "--hostfile", str(tmp_path / "missing"), "t.py"], allow_shrink=True)
+        host_launch(["deepspeed", "--hostfile", str(tmp_path / "missing"), "t.py"], allow_shrink=True)
     with pytest.raises(ValueError, match="--allow-shrink needs"):  # the CLI's path: refused before a launch
         Supervisor(["python", "train.py"], Options(allow_shrink=True))
-    assert hostfile_launch(["python", "train.py"], allow_shrink=False) is None
+    assert host_launch(["python", "train.py"], allow_shrink=False) is None
 
 
 def test_hostfiles_are_read_like_deepspeed_and_written_back(tmp_path):
@@ -121,8 +144,8 @@ def test_before_a_relaunch_a_silent_host_is_a_reason_to_give_up(tmp_path):
 def test_a_dropped_host_that_answers_again_is_taken_back_when_the_run_can_use_it(tmp_path):
     user = write_hostfile(tmp_path / "hosts", {"a": 1, "b": 1, "c": 2})
     shrunk = write_hostfile(tmp_path / "shrunk", {"a": 1})
-    hosts = JobHosts(find_hostfile(["deepspeed", "--hostfile", str(shrunk), "t.py"]), True, 5)
-    hosts.user_hostfile = user          # as after a shrink: the command names the smaller hostfile
+    hosts = JobHosts(find_host_launch(["deepspeed", "--hostfile", str(user), "t.py"]), True, 5)
+    hosts.launch = find_host_launch(["deepspeed", "--hostfile", str(shrunk), "t.py"])  # as after a shrink
     assert hosts.missing() == ["b", "c"]
     # b answers again (c does not): 1 -> 2 ranks, a new hostfile in the command
     reason, change = hosts._resize({"a": 1}, {"a": 1, "b": 1}, {"c": "refused"}, tmp_path / "grown",
