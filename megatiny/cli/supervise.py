@@ -9,10 +9,12 @@
 The run must use `checkpoint.resume: auto` and a `checkpoint.save_dir` (the relaunch continues
 from the newest complete checkpoint that verifies). Events (launch, fault with rank, host and
 step, kill, restart with the step it resumes from, give-up) are printed and appended to
-SAVE_DIR/supervisor_events.jsonl. Before relaunching a `deepspeed --hostfile` command, every
-host of the hostfile must answer `ssh HOST true` (BatchMode, --host-timeout); if one does not, the
-supervisor gives up naming it, or, with --allow-shrink, relaunches on the hosts that answer (a new
-hostfile SAVE_DIR/supervisor_hostfile_launchN; same global batch, more gradient accumulation per
+SAVE_DIR/supervisor_events.jsonl. Before relaunching a command that lists its hosts (`deepspeed
+--hostfile`, `mpirun --hostfile` or `mpirun -H`), every host must answer `ssh HOST true`
+(BatchMode, --host-timeout); if one does not, the supervisor gives up naming it, or, with
+--allow-shrink, relaunches on the hosts that answer (a new hostfile
+SAVE_DIR/supervisor_hostfile_launchN or -H list, mpirun's -np to match; same global batch, more
+gradient accumulation per
 rank, the checkpoint resharded to the smaller world; a world the run's tensor x pipeline x context
 size or batch no longer divides is a reason to give up). A dropped host that answers again is
 taken back (asked every --regrow-interval seconds; the job saves, stops and is relaunched with it).
@@ -50,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="where ranks write heartbeats (shared by every host; default "
                              "SAVE_DIR/.heartbeats or a temporary directory)")
     parser.add_argument("--allow-shrink", action="store_true",
-                        help="with `deepspeed --hostfile`: relaunch on the hosts that still answer over ssh, "
-                             "same global batch (default: give up naming the host that does not answer)")
+                        help="with `deepspeed --hostfile` or `mpirun --hostfile`/`-H`: relaunch on the "
+                             "hosts that still answer over ssh, same global batch (default: give up naming "
+                             "the host that does not answer)")
     parser.add_argument("--host-timeout", type=float, default=10.0, metavar="S",
                         help="before a relaunch, how long each host of the hostfile has to answer ssh (10 s)")
     parser.add_argument("--regrow-interval", type=float, default=300.0, metavar="S",
