@@ -193,7 +193,7 @@ class Supervisor:
             after = latest_step(self.save_dir)
             new_checkpoint = after is not None and (before is None or after > before)
             if outcome.kind == "regrow":  # stopped on request, to take back hosts: not a failure
-                reason, self.regrowing = None, False
+                reason = None
             elif outcome.kind == "refused":
                 reason = "relaunching cannot resume this run: " + outcome.message
             else:
@@ -245,8 +245,8 @@ class Supervisor:
     # ---------------------------------------------------------------- one launch
     def _launch_once(self, launch: int, checkpoint_step: int | None) -> Outcome:
         self.heartbeat_dir.mkdir(parents=True, exist_ok=True)
-        clear_beats(self.heartbeat_dir)
-        self.unreachable = set()
+        clear_beats(self.heartbeat_dir)  # (and a stop request left by the last launch)
+        self.unreachable, self.regrowing = set(), False
         env = dict(os.environ, **{HEARTBEAT_DIR_ENV: str(self.heartbeat_dir)})
         missing = self.hosts.missing() if self.hosts is not None and self.options.allow_shrink else []
         self.returning = (job_hosts.ReturningHosts(missing, self.options.regrow_interval_s,
