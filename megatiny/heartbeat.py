@@ -37,7 +37,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 HEARTBEAT_DIR_ENV = "MEGATINY_HEARTBEAT_DIR"
-PHASES = ("setup", "step", "save", "done")
 ERROR_CHARS = 300  # of a failed rank's error in its heartbeat
 STOP_FILE = "stop"
 

@@ -9,7 +9,7 @@ import time
 
 from megatiny.heartbeat import Beat
 from megatiny.supervisor.ssh import run_on_hosts
-from megatiny.supervisor.watch import is_local, process_state
+from megatiny.supervisor.watch import ALIVE, GONE, is_local, process_state
 
 KILL_WAIT_S = 30.0   # after SIGKILL, the launcher is reaped within this (else it is reported)
 SSH_TIMEOUT_S = 10.0  # to connect, killing the ranks of another host over ssh (+ 5 s to finish)
@@ -127,7 +127,7 @@ def kill_remote(beats: dict[int, Beat], skip_hosts: set[str] = frozenset()
 
 
 def remote_states(beats: list[Beat], timeout_s: float) -> dict[int, str]:
-    """rank -> "alive", "gone" (no such process, or a zombie) or why its host did not answer, for
+    """rank -> ALIVE, GONE (no such process, or a zombie) or why its host did not answer, for
     the ranks of other hosts among `beats`, asked over ssh (every host at once, `timeout_s` to
     connect)."""
     by_host = _remote_pids(beats)
@@ -144,5 +144,5 @@ def remote_states(beats: list[Beat], timeout_s: float) -> dict[int, str]:
         answer = answers[beat.host]
         alive = {int(p) for p in answer.stdout.split() if p.isdigit()}
         states[beat.rank] = (f"its host does not answer ({answer.problem})" if answer.problem is not None
-                             else "alive" if beat.pid in alive else "gone")
+                             else ALIVE if beat.pid in alive else GONE)
     return states

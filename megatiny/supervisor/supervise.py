@@ -43,6 +43,8 @@ from megatiny.supervisor.events import EVENTS_FILE, EventLog
 from megatiny.supervisor.job import Job, remote_states
 from megatiny.supervisor.policy import RestartPolicy
 from megatiny.supervisor.watch import (
+    ALIVE,
+    GONE,
     Blame,
     Progress,
     blame,
@@ -337,8 +339,8 @@ class Supervisor:
             if elsewhere and not remote and (late or len(elsewhere) == len(waiting)):
                 remote = remote_states(elsewhere, self.options.host_timeout_s)
                 self.unreachable = {beats[r].host for r, state in remote.items()
-                                    if state not in ("alive", "gone")}
-            if late or not waiting or all(remote.get(b.rank, "alive") != "alive" for b in waiting):
+                                    if state not in (ALIVE, GONE)}
+            if late or not waiting or all(remote.get(b.rank, ALIVE) != ALIVE for b in waiting):
                 break
             time.sleep(self.options.poll_s)
             beats = {**beats, **read_beats(self.heartbeat_dir)}  # (a rank's file may be unreadable a moment)

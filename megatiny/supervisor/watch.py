@@ -18,8 +18,18 @@ def process_state(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[0]
 
 
+# what `job.remote_states` says of a rank on another host (else: why its host did not answer)
+ALIVE, GONE = "alive", "gone"
+
+
 def is_local(beat: Beat) -> bool:
     return beat.host == socket.gethostname()
+
+
+def stuck_state(beat: Beat) -> str | None:
+    """"stopped" (state T) or "in uninterruptible sleep" (D) for a local rank's process, else None."""
+    state = process_state(beat.pid) if is_local(beat) else None
+    return "stopped" if state in ("T", "t") else "in uninterruptible sleep" if state == "D" else None
 
 
 def dead_ranks(beats: dict[int, Beat]) -> list[Beat]:
@@ -66,7 +76,7 @@ def blame(beats: dict[int, Beat], gone: list[int], remote: dict[int, str] | None
     after = _errors(failed)
     waiting = [beats[r] for r in unreported(beats, gone)]
     died = ([beats[r] for r in gone if not beats[r].settled]
-            + [b for b in waiting if remote.get(b.rank) == "gone"])
+            + [b for b in waiting if remote.get(b.rank) == GONE])
     if died:
         how = " (checked over ssh)" if not is_local(died[0]) else ""
         return Blame(died[0], describe(died[0], "died") + f" without reporting an error{how}" + after,
@@ -74,17 +84,16 @@ def blame(beats: dict[int, Beat], gone: list[int], remote: dict[int, str] | None
     missing = _never_reported(beats)
     if missing is not None:
         return Blame(None, missing[1] + after, tuple(missing[0]))
-    silent = [b for b in waiting if not is_local(b) and remote.get(b.rank) != "alive"]
+    silent = [b for b in waiting if not is_local(b) and remote.get(b.rank) != ALIVE]
     if silent:
         why = remote.get(silent[0].rank, "not asked")
         return Blame(silent[0], describe(silent[0], "went silent") + f" (on another host: {why}; it reported "
                      "no error)" + after, tuple(b.rank for b in silent), died=True)
-    states = {b.rank: process_state(b.pid) for b in waiting if is_local(b)}
-    stuck = [b for b in waiting if states.get(b.rank) in ("T", "t", "D")]
+    states = {b.rank: stuck_state(b) for b in waiting}
+    stuck = [b for b in waiting if states[b.rank] is not None]
     if stuck:
-        state = "was in uninterruptible sleep" if states[stuck[0].rank] == "D" else "was stopped"
-        return Blame(stuck[0], describe(stuck[0], state) + " and reported no error" + after,
-                     tuple(b.rank for b in stuck))
+        return Blame(stuck[0], describe(stuck[0], f"was {states[stuck[0].rank]}") + " and reported no error"
+                     + after, tuple(b.rank for b in stuck))
     if not failed:
         return Blame(None, "no rank reported an error or died")
     first = failed[0]
@@ -126,9 +135,9 @@ def culprit(beats: dict[int, Beat]) -> tuple[Beat | None, str]:
     if missing is not None:
         return None, missing[1]
     for beat in sorted(beats.values(), key=lambda b: b.rank):
-        state = process_state(beat.pid) if is_local(beat) else None
-        if state in ("T", "t", "D"):
-            return beat, f"its process is {'stopped' if state in ('T', 't') else 'in uninterruptible sleep'}"
+        state = stuck_state(beat)
+        if state is not None:
+            return beat, f"its process is {state}"
     behind = min(beats.values(), key=lambda b: (b.step, b.rank))
     return behind, "furthest behind"
 
