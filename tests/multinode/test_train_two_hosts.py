@@ -331,13 +331,15 @@ def _kill_host_b_after(hosts: TwoHosts, supervisor, save_dir: Path, beats: Path)
 
 
 def _bring_host_b_back_after_the_shrink(hosts: TwoHosts, supervisor, save_dir: Path) -> dict:
-    """Once the supervisor has relaunched on host A alone (launch 3), restart host B's sshd. When."""
+    """Once the supervisor has relaunched on host A alone (launch 3), restart host B's sshd. When it
+    was started (the supervisor may see it answer before `restart_host` has seen it too)."""
     events, deadline = save_dir / "supervisor_events.jsonl", time.monotonic() + LAUNCH_TIMEOUT_S
     while (supervisor.poll() is None and time.monotonic() < deadline
            and not any(e["event"] == "launch" and e["launch"] == 3 for e in read_events(events))):
         time.sleep(0.05)
+    started = time.time()
     hosts.restart_host(1)
-    return {"time": time.time()}
+    return {"time": started}
 
 
 def _of(events: list[dict], kind: str) -> list[dict]:
@@ -432,8 +434,8 @@ def test_a_host_that_answers_again_is_taken_back(supervised, two_hosts):
     # (its losses after the regrow are checked with the shrink's, against the uninterrupted run)
     two_ranks = "global batch 8 = 2 micro x 2 accumulation x 2 data-parallel ranks"
     assert output.count(two_ranks) == 3, output[-8000:]   # launches 1, 2 and 4
-    print(f"host B back: noticed {regrow['time'] - supervised['back']['time']:.2f} s after its sshd answered "
-          f"again; the job saved step {stopped_at} and stopped; relaunched on both hosts "
+    print(f"host B back: noticed {regrow['time'] - supervised['back']['time']:.2f} s after its sshd was "
+          f"started again; the job saved step {stopped_at} and stopped; relaunched on both hosts "
           f"{launches[3]['time'] - regrow['time']:.2f} s after the regrow event; training again "
           f"{_of(events, 'running')[3]['time'] - regrow['time']:.1f} s after it")
 
