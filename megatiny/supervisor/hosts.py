@@ -263,9 +263,8 @@ class JobHosts:
         """Ask the hosts: (the reason to give up, or None) and the change made to the command, if
         any (a hostfile then written to `new_hostfile`). `sizes`: a heartbeat of the run, to
         check that the ranks still fit it (`shrink_problem`)."""
-        try:
-            hosts = (self.user_launch if self.allow_shrink else self.launch).hosts()
-            current = self.launch.hosts()
+        try:  # (without allow_shrink the command is never rewritten: the two are the same)
+            hosts, current = self._user_and_current()
         except ValueError as e:  # (deepspeed itself launches locally when the file is missing)
             return (str(e) if self.allow_shrink else None), None
         started = time.monotonic()
