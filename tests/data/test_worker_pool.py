@@ -2,6 +2,7 @@
 run within seconds with the error, no worker left behind and no output written."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -191,11 +192,13 @@ def test_interrupt_or_dead_worker_mid_file_exits_in_seconds_writing_nothing(corp
         os.killpg(pipe_writer.pid, signal.SIGKILL)
         pipe_writer.wait(timeout=10)
     assert time.monotonic() - started < 5 * float(os.environ.get("MEGATINY_TEST_TIMEOUT_SCALE", "1"))
-    expected = {"SIGINT": (130, "interrupted: nothing written"),
-                "SIGTERM": (143, "terminated (SIGTERM): nothing written"),
+    # a killed worker is named with the chunk it held, or none: between two chunks it may wait for
+    # the next one (the run keeps at most 2 x workers chunks in flight, written in input order)
+    expected = {"SIGINT": (130, re.escape("interrupted: nothing written")),
+                "SIGTERM": (143, re.escape("terminated (SIGTERM): nothing written")),
                 "kill a worker": (1, f"worker pid {workers[0]} was killed by signal 9 while working on "
-                                     f"the 512 records from")}[stop]
+                                     f"(the 512 records from {re.escape(str(out.parent))}|no task)")}[stop]
     assert process.returncode == expected[0], output[-3000:]
-    assert expected[1] in output
+    assert re.search(expected[1], output), output[-3000:]
     assert not list(out.iterdir())
     assert _gone(workers)
