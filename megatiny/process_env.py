@@ -1,6 +1,6 @@
 """Process-environment helpers shared by the launcher code, the tools and the tests.
 
-    free_port()                  a TCP port on 127.0.0.1 that is free right now
+    free_port()                  a TCP port free on this host now, outside the ephemeral range
     path_with_interpreter_bin()  PATH with this interpreter's bin directory first
     put_interpreter_bin_first()  the same, applied to os.environ (inherited by child processes)
     launch_world_size()          the number of ranks a launcher announced (None: plain python)
@@ -15,17 +15,74 @@ from __future__ import annotations
 
 import atexit
 import os
+import random
 import socket
 import sys
 import threading
 from pathlib import Path
 
+# Where free_port() picks from when set: "LOW-HIGH" (both included), e.g. a range a firewall opens.
+PORTS_ENV = "MEGATINY_PORTS"
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_PICKED_PORT = 20000  # below it are many well-known services' ports
+
 
 def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 now (another process may still take it later)."""
+    """A TCP port that is free on this host now (another process may still take it later),
+    picked at random from $MEGATINY_PORTS, else from below the kernel's ephemeral range.
+
+    Why not the kernel's pick (bind to port 0): that gives an ephemeral port, and any outgoing
+    connection on the host (gloo opens dozens per process group) or another program's bind to
+    port 0 can take it before the rendezvous binds it, which then fails with EADDRINUSE."""
+    low, high = port_range()
+    picks = random.Random()  # seeded from os.urandom: processes starting together pick apart
+    for _ in range(200):
+        port = picks.randint(low, high)
+        if _can_listen_on(port):
+            return port
+    raise RuntimeError(f"no free TCP port in {low}-{high} after 200 tries: set {PORTS_ENV}=LOW-HIGH "
+                       f"to a range with free ports")
+
+
+def port_range(environ: dict[str, str] | None = None) -> tuple[int, int]:
+    """The ports free_port() picks from, (low, high) both included: $MEGATINY_PORTS, else those
+    from LOWEST_PICKED_PORT to just below the kernel's ephemeral range (Linux default 32768-60999),
+    else (when that leaves fewer than 1000) those above it."""
+    environ = os.environ if environ is None else environ
+    if environ.get(PORTS_ENV):
+        return _parse_port_range(environ[PORTS_ENV])
+    try:
+        ephemeral_low, ephemeral_high = map(int, EPHEMERAL_RANGE_FILE.read_text().split())
+    except (OSError, ValueError):  # not Linux: assume IANA's ephemeral range, 49152-65535
+        ephemeral_low, ephemeral_high = 49152, 65535
+    if ephemeral_low - LOWEST_PICKED_PORT >= 1000:
+        return LOWEST_PICKED_PORT, ephemeral_low - 1
+    if 65535 - ephemeral_high >= 1000:
+        return ephemeral_high + 1, 65535
+    return 1024, 65535  # the ephemeral range covers nearly all ports: only the bind check is left
+
+
+def _parse_port_range(text: str) -> tuple[int, int]:
+    low, sep, high = text.partition("-")
+    try:
+        low_port, high_port = int(low), int(high)
+    except ValueError:
+        low_port = high_port = -1
+    if not sep or not 1024 <= low_port <= high_port <= 65535:
+        raise ValueError(f"{PORTS_ENV}={text!r}: expected LOW-HIGH with 1024 <= LOW <= HIGH <= 65535, "
+                         f"e.g. 20000-29999")
+    return low_port, high_port
+
+
+def _can_listen_on(port: int) -> bool:
+    """Whether a listening socket could bind `port` on every address now (the rendezvous store's
+    bind; without SO_REUSEADDR a port with connections still in TIME_WAIT counts as taken)."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("", port))
+        except OSError:
+            return False
+    return True
 
 
 def interpreter_bin_dir() -> str:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from megatiny.process_env import put_interpreter_bin_first
+from megatiny.process_env import PORTS_ENV, port_range, put_interpreter_bin_first
 
 # Single-threaded math keeps CPU results deterministic and avoids oversubscribing 2-core CI.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -17,6 +17,20 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Every subprocess finds the venv's tools first (deepspeed, ninja): DeepSpeed's JIT op cache is
 # rebuilt, for minutes, whenever a process sees a different `ninja` than the one that built it.
 put_interpreter_bin_first()
+
+
+def _this_workers_ports() -> str:
+    """This pytest-xdist worker's slice of free_port()'s range, as $MEGATINY_PORTS: the workers'
+    launches (and their ranks, which inherit it) never pick the same rendezvous port."""
+    low, high = port_range()
+    worker, workers = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if worker is None or workers is None:
+        return f"{low}-{high}"
+    index, size = int(worker.removeprefix("gw")), (high - low + 1) // int(workers)
+    return f"{low + index * size}-{low + (index + 1) * size - 1}"
+
+
+os.environ[PORTS_ENV] = _this_workers_ports()
 
 # DeepSpeed JIT-compiles small C++ ops (on CPU: CPUAdam, for optimizer offload; its shared-memory
 # allreduce is skipped by megatiny.parallel.process_group.skip_inference_shm_allreduce). The suite keeps

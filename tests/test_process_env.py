@@ -8,15 +8,54 @@ from pathlib import Path
 
 import pytest
 
-from megatiny.process_env import free_port, path_with_interpreter_bin, put_interpreter_bin_first
+from megatiny import process_env
+from megatiny.process_env import (
+    PORTS_ENV,
+    free_port,
+    path_with_interpreter_bin,
+    port_range,
+    put_interpreter_bin_first,
+)
 from tests.helpers import timeout_s
 
 
-def test_free_port_can_be_bound():
-    port = free_port()
-    assert 1024 <= port < 65536
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", port))
+def test_free_port_can_be_bound_and_is_outside_the_ephemeral_range(monkeypatch):
+    monkeypatch.delenv(PORTS_ENV, raising=False)
+    ephemeral_low, ephemeral_high = map(int, process_env.EPHEMERAL_RANGE_FILE.read_text().split())
+    ports = {free_port() for _ in range(20)}
+    assert len(ports) > 1  # random picks: processes starting together do not collide
+    for port in ports:
+        assert 1024 <= port < 65536 and not ephemeral_low <= port <= ephemeral_high
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+
+
+def test_free_port_skips_a_port_in_use_and_stays_in_megatiny_ports(monkeypatch):
+    with socket.socket() as listening:
+        listening.bind(("", 0))
+        listening.listen()
+        taken = listening.getsockname()[1]
+        monkeypatch.setenv(PORTS_ENV, f"{taken}-{taken + 1}")
+        assert {free_port() for _ in range(10)} == {taken + 1}
+        monkeypatch.setenv(PORTS_ENV, f"{taken}-{taken}")
+        with pytest.raises(RuntimeError, match=f"no free TCP port in {taken}-{taken}.*{PORTS_ENV}"):
+            free_port()
+
+
+@pytest.mark.parametrize("text", ["20000", "a-b", "30000-20000", "80-90", "60000-70000"])
+def test_a_bad_megatiny_ports_is_named(text):
+    with pytest.raises(ValueError, match=f"{PORTS_ENV}='{text}': expected LOW-HIGH"):
+        port_range({PORTS_ENV: text})
+
+
+def test_the_range_avoids_an_unusual_ephemeral_range(monkeypatch, tmp_path):
+    ranges = tmp_path / "ip_local_port_range"
+    monkeypatch.setattr(process_env, "EPHEMERAL_RANGE_FILE", ranges)
+    for ephemeral, expected in [("32768\t60999", (20000, 32767)), ("15000 50000", (50001, 65535)),
+                                ("1024 65000", (1024, 65535))]:
+        ranges.write_text(ephemeral)
+        assert port_range({}) == expected
+    assert port_range({PORTS_ENV: "21000-21999"}) == (21000, 21999)
 
 
 def test_interpreter_bin_goes_first_once():

@@ -28,6 +28,10 @@ from megatiny.process_env import exit_fast
 from megatiny.training.config import load_config
 from megatiny.training.loop import NonFiniteLoss, TrainCallbacks, train
 
+# How long a rank waits for rank 0 to start the next of several runs: rank 0 ends the same run
+# first, so seconds; the bound only matters when rank 0 died and the launcher has not noticed.
+RUN_WAIT_S = 300
+
 
 class InjectedFailure(RuntimeError):
     """A rank's training raising (a bug, a full disk), as `--raise-at-step` injects it."""
@@ -89,10 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     try:
-        port = os.environ.get("MASTER_PORT")
+        ports = None
+        if len(args.config) > 1:  # imported only here: ranks started over ssh may not find `tests`
+            from tests.training.train_sequence import RunPorts
+
+            ports = RunPorts(wait_s=RUN_WAIT_S)
         for run, config in enumerate(args.config):
-            if run and port:  # a fresh rendezvous port for each run's process group
-                os.environ["MASTER_PORT"] = str(int(port) + run)
+            if ports is not None:  # a fresh rendezvous port for each run's process group
+                ports.start(run)
             train(load_config(config, args.overrides), Faults(args))
     except NonFiniteLoss as e:  # as tools/train.py reports it
         print(f"error: {e}", file=sys.stderr)

@@ -26,9 +26,11 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 from megatiny.checkpoint.io import write_latest
@@ -102,8 +104,8 @@ def copy_step(tag_dir: str, save_dir: str) -> None:
 
 
 class RunPorts:
-    """Rank 0 prepares each run and publishes its rendezvous port; the other ranks wait for it.
-    One rank (plain `python`): no store, a free port per run."""
+    """Rank 0 prepares each run and publishes its rendezvous port; the other ranks wait for it
+    (at most `wait_s`). One rank (plain `python`): no store, a free port per run."""
 
     def __init__(self, wait_s: float):
         self.rank, self.world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -115,11 +117,11 @@ class RunPorts:
                                        self.world, is_master=self.rank == 0,
                                        timeout=timedelta(seconds=wait_s))
 
-    def start(self, index: int, run: dict) -> None:
-        """Before run `index`: its checkpoint copy (rank 0), then MASTER_PORT of its process group."""
+    def start(self, index: int, prepare: Callable[[], None] | None = None) -> None:
+        """Before run `index`: `prepare()` on rank 0, then MASTER_PORT of the run's process group."""
         if self.rank == 0:
-            if run["copy_step"]:
-                copy_step(*run["copy_step"])
+            if prepare is not None:
+                prepare()
             port = str(free_port())
             if self.store is not None:
                 self.store.set(f"run-{index}", port)
@@ -147,7 +149,7 @@ def main() -> int:
     plan = json.loads(Path(args.plan).read_text())
     ports = RunPorts(plan["wait_s"])
     for index, run in enumerate(plan["runs"]):
-        ports.start(index, run)
+        ports.start(index, partial(copy_step, *run["copy_step"]) if run["copy_step"] else None)
         run_dir = Path(plan["out_dir"]) / run["name"]
         run_dir.mkdir(parents=True, exist_ok=True)
         print(f"[train_sequence] rank {ports.rank}: run {run['name']}", flush=True)
