@@ -356,7 +356,9 @@ class DistributedConfig:
     fail fast; saving and universal conversion must fit in it)"""
     master_port: int = 29500
     """rendezvous port for `mpirun` launches (the deepspeed launcher passes its own; plain `python`
-    uses `$MASTER_PORT` or a free port)"""
+    uses `$MASTER_PORT` or a free port, picked at random from `$MEGATINY_PORTS` (`LOW-HIGH`) or else
+    from 20000 to just below the kernel's ephemeral range, where outgoing connections cannot take it
+    before the rendezvous binds it)"""
 
     def __post_init__(self) -> None:
         if self.backend not in ("auto", "nccl", "gloo"):
