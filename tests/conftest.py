@@ -27,6 +27,8 @@ def _this_workers_ports() -> str:
     if worker is None or workers is None:
         return f"{low}-{high}"
     index, size = int(worker.removeprefix("gw")), (high - low + 1) // int(workers)
+    if size < 1:
+        raise pytest.UsageError(f"{PORTS_ENV}={low}-{high} has fewer ports than the {workers} test workers")
     return f"{low + index * size}-{low + (index + 1) * size - 1}"
 
 
